@@ -1,0 +1,34 @@
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+PYTEST := $(BIN)/python -m pytest
+
+.PHONY: install test spec demo bench coverage clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $@
+
+test: install
+	$(PYTEST) -n 2 -q tests specs
+
+spec: install
+	ISOCLUSTER_SPEC_PROFILE=full $(PYTEST) -q -p no:xdist specs
+
+demo: install
+	$(BIN)/python -m isocluster demo
+
+bench: install
+	$(BIN)/python benchmarks/run.py
+
+coverage: install
+	$(BIN)/python -m coverage erase
+	$(BIN)/python -m coverage run -m pytest -q -p no:xdist tests specs
+	$(BIN)/python -m coverage report -m --skip-covered
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis .coverage build *.egg-info

@@ -1,0 +1,75 @@
+"""The exception hierarchy: every error the library raises or rejects with."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ClusterError(Exception):
+    """Base of every isocluster error. `worker_id` names the worker concerned, if any."""
+
+    def __init__(self, message: str = '', *, worker_id: int | None = None) -> None:
+        super().__init__(message)
+        self.worker_id = worker_id
+
+
+class SendError(ClusterError):
+    """A send failed. `failures` lists the `(destination, error)` pairs that failed."""
+
+    def __init__(
+        self,
+        message: str = '',
+        *,
+        worker_id: int | None = None,
+        failures: list[tuple[Any, BaseException]] | None = None,
+    ) -> None:
+        super().__init__(message, worker_id=worker_id)
+        self.failures: list[tuple[Any, BaseException]] = failures if failures is not None else [(worker_id, self)]
+
+
+class InvalidDestinationError(SendError):
+    """`to` names no connected worker of this primary."""
+
+
+class EncodeError(SendError):
+    """The codec cannot encode the message, or the frame is too large; nothing was sent."""
+
+
+class DecodeError(ClusterError):
+    """A frame's payload could not be decoded."""
+
+
+class ProtocolError(ClusterError):
+    """A peer broke the link protocol (unknown, out-of-order or oversized frame)."""
+
+
+class TransportError(ClusterError):
+    """A link or worker start failed at the transport level."""
+
+
+class ReadyTimeout(ClusterError):
+    """A worker did not become ready within `ready_timeout`."""
+
+
+class HeartbeatTimeout(ClusterError):
+    """A ready worker did not answer heartbeats within `heartbeat_timeout`."""
+
+
+class NotAWorkerError(ClusterError):
+    """A worker-only API was used outside a worker."""
+
+
+class NotInitializedError(ClusterError):
+    """`fork()` was called before the primary finished initializing."""
+
+
+class DestroyedError(ClusterError):
+    """The object has been destroyed and can no longer publish or subscribe."""
+
+
+class ListenError(ClusterError):
+    """`ClusterWorker.listen()` failed; the cause is the primary's `OSError`."""
+
+
+class NotSupportedError(ClusterError):
+    """The transport cannot do what was asked."""

@@ -1,0 +1,972 @@
+"""ClusterPrimary: forks workers, routes their messages, supervises them (SPEC §4, §7).
+
+Written against the transport seam only: no processes, sockets, signals or clocks here.
+Time is the transport loop's time, so the same code runs on virtual time in tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import bisect
+import inspect
+import logging
+import sys
+import types
+from collections import deque
+from typing import Any, Callable, ClassVar, Iterable, Mapping
+
+from . import protocol
+from .errors import (
+    ClusterError, DecodeError, EncodeError, HeartbeatTimeout, InvalidDestinationError,
+    NotInitializedError, DestroyedError, ProtocolError, ReadyTimeout, SendError, TransportError,
+)
+from .handle import WorkerHandle
+from .lifecycle import Initializable
+from .supervision import Backoff, RestartPolicy, check_seconds
+from .transport.base import SIGKILL, SIGTERM, Signals, Transport, WorkerLink, WorkerSpec
+
+logger = logging.getLogger('isocluster')
+
+_MISSING: Any = object()
+
+_EVENTS = (
+    'fork', 'worker_fork', 'worker_online', 'worker_ready', 'add_worker', 'remove_worker',
+    'worker_message', 'worker_listening', 'worker_disconnect', 'worker_error', 'worker_exit',
+    'restart_limit', 'reload', 'reload_complete',
+)
+
+
+class _Reload:
+    """One rolling reload (or one `stop_worker(replace=True)` step, when not announced)."""
+
+    __slots__ = ('olds', 'old', 'new', 'replaced', 'announced')
+
+    def __init__(self, olds: list[WorkerHandle], announced: bool) -> None:
+        self.olds = olds
+        self.old: WorkerHandle | None = None
+        self.new: WorkerHandle | None = None
+        self.replaced = 0
+        self.announced = announced
+
+
+class ClusterPrimary(Initializable):
+    """The primary of a local cluster of workers. See DESIGN.md for the API."""
+
+    _pubsub: ClassVar[dict[str, dict[str, Any]]] = {
+        **{name: {} for name in _EVENTS},
+        'shut_down': {'complete_once': True},
+        'shut_down_complete': {'publish_once': True},
+    }
+
+    def __init__(
+        self,
+        *,
+        worker_target: Callable[[], Any] | None = None,
+        worker_script: str | None = None,
+        worker_args: Iterable[str] | None = None,
+        worker_silent: bool = False,
+        worker_stdio: Mapping[str, Any] | None = None,
+        transport: Transport | None = None,
+        codec: 'str | protocol.Codec' = 'json',
+        initialize: bool = True,
+        restart: str = 'always',
+        restart_intensity: int | None = 10,
+        restart_period: float = 60.0,
+        restart_backoff: Backoff | None = Backoff(),
+        restart_policy: RestartPolicy | None = None,
+        ready_timeout: float | None = 60.0,
+        shutdown_timeout: float = 10.0,
+        kill_timeout: float = 5.0,
+        heartbeat_interval: float | None = None,
+        heartbeat_timeout: float | None = None,
+    ) -> None:
+        self._configure(
+            worker_target, worker_script, worker_args, worker_silent, worker_stdio, transport, codec,
+            restart, restart_intensity, restart_period, restart_backoff, restart_policy,
+            ready_timeout, shutdown_timeout, kill_timeout, heartbeat_interval, heartbeat_timeout,
+        )
+        self._state = 'new'
+        self._next_id = 1
+        self._live: dict[int, WorkerHandle] = {}
+        self._pool: dict[int, WorkerHandle] = {}
+        self._pool_ids: list[int] = []
+        self._round_robin_history: dict[Any, dict[int, int]] = {}
+        self._round_robin_counter = 0
+        self._sockets: dict[Any, Any] = {}
+        self._restart_times: deque[float] = deque()
+        self._replacement_stopped = False
+        self._backoff_attempt = 0
+        self._pending_restarts: set[asyncio.TimerHandle] = set()
+        self._restart_limit_ran = False
+        self._last_forked: list[WorkerHandle] = []
+        self._reload: _Reload | None = None
+        self._heartbeat_timer: asyncio.TimerHandle | None = None
+        self._fatal_error: BaseException | None = None
+        self._closed = False
+        self._closed_future: asyncio.Future[None] | None = None
+        self._stats = dict.fromkeys(
+            ('forked', 'exited', 'restarts', 'killed_by_timeout', 'messages_in', 'messages_out'), 0
+        )
+        super().__init__(initialize=initialize)
+
+    # -- options ---------------------------------------------------------------------
+
+    def _configure(
+        self, worker_target: Any, worker_script: Any, worker_args: Any, worker_silent: Any,
+        worker_stdio: Any, transport: Any, codec: Any, restart: Any, restart_intensity: Any,
+        restart_period: Any, restart_backoff: Any, restart_policy: Any, ready_timeout: Any,
+        shutdown_timeout: Any, kill_timeout: Any, heartbeat_interval: Any, heartbeat_timeout: Any,
+    ) -> None:
+        if worker_target is not None and worker_script is not None:
+            raise ValueError('worker_target and worker_script: give one of them, not both')
+        if worker_target is not None and not callable(worker_target):
+            raise TypeError(f'worker_target: expected a callable, got {worker_target!r}')
+        if worker_script is not None and not isinstance(worker_script, str):
+            raise TypeError(f'worker_script: expected a path string, got {worker_script!r}')
+        if worker_args is not None:
+            if worker_target is not None:
+                raise ValueError('worker_args: only for script workers; a worker_target takes no arguments')
+            if isinstance(worker_args, str) or not all(isinstance(arg, str) for arg in worker_args):
+                raise TypeError(f'worker_args: expected a list of strings, got {worker_args!r}')
+            worker_args = tuple(worker_args)
+        if worker_stdio is not None and not isinstance(worker_stdio, Mapping):
+            raise TypeError(f'worker_stdio: expected a mapping of stdin/stdout/stderr, got {worker_stdio!r}')
+        if worker_stdio is not None:
+            unknown = set(worker_stdio) - {'stdin', 'stdout', 'stderr'}
+            if unknown:
+                raise ValueError(f'worker_stdio: unknown streams {sorted(unknown)}; use stdin, stdout, stderr')
+        if transport is not None and not isinstance(transport, Transport):
+            raise TypeError(f'transport: expected a Transport, got {transport!r}')
+        self._codec = protocol.get_codec(codec)
+        self._ready_timeout = check_seconds('ready_timeout', ready_timeout, allow_none=True, allow_zero=False)
+        self._shutdown_timeout = check_seconds('shutdown_timeout', shutdown_timeout)
+        self._kill_timeout = check_seconds('kill_timeout', kill_timeout)
+        interval = check_seconds('heartbeat_interval', heartbeat_interval, allow_none=True, allow_zero=False)
+        timeout = check_seconds('heartbeat_timeout', heartbeat_timeout, allow_none=True, allow_zero=False)
+        if interval is not None and timeout is None:
+            timeout = 3 * interval
+        elif timeout is not None and interval is None:
+            interval = timeout / 3
+        if interval is not None and timeout is not None and timeout <= interval:
+            raise ValueError(
+                f'heartbeat_timeout ({timeout}) must be greater than heartbeat_interval ({interval})'
+            )
+        self._heartbeat_interval, self._heartbeat_timeout = interval, timeout
+        if restart_policy is not None:
+            if not isinstance(restart_policy, RestartPolicy):
+                raise TypeError(f'restart_policy: expected a RestartPolicy, got {restart_policy!r}')
+            defaults = (restart, restart_intensity, restart_period, restart_backoff) == ('always', 10, 60.0, Backoff())
+            if not defaults:
+                raise ValueError('restart_policy: give either restart_policy or the restart_* options, not both')
+            self._policy = restart_policy
+        else:
+            self._policy = RestartPolicy(restart, restart_intensity, restart_period, restart_backoff)
+        self._worker_target = worker_target
+        self._worker_script = worker_script
+        self._worker_args = worker_args
+        self._worker_silent = bool(worker_silent)
+        self._worker_stdio = dict(worker_stdio) if worker_stdio is not None else None
+        self._owns_transport = transport is None
+        if transport is None:
+            from .transport import default_transport
+
+            transport = default_transport()
+        self._transport: Transport = transport
+
+    # -- loop and lifecycle ----------------------------------------------------------
+
+    def _pubsub_loop(self) -> asyncio.AbstractEventLoop:
+        return self._transport.loop
+
+    @property
+    def transport(self) -> Transport:
+        return self._transport
+
+    def _initialize(self) -> None:
+        self._pubsub_loop()  # bind to the transport's loop now (R57)
+
+    def _on_initialized(self) -> None:
+        if self._state == 'new':
+            self._state = 'active'
+
+    def _destroy(self, *args: Any, **kwargs: Any) -> None:
+        self._state = 'destroyed'
+        self._cancel_all_timers()
+        self._pool.clear()
+        self._pool_ids.clear()
+        self._round_robin_history.clear()
+        for sock in self._sockets.values():
+            sock.close()
+        self._sockets.clear()
+        super()._destroy(*args, **kwargs)
+        if self._owns_transport:
+            self._transport.close()
+        self._mark_closed()
+
+    def _fatal(self, error: BaseException) -> None:
+        """SPEC R34: keep the first fatal error, log it, shut down; run()/wait_closed() raise it."""
+        if self._transport.capture_fatal(error):
+            return
+        logger.critical('fatal error in the cluster primary; shutting down', exc_info=error)
+        if self._fatal_error is None:
+            self._fatal_error = error
+        elif error is not self._fatal_error:
+            self._fatal_error.add_note(f'also during shutdown: {error!r}')
+        if self._state == 'active':
+            try:
+                self.shut_down()
+            except Exception as again:
+                self._fatal_error.add_note(f'also during shutdown: {again!r}')
+
+    # -- public API ------------------------------------------------------------------
+
+    @property
+    def workers(self) -> list[WorkerHandle]:
+        """The ready workers, ascending id; a new list every time."""
+        pool = self._pool
+        return [pool[worker_id] for worker_id in self._pool_ids]
+
+    @property
+    def worker_by_id(self) -> Mapping[int, WorkerHandle]:
+        """A read-only snapshot of the ready workers by id."""
+        return types.MappingProxyType(dict(self._pool))
+
+    def fork(self, worker_count: int = 1) -> 'ClusterPrimary':
+        if type(worker_count) is not int or worker_count < 0:
+            raise ValueError(f'worker_count: expected an int >= 0, got {worker_count!r}')
+        if self._state == 'new':
+            raise NotInitializedError('fork(): the primary has not finished initializing; call initialize() first')
+        if self._state != 'active':
+            return self
+        self._transport.check_spec(self._spec(0))
+        self._publish('fork', {'worker_count': worker_count})
+        return self
+
+    def round_robin(self, tag: Any = '') -> WorkerHandle | None:
+        hash(tag)  # an unhashable tag raises TypeError here (R69)
+        if not self._pool_ids:
+            return None
+        history = self._round_robin_history.setdefault(tag, {})
+        chosen = None
+        oldest = 0
+        for worker_id in self._pool_ids:
+            picked = history.get(worker_id)
+            if picked is None:
+                chosen = worker_id
+                break
+            if chosen is None or picked < oldest:
+                chosen, oldest = worker_id, picked
+        self._round_robin_counter += 1
+        history[chosen] = self._round_robin_counter
+        return self._pool[chosen]
+
+    def send(self, message: Any = _MISSING, to: Any = None) -> 'asyncio.Future[None]':
+        if message is _MISSING:
+            raise TypeError("send() missing required argument: 'message'")
+        future: asyncio.Future[None] = self._pubsub_loop().create_future()
+        try:
+            data = self._codec.encode(message)
+        except Exception as error:
+            future.set_exception(EncodeError(
+                f'could not encode the message with the {self._codec.name!r} codec: {error!r}; nothing was sent'
+            ))
+            future.exception().__cause__ = error
+            return future
+        if len(data) + 1 > self._transport.max_frame_size:
+            future.set_exception(EncodeError(
+                f'the encoded message is {len(data)} bytes, over the maximum frame size of '
+                f'{self._transport.max_frame_size} bytes; nothing was sent'
+            ))
+            return future
+        destinations = self._resolve_destinations(to)
+        if not destinations:
+            future.set_result(None)
+            return future
+        failures: list[tuple[Any, BaseException]] = []
+        for destination, target in destinations:
+            if isinstance(target, BaseException):
+                failures.append((destination, target))
+                continue
+            try:
+                target._link.write(protocol.MESSAGE, data)
+            except TransportError as error:
+                failure = SendError(
+                    f'could not write to worker {target.id}: {error}; the worker is gone or its link broke',
+                    worker_id=target.id,
+                )
+                failure.__cause__ = error
+                failures.append((destination, failure))
+            else:
+                self._stats['messages_out'] += 1
+        if not failures:
+            future.set_result(None)
+        elif len(destinations) == 1:
+            future.set_exception(failures[0][1])
+        else:
+            future.set_exception(SendError(
+                f'{len(failures)} of {len(destinations)} destinations failed: '
+                + '; '.join(f'{destination!r}: {error}' for destination, error in failures),
+                failures=failures,
+            ))
+        return future
+
+    def _resolve_destinations(self, to: Any) -> list[tuple[Any, Any]]:
+        if to is None:
+            return [(handle, handle) for handle in self.workers]
+        if isinstance(to, (list, tuple)):
+            return [(item, self._resolve_one(item)) for item in to]
+        return [(to, self._resolve_one(to))]
+
+    def _resolve_one(self, destination: Any) -> Any:
+        if isinstance(destination, WorkerHandle):
+            if destination._primary is self and destination.state in ('online', 'ready'):
+                return destination
+            return InvalidDestinationError(
+                f'invalid message destination {destination!r}: not a connected worker of this primary',
+                worker_id=destination.id,
+            )
+        if type(destination) is int:
+            handle = self._pool.get(destination)
+            if handle is not None:
+                return handle
+            return InvalidDestinationError(
+                f'invalid message destination {destination!r}: no ready worker has this id', worker_id=destination
+            )
+        return InvalidDestinationError(
+            f'invalid message destination {destination!r}: use a WorkerHandle, a worker id (int), '
+            'a list of them, or None for every ready worker'
+        )
+
+    def shut_down(self) -> 'ClusterPrimary':
+        if self._state == 'destroyed':
+            raise DestroyedError('shut_down(): this ClusterPrimary has been destroyed')
+        self._publish('shut_down', {})
+        return self
+
+    def destroy(self, *args: Any, **kwargs: Any) -> 'ClusterPrimary':
+        super().destroy(*args, **kwargs)
+        return self
+
+    def _event_destroy(self, event: Any) -> None:
+        args, kwargs = event.data['args'], event.data['kwargs']
+        if self._state in ('active', 'shutting_down'):
+            # R93/R94: subscribed now, so it runs after every earlier after-handler.
+            self._once_after('shut_down_complete', lambda _event: self._destroy(*args, **kwargs))
+            if self._state == 'active':
+                self.shut_down()
+        else:
+            self._destroy(*args, **kwargs)
+
+    def reload(self) -> 'ClusterPrimary':
+        if self._state == 'active' and (self._reload is None or not self._reload.announced):
+            self._publish('reload', {'worker_count': len(self._pool_ids)})
+        return self
+
+    def stop_worker(self, worker: 'WorkerHandle | int', replace: bool = False) -> 'ClusterPrimary':
+        handle = self._live_handle(worker, 'stop_worker')
+        if not replace:
+            handle._retired = True
+            self._disconnect_worker(handle)
+        elif self._state == 'active':
+            if self._reload is not None:
+                if handle not in self._reload.olds and handle is not self._reload.old:
+                    self._reload.olds.append(handle)
+            else:
+                self._reload = _Reload([handle], announced=False)
+                self._reload_next_step()
+        return self
+
+    def scale(self, worker_count: int) -> 'ClusterPrimary':
+        if type(worker_count) is not int or worker_count < 0:
+            raise ValueError(f'worker_count: expected an int >= 0, got {worker_count!r}')
+        if self._state != 'active':
+            return self
+        self._restart_times.clear()
+        self._replacement_stopped = False
+        self._backoff_attempt = 0
+        staying = [handle for worker_id, handle in sorted(self._live.items()) if not handle._retired]
+        if worker_count > len(staying):
+            self._publish('fork', {'worker_count': worker_count - len(staying)})
+        else:
+            for handle in reversed(staying[worker_count:]):
+                handle._retired = True
+                self._disconnect_worker(handle)
+        return self
+
+    def stats(self) -> dict[str, int]:
+        now = self._pubsub_loop().time()
+        return {
+            **self._stats,
+            'restarts_in_window': sum(1 for when in self._restart_times if now - when < self._policy.period),
+            'live': len(self._live),
+            'ready': len(self._pool_ids),
+        }
+
+    def run(self) -> None:
+        """Drive the primary's loop until it is closed; SIGTERM/SIGINT shut down, SIGHUP reloads."""
+        loop = self._pubsub_loop()
+        if loop.is_running():
+            raise RuntimeError('run(): the primary\'s loop is already running; use await primary.wait_closed()')
+        interrupts = 0
+
+        def interrupted() -> None:
+            nonlocal interrupts
+            interrupts += 1
+            if interrupts > 1:
+                self._kill_all()
+            elif self._state != 'destroyed':
+                self.shut_down()
+
+        def terminated() -> None:
+            if self._state != 'destroyed':
+                self.shut_down()
+
+        restore = self._transport.install_signal_handlers({
+            SIGTERM: lambda: self._guarded(terminated),
+            Signals.SIGINT: lambda: self._guarded(interrupted),
+            Signals.SIGHUP: lambda: self._guarded(self.reload),
+        })
+        try:
+            loop.run_until_complete(self.wait_closed())
+        finally:
+            restore()
+
+    async def wait_closed(self) -> None:
+        if not self._closed:
+            if self._closed_future is None:
+                self._closed_future = self._pubsub_loop().create_future()
+            await asyncio.shield(self._closed_future)
+        if self._fatal_error is not None:
+            raise self._fatal_error
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    # -- forking ---------------------------------------------------------------------
+
+    def _spec(self, worker_id: int) -> WorkerSpec:
+        script, args = self._worker_script, self._worker_args
+        if self._worker_target is None and script is None:
+            script = sys.argv[0]
+        if script is not None and args is None:
+            args = tuple(sys.argv[1:])
+        return WorkerSpec(
+            id=worker_id, codec=self._codec, target=self._worker_target, script=script,
+            args=args or (), silent=self._worker_silent, stdio=self._worker_stdio,
+        )
+
+    def _event_fork(self, event: Any) -> None:
+        count = event.data['worker_count']
+        if type(count) is not int or count < 0:
+            raise ValueError(f'fork: worker_count must be an int >= 0, got {count!r}')
+        if self._state != 'active':
+            self._last_forked = []
+            return
+        handles = [self._start_worker() for _ in range(count)]
+        self._last_forked = handles
+        if handles:
+            self._call_soon(self._publish_worker_forks, handles)
+
+    def _start_worker(self) -> WorkerHandle:
+        handle = WorkerHandle(self, self._next_id)
+        self._next_id += 1
+        self._live[handle.id] = handle
+        self._stats['forked'] += 1
+        try:
+            handle._link = self._transport.start_worker(self._spec(handle.id), self)
+        except TransportError as error:
+            error.worker_id = handle.id
+            handle._start_error = error
+        return handle
+
+    def _publish_worker_forks(self, handles: list[WorkerHandle]) -> None:
+        for handle in handles:
+            self._publish('worker_fork', {'worker': handle})
+        for handle in handles:
+            if handle._start_error is not None:
+                self._worker_fault(handle, handle._start_error)
+                self._worker_closed(handle)
+                self._worker_exited(handle, None, None)
+
+    def _event_worker_fork(self, event: Any) -> None:
+        handle = event.data['worker']
+        if self._ready_timeout is not None and handle.state in ('forked', 'online') and self._state == 'active':
+            handle._timers['ready'] = self._call_later(self._ready_timeout, self._ready_timed_out, handle)
+
+    def _ready_timed_out(self, handle: WorkerHandle) -> None:
+        handle._timers.pop('ready', None)
+        if handle.state in ('forked', 'online'):
+            self._stats['killed_by_timeout'] += 1
+            self._worker_fault(handle, ReadyTimeout(
+                f'worker {handle.id} did not become ready within ready_timeout={self._ready_timeout}s; '
+                'it is killed (check its initialization, or raise ready_timeout)', worker_id=handle.id,
+            ))
+
+    # -- link events (called by the transport) ----------------------------------------
+
+    def link_frame(self, link: WorkerLink, kind: str, payload: Any) -> None:
+        handle = self._live.get(link.id)
+        if handle is None or handle._faulted or self._state == 'destroyed':
+            return
+        try:
+            self._dispatch_frame(handle, kind, payload)
+        except Exception as error:
+            self._fatal(error)
+
+    def _dispatch_frame(self, handle: WorkerHandle, kind: str, payload: Any) -> None:
+        if kind == protocol.MESSAGE:
+            if handle.state == 'forked':
+                return self._protocol_violation(handle, 'a message before ONLINE')
+            try:
+                message = protocol.decode_message(self._codec, payload, handle.id)
+            except DecodeError as error:
+                return self._worker_fault(handle, error)
+            self._stats['messages_in'] += 1
+            self._publish('worker_message', {'worker': handle, 'message': message})
+        elif kind == protocol.HEARTBEAT_ACK:
+            handle._last_beat = self._pubsub_loop().time()
+        elif kind == protocol.ONLINE:
+            if handle.state != 'forked':
+                return self._protocol_violation(handle, 'a second ONLINE')
+            handle._move('online')
+            self._publish('worker_online', {'worker': handle})
+        elif handle.state == 'forked':
+            self._protocol_violation(handle, f'a {kind.upper()} frame before ONLINE')
+        elif kind == protocol.READY:
+            if handle._ready_received:
+                return self._protocol_violation(handle, 'a second READY')
+            handle._ready_received = True
+            if handle._online_accepted and handle.state == 'online':
+                self._publish('worker_ready', {'worker': handle})
+        elif kind == protocol.EXITING:
+            handle._disconnect_requested = True
+        elif kind == protocol.LISTEN:
+            self._listen(handle, payload)
+        else:
+            self._protocol_violation(handle, f'an unexpected {kind.upper()} frame')
+
+    def _protocol_violation(self, handle: WorkerHandle, what: str) -> None:
+        self._worker_fault(handle, ProtocolError(
+            f'worker {handle.id} broke the link protocol: {what}; it is killed and replaced',
+            worker_id=handle.id,
+        ))
+
+    def link_error(self, link: WorkerLink, error: BaseException) -> None:
+        handle = self._live.get(link.id)
+        if handle is None or self._state == 'destroyed':
+            return
+        if isinstance(error, ClusterError) and error.worker_id is None:
+            error.worker_id = handle.id
+        try:
+            self._worker_fault(handle, error)
+        except Exception as failure:
+            self._fatal(failure)
+
+    def link_closed(self, link: WorkerLink) -> None:
+        handle = self._live.get(link.id)
+        if handle is None or self._state == 'destroyed':
+            return
+        try:
+            self._worker_closed(handle)
+        except Exception as error:
+            self._fatal(error)
+
+    def link_exit(self, link: WorkerLink, code: int | None, signal: Signals | None) -> None:
+        handle = self._live.get(link.id)
+        if handle is None or self._state == 'destroyed':
+            return
+        if handle.state != 'disconnected':  # the transport promises closed first; stay robust
+            self.link_closed(link)
+        try:
+            self._worker_exited(handle, code, signal)
+        except Exception as error:
+            self._fatal(error)
+
+    def _worker_fault(self, handle: WorkerHandle, error: BaseException) -> None:
+        """A fault on a worker: read nothing more from it, publish worker_error once (R85)."""
+        handle._faulted = True
+        if handle._error_published or handle.state == 'dead':
+            return
+        handle._error_published = True
+        handle._cancel_timer('ready')
+        self._stop_heartbeat(handle)
+        self._log_worker_error(handle, error)
+        self._publish('worker_error', {'worker': handle, 'error': error})
+
+    def _worker_closed(self, handle: WorkerHandle) -> None:
+        if handle.state in ('disconnected', 'dead'):
+            return
+        handle._move('disconnected')
+        handle._cancel_timer('ready')
+        self._stop_heartbeat(handle)
+        self._publish('worker_disconnect', {'worker': handle})
+
+    def _worker_exited(self, handle: WorkerHandle, code: int | None, signal: Signals | None) -> None:
+        handle._move('dead')
+        handle._cancel_timers()
+        handle.exit_code, handle.exit_signal = code, signal
+        handle.exited_after_disconnect = handle._disconnect_requested
+        del self._live[handle.id]
+        self._stats['exited'] += 1
+        self._log_worker_exit(handle)
+        self._publish('worker_exit', {'worker': handle, 'code': code, 'signal': signal})
+        reload = self._reload
+        if reload is not None and handle is reload.old:
+            reload.old = None
+            reload.replaced += 1
+            self._reload_next_step()
+        if self._state == 'shutting_down' and not self._live:
+            self._call_soon(self._publish_shut_down_complete)
+
+    # -- default actions -------------------------------------------------------------
+
+    def _event_worker_online(self, event: Any) -> None:
+        event.data['worker']._online_accepted = True
+
+    def _event_worker_ready(self, event: Any) -> None:
+        handle = event.data['worker']
+        if handle.state != 'online':
+            return
+        handle._move('ready')
+        handle._ever_ready = True
+        handle._cancel_timer('ready')
+        if self._heartbeat_interval is not None and self._state == 'active':
+            self._start_heartbeat(handle)
+        self._add_worker(handle)
+        reload = self._reload
+        if reload is not None and handle is reload.new:
+            reload.new = None
+            old = reload.old
+            if old is None or old.state == 'dead':
+                reload.old = None
+                reload.replaced += 1
+                self._call_soon(self._reload_next_step)
+            else:
+                old._retired = True
+                self._disconnect_worker(old)
+
+    def _add_worker(self, worker: WorkerHandle) -> None:
+        self._publish('add_worker', {'worker': worker})
+
+    def _remove_worker(self, worker: WorkerHandle) -> None:
+        if worker.id in self._pool:
+            self._publish('remove_worker', {'worker': worker})
+
+    def _event_add_worker(self, event: Any) -> None:
+        handle = event.data['worker']
+        if handle.id not in self._pool and self._state != 'destroyed':
+            self._pool[handle.id] = handle
+            bisect.insort(self._pool_ids, handle.id)
+
+    def _event_remove_worker(self, event: Any) -> None:
+        handle = event.data['worker']
+        if self._pool.pop(handle.id, None) is not None:
+            self._pool_ids.remove(handle.id)
+            for history in self._round_robin_history.values():
+                history.pop(handle.id, None)
+
+    def _event_worker_message(self, event: Any) -> Any:
+        message = event.data['message']
+        if type(message) is dict:
+            kind = message.get('type')
+            if type(kind) is str and kind.isidentifier():
+                method = getattr(self, '_event_worker_message_' + kind, None)
+                if callable(method):
+                    result = method(event)
+                    if inspect.isawaitable(result):
+                        self._spawn(result)
+        return None
+
+    def _event_worker_disconnect(self, event: Any) -> None:
+        self._remove_worker(event.data['worker'])
+
+    def _event_worker_error(self, event: Any) -> None:
+        handle = event.data['worker']
+        self._remove_worker(handle)
+        self._kill_worker(handle)
+
+    def _event_worker_exit(self, event: Any) -> None:
+        handle = event.data['worker']
+        self._remove_worker(handle)
+        self._supervise_exit(handle, event.data['code'], event.data['signal'])
+
+    def _event_shut_down(self, event: Any) -> None:
+        self._state = 'shutting_down'
+        self._cancel_all_timers()
+        reload, self._reload = self._reload, None
+        if reload is not None and reload.announced:
+            self._call_soon(self._publish_reload_complete, reload.replaced, True)
+        if not self._live:
+            self._call_soon(self._publish_shut_down_complete)
+            return
+        for handle in list(self._live.values()):
+            self._disconnect_worker(handle)
+
+    def _publish_shut_down_complete(self) -> None:
+        if self._state != 'shutting_down':
+            return
+        self._state = 'shut_down'
+        logger.debug('cluster shut down')
+        self._publish('shut_down_complete', {})
+        self._mark_closed()
+
+    def _mark_closed(self) -> None:
+        # Closed once shut_down_complete has run all its stages, or once destroyed; a deferred
+        # destroy runs inside shut_down_complete's after stage, so it is complete by now.
+        if self._state in ('shut_down', 'destroyed') and not self._closed:
+            self._closed = True
+            future = self._closed_future
+            if future is not None and not future.done():
+                future.set_result(None)
+
+    # -- disconnecting and killing ---------------------------------------------------
+
+    def _disconnect_worker(self, handle: WorkerHandle) -> None:
+        """DISCONNECT now, SIGTERM after shutdown_timeout, SIGKILL kill_timeout later (R89)."""
+        if handle.state == 'dead' or handle._primary is not self:
+            return
+        handle._disconnect_requested = True
+        handle._cancel_timer('ready')
+        self._stop_heartbeat(handle)
+        link = handle._link
+        if link is not None and link.is_open and not handle._faulted:
+            try:
+                link.write(protocol.DISCONNECT, None)
+            except TransportError:
+                pass
+        if 'terminate' not in handle._timers and 'kill' not in handle._timers:
+            handle._timers['terminate'] = self._call_later(self._shutdown_timeout, self._terminate_worker, handle)
+
+    def _terminate_worker(self, handle: WorkerHandle) -> None:
+        handle._timers.pop('terminate', None)
+        if handle.state != 'dead':
+            self._stats['killed_by_timeout'] += 1
+            logger.warning(
+                'worker %s did not exit within shutdown_timeout=%ss; sending SIGTERM', handle.id,
+                self._shutdown_timeout, extra={'worker_id': handle.id, 'reason': 'shutdown_timeout'},
+            )
+            self._kill_worker(handle)
+
+    def _kill_worker(self, handle: WorkerHandle) -> None:
+        """SIGTERM now, SIGKILL if still alive kill_timeout later (R86)."""
+        if handle.state == 'dead' or 'kill' in handle._timers:
+            return
+        handle._cancel_timer('terminate')
+        handle.kill(SIGTERM)
+        if handle.state != 'dead':
+            handle._timers['kill'] = self._call_later(self._kill_timeout, self._force_kill, handle)
+
+    def _force_kill(self, handle: WorkerHandle) -> None:
+        handle._timers.pop('kill', None)
+        if handle.state != 'dead':
+            logger.warning(
+                'worker %s survived SIGTERM for kill_timeout=%ss; sending SIGKILL', handle.id,
+                self._kill_timeout, extra={'worker_id': handle.id, 'reason': 'kill_timeout'},
+            )
+            handle.kill(SIGKILL)
+
+    def _kill_all(self) -> None:
+        for handle in list(self._live.values()):
+            handle.kill(SIGKILL)
+
+    def _cancel_all_timers(self) -> None:
+        for timer in self._pending_restarts:
+            timer.cancel()
+        self._pending_restarts.clear()
+        if self._heartbeat_timer is not None:
+            self._heartbeat_timer.cancel()
+            self._heartbeat_timer = None
+        for handle in self._live.values():
+            handle._cancel_timer('ready')
+            handle._heartbeating = False
+            if self._state == 'destroyed':
+                handle._cancel_timers()
+
+    # -- supervision: replacement ----------------------------------------------------
+
+    def _supervise_exit(self, handle: WorkerHandle, code: int | None, signal: Signals | None) -> None:
+        reload = self._reload
+        if reload is not None and handle is reload.old and reload.new is not None:
+            return  # the step's new worker replaces it (R133)
+        if self._state != 'active' or handle._retired or self._replacement_stopped:
+            return
+        if not self._policy.wants_restart(code, signal, handle._ever_ready):
+            return
+        now = self._pubsub_loop().time()
+        window = self._restart_times
+        while window and now - window[0] >= self._policy.period:
+            window.popleft()
+        intensity = self._policy.intensity
+        if intensity is None or len(window) < intensity:
+            window.append(now)
+            self._backoff_attempt = 0
+            self._replace(handle)
+            return
+        self._restart_limit_ran = False
+        self._publish('restart_limit', {'worker_count': len(self._live)})
+        if reload is not None:
+            self._abandon_reload()
+        if self._restart_limit_ran or self._state != 'active':
+            return
+        self._backoff_attempt += 1
+        backoff = self._policy.backoff
+        delay = backoff.delay(self._backoff_attempt, self._transport.random()) if backoff is not None else 0.0
+        timer: asyncio.TimerHandle = self._call_later(delay, self._delayed_replacement, lambda: timer)
+        self._pending_restarts.add(timer)
+
+    def _replace(self, handle: WorkerHandle) -> None:
+        self._stats['restarts'] += 1
+        self._publish('fork', {'worker_count': 1})
+        reload = self._reload
+        if reload is not None and handle is reload.new:
+            reload.new = self._last_forked[0] if self._last_forked else None
+
+    def _delayed_replacement(self, timer_of: Callable[[], asyncio.TimerHandle]) -> None:
+        self._pending_restarts.discard(timer_of())
+        if self._state == 'active':
+            self._stats['restarts'] += 1
+            self._publish('fork', {'worker_count': 1})
+
+    def _event_restart_limit(self, event: Any) -> None:
+        self._restart_limit_ran = True
+        self._replacement_stopped = True
+        logger.error(
+            'restart limit reached: more than %s restarts within %ss; automatic replacement stopped '
+            '(call scale() to resume)', self._policy.intensity, self._policy.period,
+            extra={'reason': 'restart_limit', 'live': len(self._live)},
+        )
+
+    # -- supervision: reload ---------------------------------------------------------
+
+    def _event_reload(self, event: Any) -> None:
+        if self._state != 'active' or (self._reload is not None and self._reload.announced):
+            return
+        olds = self.workers
+        if self._reload is not None:  # a stop_worker(replace=True) step is running: join it
+            self._reload.announced = True
+            self._reload.olds.extend(handle for handle in olds if handle not in self._reload.olds and handle is not self._reload.old)
+            return
+        self._reload = _Reload(olds, announced=True)
+        self._reload_next_step()
+
+    def _reload_next_step(self) -> None:
+        reload = self._reload
+        if reload is None or reload.old is not None or reload.new is not None:
+            return
+        if self._state != 'active':
+            return
+        while reload.olds and reload.olds[0].state in ('disconnected', 'dead'):
+            reload.olds.pop(0)
+        if not reload.olds:
+            self._reload = None
+            if reload.announced:
+                self._call_soon(self._publish_reload_complete, reload.replaced, False)
+            return
+        reload.old = reload.olds.pop(0)
+        self._publish('fork', {'worker_count': 1})
+        if self._reload is reload and self._last_forked:
+            reload.new = self._last_forked[0]
+        elif self._reload is reload:
+            self._abandon_reload()
+
+    def _abandon_reload(self) -> None:
+        reload, self._reload = self._reload, None
+        if reload is not None and reload.announced:
+            self._call_soon(self._publish_reload_complete, reload.replaced, True)
+
+    def _publish_reload_complete(self, count: int, aborted: bool) -> None:
+        if self._state != 'destroyed':
+            self._publish('reload_complete', {'worker_count': count, 'aborted': aborted})
+
+    # -- supervision: heartbeats -----------------------------------------------------
+
+    def _start_heartbeat(self, handle: WorkerHandle) -> None:
+        handle._heartbeating = True
+        handle._last_beat = self._pubsub_loop().time()
+        if self._heartbeat_timer is None:
+            self._heartbeat_timer = self._call_later(self._heartbeat_interval, self._heartbeat_tick)
+
+    def _stop_heartbeat(self, handle: WorkerHandle) -> None:
+        handle._heartbeating = False
+
+    def _heartbeat_tick(self) -> None:
+        self._heartbeat_timer = None
+        if self._state != 'active':
+            return
+        now = self._pubsub_loop().time()
+        beating = [handle for handle in self._live.values() if handle._heartbeating]
+        for handle in beating:
+            age = now - handle._last_beat
+            if age > self._heartbeat_timeout:
+                self._stats['killed_by_timeout'] += 1
+                self._worker_fault(handle, HeartbeatTimeout(
+                    f'worker {handle.id} has not answered heartbeats for {age:.3f}s '
+                    f'(heartbeat_timeout={self._heartbeat_timeout}s): its event loop is blocked; '
+                    'it is killed and replaced', worker_id=handle.id,
+                ))
+                continue
+            try:
+                handle._link.write(protocol.HEARTBEAT, None)
+            except TransportError:
+                pass
+        if any(handle._heartbeating for handle in self._live.values()):
+            self._heartbeat_timer = self._call_later(self._heartbeat_interval, self._heartbeat_tick)
+
+    # -- shared listening sockets ----------------------------------------------------
+
+    def _listen(self, handle: WorkerHandle, payload: Any) -> None:
+        if not isinstance(payload, dict) or 'id' not in payload or 'address' not in payload:
+            return self._protocol_violation(handle, 'a malformed LISTEN frame')
+        address = payload['address']
+        key = tuple(address) if isinstance(address, list) else address
+        sock = self._sockets.get(key)
+        if sock is None:
+            try:
+                sock = self._transport.bind(key)
+            except (OSError, ValueError, TypeError) as error:
+                try:
+                    handle._link.write(protocol.LISTENING, {'id': payload['id'], 'error': f'{type(error).__name__}: {error}'})
+                except TransportError:
+                    pass
+                return
+            self._sockets[key] = sock
+        bound = sock.getsockname()
+        try:
+            handle._link.send_socket(sock, {'id': payload['id'], 'address': bound})
+        except TransportError:
+            return
+        self._publish('worker_listening', {'worker': handle, 'address': bound})
+
+    # -- logging ---------------------------------------------------------------------
+
+    def _log_worker_exit(self, handle: WorkerHandle) -> None:
+        signal_name = handle.exit_signal.name if handle.exit_signal is not None else None
+        failed = signal_name is not None or handle.exit_code != 0
+        logger.log(
+            logging.WARNING if failed and not handle._disconnect_requested else logging.INFO,
+            'worker %s exited (code=%s, signal=%s%s)', handle.id, handle.exit_code, signal_name,
+            ', after disconnect' if handle._disconnect_requested else '',
+            extra={
+                'worker_id': handle.id, 'exit_code': handle.exit_code, 'signal': signal_name,
+                'reason': 'disconnect' if handle._disconnect_requested else ('crash' if failed else 'exit'),
+            },
+        )
+
+    def _log_worker_error(self, handle: WorkerHandle, error: BaseException) -> None:
+        extra: dict[str, Any] = {'worker_id': handle.id, 'reason': type(error).__name__}
+        if isinstance(error, HeartbeatTimeout):
+            extra['heartbeat_age'] = self._pubsub_loop().time() - handle._last_beat
+        logger.warning('worker %s error: %s', handle.id, error, extra=extra)
+
+    def _live_handle(self, worker: Any, method: str) -> WorkerHandle:
+        if isinstance(worker, WorkerHandle):
+            handle = self._live.get(worker.id)
+            if handle is worker:
+                return handle
+        elif type(worker) is int and worker in self._live:
+            return self._live[worker]
+        raise ValueError(f'{method}(): {worker!r} is not a live worker of this primary')
+
+    def __repr__(self) -> str:
+        return f'<{type(self).__name__} state={self._state} live={len(self._live)} ready={len(self._pool_ids)}>'

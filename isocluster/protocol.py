@@ -1,0 +1,198 @@
+"""Frames, codecs and length-prefixed framing: pure functions, no I/O.
+
+A frame is `(kind, payload)`. User messages travel as kind `'message'` with the codec's
+bytes as payload; every other kind is a control frame whose payload is a small dict of
+plain data (or None), always encoded with the standard `json` module whatever the user
+codec is, so no user message can ever be read as a control frame.
+
+On the wire a frame is a 4-byte big-endian length `n`, then `n` bytes: one kind byte and
+the body.
+"""
+
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+from typing import Any, Protocol, runtime_checkable
+
+from .errors import DecodeError, ProtocolError
+
+MESSAGE = 'message'
+ONLINE = 'online'
+READY = 'ready'
+EXITING = 'exiting'
+LISTEN = 'listen'
+LISTENING = 'listening'
+DISCONNECT = 'disconnect'
+HEARTBEAT = 'heartbeat'
+HEARTBEAT_ACK = 'heartbeat_ack'
+REQUEST = 'request'
+REPLY = 'reply'
+
+KINDS: tuple[str, ...] = (
+    MESSAGE, ONLINE, READY, EXITING, LISTEN, LISTENING, DISCONNECT, HEARTBEAT, HEARTBEAT_ACK,
+    REQUEST, REPLY,
+)
+_KIND_CODE = {kind: code for code, kind in enumerate(KINDS)}
+
+DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024
+
+Frame = tuple[str, Any]
+
+_HEADER = struct.Struct('>IB')
+HEADER_SIZE = _HEADER.size
+
+
+@runtime_checkable
+class Codec(Protocol):
+    """Turns user messages into bytes and back. `name` travels to exec-mode workers."""
+
+    name: str
+
+    def encode(self, message: Any) -> bytes: ...
+
+    def decode(self, data: bytes) -> Any: ...
+
+
+class JsonCodec:
+    """Data only (the default): a compromised worker cannot run code in the primary."""
+
+    name = 'json'
+
+    def __init__(self) -> None:
+        self._encoder = json.JSONEncoder(separators=(',', ':'), ensure_ascii=False, allow_nan=True)
+        self._decoder = json.JSONDecoder()
+
+    def encode(self, message: Any) -> bytes:
+        return self._encoder.encode(message).encode('utf-8')
+
+    def decode(self, data: bytes) -> Any:
+        return self._decoder.decode(bytes(data).decode('utf-8'))
+
+
+class PickleCodec:
+    """Any picklable object. Only for workers you trust: unpickling runs code."""
+
+    name = 'pickle'
+
+    def encode(self, message: Any) -> bytes:
+        return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+
+    def decode(self, data: bytes) -> Any:
+        return pickle.loads(data)
+
+
+class MsgpackCodec:
+    """Compact and fast; needs the optional `msgpack` package (`isocluster[msgpack]`)."""
+
+    name = 'msgpack'
+
+    def __init__(self) -> None:
+        try:
+            import msgpack
+        except ImportError as exc:  # pragma: no cover - depends on the environment
+            raise ValueError(
+                "codec='msgpack' needs the msgpack package: pip install 'isocluster[msgpack]'"
+            ) from exc
+        self._packb = msgpack.packb
+        self._unpackb = msgpack.unpackb
+
+    def encode(self, message: Any) -> bytes:
+        return self._packb(message, use_bin_type=True)
+
+    def decode(self, data: bytes) -> Any:
+        return self._unpackb(data, raw=False)
+
+
+_CODECS = {'json': JsonCodec, 'pickle': PickleCodec, 'msgpack': MsgpackCodec}
+
+
+def get_codec(codec: 'str | Codec') -> Codec:
+    """Resolve the `codec` option; raises ValueError/TypeError naming it."""
+    if isinstance(codec, str):
+        try:
+            factory = _CODECS[codec]
+        except KeyError:
+            raise ValueError(
+                f"codec: unknown codec {codec!r}; use one of {sorted(_CODECS)} or a codec object"
+            ) from None
+        return factory()
+    if isinstance(codec, Codec) and isinstance(getattr(codec, 'name', None), str):
+        return codec
+    raise TypeError(
+        f'codec: expected a codec name or an object with name, encode() and decode(), got {codec!r}'
+    )
+
+
+def encode_control(payload: Any) -> bytes:
+    return b'' if payload is None else json.dumps(payload, separators=(',', ':')).encode('utf-8')
+
+
+def decode_control(body: bytes | memoryview) -> Any:
+    if not body:
+        return None
+    try:
+        return json.loads(bytes(body))
+    except ValueError as exc:
+        raise ProtocolError(f'malformed control frame body: {exc}') from exc
+
+
+def encode_frame(kind: str, payload: Any) -> bytes:
+    """One frame as bytes: length prefix, kind byte, body."""
+    body = payload if kind == MESSAGE else encode_control(payload)
+    return _HEADER.pack(len(body) + 1, _KIND_CODE[kind]) + body
+
+
+def frame_size(kind: str, payload: Any) -> int:
+    return len(payload) + 1 if kind == MESSAGE else len(encode_control(payload)) + 1
+
+
+class FrameDecoder:
+    """Feeds bytes in, takes frames out. Raises ProtocolError on an oversized or unknown frame;
+    after that the stream is unusable (there is no way to resynchronise a length-prefixed stream)."""
+
+    def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
+        self.max_frame_size = max_frame_size
+        self._buffer = bytearray()
+
+    @property
+    def pending(self) -> int:
+        """Bytes received that do not yet make a whole frame."""
+        return len(self._buffer)
+
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+        buffer = self._buffer
+        buffer += data
+        frames: list[Frame] = []
+        offset = 0
+        end = len(buffer)
+        while end - offset >= 4:
+            (length,) = struct.unpack_from('>I', buffer, offset)
+            if length == 0 or length > self.max_frame_size + 1:
+                raise ProtocolError(
+                    f'frame of {length - 1} bytes exceeds the maximum frame size of '
+                    f'{self.max_frame_size} bytes' if length else 'empty frame (no kind byte)'
+                )
+            if end - offset - 4 < length:
+                break
+            code = buffer[offset + 4]
+            if code >= len(KINDS):
+                raise ProtocolError(f'unknown frame kind code {code}')
+            kind = KINDS[code]
+            body = bytes(buffer[offset + 5:offset + 4 + length])
+            frames.append((kind, body if kind == MESSAGE else decode_control(body)))
+            offset += 4 + length
+        if offset:
+            del buffer[:offset]
+        return frames
+
+
+def decode_message(codec: Codec, data: bytes, worker_id: int | None = None) -> Any:
+    """Decode a user message, turning any codec failure into DecodeError."""
+    try:
+        return codec.decode(data)
+    except Exception as exc:
+        raise DecodeError(
+            f'could not decode a message with the {codec.name!r} codec: {exc!r}', worker_id=worker_id
+        ) from exc

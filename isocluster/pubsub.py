@@ -1,0 +1,452 @@
+"""Publish/subscribe with the stages before, on, complete and after (SPEC §1, §2)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Mapping
+from inspect import isawaitable, iscoroutine
+from typing import Any, ClassVar, Self
+
+from .errors import DestroyedError
+
+__all__ = ['Event', 'Publisher', 'Subscription']
+
+Handler = Callable[['Event'], Any] | str
+
+_STAGES = ('before', 'on', 'complete', 'after')
+_STAGE_INDEX = {name: i for i, name in enumerate(_STAGES)}
+_SLOT_INDEX = {'before': 0, 'on': 1, 'after': 2}  # subscribable stages -> slot in a subscription list
+_ALL_STAGES = 0b1111
+_CONFIG_KEYS = frozenset({'complete', 'complete_once', 'publish_once', 'public_publish', 'preventable'})
+
+
+class _Config:
+    """One event's effective declaration (R24); `preventable` is a bit mask over stage indexes."""
+
+    __slots__ = ('complete', 'complete_once', 'publish_once', 'once', 'public_publish', 'preventable')
+
+    def __init__(self, owner: type, name: Any, spec: Any) -> None:
+        where = f'{owner.__qualname__}._pubsub[{name!r}]'
+        if not isinstance(name, str) or not isinstance(spec, Mapping):
+            raise TypeError(f'{where}: expected a str event name mapped to a config mapping')
+        if unknown := set(spec) - _CONFIG_KEYS:
+            raise ValueError(f'{where}: unknown keys {sorted(map(str, unknown))}')
+        self.complete: str | None = spec.get('complete', '_event_' + name)
+        if self.complete is not None and not isinstance(self.complete, str):
+            raise TypeError(f'{where}: complete must be a method name or None')
+        self.complete_once = bool(spec.get('complete_once', False))
+        self.publish_once = bool(spec.get('publish_once', False))
+        if self.complete_once and self.publish_once:
+            raise ValueError(f'{where}: complete_once and publish_once are mutually exclusive')
+        self.once = self.complete_once or self.publish_once
+        self.public_publish = bool(spec.get('public_publish', False))
+        preventable = spec.get('preventable', True)
+        if isinstance(preventable, bool):
+            self.preventable = _ALL_STAGES if preventable else 0
+        elif isinstance(preventable, (set, frozenset, list, tuple)):
+            if bad := [s for s in preventable if s not in _STAGE_INDEX]:
+                raise ValueError(f'{where}: unknown stages {bad} in preventable')
+            self.preventable = sum(1 << i for s, i in _STAGE_INDEX.items() if s in preventable)
+        else:
+            raise TypeError(f'{where}: preventable must be a bool or a set of stage names')
+
+
+def _build_table(cls: type) -> dict[str, _Config]:
+    table: dict[str, _Config] = {}
+    for klass in reversed(cls.__mro__):
+        declared = klass.__dict__.get('_pubsub')
+        if declared is None:
+            continue
+        if not isinstance(declared, Mapping):
+            raise TypeError(f'{klass.__qualname__}._pubsub must be a mapping')
+        for name, spec in declared.items():
+            table[name] = _Config(klass, name, spec)
+    return table
+
+
+class _Record:
+    """One (event, stage, handler) registration; `seq` orders registrations of a publisher."""
+
+    __slots__ = ('name', 'slot', 'handler', 'once', 'internal', 'active', 'seq')
+
+    def __init__(self, name: str, slot: int, handler: Handler, once: bool, internal: bool, seq: int) -> None:
+        self.name, self.slot, self.handler = name, slot, handler
+        self.once, self.internal, self.seq = once, internal, seq
+        self.active = True
+
+
+class Event:
+    """The one object passed to every handler and to the complete function of a publish (R4)."""
+
+    __slots__ = ('name', 'data', 'publisher', 'dispatch_stopped', 'event_stopped',
+                 '_si', '_mask', '_prevented', '_sub', '_ended_by_prevent')
+
+    def __init__(self, publisher: Publisher, name: str, data: Any, mask: int) -> None:
+        self.name = name
+        self.data = data
+        self.publisher = publisher
+        self.dispatch_stopped = False
+        self.event_stopped = False
+        self._si = 0
+        self._mask = mask
+        self._prevented = 0
+        self._sub: _Record | None = None
+        self._ended_by_prevent = False
+
+    @property
+    def stage(self) -> str:
+        return _STAGES[self._si]
+
+    @property
+    def completed(self) -> bool:
+        return self._si >= 2
+
+    def prevent(self, stage: str = 'complete') -> None:
+        """Mark `stage`: the publish ends when it reaches it (R8, R9)."""
+        i = _stage_index(stage)
+        # A stage that already started cannot be skipped any more, so marking it is meaningless.
+        if i > self._si:
+            self._prevented |= (1 << i) & self._mask
+
+    def is_prevented(self, stage: str = 'complete') -> bool:
+        return bool(self._prevented >> _stage_index(stage) & 1)
+
+    def stop_dispatch(self) -> None:
+        self.dispatch_stopped = True
+
+    def stop_event(self) -> None:
+        self.event_stopped = True
+
+    def unsubscribe(self) -> None:
+        """Remove the subscription of the handler now running (R12)."""
+        record = self._sub
+        if record is not None and record.active:
+            self.publisher._ps_unlink(record)
+
+    def __repr__(self) -> str:
+        return f'<Event {self.name!r} stage={self.stage!r}>'
+
+
+def _stage_index(stage: str) -> int:
+    i = _STAGE_INDEX.get(stage) if isinstance(stage, str) else None
+    if i is None:
+        raise ValueError(f'unknown stage {stage!r}; expected one of {_STAGES}')
+    return i
+
+
+class Subscription:
+    """What one subscribe call registered (R15)."""
+
+    __slots__ = ('_publisher', '_records')
+
+    def __init__(self, publisher: Publisher, records: tuple[_Record, ...]) -> None:
+        self._publisher = publisher
+        self._records = records
+
+    @property
+    def subscribed(self) -> bool:
+        return any(record.active for record in self._records)
+
+    def unsubscribe(self) -> None:
+        """Remove every registration of this call; idempotent, never raises."""
+        for record in self._records:
+            if record.active:  # _close_pubsub deactivates all, so this is a no-op afterwards
+                self._publisher._ps_unlink(record)
+
+
+def _pairs(target: Any, handler: Any) -> list[tuple[str, Handler]]:
+    """Expand the R13 argument shapes into (name, handler) pairs, validating everything first."""
+    if isinstance(target, Mapping):
+        if handler is not None:
+            raise TypeError('a handler cannot be given together with a mapping')
+        items = list(target.items())
+    else:
+        if handler is None:
+            raise TypeError('a handler is required')
+        if isinstance(target, str):
+            names: Any = (target,)
+        elif isinstance(target, (list, tuple)):
+            names = target
+        else:
+            raise TypeError(f'event names must be str, not {type(target).__name__}')
+        items = [(name, handler) for name in names]
+    pairs: list[tuple[str, Handler]] = []
+    for name, handlers in items:
+        if not isinstance(name, str):
+            raise TypeError(f'event names must be str, not {type(name).__name__}')
+        for h in handlers if isinstance(handlers, (list, tuple)) else (handlers,):
+            if isinstance(h, str):
+                h = str(h)  # dispatch tests `__class__ is str`
+            elif not callable(h):
+                raise TypeError(f'a handler must be callable or a method name, not {type(h).__name__}')
+            pairs.append((name, h))
+    return pairs
+
+
+async def _await(awaitable: Awaitable[Any]) -> Any:
+    return await awaitable
+
+
+def _subscriber(slot: int, once: bool, internal: bool, doc: str) -> Callable[..., Subscription]:
+    def subscribe(self: Publisher, name_or_mapping: Any, handler: Any = None) -> Subscription:
+        return self._ps_subscribe(slot, once, internal, name_or_mapping, handler)
+    subscribe.__doc__ = doc
+    return subscribe
+
+
+class Publisher:
+    """Base of every object that publishes events. Subclasses call `super().__init__()` early."""
+
+    _pubsub: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
+    _ps_table: ClassVar[dict[str, _Config]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls._ps_table = _build_table(cls)
+
+    def __init__(self) -> None:
+        self._ps_config = type(self)._ps_table  # instance attribute: the fastest lookup on the hot path
+        self._ps_subs: dict[str, list[tuple[_Record, ...]]] = {}
+        self._ps_done: dict[str, Event] = {}  # once events already marked (R20, R21) -> stored event
+        self._ps_tasks: set[asyncio.Task[Any]] = set()
+        self._ps_seq = 0
+        self._ps_closed = False
+        try:
+            self._ps_loop: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            self._ps_loop = None
+
+    # -- publishing -------------------------------------------------------------------------
+
+    def publish(self, name: str, data: Any = None) -> Self:
+        """Publish, unless `name` is declared without `public_publish` (R26)."""
+        if self._ps_closed:
+            raise self._ps_destroyed('publish')
+        config = self._ps_config.get(name)
+        if config is not None and not config.public_publish:
+            return self
+        return self._publish(name, data)
+
+    def _publish(self, name: str, data: Any = None) -> Self:
+        """Run every stage of one publish synchronously (R1–R11, R20, R21)."""
+        if self._ps_closed:
+            raise self._ps_destroyed('publish')
+        config = self._ps_config.get(name)
+        if config is None:
+            event = Event(self, name, {} if data is None else data, _ALL_STAGES)
+        else:
+            if config.once and name in self._ps_done:
+                return self
+            event = Event(self, name, {} if data is None else data, config.preventable)
+            if config.publish_once:
+                self._ps_done[name] = event
+        subs = self._ps_subs.get(name)
+        if subs is not None and subs[0]:
+            self._ps_dispatch(event, subs, 0)
+            if event.event_stopped or self._ps_closed:
+                return self
+        if event._prevented & 0b10:
+            event._ended_by_prevent = True
+            return self
+        event._si = 1
+        if subs is None:  # a handler or nested publish may have subscribed meanwhile (R18)
+            subs = self._ps_subs.get(name)
+        if subs is not None and subs[1]:
+            self._ps_dispatch(event, subs, 1)
+            if event.event_stopped or self._ps_closed:
+                return self
+        if event._prevented & 0b100:
+            event._ended_by_prevent = True
+            return self
+        event._si = 2
+        if config is not None:
+            if config.complete_once:
+                if name in self._ps_done:  # a nested publish completed it already (R20)
+                    return self
+                self._ps_done[name] = event
+            if config.complete is not None:
+                complete = getattr(self, config.complete, None)  # late binding (R7)
+                if callable(complete):
+                    result = complete(event)
+                    if result is not None and isawaitable(result):
+                        self._spawn(result)
+                    if event.event_stopped or self._ps_closed:
+                        return self
+        if event._prevented & 0b1000:
+            event._ended_by_prevent = True
+            return self
+        event._si = 3
+        if subs is None:
+            subs = self._ps_subs.get(name)
+        if subs is not None and subs[2]:
+            self._ps_dispatch(event, subs, 2)
+        return self
+
+    def _ps_dispatch(self, event: Event, subs: list[tuple[_Record, ...]], slot: int) -> None:
+        records = subs[slot]
+        while True:
+            for record in records:
+                if not record.active:
+                    continue
+                handler = record.handler
+                if handler.__class__ is str:
+                    handler = getattr(self, handler, None)  # R14
+                    if not callable(handler):
+                        continue
+                if record.once:
+                    self._ps_unlink(record)  # before the call, so raising or re-publishing cannot repeat it (R17)
+                event._sub = record
+                result = handler(event)
+                if result is not None and isawaitable(result):
+                    self._spawn(result)
+                if event.dispatch_stopped:
+                    event.dispatch_stopped = False
+                    event._sub = None
+                    return
+            # Registrations are copy-on-write tuples in seq order, so anything added to this stage
+            # while it ran is exactly the tail with a higher seq (R18).
+            last = records[-1].seq
+            current = subs[slot]
+            if not current or current[-1].seq <= last:
+                break
+            records = tuple(r for r in current if r.seq > last)
+        event._sub = None
+
+    # -- subscribing ------------------------------------------------------------------------
+
+    before = _subscriber(0, False, False, 'Subscribe to the before stage (R13).')
+    on = _subscriber(1, False, False, 'Subscribe to the on stage (R13).')
+    after = _subscriber(2, False, False, 'Subscribe to the after stage (R13).')
+    once_before = _subscriber(0, True, False, 'Subscribe to the before stage for one call (R17).')
+    once_on = _subscriber(1, True, False, 'Subscribe to the on stage for one call (R17).')
+    once_after = _subscriber(2, True, False, 'Subscribe to the after stage for one call (R17).')
+    _before = _subscriber(0, False, True, 'Library-internal before(): off() does not remove it (R19).')
+    _on = _subscriber(1, False, True, 'Library-internal on(): off() does not remove it (R19).')
+    _after = _subscriber(2, False, True, 'Library-internal after(): off() does not remove it (R19).')
+    _once_before = _subscriber(0, True, True, 'Library-internal once_before().')
+    _once_on = _subscriber(1, True, True, 'Library-internal once_on().')
+    _once_after = _subscriber(2, True, True, 'Library-internal once_after().')
+
+    def _ps_subscribe(self, slot: int, once: bool, internal: bool, target: Any, handler: Any) -> Subscription:
+        if self._ps_closed:
+            raise self._ps_destroyed('subscribe')
+        records: list[_Record] = []
+        for name, h in _pairs(target, handler):
+            stored = self._ps_done.get(name)
+            if stored is not None:  # late subscriber of a marked once event (R22)
+                if not stored._ended_by_prevent:
+                    self._ps_call_late(stored, h)
+                continue
+            self._ps_seq += 1
+            record = _Record(name, slot, h, once, internal, self._ps_seq)
+            subs = self._ps_subs.get(name)
+            if subs is None:
+                subs = self._ps_subs[name] = [(), (), ()]
+            subs[slot] += (record,)
+            records.append(record)
+        return Subscription(self, tuple(records))
+
+    def _ps_call_late(self, event: Event, handler: Handler) -> None:
+        if isinstance(handler, str):
+            handler = getattr(self, handler, None)
+            if not callable(handler):
+                return
+        running, event._sub = event._sub, None  # the stored publish may still be running
+        try:
+            result = handler(event)
+        finally:
+            event._sub = running
+        if result is not None and isawaitable(result):
+            self._spawn(result)
+
+    def _ps_unlink(self, record: _Record) -> None:
+        record.active = False
+        subs = self._ps_subs.get(record.name)
+        if subs is not None:
+            subs[record.slot] = tuple(r for r in subs[record.slot] if r is not record)
+
+    def off(self, name: str | None = None, handler: Handler | None = None, *, stage: str | None = None) -> int:
+        """Remove the public subscriptions matching every given criterion; return how many (R19)."""
+        if self._ps_closed:
+            raise self._ps_destroyed('unsubscribe')
+        if stage is None:
+            slots: tuple[int, ...] = (0, 1, 2)
+        elif stage in _SLOT_INDEX:
+            slots = (_SLOT_INDEX[stage],)
+        else:
+            raise ValueError(f'cannot unsubscribe from stage {stage!r}; expected before, on or after')
+        names = list(self._ps_subs) if name is None else [name]
+        removed = 0
+        for n in names:
+            subs = self._ps_subs.get(n)
+            if subs is None:
+                continue
+            for slot in slots:
+                keep = []
+                for record in subs[slot]:
+                    # identity, or equality: bound methods are new objects on every access
+                    if not record.internal and (
+                        handler is None or record.handler is handler or record.handler == handler
+                    ):
+                        record.active = False
+                        removed += 1
+                    else:
+                        keep.append(record)
+                if len(keep) != len(subs[slot]):
+                    subs[slot] = tuple(keep)
+        return removed
+
+    # -- tasks, loop and closing ------------------------------------------------------------
+
+    def _pubsub_loop(self) -> asyncio.AbstractEventLoop:
+        """The loop coroutine handlers run on; subclasses override it (R53)."""
+        if self._ps_loop is None:
+            self._ps_loop = asyncio.get_event_loop_policy().get_event_loop()
+        return self._ps_loop
+
+    def _spawn(self, awaitable: Awaitable[Any]) -> asyncio.Task[Any]:
+        """Run `awaitable` as a task on the publisher's loop, never inline (R27, R28)."""
+        coro = awaitable if iscoroutine(awaitable) else _await(awaitable)
+        try:
+            task = self._pubsub_loop().create_task(coro)
+        except BaseException:
+            coro.close()  # no "never awaited" warning on top of the real error
+            raise
+        self._ps_tasks.add(task)
+        task.add_done_callback(self._ps_task_done)
+        return task
+
+    def _ps_task_done(self, task: asyncio.Task[Any]) -> None:
+        self._ps_tasks.discard(task)
+        if not task.cancelled():
+            exc = task.exception()
+            if exc is not None:
+                self._task_failed(exc)
+
+    def _task_failed(self, exc: BaseException) -> None:
+        """An exception escaped a handler task (§2). Default: raise it into the loop's handling."""
+        raise exc
+
+    def _close_pubsub(self) -> None:
+        """Remove every subscription; later publish/subscribe/off raise DestroyedError (R50)."""
+        self._ps_closed = True
+        for subs in self._ps_subs.values():
+            for records in subs:
+                for record in records:
+                    record.active = False  # a publish still running skips them (R48)
+            subs[:] = ((), (), ())
+        self._ps_subs.clear()
+
+    @property
+    def _pubsub_closed(self) -> bool:
+        return self._ps_closed
+
+    def _ps_destroyed(self, action: str) -> DestroyedError:
+        try:
+            who = repr(self)
+        except Exception:
+            who = object.__repr__(self)
+        return DestroyedError(f'{who} was destroyed: cannot {action}')
+
+
+Publisher._ps_table = _build_table(Publisher)

@@ -1,0 +1,1056 @@
+"""The process transport: each worker is a real child made with `os.fork()`, linked to the
+primary by a `socket.socketpair()`, both ends driven by asyncio.
+
+Primary side: one `_WorkerLink` per child reads its socket with `loop.add_reader` into a
+preallocated buffer, feeds a `protocol.FrameDecoder` and reports frames, EOF and the exit
+(found through a pidfd, so a reaped or reused pid is never waited for or signalled).
+
+Worker side: `_ChildLink` is the worker's `PrimaryLink`. In target mode the forked child
+builds it and runs the target on a fresh loop (`_run_child`); in script mode the child
+execs `sys.executable script *args` and the script finds its link in the environment
+(`link_from_environment`). Either way the child ends with `os._exit`: it never returns
+into the parent's code.
+"""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import collections
+import ctypes
+import inspect
+import logging
+import os
+import signal
+import socket
+import stat
+import sys
+import threading
+import time
+import traceback
+import warnings
+import weakref
+from typing import Any, Callable, Mapping
+
+from .. import protocol
+from ..errors import ProtocolError, TransportError
+from . import base
+
+output_logger = logging.getLogger('isocluster.worker')
+
+_READ_SIZE = 256 * 1024
+_HIGH_WATER = 1024 * 1024
+_ANCILLARY_SIZE = socket.CMSG_SPACE(16 * array.array('i').itemsize)
+_SEND_FLAGS = getattr(socket, 'MSG_NOSIGNAL', 0)
+_RECV_FLAGS = getattr(socket, 'MSG_CMSG_CLOEXEC', 0)
+_PEER_GONE = (BrokenPipeError, ConnectionResetError)
+_MAX_PARTIAL_LINE = 64 * 1024
+_STREAMS = ('stdin', 'stdout', 'stderr')
+_STDIO_WORDS = ('inherit', 'pipe', 'devnull')
+_PR_SET_PDEATHSIG = 1
+
+# Every transport of this process: a forked child must close the fds they hold for other
+# workers, or a worker whose primary dies never sees EOF (a sibling keeps its link open).
+_transports: 'weakref.WeakSet[ProcessTransport]' = weakref.WeakSet()
+# The exec-mode worker's link, for contexts other than the one that first asked for it.
+_environment_link: '_ChildLink | None' = None
+_libc: Any = None
+
+
+def _load_libc() -> Any:
+    # Loaded in the parent: dlopen after fork could deadlock on a loader lock held by
+    # another thread of the parent at the time of the fork.
+    global _libc
+    if _libc is None and sys.platform.startswith('linux'):
+        try:
+            _libc = ctypes.CDLL(None, use_errno=True)
+        except OSError:
+            _libc = False
+    return _libc
+
+
+def _after_fork_in_child() -> None:
+    # A process forked by a worker (multiprocessing, a daemon) is not that worker.
+    global _environment_link
+    _environment_link = None
+    base._current_link.set(None)
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _flush_stdio() -> None:
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            if stream is not None:
+                stream.flush()
+        except Exception:
+            pass
+
+
+def _close_socket_in_child(sock: socket.socket) -> None:
+    # detach() first: the copied socket object must not close the fd number again later,
+    # when it may name a new file of the child.
+    if sock.fileno() >= 0:
+        try:
+            os.close(sock.detach())
+        except OSError:
+            pass
+
+
+class _FrameWriter:
+    """Non-blocking writes shared by both ends. The first frame of a loop turn goes out at
+    once (latency); later frames of the same turn are coalesced into one send (throughput)."""
+
+    _sock: socket.socket
+    _loop: asyncio.AbstractEventLoop
+
+    def _init_writer(self) -> None:
+        self._queue: collections.deque[Any] = collections.deque()  # bytes-like, or (bytes, fd)
+        self._queued = 0
+        self._corked = False
+        self._writing = False
+        self._write_broken = False
+        self._drain_waiters: list[asyncio.Future[None]] = []
+
+    def _write_data(self, data: bytes, fd: int | None = None) -> None:
+        queue = self._queue
+        if fd is not None:
+            queue.append((data, fd))
+        elif queue and isinstance(queue[-1], bytearray):
+            queue[-1] += data
+        elif queue and not isinstance(queue[-1], tuple):
+            queue[-1] = bytearray(queue[-1]) + data
+        else:
+            queue.append(data)
+        self._queued += len(data)
+        if self._corked or self._writing:
+            return
+        try:
+            self._flush()
+        except OSError as exc:
+            self._write_failed(exc)
+            raise TransportError(f'{self._describe()}: write failed ({exc})', worker_id=self._worker_id()) from exc
+        if self._queue:
+            self._start_writing()
+        else:
+            self._corked = True
+            self._loop.call_soon(self._uncork)
+
+    def _flush(self) -> None:
+        """Send what the socket takes; raises OSError other than EAGAIN."""
+        queue = self._queue
+        sock = self._sock
+        try:
+            while queue:
+                item = queue[0]
+                if isinstance(item, tuple):
+                    data, fd = item
+                    sent = socket.send_fds(sock, [data], [fd], _SEND_FLAGS)
+                    os.close(fd)
+                    queue[0] = memoryview(data)[sent:]
+                    self._queued -= sent
+                    if sent < len(data):
+                        return
+                else:
+                    sent = sock.send(item, _SEND_FLAGS)
+                    self._queued -= sent
+                    if sent < len(item):
+                        if isinstance(item, bytearray):
+                            del item[:sent]
+                        else:
+                            queue[0] = memoryview(item)[sent:]
+                        return
+                queue.popleft()
+        except (BlockingIOError, InterruptedError):
+            return
+
+    def _uncork(self) -> None:
+        self._corked = False
+        if self._queue and not self._writing and not self._write_broken:
+            self._on_writable()
+
+    def _on_writable(self) -> None:
+        try:
+            self._flush()
+        except OSError as exc:
+            self._write_failed(exc)
+            self._write_fault(exc)
+            return
+        if self._queue:
+            self._start_writing()
+        else:
+            self._stop_writing()
+            self._flushed()
+        if self._drain_waiters and self._queued <= _HIGH_WATER // 4:
+            self._wake_drainers()
+
+    def _start_writing(self) -> None:
+        if not self._writing:
+            self._writing = True
+            self._loop.add_writer(self._sock.fileno(), self._on_writable)
+
+    def _stop_writing(self) -> None:
+        if self._writing:
+            self._writing = False
+            self._loop.remove_writer(self._sock.fileno())
+
+    def _discard_queue(self) -> None:
+        for item in self._queue:
+            if isinstance(item, tuple):
+                os.close(item[1])
+        self._queue.clear()
+        self._queued = 0
+        self._wake_drainers()
+
+    def _write_failed(self, exc: OSError) -> None:
+        self._write_broken = True
+        self._stop_writing()
+        self._discard_queue()
+
+    def _wake_drainers(self) -> None:
+        waiters, self._drain_waiters = self._drain_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def drain(self) -> None:
+        if self._queued > _HIGH_WATER and not self._write_broken:
+            waiter = self._loop.create_future()
+            self._drain_waiters.append(waiter)
+            await waiter
+
+    def pending_writes(self) -> int:
+        return self._queued
+
+    # hooks
+    def _describe(self) -> str:
+        raise NotImplementedError
+
+    def _worker_id(self) -> int | None:
+        return None
+
+    def _write_fault(self, exc: OSError) -> None:
+        """An unexpected background write failure (not only the peer being gone)."""
+
+    def _flushed(self) -> None:
+        """The queue has just been flushed."""
+
+
+# ---------------------------------------------------------------------------------------
+# Primary side
+
+
+class _OutputReader:
+    """Drains a captured stdout/stderr pipe of a worker into the `isocluster.worker` logger."""
+
+    def __init__(self, transport: 'ProcessTransport', fd: int, worker_id: int, stream: str) -> None:
+        self._transport = transport
+        self.fd = fd
+        self._extra = {'worker_id': worker_id, 'stream': stream}
+        self._partial = b''
+        os.set_blocking(fd, False)
+        transport.loop.add_reader(fd, self._on_readable)
+
+    def _on_readable(self) -> None:
+        try:
+            data = os.read(self.fd, 65536)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b''
+        if not data:
+            if self._partial:
+                self._log(self._partial)
+            self.close()
+            return
+        if not output_logger.isEnabledFor(logging.DEBUG):
+            self._partial = b''
+            return
+        lines = (self._partial + data).split(b'\n')
+        self._partial = lines.pop()
+        if len(self._partial) > _MAX_PARTIAL_LINE:
+            lines.append(self._partial)
+            self._partial = b''
+        for line in lines:
+            self._log(line)
+
+    def _log(self, line: bytes) -> None:
+        output_logger.debug('%s', line.decode('utf-8', 'replace').rstrip('\r'), extra=self._extra)
+
+    def close(self) -> None:
+        if self.fd < 0:
+            return
+        self._transport.loop.remove_reader(self.fd)
+        self._transport._forget_fd(self.fd)
+        os.close(self.fd)
+        self.fd = -1
+
+
+class _WorkerLink(_FrameWriter, base.WorkerLink):
+    def __init__(self, transport: 'ProcessTransport', spec: base.WorkerSpec, pid: int,
+                 sock: socket.socket, pidfd: int, listener: base.LinkListener) -> None:
+        self.id = spec.id
+        self.pid = pid
+        self._transport = transport
+        self._loop = transport.loop
+        self._sock = sock
+        self._pidfd: int | None = pidfd
+        self._listener = listener
+        self._decoder = protocol.FrameDecoder(transport.max_frame_size)
+        self._buffer = bytearray(_READ_SIZE)
+        self._view = memoryview(self._buffer)
+        self._inbox: collections.deque[protocol.Frame] = collections.deque()
+        self._reading = True
+        self._closing = False
+        self._eof = False
+        self._closed_reported = False
+        self._exit_status: tuple[int | None, base.Signals | None] | None = None
+        self._exit_reported = False
+        self.outputs: list[_OutputReader] = []
+        self._init_writer()
+        sock.setblocking(False)
+        self._loop.add_reader(sock.fileno(), self._on_readable)
+        self._loop.add_reader(pidfd, self._on_pidfd)
+
+    def __repr__(self) -> str:
+        return f'<WorkerLink id={self.id} pid={self.pid} open={self.is_open}>'
+
+    def _describe(self) -> str:
+        return f'link to worker {self.id} (pid {self.pid})'
+
+    def _worker_id(self) -> int | None:
+        return self.id
+
+    @property
+    def is_open(self) -> bool:
+        return not (self._closing or self._eof or self._write_broken)
+
+    # writing
+
+    def write(self, kind: str, payload: Any) -> None:
+        if not self.is_open:
+            raise TransportError(f'{self._describe()} is closed', worker_id=self.id)
+        self._write_data(protocol.encode_frame(kind, payload))
+
+    def send_socket(self, sock: Any, payload: Any) -> None:
+        if not self.is_open:
+            raise TransportError(f'{self._describe()} is closed', worker_id=self.id)
+        # The queue owns a duplicate: the primary may close its socket before this is sent.
+        self._write_data(protocol.encode_frame(protocol.LISTENING, payload), os.dup(sock.fileno()))
+
+    def close(self) -> None:
+        if self._closing or self._eof:
+            return
+        self._closing = True
+        if not self._queue:
+            self._flushed()
+
+    def _flushed(self) -> None:
+        if self._closing and not self._eof:
+            try:
+                self._sock.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def _write_fault(self, exc: OSError) -> None:
+        if not isinstance(exc, _PEER_GONE):
+            self._fail(TransportError(f'{self._describe()}: write failed ({exc})', worker_id=self.id))
+
+    def kill(self, signal: base.Signals) -> None:
+        if self._pidfd is None:
+            return
+        try:
+            _pidfd_send_signal(self._pidfd, signal)
+        except ProcessLookupError:
+            pass  # exited, not yet reaped
+
+    # reading
+
+    def _on_readable(self) -> None:
+        try:
+            count = self._sock.recv_into(self._buffer)
+        except (BlockingIOError, InterruptedError):
+            return
+        except ConnectionResetError:
+            count = 0  # a worker that closes with unread data resets instead of EOF
+        except OSError as exc:
+            self._fail(TransportError(f'{self._describe()}: read failed ({exc})', worker_id=self.id))
+            return
+        if count == 0:
+            self._on_eof()
+            return
+        self._feed(count)
+
+    def _feed(self, count: int) -> None:
+        try:
+            frames = self._decoder.feed(self._view[:count])
+        except ProtocolError as exc:
+            if exc.worker_id is None:
+                exc.worker_id = self.id
+            self._fail(exc)
+            return
+        self._inbox.extend(frames)
+        self._deliver()
+
+    def _fail(self, error: BaseException) -> None:
+        if not self._reading:
+            return
+        self._stop_reading()
+        self._listener.link_error(self, error)
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self._loop.remove_reader(self._sock.fileno())
+
+    def _drain_socket(self) -> None:
+        """The worker is dead: read what it wrote before dying, without waiting."""
+        while self._reading:
+            try:
+                count = self._sock.recv_into(self._buffer)
+            except (BlockingIOError, InterruptedError):
+                return  # a process the worker forked still holds its end
+            except OSError:
+                count = 0
+            if count == 0:
+                return
+            self._feed(count)
+
+    def _on_eof(self) -> None:
+        if self._eof:
+            return
+        self._stop_reading()
+        self._eof = True
+        self._stop_writing()
+        self._discard_queue()
+        self._transport._forget_socket(self._sock)
+        self._sock.close()
+        self._deliver()
+
+    def _deliver(self) -> None:
+        inbox = self._inbox
+        listener = self._listener
+        while inbox:
+            kind, payload = inbox.popleft()
+            try:
+                listener.link_frame(self, kind, payload)
+            except BaseException:
+                if inbox:
+                    self._loop.call_soon(self._deliver)
+                raise
+        if self._eof and not self._closed_reported:
+            self._closed_reported = True
+            try:
+                listener.link_closed(self)
+            finally:
+                self._report_exit()
+
+    # reaping
+
+    def _on_pidfd(self) -> None:
+        try:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid, status = self.pid, None  # reaped by someone else: the status is lost
+        if pid == 0:
+            return
+        self._close_pidfd()
+        if status is None:
+            self._exit_status = (None, None)
+        else:
+            code = os.waitstatus_to_exitcode(status)
+            self._exit_status = (code, None) if code >= 0 else (None, base.signal_of(-code))
+        if not self._eof:
+            self._drain_socket()
+            self._on_eof()
+        else:
+            self._report_exit()
+
+    def _close_pidfd(self) -> None:
+        if self._pidfd is not None:
+            self._loop.remove_reader(self._pidfd)
+            self._transport._forget_fd(self._pidfd)
+            os.close(self._pidfd)
+            self._pidfd = None
+
+    def _report_exit(self) -> None:
+        if self._closed_reported and self._exit_status is not None and not self._exit_reported:
+            self._exit_reported = True
+            self._transport._links.discard(self)
+            self._listener.link_exit(self, *self._exit_status)
+
+    def _abandon(self) -> None:
+        """Transport closing: release everything now; a child still alive is killed and reaped."""
+        if self._pidfd is not None:
+            self.kill(base.SIGKILL)
+            try:
+                os.waitpid(self.pid, 0)
+            except ChildProcessError:
+                pass
+            self._close_pidfd()
+        if not self._eof:
+            self._stop_reading()
+            self._stop_writing()
+            self._discard_queue()
+            self._eof = True
+            self._transport._forget_socket(self._sock)
+            self._sock.close()
+        for output in self.outputs:
+            output.close()
+
+
+def _pidfd_send_signal(pidfd: int, sig: int) -> None:
+    signal.pidfd_send_signal(pidfd, sig)
+
+
+class ProcessTransport(base.Transport):
+    """Workers are real processes. `max_frame_size` bounds a frame from a worker (R120)."""
+
+    def __init__(self, max_frame_size: int = protocol.DEFAULT_MAX_FRAME_SIZE,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        if not isinstance(max_frame_size, int) or isinstance(max_frame_size, bool) or max_frame_size < 1:
+            raise ValueError(f'max_frame_size: expected a positive int, got {max_frame_size!r}')
+        self.max_frame_size = max_frame_size
+        self._loop = loop
+        self._owns_loop = False
+        self._closed = False
+        self._links: set[_WorkerLink] = set()
+        self._fds: set[int] = set()  # pidfds and pipe read ends
+        self._sockets: 'weakref.WeakSet[socket.socket]' = weakref.WeakSet()  # link ends, bound sockets
+        _transports.add(self)
+        _load_libc()
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            try:
+                self._loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._loop = asyncio.new_event_loop()
+                self._owns_loop = True
+        return self._loop
+
+    def check_spec(self, spec: base.WorkerSpec) -> None:
+        if spec.target is None and spec.script is None:
+            raise ValueError(f'worker {spec.id}: give a worker_target or a worker_script')
+        if spec.script is not None:
+            if not os.path.isfile(spec.script):
+                raise ValueError(f'worker_script: {spec.script!r} is not an existing file')
+            try:
+                protocol.get_codec(spec.codec.name)
+            except (ValueError, TypeError):
+                raise ValueError(
+                    f'codec: a worker_script worker rebuilds its codec from its name, and '
+                    f'{spec.codec.name!r} is not a built-in codec; use worker_target instead'
+                ) from None
+        for name, value in (spec.stdio or {}).items():
+            if name not in _STREAMS:
+                raise ValueError(f'worker_stdio: unknown stream {name!r}; use {_STREAMS}')
+            if not (value in _STDIO_WORDS or value is None or _is_fd(value) or hasattr(value, 'fileno')):
+                raise ValueError(
+                    f'worker_stdio[{name!r}]: expected one of {_STDIO_WORDS}, an fd or a file object, got {value!r}'
+                )
+
+    def start_worker(self, spec: base.WorkerSpec, listener: base.LinkListener) -> base.WorkerLink:
+        if self._closed:
+            raise TransportError('the process transport is closed', worker_id=spec.id)
+        loop = self.loop
+        if threading.active_count() > 1:
+            warnings.warn(
+                f'forking worker {spec.id} while {threading.active_count() - 1} other thread(s) '
+                f'run: a lock one of them holds stays locked in the worker; use worker_script '
+                f'(fork + exec) or start threads after forking',
+                RuntimeWarning, stacklevel=3,
+            )
+        plan, pipes = self._stdio_plan(spec)
+        try:
+            parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        except OSError as exc:
+            self._close_pipes(pipes)
+            raise TransportError(f'could not create the link of worker {spec.id}: {exc}', worker_id=spec.id) from exc
+        self._sockets.add(parent_sock)
+        parent_pid = os.getpid()
+        _flush_stdio()
+        # Signals stay blocked across the fork until the child has detached the parent's
+        # wakeup fd: a signal caught in between would wake the primary's loop as its own.
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        try:
+            pid = os.fork()
+        except OSError as exc:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            self._sockets.discard(parent_sock)
+            parent_sock.close()
+            child_sock.close()
+            self._close_pipes(pipes)
+            raise TransportError(f'could not fork worker {spec.id}: {exc}', worker_id=spec.id) from exc
+        if pid == 0:
+            _run_child(spec, child_sock, parent_pid, mask, plan)  # never returns
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        child_sock.close()
+        _close_fds([write_end for _, write_end in pipes.values()])
+        try:
+            pidfd = os.pidfd_open(pid)
+        except OSError as exc:
+            os.kill(pid, signal.SIGKILL)  # not reaped yet, so the pid is still this child's
+            os.waitpid(pid, 0)
+            self._sockets.discard(parent_sock)
+            parent_sock.close()
+            self._close_pipes(pipes, write_ends=False)
+            raise TransportError(f'could not watch worker {spec.id}: {exc}', worker_id=spec.id) from exc
+        self._fds.add(pidfd)
+        link = _WorkerLink(self, spec, pid, parent_sock, pidfd, listener)
+        self._links.add(link)
+        for stream, (read_end, _) in pipes.items():
+            link.outputs.append(_OutputReader(self, read_end, spec.id, stream))
+        return link
+
+    def _stdio_plan(self, spec: base.WorkerSpec) -> tuple[dict[int, Any], dict[str, tuple[int, int]]]:
+        """What the child puts on fds 0-2 (an fd to dup2, 'devnull', or None to inherit),
+        and the pipes created for captured streams."""
+        choices: dict[str, Any] = {}
+        if spec.silent:
+            choices = {'stdin': 'devnull', 'stdout': 'pipe', 'stderr': 'pipe'}
+        choices.update(spec.stdio or {})
+        plan: dict[int, Any] = {}
+        pipes: dict[str, tuple[int, int]] = {}
+        for number, stream in enumerate(_STREAMS):
+            choice = choices.get(stream, 'inherit')
+            if choice in (None, 'inherit'):
+                continue
+            if choice == 'pipe' and stream == 'stdin':
+                choice = 'devnull'  # nothing writes to a worker's stdin: it reads EOF
+            if choice == 'pipe':
+                read_end, write_end = os.pipe()
+                self._fds.add(read_end)
+                pipes[stream] = (read_end, write_end)
+                plan[number] = write_end
+            elif choice == 'devnull':
+                plan[number] = 'devnull'
+            elif _is_fd(choice):
+                plan[number] = choice
+            else:
+                if hasattr(choice, 'flush'):
+                    choice.flush()
+                plan[number] = choice.fileno()
+        return plan, pipes
+
+    def _close_pipes(self, pipes: dict[str, tuple[int, int]], write_ends: bool = True) -> None:
+        for read_end, write_end in pipes.values():
+            self._fds.discard(read_end)
+            _close_fds([read_end, write_end] if write_ends else [read_end])
+
+    def bind(self, address: Any) -> socket.socket:
+        if isinstance(address, str):
+            try:
+                if stat.S_ISSOCK(os.stat(address).st_mode):
+                    os.unlink(address)  # a stale socket file of an earlier run
+            except FileNotFoundError:
+                pass
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            try:
+                sock.bind(address)
+                sock.listen(128)
+            except BaseException:
+                sock.close()
+                raise
+        elif isinstance(address, tuple) and len(address) >= 2:
+            host = address[0]
+            family = socket.AF_INET6 if isinstance(host, str) and ':' in host else socket.AF_INET
+            sock = socket.create_server(address, family=family, backlog=128)
+        else:
+            raise ValueError(f'address: expected a (host, port) tuple or a Unix socket path, got {address!r}')
+        self._sockets.add(sock)
+        return sock
+
+    def install_signal_handlers(self, handlers: Mapping[base.Signals, Callable[[], None]]) -> Callable[[], None]:
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        loop = self.loop
+        previous = {sig: signal.getsignal(sig) for sig in handlers}
+        for sig, handler in handlers.items():
+            loop.add_signal_handler(sig, handler)
+
+        def restore() -> None:
+            for sig, old in previous.items():
+                loop.remove_signal_handler(sig)
+                if old is not None:
+                    signal.signal(sig, old)
+
+        return restore
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for link in list(self._links):
+            link._abandon()
+        self._links.clear()
+        _close_fds(list(self._fds))
+        self._fds.clear()
+        if self._owns_loop and self._loop is not None and not self._loop.is_running() and not self._loop.is_closed():
+            self._loop.close()
+        _transports.discard(self)
+
+    def _forget_fd(self, fd: int) -> None:
+        self._fds.discard(fd)
+
+    def _forget_socket(self, sock: socket.socket) -> None:
+        self._sockets.discard(sock)
+
+    def _abandon_in_child(self) -> None:
+        """In a new child: close this transport's fds without touching its loop's selector
+        (epoll registrations are shared with the parent: unregistering here unregisters there)."""
+        for sock in list(self._sockets):
+            _close_socket_in_child(sock)
+        _close_fds(list(self._fds))
+        loop = self._loop
+        if isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop):
+            try:
+                loop._selector._selector.close()  # type: ignore[attr-defined]  # close(2) only
+            except Exception:
+                pass
+            for name in ('_ssock', '_csock'):
+                sock = getattr(loop, name, None)
+                if isinstance(sock, socket.socket):
+                    _close_socket_in_child(sock)
+
+
+def _is_fd(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _close_fds(fds: list[int]) -> None:
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+# ---------------------------------------------------------------------------------------
+# Worker side
+
+
+class _ChildLink(_FrameWriter, base.PrimaryLink):
+    """The worker's end. `exit_on_finish`: target mode ends the process when the worker
+    ends; script mode returns from `run()`."""
+
+    def __init__(self, worker_id: int, codec: protocol.Codec, sock: socket.socket,
+                 loop: asyncio.AbstractEventLoop, exit_on_finish: bool) -> None:
+        self.worker_id = worker_id
+        self.codec = codec
+        self.loop = self._loop = loop
+        self._sock = sock
+        self._exit_on_finish = exit_on_finish
+        self._decoder = protocol.FrameDecoder()
+        self._buffer = bytearray(_READ_SIZE)
+        self._view = memoryview(self._buffer)
+        self._fds: collections.deque[int] = collections.deque()
+        self._receiver: base.LinkReceiver | None = None
+        self._backlog: collections.deque[protocol.Frame] = collections.deque()
+        self._delivering = False
+        self._reading = False
+        self._eof = False
+        self._closed = False
+        self._finished = False
+        self._kill_deadline: float | None = None
+        self._kill_timer: threading.Timer | None = None
+        self._init_writer()
+        sock.setblocking(False)
+        loop.set_exception_handler(_fatal_exception_handler)
+
+    def _describe(self) -> str:
+        return f'link of worker {self.worker_id} to its primary'
+
+    def _worker_id(self) -> int | None:
+        return self.worker_id
+
+    def _start(self) -> None:
+        """Write ONLINE and start reading. Called once the link is the current one, so the
+        reader's callbacks run in a context where `current_link()` is this link."""
+        self.write(protocol.ONLINE, None)
+        self._reading = True
+        self.loop.add_reader(self._sock.fileno(), self._on_readable)
+
+    @property
+    def is_open(self) -> bool:
+        return not (self._closed or self._eof or self._write_broken)
+
+    # receiving
+
+    def attach(self, receiver: base.LinkReceiver) -> None:
+        self._receiver = receiver
+        if (self._backlog or self._eof) and not self._delivering:
+            self._delivering = True
+            self.loop.call_soon(self._deliver_backlog)
+
+    def detach(self, receiver: base.LinkReceiver) -> None:
+        if self._receiver is receiver:
+            self._receiver = None
+
+    def _deliver_backlog(self) -> None:
+        self._delivering = False
+        backlog = self._backlog
+        while backlog and self._receiver is not None:
+            self._receiver.link_frame(*backlog.popleft())
+        if self._eof and not backlog:
+            self._deliver_eof()
+
+    def _on_readable(self) -> None:
+        try:
+            count, ancillary, _, _ = self._sock.recvmsg_into([self._buffer], _ANCILLARY_SIZE, _RECV_FLAGS)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            count, ancillary = 0, []  # reset by a primary that died: same as EOF
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array('i')
+                fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+                self._fds.extend(fds)
+        if count == 0:
+            self._stop_reading()
+            self._eof = True
+            if not self._backlog:
+                self._deliver_eof()
+            return
+        # A ProtocolError here is fatal to the worker (R120): it reaches the loop's handler.
+        for kind, payload in self._decoder.feed(self._view[:count]):
+            if kind == protocol.LISTENING:
+                payload = dict(payload or {})
+                if self._fds:
+                    payload['socket'] = socket.socket(fileno=self._fds.popleft())
+            receiver = self._receiver
+            if receiver is None and kind == protocol.DISCONNECT:
+                self.finish()  # R102: a worker that never built a ClusterWorker just ends
+            elif receiver is not None and not self._backlog:
+                receiver.link_frame(kind, payload)
+            else:
+                self._backlog.append((kind, payload))
+
+    def _deliver_eof(self) -> None:
+        if self._receiver is not None:
+            self._receiver.link_closed()
+        else:
+            self.finish()
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self.loop.remove_reader(self._sock.fileno())
+
+    # writing
+
+    def write(self, kind: str, payload: Any) -> None:
+        if not self.is_open:
+            raise TransportError(f'{self._describe()} is closed', worker_id=self.worker_id)
+        self._write_data(protocol.encode_frame(kind, payload))
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        sock = self._sock
+        self._stop_reading()
+        self._stop_writing()
+        try:
+            if self._queue and not self._write_broken:
+                sock.setblocking(True)  # the final flush may block: the kill timer bounds it
+                for item in self._queue:
+                    sock.sendall(item[0] if isinstance(item, tuple) else item, _SEND_FLAGS)
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._discard_queue()
+        sock.close()
+        _close_fds(list(self._fds))
+        self._fds.clear()
+
+    # ending
+
+    def arm_kill_timer(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        if self._kill_deadline is not None and deadline >= self._kill_deadline:
+            return
+        if self._kill_timer is not None:
+            self._kill_timer.cancel()
+        self._kill_deadline = deadline
+        # A thread, so it fires even when the loop is blocked. No flush: a blocked main
+        # thread may hold the stdout lock.
+        self._kill_timer = threading.Timer(max(seconds, 0.0), os._exit, (0,))
+        self._kill_timer.daemon = True
+        self._kill_timer.start()
+
+    def finish(self) -> None:
+        self._finished = True
+        if self.loop.is_running():
+            self.loop.stop()
+
+    def run(self) -> None:
+        if self.loop.is_running():
+            raise RuntimeError('the worker loop is already running')
+        self._serve()
+        if not self._exit_on_finish:
+            self.loop.close()
+
+    def _serve(self) -> None:
+        loop = self.loop
+        while not self._finished:
+            loop.run_forever()
+        tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        self.close()
+
+
+def _die(error: BaseException, message: str | None = None) -> None:
+    """R33: a traceback on stderr, then exit 1 at once, without closing anything gracefully."""
+    try:
+        if message:
+            print(message, file=sys.stderr)
+        traceback.print_exception(error, file=sys.stderr)
+        _flush_stdio()
+    finally:
+        os._exit(1)
+
+
+def _fatal_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    error = context.get('exception')
+    # "exception was never retrieved" comes from a garbage-collected future: asyncio
+    # reports it as usual, as on the primary (R34).
+    if error is None or 'never retrieved' in context.get('message', ''):
+        loop.default_exception_handler(context)
+        return
+    _die(error, context.get('message'))
+
+
+def _target_done(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        _die(task.exception())  # type: ignore[arg-type]
+
+
+def _exit_code(exc: SystemExit) -> int:
+    if exc.code is None:
+        return 0
+    if isinstance(exc.code, int):
+        return exc.code
+    print(exc.code, file=sys.stderr)
+    return 1
+
+
+def _arm_parent_death_signal(parent_pid: int) -> None:
+    libc = _libc
+    if libc:
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    # prctl(2): if the parent died before the prctl, the signal never comes.
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _run_child(spec: base.WorkerSpec, sock: socket.socket, parent_pid: int,
+               mask: Any, plan: dict[int, Any]) -> None:
+    """The forked child. Never returns: every path ends in os._exit."""
+    code = 1
+    try:
+        signal.set_wakeup_fd(-1)  # first: it is the parent's loop's self-pipe
+        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the primary only (R119)
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
+            signal.signal(sig, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        for transport in list(_transports):
+            transport._abandon_in_child()
+        opened = []
+        for number, target in plan.items():
+            if target == 'devnull':
+                target = os.open(os.devnull, os.O_RDWR)
+                opened.append(target)
+            os.dup2(target, number)
+            _rebind_python_stream(number)
+        _close_fds([fd for fd in {*plan.values(), *opened} if _is_fd(fd) and fd > 2])
+        _arm_parent_death_signal(parent_pid)
+        if spec.script is not None:
+            _exec_script(spec, sock)
+        code = _run_target(spec, sock)
+    except SystemExit as exc:
+        code = _exit_code(exc)
+    except BaseException:
+        try:
+            traceback.print_exc()
+        except BaseException:
+            pass
+        code = 1
+    finally:
+        _flush_stdio()
+        os._exit(code)
+
+
+def _rebind_python_stream(number: int) -> None:
+    # sys.stdout may have been replaced in the parent (a test runner's capture, a wrapper):
+    # redirected output must still reach the redirected fd.
+    name = ('stdin', 'stdout', 'stderr')[number]
+    stream = getattr(sys, name)
+    try:
+        if stream is not None and stream.fileno() == number:
+            return
+    except (AttributeError, OSError, ValueError):
+        pass
+    encoding = getattr(stream, 'encoding', None) or 'utf-8'
+    setattr(sys, name, open(number, 'r' if number == 0 else 'w', encoding=encoding,
+                            errors='backslashreplace' if number == 2 else 'strict',
+                            buffering=1 if number == 2 else -1, closefd=False))
+
+
+def _exec_script(spec: base.WorkerSpec, sock: socket.socket) -> None:
+    fd = sock.fileno()
+    os.set_inheritable(fd, True)
+    env = dict(os.environ)
+    env[base.WORKER_ID_ENV] = str(spec.id)
+    env[base.WORKER_FD_ENV] = str(fd)
+    env[base.WORKER_CODEC_ENV] = spec.codec.name
+    try:
+        os.execve(sys.executable, [sys.executable, spec.script, *spec.args], env)  # type: ignore[list-item]
+    except OSError as exc:
+        print(f'isocluster: could not exec {sys.executable} {spec.script}: {exc}', file=sys.stderr)
+        _flush_stdio()
+        os._exit(127)
+
+
+def _run_target(spec: base.WorkerSpec, sock: socket.socket) -> int:
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    link = _ChildLink(spec.id, spec.codec, sock, loop, exit_on_finish=True)
+    base._current_link.set(link)
+    link._start()
+    result = spec.target()  # type: ignore[misc]
+    if inspect.isawaitable(result):
+        task = asyncio.ensure_future(result, loop=loop)
+        task.add_done_callback(_target_done)
+    link._serve()
+    return 0
+
+
+def link_from_environment() -> base.PrimaryLink:
+    """Script mode: the link the primary passed through the environment (built once)."""
+    global _environment_link
+    if _environment_link is None:
+        worker_id = int(os.environ[base.WORKER_ID_ENV])
+        fd = int(os.environ[base.WORKER_FD_ENV])
+        codec = protocol.get_codec(os.environ.get(base.WORKER_CODEC_ENV, 'json'))
+        # Grandchildren (subprocesses of the script) are not workers.
+        for name in (base.WORKER_ID_ENV, base.WORKER_FD_ENV, base.WORKER_CODEC_ENV):
+            os.environ.pop(name, None)
+        sock = socket.socket(fileno=fd)
+        sock.set_inheritable(False)
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        # PR_SET_PDEATHSIG was armed before exec and survives it.
+        _environment_link = _ChildLink(worker_id, codec, sock, loop, exit_on_finish=False)
+        base._current_link.set(_environment_link)
+        _environment_link._start()
+    else:
+        base._current_link.set(_environment_link)
+    return _environment_link

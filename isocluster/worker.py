@@ -1,0 +1,238 @@
+"""ClusterWorker: a worker's side of the cluster (SPEC §5).
+
+Binds to the link of the worker whose code is running (a ContextVar the transport sets),
+so the same code works in a forked process, an exec'd script, and a simulated worker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from typing import Any, ClassVar
+
+from . import protocol
+from .errors import EncodeError, ListenError, NotAWorkerError, ProtocolError, SendError, TransportError
+from .lifecycle import Initializable
+from .supervision import check_seconds
+from .transport.base import PrimaryLink, current_link
+
+DEFAULT_KILL_TIMEOUT = 6.765
+_MISSING: Any = object()
+
+
+class _WorkerId:
+    """`ClusterWorker.worker_id`, read on the class or an instance, at the moment it is read."""
+
+    def __get__(self, instance: Any, owner: Any = None) -> int | None:
+        link = current_link()
+        return link.worker_id if link is not None else None
+
+
+class ClusterWorker(Initializable):
+    """The worker's end of the cluster. Build one in the worker's code; see DESIGN.md."""
+
+    _pubsub: ClassVar[dict[str, dict[str, Any]]] = {
+        'primary_message': {},
+        'primary_disconnect': {},
+    }
+
+    worker_id = _WorkerId()
+
+    @staticmethod
+    def is_worker() -> bool:
+        """True inside a worker started by a ClusterPrimary."""
+        return current_link() is not None
+
+    def __init__(self, *, initialize: bool = True) -> None:
+        self._link: PrimaryLink | None = current_link()
+        self._receiving = False
+        self._disconnected = False
+        self._kill_timeout = DEFAULT_KILL_TIMEOUT
+        self._listen_requests: dict[int, asyncio.Future[Any]] = {}
+        self._next_request = 1
+        super().__init__(initialize=initialize)
+
+    def _pubsub_loop(self) -> asyncio.AbstractEventLoop:
+        if self._link is not None:
+            return self._link.loop
+        return super()._pubsub_loop()
+
+    # -- lifecycle -------------------------------------------------------------------
+
+    def _initialize(self) -> None:
+        if self._link is None:
+            raise NotAWorkerError(
+                'ClusterWorker can only initialize inside a worker process started by a ClusterPrimary '
+                '(use ClusterWorker(initialize=False) elsewhere)'
+            )
+        if not self._receiving:
+            self._receiving = True
+            self._link.attach(self)
+
+    def _on_initialized(self) -> None:
+        link = self._link
+        if link is not None and not link.ready_sent:
+            link.ready_sent = True
+            try:
+                link.write(protocol.READY, None)
+            except TransportError:
+                pass  # the primary is gone; primary_disconnect follows
+
+    def destroy(self, *args: Any, timeout: float = DEFAULT_KILL_TIMEOUT, **kwargs: Any) -> 'ClusterWorker':
+        """Disconnect from the primary and end the worker; `timeout` bounds how long that may take."""
+        seconds = check_seconds('timeout', timeout, allow_zero=False)
+        if not self.destroyed:
+            self._kill_timeout = min(self._kill_timeout, seconds)
+        super().destroy(*args, **kwargs)
+        return self
+
+    def _destroy(self, *args: Any, **kwargs: Any) -> None:
+        link = self._link
+        if self._receiving and link is not None:
+            self._receiving = False
+            link.detach(self)
+        if link is not None and link.is_open and not self._disconnected:
+            try:
+                link.write(protocol.EXITING, None)
+            except TransportError:
+                pass
+            link.close()
+        for future in self._listen_requests.values():
+            if not future.done():
+                future.set_exception(ListenError('the worker was destroyed before the primary answered listen()'))
+        self._listen_requests.clear()
+        super()._destroy(*args, **kwargs)
+        if link is not None:
+            link.arm_kill_timer(self._kill_timeout)
+            link.finish()
+
+    def run(self) -> None:
+        """Script mode: run this worker's loop until the worker ends."""
+        if self._link is None:
+            raise NotAWorkerError('ClusterWorker.run() can only be called inside a worker process')
+        self._link.run()
+
+    # -- messages --------------------------------------------------------------------
+
+    def send(self, message: Any = _MISSING) -> 'asyncio.Future[None]':
+        if message is _MISSING:
+            raise TypeError("send() missing required argument: 'message'")
+        future: asyncio.Future[None] = self._pubsub_loop().create_future()
+        link = self._link
+        if link is None:
+            future.set_exception(NotAWorkerError('ClusterWorker.send() only works inside a worker process'))
+            return future
+        try:
+            data = link.codec.encode(message)
+        except Exception as error:
+            failure = EncodeError(
+                f'could not encode the message with the {link.codec.name!r} codec: {error!r}; nothing was sent',
+                worker_id=link.worker_id,
+            )
+            failure.__cause__ = error
+            future.set_exception(failure)
+            return future
+        if len(data) + 1 > link.max_frame_size:
+            future.set_exception(EncodeError(
+                f'the encoded message is {len(data)} bytes, over the maximum frame size of '
+                f'{link.max_frame_size} bytes; nothing was sent', worker_id=link.worker_id,
+            ))
+            return future
+        try:
+            link.write(protocol.MESSAGE, data)
+        except TransportError as error:
+            failure = SendError(
+                f'worker {link.worker_id} could not send: the link to the primary is closed', worker_id=link.worker_id,
+            )
+            failure.__cause__ = error
+            future.set_exception(failure)
+        else:
+            future.set_result(None)
+        return future
+
+    async def listen(self, address: Any) -> Any:
+        """A listening socket for `address`, bound once by the primary and shared by every worker."""
+        link = self._link
+        if link is None:
+            raise NotAWorkerError('ClusterWorker.listen() only works inside a worker process')
+        if isinstance(address, tuple):
+            if len(address) != 2 or not isinstance(address[0], str) or type(address[1]) is not int:
+                raise ValueError(f'address: expected (host, port) or a Unix socket path, got {address!r}')
+            wire_address: Any = list(address)
+        elif isinstance(address, str):
+            wire_address = address
+        else:
+            raise TypeError(f'address: expected (host, port) or a Unix socket path, got {address!r}')
+        request = self._next_request
+        self._next_request += 1
+        future = self._pubsub_loop().create_future()
+        self._listen_requests[request] = future
+        try:
+            link.write(protocol.LISTEN, {'id': request, 'address': wire_address})
+        except TransportError as error:
+            self._listen_requests.pop(request, None)
+            raise ListenError('listen(): the link to the primary is closed', worker_id=link.worker_id) from error
+        payload = await future
+        if 'error' in payload:
+            raise ListenError(
+                f'the primary could not listen on {address!r}: {payload["error"]}', worker_id=link.worker_id
+            )
+        return payload['socket']
+
+    # -- link events (called by the transport) ----------------------------------------
+
+    def link_frame(self, kind: str, payload: Any) -> None:
+        link = self._link
+        if kind == protocol.MESSAGE:
+            if not self._disconnected and link is not None:
+                message = protocol.decode_message(link.codec, payload, link.worker_id)
+                self._publish('primary_message', {'message': message})
+        elif kind == protocol.HEARTBEAT:
+            if link is not None and link.is_open:
+                try:
+                    link.write(protocol.HEARTBEAT_ACK, payload)
+                except TransportError:
+                    pass
+        elif kind == protocol.DISCONNECT:
+            self._primary_gone()
+        elif kind == protocol.LISTENING:
+            future = self._listen_requests.pop(payload.get('id'), None) if isinstance(payload, dict) else None
+            if future is not None and not future.done():
+                future.set_result(payload)
+            elif isinstance(payload, dict) and payload.get('socket') is not None:
+                payload['socket'].close()
+        else:
+            raise ProtocolError(f'worker received an unexpected {kind.upper()} frame from the primary')
+
+    def link_closed(self) -> None:
+        self._primary_gone()
+
+    def _primary_gone(self) -> None:
+        if self._disconnected:
+            return
+        self._disconnected = True
+        link = self._link
+        if link is not None:
+            link.close()
+            link.arm_kill_timer(self._kill_timeout)
+        for future in self._listen_requests.values():
+            if not future.done():
+                future.set_exception(ListenError('the primary disconnected before answering listen()'))
+        self._listen_requests.clear()
+        self._publish('primary_disconnect', {})
+
+    # -- default actions -------------------------------------------------------------
+
+    def _event_primary_message(self, event: Any) -> None:
+        message = event.data['message']
+        if type(message) is dict:
+            kind = message.get('type')
+            if type(kind) is str and kind.isidentifier():
+                method = getattr(self, '_event_primary_message_' + kind, None)
+                if callable(method):
+                    result = method(event)
+                    if inspect.isawaitable(result):
+                        self._spawn(result)
+
+    def _event_primary_disconnect(self, event: Any) -> None:
+        self._call_soon(self.destroy)
