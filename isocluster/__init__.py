@@ -7,8 +7,8 @@ The cluster logic runs unchanged on real processes and on a deterministic simula
 
 from .errors import (
     ClusterError, DecodeError, DestroyedError, EncodeError, HeartbeatTimeout, InvalidDestinationError,
-    ListenError, NotAWorkerError, NotInitializedError, NotSupportedError, ProtocolError, ReadyTimeout,
-    SendError, TransportError,
+    ListenError, NotAWorkerError, NotInitializedError, NotSupportedError, PrimaryLost, ProtocolError,
+    ReadyTimeout, RemoteError, RequestTimeout, SendError, TransportError, WorkerLost,
 )
 from .handle import WorkerHandle
 from .lifecycle import Initializable
@@ -22,6 +22,6 @@ __version__ = '0.1.0'
 __all__ = [
     'Backoff', 'ClusterError', 'ClusterPrimary', 'ClusterWorker', 'DecodeError', 'DestroyedError',
     'EncodeError', 'Event', 'HeartbeatTimeout', 'Initializable', 'InvalidDestinationError', 'ListenError',
-    'NotAWorkerError', 'NotInitializedError', 'NotSupportedError', 'ProtocolError', 'Publisher',
-    'ReadyTimeout', 'RestartPolicy', 'SendError', 'Subscription', 'TransportError', 'WorkerHandle',
+    'NotAWorkerError', 'NotInitializedError', 'NotSupportedError', 'PrimaryLost', 'ProtocolError', 'Publisher',
+    'ReadyTimeout', 'RemoteError', 'RequestTimeout', 'RestartPolicy', 'SendError', 'Subscription', 'TransportError', 'WorkerHandle', 'WorkerLost',
 ]

@@ -73,3 +73,29 @@ class ListenError(ClusterError):
 
 class NotSupportedError(ClusterError):
     """The transport cannot do what was asked."""
+
+
+class RequestTimeout(ClusterError):
+    """No reply arrived within the request's timeout."""
+
+
+class WorkerLost(ClusterError):
+    """The worker disconnected or died before it replied to a request."""
+
+
+class PrimaryLost(ClusterError):
+    """The primary disconnected before it replied to a worker's request."""
+
+
+class RemoteError(ClusterError):
+    """The handler of a request raised; `remote_type`, `remote_message` and
+    `remote_traceback` describe the exception on the other side."""
+
+    def __init__(
+        self, message: str = '', *, worker_id: int | None = None, remote_type: str = '',
+        remote_message: str = '', remote_traceback: str = '',
+    ) -> None:
+        super().__init__(message, worker_id=worker_id)
+        self.remote_type = remote_type
+        self.remote_message = remote_message
+        self.remote_traceback = remote_traceback

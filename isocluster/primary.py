@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import inspect
 import logging
 import sys
 import types
@@ -17,11 +16,12 @@ from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 from . import protocol
 from .errors import (
-    ClusterError, DecodeError, EncodeError, HeartbeatTimeout, InvalidDestinationError,
-    NotInitializedError, DestroyedError, ProtocolError, ReadyTimeout, SendError, TransportError,
+    ClusterError, DecodeError, DestroyedError, EncodeError, HeartbeatTimeout, InvalidDestinationError,
+    NotInitializedError, ProtocolError, ReadyTimeout, SendError, TransportError, WorkerLost,
 )
 from .handle import WorkerHandle
 from .lifecycle import Initializable
+from .routing import PendingRequests, Request, route
 from .supervision import Backoff, RestartPolicy, check_seconds
 from .transport.base import SIGKILL, SIGTERM, Signals, Transport, WorkerLink, WorkerSpec
 
@@ -101,6 +101,7 @@ class ClusterPrimary(Initializable):
         self._last_forked: list[WorkerHandle] = []
         self._reload: _Reload | None = None
         self._heartbeat_timer: asyncio.TimerHandle | None = None
+        self._requests = PendingRequests()
         self._fatal_error: BaseException | None = None
         self._closed = False
         self._closed_future: asyncio.Future[None] | None = None
@@ -192,6 +193,7 @@ class ClusterPrimary(Initializable):
     def _destroy(self, *args: Any, **kwargs: Any) -> None:
         self._state = 'destroyed'
         self._cancel_all_timers()
+        self._requests.lose(None, lambda: WorkerLost('the primary was destroyed before the reply arrived'))
         self._pool.clear()
         self._pool_ids.clear()
         self._round_robin_history.clear()
@@ -264,19 +266,8 @@ class ClusterPrimary(Initializable):
         if message is _MISSING:
             raise TypeError("send() missing required argument: 'message'")
         future: asyncio.Future[None] = self._pubsub_loop().create_future()
-        try:
-            data = self._codec.encode(message)
-        except Exception as error:
-            future.set_exception(EncodeError(
-                f'could not encode the message with the {self._codec.name!r} codec: {error!r}; nothing was sent'
-            ))
-            future.exception().__cause__ = error
-            return future
-        if len(data) + 1 > self._transport.max_frame_size:
-            future.set_exception(EncodeError(
-                f'the encoded message is {len(data)} bytes, over the maximum frame size of '
-                f'{self._transport.max_frame_size} bytes; nothing was sent'
-            ))
+        data = self._encode(message, future)
+        if data is None:
             return future
         destinations = self._resolve_destinations(to)
         if not destinations:
@@ -309,6 +300,54 @@ class ClusterPrimary(Initializable):
                 failures=failures,
             ))
         return future
+
+    def request(self, message: Any, to: 'WorkerHandle | int', *, timeout: float | None = None) -> 'asyncio.Future[Any]':
+        """Send `message` to one worker and await its reply (the routed handler's return value).
+
+        Fails with RequestTimeout, WorkerLost (the worker left first) or RemoteError (its handler raised).
+        """
+        check_seconds('timeout', timeout, allow_none=True, allow_zero=False)
+        future: asyncio.Future[Any] = self._pubsub_loop().create_future()
+        if isinstance(to, (list, tuple)) or to is None:
+            future.set_exception(InvalidDestinationError(f'request(): to must name one worker, got {to!r}'))
+            return future
+        data = self._encode(message, future)
+        if data is None:
+            return future
+        target = self._resolve_one(to)
+        if isinstance(target, BaseException):
+            future.set_exception(target)
+            return future
+        request_id, reply = self._requests.open(self._pubsub_loop(), target, timeout, f'the request to worker {target.id}')
+        try:
+            target._link.write(protocol.REQUEST, (request_id, data))
+        except TransportError as error:
+            self._requests.cancel(request_id)
+            failure = SendError(f'could not write to worker {target.id}: {error}', worker_id=target.id)
+            failure.__cause__ = error
+            future.set_exception(failure)
+            return future
+        self._stats['messages_out'] += 1
+        return reply
+
+    def _encode(self, message: Any, future: 'asyncio.Future[Any]') -> bytes | None:
+        """The message's bytes, or None with `future` rejected with EncodeError (R71)."""
+        try:
+            data = self._codec.encode(message)
+        except Exception as error:
+            failure = EncodeError(
+                f'could not encode the message with the {self._codec.name!r} codec: {error!r}; nothing was sent'
+            )
+            failure.__cause__ = error
+            future.set_exception(failure)
+            return None
+        if len(data) + 1 > self._transport.max_frame_size:
+            future.set_exception(EncodeError(
+                f'the encoded message is {len(data)} bytes, over the maximum frame size of '
+                f'{self._transport.max_frame_size} bytes; nothing was sent'
+            ))
+            return None
+        return data
 
     def _resolve_destinations(self, to: Any) -> list[tuple[Any, Any]]:
         if to is None:
@@ -526,6 +565,24 @@ class ClusterPrimary(Initializable):
             self._publish('worker_message', {'worker': handle, 'message': message})
         elif kind == protocol.HEARTBEAT_ACK:
             handle._last_beat = self._pubsub_loop().time()
+        elif kind == protocol.REPLY and handle.state != 'forked':
+            self._requests.settle(payload, self._codec, handle.id)
+        elif kind == protocol.REQUEST and handle.state != 'forked':
+            request_id, data = payload
+            try:
+                message = protocol.decode_message(self._codec, data, handle.id)
+            except DecodeError as error:
+                return self._worker_fault(handle, error)
+            self._stats['messages_in'] += 1
+            link = handle._link
+            request = Request(request_id, lambda reply: link.write(protocol.REPLY, reply), self._codec, self._spawn)
+            try:
+                self._publish('worker_message', {'worker': handle, 'message': message, 'request': request})
+            except Exception as error:
+                if request.answered:
+                    raise
+                request.fail(error)
+            request.settle_unanswered(message.get('type') if type(message) is dict else None)
         elif kind == protocol.ONLINE:
             if handle.state != 'forked':
                 return self._protocol_violation(handle, 'a second ONLINE')
@@ -600,6 +657,9 @@ class ClusterPrimary(Initializable):
         handle._move('disconnected')
         handle._cancel_timer('ready')
         self._stop_heartbeat(handle)
+        self._requests.lose(handle, lambda: WorkerLost(
+            f'worker {handle.id} disconnected before it replied', worker_id=handle.id,
+        ))
         self._publish('worker_disconnect', {'worker': handle})
 
     def _worker_exited(self, handle: WorkerHandle, code: int | None, signal: Signals | None) -> None:
@@ -666,17 +726,8 @@ class ClusterPrimary(Initializable):
             for history in self._round_robin_history.values():
                 history.pop(handle.id, None)
 
-    def _event_worker_message(self, event: Any) -> Any:
-        message = event.data['message']
-        if type(message) is dict:
-            kind = message.get('type')
-            if type(kind) is str and kind.isidentifier():
-                method = getattr(self, '_event_worker_message_' + kind, None)
-                if callable(method):
-                    result = method(event)
-                    if inspect.isawaitable(result):
-                        self._spawn(result)
-        return None
+    def _event_worker_message(self, event: Any) -> None:
+        route(self, '_event_worker_message_', event)
 
     def _event_worker_disconnect(self, event: Any) -> None:
         self._remove_worker(event.data['worker'])

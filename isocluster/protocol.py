@@ -1,9 +1,11 @@
 """Frames, codecs and length-prefixed framing: pure functions, no I/O.
 
 A frame is `(kind, payload)`. User messages travel as kind `'message'` with the codec's
-bytes as payload; every other kind is a control frame whose payload is a small dict of
-plain data (or None), always encoded with the standard `json` module whatever the user
-codec is, so no user message can ever be read as a control frame.
+bytes as payload; `'request'` carries `(request_id, bytes)` and `'reply'` carries
+`(request_id, ok, bytes)` (the codec's bytes when ok, else a JSON error description).
+Every other kind is a control frame whose payload is a small dict of plain data (or
+None), always encoded with the standard `json` module whatever the user codec is, so no
+user message can ever be read as a control frame.
 
 On the wire a frame is a 4-byte big-endian length `n`, then `n` bytes: one kind byte and
 the body.
@@ -42,6 +44,8 @@ Frame = tuple[str, Any]
 
 _HEADER = struct.Struct('>IB')
 HEADER_SIZE = _HEADER.size
+_REQUEST_ID = struct.Struct('>Q')
+_REPLY_ID = struct.Struct('>QB')
 
 
 @runtime_checkable
@@ -138,14 +142,39 @@ def decode_control(body: bytes | memoryview) -> Any:
         raise ProtocolError(f'malformed control frame body: {exc}') from exc
 
 
+def encode_body(kind: str, payload: Any) -> bytes:
+    if kind == MESSAGE:
+        return payload
+    if kind == REQUEST:
+        return _REQUEST_ID.pack(payload[0]) + payload[1]
+    if kind == REPLY:
+        return _REPLY_ID.pack(payload[0], 1 if payload[1] else 0) + payload[2]
+    return encode_control(payload)
+
+
+def decode_body(kind: str, body: bytes) -> Any:
+    if kind == MESSAGE:
+        return body
+    if kind == REQUEST:
+        if len(body) < _REQUEST_ID.size:
+            raise ProtocolError('truncated REQUEST frame')
+        return (_REQUEST_ID.unpack_from(body)[0], body[_REQUEST_ID.size:])
+    if kind == REPLY:
+        if len(body) < _REPLY_ID.size:
+            raise ProtocolError('truncated REPLY frame')
+        request_id, ok = _REPLY_ID.unpack_from(body)
+        return (request_id, bool(ok), body[_REPLY_ID.size:])
+    return decode_control(body)
+
+
 def encode_frame(kind: str, payload: Any) -> bytes:
     """One frame as bytes: length prefix, kind byte, body."""
-    body = payload if kind == MESSAGE else encode_control(payload)
+    body = encode_body(kind, payload)
     return _HEADER.pack(len(body) + 1, _KIND_CODE[kind]) + body
 
 
 def frame_size(kind: str, payload: Any) -> int:
-    return len(payload) + 1 if kind == MESSAGE else len(encode_control(payload)) + 1
+    return len(encode_body(kind, payload)) + 1
 
 
 class FrameDecoder:
@@ -181,7 +210,7 @@ class FrameDecoder:
                 raise ProtocolError(f'unknown frame kind code {code}')
             kind = KINDS[code]
             body = bytes(buffer[offset + 5:offset + 4 + length])
-            frames.append((kind, body if kind == MESSAGE else decode_control(body)))
+            frames.append((kind, body if kind == MESSAGE else decode_body(kind, body)))
             offset += 4 + length
         if offset:
             del buffer[:offset]

@@ -117,6 +117,13 @@ class Event:
     def stop_event(self) -> None:
         self.event_stopped = True
 
+    def reply(self, value: Any = None) -> None:
+        """Answer the request this event carries (a message sent with `request()`)."""
+        request = self.data.get('request') if type(self.data) is dict else None
+        if request is None:
+            raise TypeError(f'event {self.name!r} carries no request: only messages sent with request() can be replied to')
+        request.reply(value)
+
     def unsubscribe(self) -> None:
         """Remove the subscription of the handler now running (R12)."""
         record = self._sub

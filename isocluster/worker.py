@@ -7,12 +7,12 @@ so the same code works in a forked process, an exec'd script, and a simulated wo
 from __future__ import annotations
 
 import asyncio
-import inspect
 from typing import Any, ClassVar
 
 from . import protocol
-from .errors import EncodeError, ListenError, NotAWorkerError, ProtocolError, SendError, TransportError
+from .errors import EncodeError, ListenError, NotAWorkerError, PrimaryLost, ProtocolError, SendError, TransportError
 from .lifecycle import Initializable
+from .routing import PendingRequests, Request, route
 from .supervision import check_seconds
 from .transport.base import PrimaryLink, current_link
 
@@ -50,6 +50,7 @@ class ClusterWorker(Initializable):
         self._kill_timeout = DEFAULT_KILL_TIMEOUT
         self._listen_requests: dict[int, asyncio.Future[Any]] = {}
         self._next_request = 1
+        self._requests = PendingRequests()
         super().__init__(initialize=initialize)
 
     def _pubsub_loop(self) -> asyncio.AbstractEventLoop:
@@ -101,6 +102,7 @@ class ClusterWorker(Initializable):
             if not future.done():
                 future.set_exception(ListenError('the worker was destroyed before the primary answered listen()'))
         self._listen_requests.clear()
+        self._requests.lose(None, lambda: PrimaryLost('the worker was destroyed before the primary replied'))
         super()._destroy(*args, **kwargs)
         if link is not None:
             link.arm_kill_timer(self._kill_timeout)
@@ -122,21 +124,8 @@ class ClusterWorker(Initializable):
         if link is None:
             future.set_exception(NotAWorkerError('ClusterWorker.send() only works inside a worker process'))
             return future
-        try:
-            data = link.codec.encode(message)
-        except Exception as error:
-            failure = EncodeError(
-                f'could not encode the message with the {link.codec.name!r} codec: {error!r}; nothing was sent',
-                worker_id=link.worker_id,
-            )
-            failure.__cause__ = error
-            future.set_exception(failure)
-            return future
-        if len(data) + 1 > link.max_frame_size:
-            future.set_exception(EncodeError(
-                f'the encoded message is {len(data)} bytes, over the maximum frame size of '
-                f'{link.max_frame_size} bytes; nothing was sent', worker_id=link.worker_id,
-            ))
+        data = self._encode(link, message, future)
+        if data is None:
             return future
         try:
             link.write(protocol.MESSAGE, data)
@@ -149,6 +138,49 @@ class ClusterWorker(Initializable):
         else:
             future.set_result(None)
         return future
+
+    def request(self, message: Any, *, timeout: float | None = None) -> 'asyncio.Future[Any]':
+        """Send `message` to the primary and await its reply (its routed handler's return value)."""
+        check_seconds('timeout', timeout, allow_none=True, allow_zero=False)
+        future: asyncio.Future[Any] = self._pubsub_loop().create_future()
+        link = self._link
+        if link is None:
+            future.set_exception(NotAWorkerError('ClusterWorker.request() only works inside a worker process'))
+            return future
+        data = self._encode(link, message, future)
+        if data is None:
+            return future
+        request_id, reply = self._requests.open(self._pubsub_loop(), None, timeout, 'the request to the primary')
+        try:
+            link.write(protocol.REQUEST, (request_id, data))
+        except TransportError as error:
+            self._requests.cancel(request_id)
+            failure = SendError(f'worker {link.worker_id} could not send: the link to the primary is closed', worker_id=link.worker_id)
+            failure.__cause__ = error
+            future.set_exception(failure)
+            return future
+        return reply
+
+    @staticmethod
+    def _encode(link: PrimaryLink, message: Any, future: 'asyncio.Future[Any]') -> bytes | None:
+        """The message's bytes, or None with `future` rejected with EncodeError."""
+        try:
+            data = link.codec.encode(message)
+        except Exception as error:
+            failure = EncodeError(
+                f'could not encode the message with the {link.codec.name!r} codec: {error!r}; nothing was sent',
+                worker_id=link.worker_id,
+            )
+            failure.__cause__ = error
+            future.set_exception(failure)
+            return None
+        if len(data) + 1 > link.max_frame_size:
+            future.set_exception(EncodeError(
+                f'the encoded message is {len(data)} bytes, over the maximum frame size of '
+                f'{link.max_frame_size} bytes; nothing was sent', worker_id=link.worker_id,
+            ))
+            return None
+        return data
 
     async def listen(self, address: Any) -> Any:
         """A listening socket for `address`, bound once by the primary and shared by every worker."""
@@ -187,6 +219,12 @@ class ClusterWorker(Initializable):
             if not self._disconnected and link is not None:
                 message = protocol.decode_message(link.codec, payload, link.worker_id)
                 self._publish('primary_message', {'message': message})
+        elif kind == protocol.REQUEST:
+            if not self._disconnected and link is not None:
+                self._serve_request(link, payload)
+        elif kind == protocol.REPLY:
+            if link is not None:
+                self._requests.settle(payload, link.codec, link.worker_id)
         elif kind == protocol.HEARTBEAT:
             if link is not None and link.is_open:
                 try:
@@ -204,6 +242,19 @@ class ClusterWorker(Initializable):
         else:
             raise ProtocolError(f'worker received an unexpected {kind.upper()} frame from the primary')
 
+    def _serve_request(self, link: PrimaryLink, payload: Any) -> None:
+        request_id, data = payload
+        message = protocol.decode_message(link.codec, data, link.worker_id)
+        request = Request(request_id, lambda reply: link.write(protocol.REPLY, reply), link.codec, self._spawn)
+        try:
+            self._publish('primary_message', {'message': message, 'request': request})
+        except Exception as error:
+            # A handler error inside a request goes back to the requester; the worker lives on.
+            if request.answered:
+                raise
+            request.fail(error)
+        request.settle_unanswered(message.get('type') if type(message) is dict else None)
+
     def link_closed(self) -> None:
         self._primary_gone()
 
@@ -219,20 +270,13 @@ class ClusterWorker(Initializable):
             if not future.done():
                 future.set_exception(ListenError('the primary disconnected before answering listen()'))
         self._listen_requests.clear()
+        self._requests.lose(None, lambda: PrimaryLost('the primary disconnected before it replied'))
         self._publish('primary_disconnect', {})
 
     # -- default actions -------------------------------------------------------------
 
     def _event_primary_message(self, event: Any) -> None:
-        message = event.data['message']
-        if type(message) is dict:
-            kind = message.get('type')
-            if type(kind) is str and kind.isidentifier():
-                method = getattr(self, '_event_primary_message_' + kind, None)
-                if callable(method):
-                    result = method(event)
-                    if inspect.isawaitable(result):
-                        self._spawn(result)
+        route(self, '_event_primary_message_', event)
 
     def _event_primary_disconnect(self, event: Any) -> None:
         self._call_soon(self.destroy)

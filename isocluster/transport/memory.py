@@ -334,7 +334,7 @@ def _roundtrip_control(kind: str, payload: Any) -> Any:
     # Control payloads cross a real link as JSON; doing the same here keeps tests honest.
     if kind == protocol.MESSAGE:
         return payload
-    return protocol.decode_control(protocol.encode_control(payload))
+    return protocol.decode_body(kind, protocol.encode_body(kind, payload))
 
 
 class MemoryTransport(Transport):

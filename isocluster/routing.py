@@ -1,0 +1,170 @@
+"""Type routing and request/reply, shared by the primary and the worker.
+
+A message `{'type': 'x', ...}` is routed to the method `<prefix>x` (R76, R108). A message
+sent with `request()` carries a `Request` in the event data: the routed method's return
+value (or awaitable) becomes the reply, or a handler calls `event.reply(value)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import traceback
+from typing import Any, Callable
+
+from . import protocol
+from .errors import EncodeError, RemoteError, RequestTimeout, TransportError
+
+
+def route(publisher: Any, prefix: str, event: Any) -> None:
+    """Call `<prefix><type>` for a typed dict message; feed its result to a pending request."""
+    message = event.data['message']
+    if type(message) is not dict:
+        return
+    kind = message.get('type')
+    if type(kind) is not str or not kind.isidentifier():
+        return
+    method = getattr(publisher, prefix + kind, None)
+    if not callable(method):
+        return
+    result = method(event)
+    request = event.data.get('request')
+    if request is not None:
+        request.answer_with(result)
+    elif result is not None and inspect.isawaitable(result):
+        publisher._spawn(result)
+
+
+class Request:
+    """One request received; answer it exactly once with `reply()` or `fail()`."""
+
+    __slots__ = ('id', 'answered', '_write', '_codec', '_spawn', 'pending')
+
+    def __init__(self, request_id: int, write: Callable[[Any], None], codec: protocol.Codec, spawn: Callable[[Any], Any]) -> None:
+        self.id = request_id
+        self.answered = False
+        self.pending = False  # an awaitable will answer it
+        self._write = write
+        self._codec = codec
+        self._spawn = spawn
+
+    def reply(self, value: Any = None) -> None:
+        if self.answered:
+            raise RuntimeError(f'request {self.id} has already been answered')
+        try:
+            data = self._codec.encode(value)
+        except Exception as error:
+            self.fail(EncodeError(f'the reply could not be encoded with the {self._codec.name!r} codec: {error!r}'))
+            return
+        self._send(True, data)
+
+    def fail(self, error: BaseException) -> None:
+        if self.answered:
+            raise RuntimeError(f'request {self.id} has already been answered')
+        description = {
+            'type': type(error).__qualname__,
+            'message': str(error),
+            'traceback': ''.join(traceback.format_exception(error)),
+        }
+        self._send(False, json.dumps(description).encode('utf-8'))
+
+    def _send(self, ok: bool, data: bytes) -> None:
+        self.answered = True
+        self.pending = False
+        try:
+            self._write((self.id, ok, data))
+        except TransportError:
+            pass  # the requester is gone; its side settles the request as lost
+
+    def answer_with(self, result: Any) -> None:
+        if self.answered:
+            return
+        if result is not None and inspect.isawaitable(result):
+            self.pending = True
+            self._spawn(self._await_answer(result))
+        else:
+            self.reply(result)
+
+    async def _await_answer(self, awaitable: Any) -> None:
+        try:
+            value = await awaitable
+        except asyncio.CancelledError:
+            if not self.answered:
+                self.fail(RuntimeError('the request handler was cancelled'))
+            raise
+        except Exception as error:
+            if not self.answered:
+                self.fail(error)
+            return
+        if not self.answered:
+            self.reply(value)
+
+    def settle_unanswered(self, kind: Any) -> None:
+        """After the publish: a request nobody answered (and nobody will) fails clearly."""
+        if not self.answered and not self.pending:
+            self.fail(LookupError(f'no handler answered the request (message type {kind!r})'))
+
+
+class PendingRequests:
+    """Requests this side sent and whose replies it awaits."""
+
+    def __init__(self) -> None:
+        self._next_id = 1
+        self._pending: dict[int, tuple[asyncio.Future[Any], Any, asyncio.TimerHandle | None]] = {}
+
+    def open(self, loop: asyncio.AbstractEventLoop, peer: Any, timeout: float | None, describe: str) -> tuple[int, 'asyncio.Future[Any]']:
+        request_id = self._next_id
+        self._next_id += 1
+        future: asyncio.Future[Any] = loop.create_future()
+        timer = None
+        if timeout is not None:
+            timer = loop.call_later(timeout, self._time_out, request_id, timeout, describe)
+        self._pending[request_id] = (future, peer, timer)
+        return request_id, future
+
+    def cancel(self, request_id: int) -> None:
+        entry = self._pending.pop(request_id, None)
+        if entry is not None and entry[2] is not None:
+            entry[2].cancel()
+
+    def _time_out(self, request_id: int, timeout: float, describe: str) -> None:
+        entry = self._pending.pop(request_id, None)
+        if entry is not None and not entry[0].done():
+            entry[0].set_exception(RequestTimeout(f'{describe} got no reply within {timeout}s', worker_id=getattr(entry[1], 'id', None)))
+
+    def settle(self, payload: Any, codec: protocol.Codec, worker_id: int | None) -> None:
+        request_id, ok, data = payload
+        entry = self._pending.pop(request_id, None)
+        if entry is None:
+            return  # timed out or lost already: the late reply is dropped
+        future, _peer, timer = entry
+        if timer is not None:
+            timer.cancel()
+        if future.done():
+            return
+        if ok:
+            try:
+                future.set_result(protocol.decode_message(codec, data, worker_id))
+            except Exception as error:
+                future.set_exception(error)
+            return
+        try:
+            description = json.loads(data)
+        except ValueError:
+            description = {'type': 'unknown', 'message': repr(data[:200]), 'traceback': ''}
+        future.set_exception(RemoteError(
+            f"the request handler raised {description.get('type')}: {description.get('message')}",
+            worker_id=worker_id, remote_type=str(description.get('type', '')),
+            remote_message=str(description.get('message', '')), remote_traceback=str(description.get('traceback', '')),
+        ))
+
+    def lose(self, peer: Any, make_error: Callable[[], BaseException]) -> None:
+        """Fail every request sent to `peer` (None: all of them)."""
+        for request_id, (future, target, timer) in list(self._pending.items()):
+            if peer is None or target is peer:
+                del self._pending[request_id]
+                if timer is not None:
+                    timer.cancel()
+                if not future.done():
+                    future.set_exception(make_error())

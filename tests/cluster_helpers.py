@@ -1,0 +1,68 @@
+"""Run one async scenario against a primary on either transport, cleaning up every child."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from typing import Any, Awaitable, Callable
+
+from isocluster import ClusterPrimary
+
+TRANSPORTS = ('memory', 'process')
+WALL_TIMEOUT = 20.0
+
+
+def ready_waiter(primary: ClusterPrimary, count: int) -> 'asyncio.Future[None]':
+    """A future resolved once `count` workers are in the pool."""
+    future = primary.transport.loop.create_future()
+
+    def check(event: Any) -> None:
+        if len(primary.workers) >= count and not future.done():
+            future.set_result(None)
+
+    primary.after('worker_ready', check)
+    return future
+
+
+def run_cluster(
+    transport: str, scenario: Callable[[ClusterPrimary], Awaitable[Any]],
+    primary_class: type[ClusterPrimary] = ClusterPrimary, **options: Any,
+) -> Any:
+    """Build a primary on `transport`, run `scenario(primary)`, then destroy the primary and wait
+    until it is closed. Returns the scenario's result."""
+    if transport == 'memory':
+        from isocluster.transport.memory import MemoryTransport
+
+        sim = MemoryTransport(seed=options.pop('seed', 1))
+        primary = primary_class(transport=sim, **options)
+        task = sim.loop.create_task(scenario(primary))
+        task.add_done_callback(lambda _task: primary.destroy())
+        sim.run_until(lambda: task.done() and primary.closed, timeout=600)
+        return task.result()
+
+    from isocluster.transport.process import ProcessTransport
+
+    options.pop('seed', None)
+
+    async def main() -> Any:
+        primary = primary_class(transport=ProcessTransport(), **options)
+        pids: set[int] = set()
+        primary.after('worker_fork', lambda event: pids.add(event.data['worker'].pid))
+        try:
+            return await asyncio.wait_for(scenario(primary), WALL_TIMEOUT)
+        finally:
+            primary.destroy()
+            try:
+                await asyncio.wait_for(primary.wait_closed(), WALL_TIMEOUT)
+            finally:
+                for pid in pids:
+                    if pid is None:
+                        continue
+                    try:
+                        os.kill(pid, signal.SIGKILL)
+                        os.waitpid(pid, 0)
+                    except (ProcessLookupError, ChildProcessError):
+                        pass
+
+    return asyncio.run(main())
