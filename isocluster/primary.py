@@ -469,6 +469,8 @@ class ClusterPrimary(Initializable):
             loop.run_until_complete(self.wait_closed())
         finally:
             restore()
+            if self._owns_transport:
+                self._transport.close()  # now that the loop has stopped, it can be closed too
 
     async def wait_closed(self) -> None:
         if not self._closed:
@@ -977,7 +979,10 @@ class ClusterPrimary(Initializable):
                 sock = self._transport.bind(key)
             except (OSError, ValueError, TypeError) as error:
                 try:
-                    handle._link.write(protocol.LISTENING, {'id': payload['id'], 'error': f'{type(error).__name__}: {error}'})
+                    handle._link.write(protocol.LISTENING, {
+                        'id': payload['id'], 'error': f'{type(error).__name__}: {error}',
+                        'errno': getattr(error, 'errno', None), 'strerror': getattr(error, 'strerror', None),
+                    })
                 except TransportError:
                     pass
                 return

@@ -184,6 +184,12 @@ class FrameDecoder:
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         self.max_frame_size = max_frame_size
         self._buffer = bytearray()
+        self._error: ProtocolError | None = None
+
+    @property
+    def error(self) -> ProtocolError | None:
+        """The fault that ended the stream, once one was found."""
+        return self._error
 
     @property
     def pending(self) -> int:
@@ -191,27 +197,38 @@ class FrameDecoder:
         return len(self._buffer)
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
+        """The whole frames received so far. A fault raises ProtocolError, but only after the
+        good frames before it were returned: it is raised by the next call."""
+        if self._error is not None:
+            raise self._error
         buffer = self._buffer
         buffer += data
         frames: list[Frame] = []
         offset = 0
         end = len(buffer)
-        while end - offset >= 4:
-            (length,) = struct.unpack_from('>I', buffer, offset)
-            if length == 0 or length > self.max_frame_size + 1:
-                raise ProtocolError(
-                    f'frame of {length - 1} bytes exceeds the maximum frame size of '
-                    f'{self.max_frame_size} bytes' if length else 'empty frame (no kind byte)'
-                )
-            if end - offset - 4 < length:
-                break
-            code = buffer[offset + 4]
-            if code >= len(KINDS):
-                raise ProtocolError(f'unknown frame kind code {code}')
-            kind = KINDS[code]
-            body = bytes(buffer[offset + 5:offset + 4 + length])
-            frames.append((kind, body if kind == MESSAGE else decode_body(kind, body)))
-            offset += 4 + length
+        try:
+            while end - offset >= 4:
+                (length,) = struct.unpack_from('>I', buffer, offset)
+                if length == 0 or length > self.max_frame_size + 1:
+                    raise ProtocolError(
+                        f'frame of {length - 1} bytes exceeds the maximum frame size of '
+                        f'{self.max_frame_size} bytes' if length else 'empty frame (no kind byte)'
+                    )
+                if end - offset - 4 < length:
+                    break
+                code = buffer[offset + 4]
+                if code >= len(KINDS):
+                    raise ProtocolError(f'unknown frame kind code {code}')
+                kind = KINDS[code]
+                body = bytes(buffer[offset + 5:offset + 4 + length])
+                frames.append((kind, body if kind == MESSAGE else decode_body(kind, body)))
+                offset += 4 + length
+        except ProtocolError as error:
+            self._error = error
+            buffer.clear()
+            if not frames:
+                raise
+            return frames
         if offset:
             del buffer[:offset]
         return frames

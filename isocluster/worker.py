@@ -206,9 +206,10 @@ class ClusterWorker(Initializable):
             raise ListenError('listen(): the link to the primary is closed', worker_id=link.worker_id) from error
         payload = await future
         if 'error' in payload:
+            cause = OSError(payload['errno'], payload['strerror']) if payload.get('errno') else None
             raise ListenError(
                 f'the primary could not listen on {address!r}: {payload["error"]}', worker_id=link.worker_id
-            )
+            ) from cause
         return payload['socket']
 
     # -- link events (called by the transport) ----------------------------------------

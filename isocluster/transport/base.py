@@ -36,6 +36,7 @@ import asyncio
 import contextvars
 import os
 import signal as _signal
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
 
@@ -61,7 +62,15 @@ def current_link() -> 'PrimaryLink | None':
     the environment the first time it asks.
     """
     link = _current_link.get()
-    if link is None and WORKER_FD_ENV in os.environ:
+    if link is not None:
+        return link
+    process = sys.modules.get('isocluster.transport.process')
+    if process is not None:
+        # A real worker's link holds in every thread and context of the process.
+        link = process.worker_link()
+        if link is not None:
+            return link
+    if WORKER_FD_ENV in os.environ:
         from .process import link_from_environment
 
         link = link_from_environment()

@@ -92,10 +92,16 @@ class VirtualLoop(asyncio.BaseEventLoop):
 
     def call_exception_handler(self, context: dict[str, Any]) -> None:
         error = context.get('exception')
-        if isinstance(error, BaseException) and not isinstance(error, asyncio.CancelledError):
+        # A future nobody awaited is only reported, as asyncio always does (R34); an
+        # exception escaping a callback is fatal.
+        unretrieved = 'future' in context and 'handle' not in context
+        if isinstance(error, BaseException) and not isinstance(error, asyncio.CancelledError) and not unretrieved:
             self._transport._capture(error)
         else:
             super().call_exception_handler(context)
+
+    def __del__(self) -> None:
+        pass  # a virtual loop holds no OS resource: nothing to warn about when it is dropped
 
     def is_idle(self) -> bool:
         return not self._ready and all(handle.cancelled() for handle in self._scheduled)
@@ -191,7 +197,7 @@ class MemoryWorkerLink(WorkerLink):
     def send_socket(self, sock: Any, payload: Any) -> None:
         self._check_writable()
         frame_payload = dict(_roundtrip_control(protocol.LISTENING, payload))
-        frame_payload['socket'] = sock
+        frame_payload['socket'] = sock.dup()  # the worker's own descriptor, as over SCM_RIGHTS
         self.to_worker.push((protocol.LISTENING, frame_payload))
 
     def _check_writable(self) -> None:
@@ -614,6 +620,8 @@ class MemoryTransport(Transport):
         for link in self._links.values():
             link.process.alive = False
             link.process.stop_running()
+        if not self._loop.is_running():
+            self._loop.close()
 
 
 def _exit_code(exit_: SystemExit) -> int:

@@ -52,8 +52,9 @@ _PR_SET_PDEATHSIG = 1
 # Every transport of this process: a forked child must close the fds they hold for other
 # workers, or a worker whose primary dies never sees EOF (a sibling keeps its link open).
 _transports: 'weakref.WeakSet[ProcessTransport]' = weakref.WeakSet()
-# The exec-mode worker's link, for contexts other than the one that first asked for it.
-_environment_link: '_ChildLink | None' = None
+# This process's link when it is a worker: for exec-mode contexts other than the one that
+# first asked, and so that a worker's own workers close it.
+_worker_link: '_ChildLink | None' = None
 _libc: Any = None
 
 
@@ -71,8 +72,8 @@ def _load_libc() -> Any:
 
 def _after_fork_in_child() -> None:
     # A process forked by a worker (multiprocessing, a daemon) is not that worker.
-    global _environment_link
-    _environment_link = None
+    global _worker_link
+    _worker_link = None
     base._current_link.set(None)
 
 
@@ -98,12 +99,36 @@ def _close_socket_in_child(sock: socket.socket) -> None:
             pass
 
 
+class _Batch:
+    """Writes made while a read callback delivers frames are sent when it returns: one send
+    per link for the whole batch, without the extra loop turn of the cork."""
+
+    __slots__ = ('active', 'corked')
+
+    def __init__(self) -> None:
+        self.active = False
+        self.corked: list[_FrameWriter] = []
+
+    def begin(self) -> bool:
+        if self.active:
+            return False
+        self.active = True
+        return True
+
+    def end(self) -> None:
+        self.active = False
+        corked, self.corked = self.corked, []
+        for writer in corked:
+            writer._uncork()
+
+
 class _FrameWriter:
     """Non-blocking writes shared by both ends. The first frame of a loop turn goes out at
     once (latency); later frames of the same turn are coalesced into one send (throughput)."""
 
     _sock: socket.socket
     _loop: asyncio.AbstractEventLoop
+    _batch: _Batch
 
     def _init_writer(self) -> None:
         self._queue: collections.deque[Any] = collections.deque()  # bytes-like, or (bytes, fd)
@@ -125,6 +150,10 @@ class _FrameWriter:
             queue.append(data)
         self._queued += len(data)
         if self._corked or self._writing:
+            return
+        if self._batch.active:
+            self._corked = True
+            self._batch.corked.append(self)
             return
         try:
             self._flush()
@@ -297,6 +326,7 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
         self._sock = sock
         self._pidfd: int | None = pidfd
         self._listener = listener
+        self._batch = transport._batch
         self._decoder = protocol.FrameDecoder(transport.max_frame_size)
         self._buffer = bytearray(_READ_SIZE)
         self._view = memoryview(self._buffer)
@@ -380,18 +410,28 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
         if count == 0:
             self._on_eof()
             return
-        self._feed(count)
+        batch = self._batch
+        if not batch.begin():
+            self._feed(count)
+            return
+        try:
+            self._feed(count)
+        finally:
+            batch.end()
 
     def _feed(self, count: int) -> None:
         try:
             frames = self._decoder.feed(self._view[:count])
         except ProtocolError as exc:
-            if exc.worker_id is None:
-                exc.worker_id = self.id
-            self._fail(exc)
-            return
+            frames = []
         self._inbox.extend(frames)
         self._deliver()
+        error = self._decoder.error
+        if error is not None:
+            # The good frames before the fault were delivered first (they are the worker's).
+            if error.worker_id is None:
+                error.worker_id = self.id
+            self._fail(error)
 
     def _fail(self, error: BaseException) -> None:
         if not self._reading:
@@ -516,6 +556,7 @@ class ProcessTransport(base.Transport):
         self._owns_loop = False
         self._closed = False
         self._links: set[_WorkerLink] = set()
+        self._batch = _Batch()
         self._fds: set[int] = set()  # pidfds and pipe read ends
         self._sockets: 'weakref.WeakSet[socket.socket]' = weakref.WeakSet()  # link ends, bound sockets
         _transports.add(self)
@@ -555,7 +596,6 @@ class ProcessTransport(base.Transport):
     def start_worker(self, spec: base.WorkerSpec, listener: base.LinkListener) -> base.WorkerLink:
         if self._closed:
             raise TransportError('the process transport is closed', worker_id=spec.id)
-        loop = self.loop
         if threading.active_count() > 1:
             warnings.warn(
                 f'forking worker {spec.id} while {threading.active_count() - 1} other thread(s) '
@@ -571,6 +611,7 @@ class ProcessTransport(base.Transport):
             raise TransportError(f'could not create the link of worker {spec.id}: {exc}', worker_id=spec.id) from exc
         self._sockets.add(parent_sock)
         parent_pid = os.getpid()
+        own_link = _worker_link  # this process's link, when a worker starts workers of its own
         _flush_stdio()
         # Signals stay blocked across the fork until the child has detached the parent's
         # wakeup fd: a signal caught in between would wake the primary's loop as its own.
@@ -585,7 +626,7 @@ class ProcessTransport(base.Transport):
             self._close_pipes(pipes)
             raise TransportError(f'could not fork worker {spec.id}: {exc}', worker_id=spec.id) from exc
         if pid == 0:
-            _run_child(spec, child_sock, parent_pid, mask, plan)  # never returns
+            _run_child(spec, child_sock, parent_pid, mask, plan, own_link)  # never returns
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         child_sock.close()
         _close_fds([write_end for _, write_end in pipes.values()])
@@ -680,17 +721,19 @@ class ProcessTransport(base.Transport):
         return restore
 
     def close(self) -> None:
-        if self._closed:
-            return
-        self._closed = True
-        for link in list(self._links):
-            link._abandon()
-        self._links.clear()
-        _close_fds(list(self._fds))
-        self._fds.clear()
-        if self._owns_loop and self._loop is not None and not self._loop.is_running() and not self._loop.is_closed():
-            self._loop.close()
-        _transports.discard(self)
+        """Release the links and, once it has stopped, the loop this transport created. Called
+        from inside the running loop, it cannot close that loop: call it again after it stops."""
+        if not self._closed:
+            self._closed = True
+            for link in list(self._links):
+                link._abandon()
+            self._links.clear()
+            _close_fds(list(self._fds))
+            self._fds.clear()
+            _transports.discard(self)
+        loop = self._loop
+        if self._owns_loop and loop is not None and not loop.is_running() and not loop.is_closed():
+            loop.close()
 
     def _forget_fd(self, fd: int) -> None:
         self._fds.discard(fd)
@@ -704,7 +747,13 @@ class ProcessTransport(base.Transport):
         for sock in list(self._sockets):
             _close_socket_in_child(sock)
         _close_fds(list(self._fds))
-        loop = self._loop
+        # Forget them too: a worker that is itself a primary forks again, and by then these
+        # fd numbers may name its own files.
+        self._sockets = weakref.WeakSet()
+        self._fds = set()
+        self._links = set()
+        self._closed = True
+        loop, self._loop = self._loop, None
         if isinstance(loop, asyncio.selector_events.BaseSelectorEventLoop):
             try:
                 loop._selector._selector.close()  # type: ignore[attr-defined]  # close(2) only
@@ -743,6 +792,7 @@ class _ChildLink(_FrameWriter, base.PrimaryLink):
         self.loop = self._loop = loop
         self._sock = sock
         self._exit_on_finish = exit_on_finish
+        self._batch = _Batch()
         self._decoder = protocol.FrameDecoder()
         self._buffer = bytearray(_READ_SIZE)
         self._view = memoryview(self._buffer)
@@ -815,6 +865,14 @@ class _ChildLink(_FrameWriter, base.PrimaryLink):
             if not self._backlog:
                 self._deliver_eof()
             return
+        batch = self._batch
+        batch.begin()
+        try:
+            self._dispatch(count)
+        finally:
+            batch.end()
+
+    def _dispatch(self, count: int) -> None:
         # A ProtocolError here is fatal to the worker (R120): it reaches the loop's handler.
         for kind, payload in self._decoder.feed(self._view[:count]):
             if kind == protocol.LISTENING:
@@ -828,6 +886,8 @@ class _ChildLink(_FrameWriter, base.PrimaryLink):
                 receiver.link_frame(kind, payload)
             else:
                 self._backlog.append((kind, payload))
+        if self._decoder.error is not None:
+            raise self._decoder.error
 
     def _deliver_eof(self) -> None:
         if self._receiver is not None:
@@ -952,7 +1012,7 @@ def _arm_parent_death_signal(parent_pid: int) -> None:
 
 
 def _run_child(spec: base.WorkerSpec, sock: socket.socket, parent_pid: int,
-               mask: Any, plan: dict[int, Any]) -> None:
+               mask: Any, plan: dict[int, Any], parent_link: '_ChildLink | None') -> None:
     """The forked child. Never returns: every path ends in os._exit."""
     code = 1
     try:
@@ -963,6 +1023,9 @@ def _run_child(spec: base.WorkerSpec, sock: socket.socket, parent_pid: int,
         signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         for transport in list(_transports):
             transport._abandon_in_child()
+        _transports.clear()
+        if parent_link is not None:
+            _close_socket_in_child(parent_link._sock)
         opened = []
         for number, target in plan.items():
             if target == 'devnull':
@@ -1022,7 +1085,8 @@ def _exec_script(spec: base.WorkerSpec, sock: socket.socket) -> None:
 def _run_target(spec: base.WorkerSpec, sock: socket.socket) -> int:
     loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
-    link = _ChildLink(spec.id, spec.codec, sock, loop, exit_on_finish=True)
+    global _worker_link
+    link = _worker_link = _ChildLink(spec.id, spec.codec, sock, loop, exit_on_finish=True)
     base._current_link.set(link)
     link._start()
     result = spec.target()  # type: ignore[misc]
@@ -1033,10 +1097,15 @@ def _run_target(spec: base.WorkerSpec, sock: socket.socket) -> int:
     return 0
 
 
+def worker_link() -> base.PrimaryLink | None:
+    """This process's link when it is a real worker (fork or exec mode), whatever the context."""
+    return _worker_link
+
+
 def link_from_environment() -> base.PrimaryLink:
     """Script mode: the link the primary passed through the environment (built once)."""
-    global _environment_link
-    if _environment_link is None:
+    global _worker_link
+    if _worker_link is None:
         worker_id = int(os.environ[base.WORKER_ID_ENV])
         fd = int(os.environ[base.WORKER_FD_ENV])
         codec = protocol.get_codec(os.environ.get(base.WORKER_CODEC_ENV, 'json'))
@@ -1048,9 +1117,9 @@ def link_from_environment() -> base.PrimaryLink:
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         # PR_SET_PDEATHSIG was armed before exec and survives it.
-        _environment_link = _ChildLink(worker_id, codec, sock, loop, exit_on_finish=False)
-        base._current_link.set(_environment_link)
-        _environment_link._start()
+        _worker_link = _ChildLink(worker_id, codec, sock, loop, exit_on_finish=False)
+        base._current_link.set(_worker_link)
+        _worker_link._start()
     else:
-        base._current_link.set(_environment_link)
-    return _environment_link
+        base._current_link.set(_worker_link)
+    return _worker_link
