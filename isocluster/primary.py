@@ -333,21 +333,10 @@ class ClusterPrimary(Initializable):
     def _encode(self, message: Any, future: 'asyncio.Future[Any]') -> bytes | None:
         """The message's bytes, or None with `future` rejected with EncodeError (R71)."""
         try:
-            data = self._codec.encode(message)
-        except Exception as error:
-            failure = EncodeError(
-                f'could not encode the message with the {self._codec.name!r} codec: {error!r}; nothing was sent'
-            )
-            failure.__cause__ = error
-            future.set_exception(failure)
+            return protocol.encode_message(self._codec, message, self._transport.max_frame_size)
+        except EncodeError as error:
+            future.set_exception(error)
             return None
-        if len(data) + 1 > self._transport.max_frame_size:
-            future.set_exception(EncodeError(
-                f'the encoded message is {len(data)} bytes, over the maximum frame size of '
-                f'{self._transport.max_frame_size} bytes; nothing was sent'
-            ))
-            return None
-        return data
 
     def _resolve_destinations(self, to: Any) -> list[tuple[Any, Any]]:
         if to is None:

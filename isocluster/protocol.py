@@ -18,7 +18,7 @@ import pickle
 import struct
 from typing import Any, Protocol, runtime_checkable
 
-from .errors import DecodeError, ProtocolError
+from .errors import DecodeError, EncodeError, ProtocolError
 
 MESSAGE = 'message'
 ONLINE = 'online'
@@ -242,3 +242,20 @@ def decode_message(codec: Codec, data: bytes, worker_id: int | None = None) -> A
         raise DecodeError(
             f'could not decode a message with the {codec.name!r} codec: {exc!r}', worker_id=worker_id
         ) from exc
+
+
+def encode_message(codec: Codec, message: Any, max_frame_size: int, worker_id: int | None = None) -> bytes:
+    """Encode a user message once, or raise EncodeError (codec failure or frame too large)."""
+    try:
+        data = codec.encode(message)
+    except Exception as exc:
+        raise EncodeError(
+            f'could not encode the message with the {codec.name!r} codec: {exc!r}; nothing was sent',
+            worker_id=worker_id,
+        ) from exc
+    if len(data) + 1 > max_frame_size:
+        raise EncodeError(
+            f'the encoded message is {len(data)} bytes, over the maximum frame size of {max_frame_size} '
+            'bytes; nothing was sent', worker_id=worker_id,
+        )
+    return data

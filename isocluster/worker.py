@@ -165,22 +165,10 @@ class ClusterWorker(Initializable):
     def _encode(link: PrimaryLink, message: Any, future: 'asyncio.Future[Any]') -> bytes | None:
         """The message's bytes, or None with `future` rejected with EncodeError."""
         try:
-            data = link.codec.encode(message)
-        except Exception as error:
-            failure = EncodeError(
-                f'could not encode the message with the {link.codec.name!r} codec: {error!r}; nothing was sent',
-                worker_id=link.worker_id,
-            )
-            failure.__cause__ = error
-            future.set_exception(failure)
+            return protocol.encode_message(link.codec, message, link.max_frame_size, link.worker_id)
+        except EncodeError as error:
+            future.set_exception(error)
             return None
-        if len(data) + 1 > link.max_frame_size:
-            future.set_exception(EncodeError(
-                f'the encoded message is {len(data)} bytes, over the maximum frame size of '
-                f'{link.max_frame_size} bytes; nothing was sent', worker_id=link.worker_id,
-            ))
-            return None
-        return data
 
     async def listen(self, address: Any) -> Any:
         """A listening socket for `address`, bound once by the primary and shared by every worker."""

@@ -87,6 +87,32 @@ def signal_of(value: 'int | Signals | None') -> 'Signals | None':
         raise ValueError(f'signal: {value!r} is not a signal number') from None
 
 
+def bind_listening(address: Any) -> Any:
+    """A listening socket for a `(host, port)` tuple or a Unix socket path (the one way both
+    transports bind shared addresses). Raises OSError, or ValueError for a malformed address."""
+    import socket
+    import stat
+
+    if isinstance(address, str):
+        try:
+            if stat.S_ISSOCK(os.stat(address).st_mode):
+                os.unlink(address)  # a stale socket file of an earlier run
+        except FileNotFoundError:
+            pass
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.bind(address)
+            sock.listen(128)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+    if isinstance(address, tuple) and len(address) == 2 and isinstance(address[0], str) and type(address[1]) is int:
+        family = socket.AF_INET6 if ':' in address[0] else socket.AF_INET
+        return socket.create_server(address, family=family, backlog=128)
+    raise ValueError(f'address: expected a (host, port) tuple or a Unix socket path, got {address!r}')
+
+
 @dataclass(frozen=True)
 class WorkerSpec:
     """What to start: the core fills it from the primary's options."""

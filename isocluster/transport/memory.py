@@ -23,7 +23,7 @@ from typing import Any, Callable
 from .. import protocol
 from ..errors import ProtocolError, TransportError
 from . import base
-from .base import SIGKILL, SIGTERM, LinkListener, PrimaryLink, Signals, Transport, WorkerLink, WorkerSpec
+from .base import SIGTERM, LinkListener, PrimaryLink, Signals, Transport, WorkerLink, WorkerSpec
 
 # Which simulated process a callback belongs to: None is the primary (and the test driving
 # it); _KERNEL marks the transport's own timers, which run even when a process hangs.
@@ -383,22 +383,7 @@ class MemoryTransport(Transport):
         return link
 
     def bind(self, address: Any) -> Any:
-        import socket
-
-        if isinstance(address, str):
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        elif isinstance(address, tuple) and len(address) == 2:
-            sock = socket.socket(socket.AF_INET6 if ':' in address[0] else socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        else:
-            raise ValueError(f'address: expected (host, port) or a Unix socket path, got {address!r}')
-        try:
-            sock.bind(address)
-            sock.listen(128)
-        except BaseException:
-            sock.close()
-            raise
-        return sock
+        return base.bind_listening(address)  # a real socket: simulated servers may really serve
 
     def random(self) -> float:
         return self._random.random()

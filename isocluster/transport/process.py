@@ -23,7 +23,6 @@ import logging
 import os
 import signal
 import socket
-import stat
 import sys
 import threading
 import time
@@ -422,7 +421,7 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
     def _feed(self, count: int) -> None:
         try:
             frames = self._decoder.feed(self._view[:count])
-        except ProtocolError as exc:
+        except ProtocolError:
             frames = []
         self._inbox.extend(frames)
         self._deliver()
@@ -682,25 +681,7 @@ class ProcessTransport(base.Transport):
             _close_fds([read_end, write_end] if write_ends else [read_end])
 
     def bind(self, address: Any) -> socket.socket:
-        if isinstance(address, str):
-            try:
-                if stat.S_ISSOCK(os.stat(address).st_mode):
-                    os.unlink(address)  # a stale socket file of an earlier run
-            except FileNotFoundError:
-                pass
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-            try:
-                sock.bind(address)
-                sock.listen(128)
-            except BaseException:
-                sock.close()
-                raise
-        elif isinstance(address, tuple) and len(address) >= 2:
-            host = address[0]
-            family = socket.AF_INET6 if isinstance(host, str) and ':' in host else socket.AF_INET
-            sock = socket.create_server(address, family=family, backlog=128)
-        else:
-            raise ValueError(f'address: expected a (host, port) tuple or a Unix socket path, got {address!r}')
+        sock = base.bind_listening(address)
         self._sockets.add(sock)
         return sock
 
