@@ -22,7 +22,7 @@ from .errors import (
 from .handle import WorkerHandle
 from .lifecycle import Initializable
 from .routing import PendingRequests, Request, route
-from .supervision import Backoff, RestartPolicy, check_seconds
+from .supervision import Backoff, RestartPolicy, Supervision, _Reload, check_seconds
 from .transport.base import SIGKILL, SIGTERM, Signals, Transport, WorkerLink, WorkerSpec
 
 logger = logging.getLogger('isocluster')
@@ -36,20 +36,7 @@ _EVENTS = (
 )
 
 
-class _Reload:
-    """One rolling reload (or one `stop_worker(replace=True)` step, when not announced)."""
-
-    __slots__ = ('olds', 'old', 'new', 'replaced', 'announced')
-
-    def __init__(self, olds: list[WorkerHandle], announced: bool) -> None:
-        self.olds = olds
-        self.old: WorkerHandle | None = None
-        self.new: WorkerHandle | None = None
-        self.replaced = 0
-        self.announced = announced
-
-
-class ClusterPrimary(Initializable):
+class ClusterPrimary(Supervision, Initializable):
     """The primary of a local cluster of workers. See DESIGN.md for the API."""
 
     _pubsub: ClassVar[dict[str, dict[str, Any]]] = {
@@ -384,42 +371,6 @@ class ClusterPrimary(Initializable):
                 self.shut_down()
         else:
             self._destroy(*args, **kwargs)
-
-    def reload(self) -> 'ClusterPrimary':
-        if self._state == 'active' and (self._reload is None or not self._reload.announced):
-            self._publish('reload', {'worker_count': len(self._pool_ids)})
-        return self
-
-    def stop_worker(self, worker: 'WorkerHandle | int', replace: bool = False) -> 'ClusterPrimary':
-        handle = self._live_handle(worker, 'stop_worker')
-        if not replace:
-            handle._retired = True
-            self._disconnect_worker(handle)
-        elif self._state == 'active':
-            if self._reload is not None:
-                if handle not in self._reload.olds and handle is not self._reload.old:
-                    self._reload.olds.append(handle)
-            else:
-                self._reload = _Reload([handle], announced=False)
-                self._reload_next_step()
-        return self
-
-    def scale(self, worker_count: int) -> 'ClusterPrimary':
-        if type(worker_count) is not int or worker_count < 0:
-            raise ValueError(f'worker_count: expected an int >= 0, got {worker_count!r}')
-        if self._state != 'active':
-            return self
-        self._restart_times.clear()
-        self._replacement_stopped = False
-        self._backoff_attempt = 0
-        staying = [handle for worker_id, handle in sorted(self._live.items()) if not handle._retired]
-        if worker_count > len(staying):
-            self._publish('fork', {'worker_count': worker_count - len(staying)})
-        else:
-            for handle in reversed(staying[worker_count:]):
-                handle._retired = True
-                self._disconnect_worker(handle)
-        return self
 
     def stats(self) -> dict[str, int]:
         now = self._pubsub_loop().time()
@@ -824,136 +775,6 @@ class ClusterPrimary(Initializable):
             handle._heartbeating = False
             if self._state == 'destroyed':
                 handle._cancel_timers()
-
-    # -- supervision: replacement ----------------------------------------------------
-
-    def _supervise_exit(self, handle: WorkerHandle, code: int | None, signal: Signals | None) -> None:
-        reload = self._reload
-        if reload is not None and handle is reload.old and reload.new is not None:
-            return  # the step's new worker replaces it (R133)
-        if self._state != 'active' or handle._retired or self._replacement_stopped:
-            return
-        if not self._policy.wants_restart(code, signal, handle._ever_ready):
-            return
-        now = self._pubsub_loop().time()
-        window = self._restart_times
-        while window and now - window[0] >= self._policy.period:
-            window.popleft()
-        intensity = self._policy.intensity
-        if intensity is None or len(window) < intensity:
-            window.append(now)
-            self._backoff_attempt = 0
-            self._replace(handle)
-            return
-        self._restart_limit_ran = False
-        self._publish('restart_limit', {'worker_count': len(self._live)})
-        if reload is not None:
-            self._abandon_reload()
-        if self._restart_limit_ran or self._state != 'active':
-            return
-        self._backoff_attempt += 1
-        backoff = self._policy.backoff
-        delay = backoff.delay(self._backoff_attempt, self._transport.random()) if backoff is not None else 0.0
-        timer: asyncio.TimerHandle = self._call_later(delay, self._delayed_replacement, lambda: timer)
-        self._pending_restarts.add(timer)
-
-    def _replace(self, handle: WorkerHandle) -> None:
-        self._stats['restarts'] += 1
-        self._publish('fork', {'worker_count': 1})
-        reload = self._reload
-        if reload is not None and handle is reload.new:
-            reload.new = self._last_forked[0] if self._last_forked else None
-
-    def _delayed_replacement(self, timer_of: Callable[[], asyncio.TimerHandle]) -> None:
-        self._pending_restarts.discard(timer_of())
-        if self._state == 'active':
-            self._stats['restarts'] += 1
-            self._publish('fork', {'worker_count': 1})
-
-    def _event_restart_limit(self, event: Any) -> None:
-        self._restart_limit_ran = True
-        self._replacement_stopped = True
-        logger.error(
-            'restart limit reached: more than %s restarts within %ss; automatic replacement stopped '
-            '(call scale() to resume)', self._policy.intensity, self._policy.period,
-            extra={'reason': 'restart_limit', 'live': len(self._live)},
-        )
-
-    # -- supervision: reload ---------------------------------------------------------
-
-    def _event_reload(self, event: Any) -> None:
-        if self._state != 'active' or (self._reload is not None and self._reload.announced):
-            return
-        olds = self.workers
-        if self._reload is not None:  # a stop_worker(replace=True) step is running: join it
-            self._reload.announced = True
-            self._reload.olds.extend(handle for handle in olds if handle not in self._reload.olds and handle is not self._reload.old)
-            return
-        self._reload = _Reload(olds, announced=True)
-        self._reload_next_step()
-
-    def _reload_next_step(self) -> None:
-        reload = self._reload
-        if reload is None or reload.old is not None or reload.new is not None:
-            return
-        if self._state != 'active':
-            return
-        while reload.olds and reload.olds[0].state in ('disconnected', 'dead'):
-            reload.olds.pop(0)
-        if not reload.olds:
-            self._reload = None
-            if reload.announced:
-                self._call_soon(self._publish_reload_complete, reload.replaced, False)
-            return
-        reload.old = reload.olds.pop(0)
-        self._publish('fork', {'worker_count': 1})
-        if self._reload is reload and self._last_forked:
-            reload.new = self._last_forked[0]
-        elif self._reload is reload:
-            self._abandon_reload()
-
-    def _abandon_reload(self) -> None:
-        reload, self._reload = self._reload, None
-        if reload is not None and reload.announced:
-            self._call_soon(self._publish_reload_complete, reload.replaced, True)
-
-    def _publish_reload_complete(self, count: int, aborted: bool) -> None:
-        if self._state != 'destroyed':
-            self._publish('reload_complete', {'worker_count': count, 'aborted': aborted})
-
-    # -- supervision: heartbeats -----------------------------------------------------
-
-    def _start_heartbeat(self, handle: WorkerHandle) -> None:
-        handle._heartbeating = True
-        handle._last_beat = self._pubsub_loop().time()
-        if self._heartbeat_timer is None:
-            self._heartbeat_timer = self._call_later(self._heartbeat_interval, self._heartbeat_tick)
-
-    def _stop_heartbeat(self, handle: WorkerHandle) -> None:
-        handle._heartbeating = False
-
-    def _heartbeat_tick(self) -> None:
-        self._heartbeat_timer = None
-        if self._state != 'active':
-            return
-        now = self._pubsub_loop().time()
-        beating = [handle for handle in self._live.values() if handle._heartbeating]
-        for handle in beating:
-            age = now - handle._last_beat
-            if age > self._heartbeat_timeout:
-                self._stats['killed_by_timeout'] += 1
-                self._worker_fault(handle, HeartbeatTimeout(
-                    f'worker {handle.id} has not answered heartbeats for {age:.3f}s '
-                    f'(heartbeat_timeout={self._heartbeat_timeout}s): its event loop is blocked; '
-                    'it is killed and replaced', worker_id=handle.id,
-                ))
-                continue
-            try:
-                handle._link.write(protocol.HEARTBEAT, None)
-            except TransportError:
-                pass
-        if any(handle._heartbeating for handle in self._live.values()):
-            self._heartbeat_timer = self._call_later(self._heartbeat_interval, self._heartbeat_tick)
 
     # -- shared listening sockets ----------------------------------------------------
 
