@@ -616,8 +616,10 @@ class ClusterPrimary(Supervision, Initializable):
         reload = self._reload
         if reload is not None and handle is reload.old:
             reload.old = None
-            reload.replaced += 1
-            self._reload_next_step()
+            if reload.new is None:  # the step was retiring it: the step is done
+                reload.replaced += 1
+                self._reload_next_step()
+            # else it left early; the step completes when its new worker is ready
         if self._state == 'shutting_down' and not self._live:
             self._call_soon(self._publish_shut_down_complete)
 
