@@ -89,6 +89,7 @@ class ClusterPrimary(Supervision, Initializable):
         self._reload: _Reload | None = None
         self._heartbeat_timer: asyncio.TimerHandle | None = None
         self._requests = PendingRequests()
+        self._destroy_deferred = False
         self._fatal_error: BaseException | None = None
         self._closed = False
         self._closed_future: asyncio.Future[None] | None = None
@@ -359,12 +360,18 @@ class ClusterPrimary(Supervision, Initializable):
         return self
 
     def destroy(self, *args: Any, **kwargs: Any) -> 'ClusterPrimary':
+        if self._state == 'shut_down' and self._destroy_deferred:
+            # The deferred destroy was cancelled by a prevented shut_down_complete (R94); the
+            # destroy event is complete_once, so a later destroy() destroys directly.
+            self._destroy(*args, **kwargs)
+            return self
         super().destroy(*args, **kwargs)
         return self
 
     def _event_destroy(self, event: Any) -> None:
         args, kwargs = event.data['args'], event.data['kwargs']
         if self._state in ('active', 'shutting_down'):
+            self._destroy_deferred = True
             # R93/R94: subscribed now, so it runs after every earlier after-handler.
             self._once_after('shut_down_complete', lambda _event: self._destroy(*args, **kwargs))
             if self._state == 'active':

@@ -356,6 +356,7 @@ class MemoryTransport(Transport):
         self._kernel.run(_process.set, _KERNEL)
         self._primary = _SimProcess(self, 0)
         self._links: dict[int, MemoryWorkerLink] = {}
+        self._listener: LinkListener | None = None
         self._slow_boots: list[float] = []
         self._captured: BaseException | None = None
         self.tracebacks: dict[int, str] = {}
@@ -376,6 +377,11 @@ class MemoryTransport(Transport):
 
     def start_worker(self, spec: WorkerSpec, listener: LinkListener) -> MemoryWorkerLink:
         self.check_spec(spec)
+        if self._listener is None:
+            self._listener = listener
+        elif listener is not self._listener:
+            # Worker ids are per primary (R56), and faults name workers by id.
+            raise ValueError('a MemoryTransport serves one primary: create one MemoryTransport per ClusterPrimary')
         link = MemoryWorkerLink(self, spec, listener)
         self._links[spec.id] = link
         delay = self._slow_boots.pop(0) if self._slow_boots else self._latency()
