@@ -1,0 +1,828 @@
+"""One benchmark measurement per process: `python benchmarks/cases.py CASE 'JSON-PARAMS'`.
+
+Prints one line `RESULT {json}` with at least `value` (the scenario's metric) or
+`samples` ({variant: value}, for cases that interleave two variants internally), and
+extra figures. `run.py` starts this once per repetition and variant, with a timeout,
+and kills the process group if it overruns; this process kills every child it started,
+by pid, before it exits (see `_common.kill_children`).
+
+isocluster cases use only the public API (ClusterPrimary / ClusterWorker); baselines are
+raw `os.fork` + `socketpair` (blocking, length-prefixed frames, the same codec objects),
+`multiprocessing.Pipe` and `concurrent.futures.ProcessPoolExecutor` ('fork' context).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import json
+import multiprocessing
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+if str(HERE.parent) not in sys.path:
+    sys.path.insert(1, str(HERE.parent))
+
+from _common import (  # noqa: E402
+    CHILDREN, current_rss_kib, die_with_parent, emit, get_codec, kill_children, message, now, peak_rss_kib,
+    read_frame, reap, smaps_rollup_kib, track, write_frame,
+)
+from isocluster import ClusterPrimary, ClusterWorker  # noqa: E402
+
+YIELD_EVERY = 256  # a streaming sender yields to its loop every this many messages
+WINDOW = 64  # pipelined requests in flight (over all workers)
+
+
+# =====================================================================================
+# isocluster workers (fork mode: the target runs in the forked child)
+
+
+class EchoWorker(ClusterWorker):
+    def _event_primary_message_task(self, event):
+        self.send(event.data['message'])
+
+
+class ReplyWorker(ClusterWorker):
+    """For primary.request(): the routed handler's return value is the reply."""
+
+    def _event_primary_message_task(self, event):
+        return event.data['message']
+
+
+class CountWorker(ClusterWorker):
+    """Counts `task` messages; answers `done` when it has the number announced by `expect`."""
+
+    expected = -1
+    count = 0
+
+    def _event_primary_message_expect(self, event):
+        self.expected = event.data['message']['n']
+        self.count = 0
+
+    def _event_primary_message_task(self, event):
+        self.count += 1
+        if self.count == self.expected:
+            self.send({'type': 'done', 'count': self.count})
+
+
+class ProducerWorker(ClusterWorker):
+    """On `produce` [n], sends n task messages as fast as it can (yielding now and then)."""
+
+    async def _event_primary_message_produce(self, event):
+        n = event.data['message']['n']
+        send = self.send
+        for i in range(n):
+            send(message(i))
+            if i % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)
+
+
+def echo_target():
+    EchoWorker()
+
+
+def reply_target():
+    ReplyWorker()
+
+
+def count_target():
+    CountWorker()
+
+
+def producer_target():
+    ProducerWorker()
+
+
+class SwitchableCodec:
+    """The json/pickle codec as plain attributes (no wrapper cost); `count_encodes()` swaps
+    in a counting encode to check that a broadcast is encoded once."""
+
+    def __init__(self, name):
+        inner = get_codec(name)
+        self.name = inner.name
+        self._inner = inner
+        self.encode = inner.encode
+        self.decode = inner.decode
+        self.encodes = 0
+
+    def count_encodes(self, on):
+        if on:
+            inner_encode = self._inner.encode
+
+            def encode(message):
+                self.encodes += 1
+                return inner_encode(message)
+
+            self.encode = encode
+        else:
+            self.encode = self._inner.encode
+
+
+class Cluster:
+    """A ClusterPrimary in the running loop, with futures for ready/exit/messages."""
+
+    def __init__(self, target=None, script=None, codec='json', **options):
+        self.loop = asyncio.get_running_loop()
+        options.setdefault('restart', 'never')
+        if codec == 'orjson':
+            codec = get_codec('orjson')  # a Codec object: isocluster has no built-in orjson codec
+        kwargs = dict(worker_target=target, codec=codec, **options)
+        if script is not None:
+            kwargs = dict(worker_script=script, worker_args=[], codec=codec, **options)
+        self.primary = ClusterPrimary(**kwargs)
+        self.handles = []
+        self.ready_queue: asyncio.Queue = asyncio.Queue()
+        self.exits: dict[int, asyncio.Future] = {}
+        self.primary.on('worker_fork', self._on_fork)
+        self.primary.on('worker_ready', lambda e: self.ready_queue.put_nowait(e.data['worker']))
+        self.primary.on('worker_exit', self._on_exit)
+
+    def _on_fork(self, event):
+        handle = event.data['worker']
+        self.handles.append(handle)
+        self.exits[handle.id] = self.loop.create_future()
+
+    def _on_exit(self, event):
+        future = self.exits.get(event.data['worker'].id)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    async def start(self, count, timeout=60.0):
+        self.primary.fork(count)
+        return [await asyncio.wait_for(self.ready_queue.get(), timeout) for _ in range(count)]
+
+    async def close(self, timeout=15.0):
+        primary = self.primary
+        try:
+            primary.destroy()
+            await asyncio.wait_for(primary.wait_closed(), timeout)
+        except Exception as error:  # the figures are already taken; report, then kill below
+            print(f'cleanup: {error!r}', file=sys.stderr)
+        finally:
+            for handle in self.handles:
+                if not handle.is_dead() and handle.pid:
+                    try:
+                        os.kill(handle.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
+            try:
+                primary.transport.close()
+            except Exception:
+                pass
+
+
+def run_async(coro_fn, params):
+    loop_name = params.get('loop', 'asyncio')
+    if loop_name == 'uvloop':
+        import uvloop
+
+        # The policy, so the workers' loops (built with new_event_loop) are uvloop too.
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    return asyncio.run(coro_fn(params))
+
+
+# --- isocluster cases ----------------------------------------------------------------
+
+
+async def _iso_rtt(p):
+    n, warm = p['n'], max(p['n'] // 10, 10)
+    cluster = Cluster(echo_target, codec=p['codec'])
+    try:
+        (handle,) = await cluster.start(1)
+        loop = asyncio.get_running_loop()
+        box = [None]
+        cluster.primary.on('worker_message', lambda e: box[0].set_result(e.data['message']))
+        send = cluster.primary.send
+        start = 0.0
+        for i in range(warm + n):
+            if i == warm:
+                start = now()
+            box[0] = loop.create_future()
+            send(message(i), to=handle)
+            await box[0]
+        elapsed = now() - start
+    finally:
+        await cluster.close()
+    return {'value': elapsed / n * 1e6, 'unit': 'us', 'n': n}
+
+
+async def _iso_stream_p2w(p):
+    n = p['n']
+    cluster = Cluster(count_target, codec=p['codec'])
+    try:
+        (handle,) = await cluster.start(1)
+        done = asyncio.get_running_loop().create_future()
+        cluster.primary.on('worker_message', lambda e: done.done() or done.set_result(e.data['message']))
+        send = cluster.primary.send
+        await send({'type': 'expect', 'n': n}, to=handle)
+        start = now()
+        for i in range(n):
+            send(message(i), to=handle)
+            if i % YIELD_EVERY == YIELD_EVERY - 1:
+                await asyncio.sleep(0)
+        send_done = now()
+        await asyncio.wait_for(done, 120)
+        elapsed = now() - start
+    finally:
+        await cluster.close()
+    return {'value': n / elapsed, 'unit': 'msg/s', 'n': n, 'sender_s': send_done - start,
+            'primary_peak_rss_kib': peak_rss_kib()}
+
+
+async def _iso_stream_w2p(p):
+    n = p['n']
+    cluster = Cluster(producer_target, codec=p['codec'])
+    try:
+        (handle,) = await cluster.start(1)
+        done = asyncio.get_running_loop().create_future()
+        count = 0
+
+        def on_message(event):
+            nonlocal count
+            count += 1
+            if count == n:
+                done.set_result(None)
+
+        cluster.primary.on('worker_message', on_message)
+        start = now()
+        cluster.primary.send({'type': 'produce', 'n': n}, to=handle)
+        await asyncio.wait_for(done, 120)
+        elapsed = now() - start
+    finally:
+        await cluster.close()
+    return {'value': n / elapsed, 'unit': 'msg/s', 'n': n, 'primary_peak_rss_kib': peak_rss_kib()}
+
+
+async def _iso_pipeline(p):
+    n = p['n']
+    use_request = p.get('api') == 'request'
+    cluster = Cluster(reply_target if use_request else echo_target, codec=p['codec'])
+    try:
+        handles = await cluster.start(2)
+        primary = cluster.primary
+        done = asyncio.get_running_loop().create_future()
+        sent = completed = 0
+
+        if use_request:
+            def on_reply(future, handle):
+                nonlocal sent, completed
+                future.result()
+                completed += 1
+                if sent < n:
+                    primary.request(message(sent), to=handle).add_done_callback(lambda f: on_reply(f, handle))
+                    sent += 1
+                elif completed == n:
+                    done.set_result(None)
+
+            start = now()
+            for i in range(WINDOW):
+                handle = handles[i % 2]
+                primary.request(message(i), to=handle).add_done_callback(lambda f, h=handle: on_reply(f, h))
+        else:
+            def on_message(event):
+                nonlocal sent, completed
+                completed += 1
+                if sent < n:
+                    primary.send(message(sent), to=event.data['worker'])
+                    sent += 1
+                elif completed == n:
+                    done.set_result(None)
+
+            primary.on('worker_message', on_message)
+            start = now()
+            for i in range(WINDOW):
+                primary.send(message(i), to=handles[i % 2])
+        sent = WINDOW
+        await asyncio.wait_for(done, 120)
+        elapsed = now() - start
+    finally:
+        await cluster.close()
+    return {'value': n / elapsed, 'unit': 'req/s', 'n': n, 'window': WINDOW}
+
+
+async def _iso_broadcast(p):
+    """Both variants in one cluster of N workers, order alternated by `rep`: M broadcasts
+    (send with to=None) against M*N single sends to one worker; µs per delivered message."""
+    workers, m, rep = p['workers'], p['m'], p.get('rep', 0)
+    codec = SwitchableCodec(p['codec'])
+    cluster = Cluster(count_target, codec=codec)
+    try:
+        handles = await cluster.start(workers)
+        primary = cluster.primary
+        loop = asyncio.get_running_loop()
+        state = {'left': 0, 'done': None}
+
+        def on_message(event):
+            state['left'] -= 1
+            if state['left'] == 0:
+                state['done'].set_result(None)
+
+        primary.on('worker_message', on_message)
+
+        async def single():
+            state['left'], state['done'] = 1, loop.create_future()
+            total = m * workers
+            await primary.send({'type': 'expect', 'n': total}, to=handles[0])
+            await asyncio.sleep(0.01)
+            cpu, start = time.process_time(), now()
+            for i in range(total):
+                primary.send(message(i), to=handles[0])
+                if i % YIELD_EVERY == YIELD_EVERY - 1:
+                    await asyncio.sleep(0)
+            await asyncio.wait_for(state['done'], 120)
+            return (now() - start) / total * 1e6, (time.process_time() - cpu) / total * 1e6
+
+        async def broadcast():
+            state['left'], state['done'] = workers, loop.create_future()
+            await primary.send({'type': 'expect', 'n': m})
+            await asyncio.sleep(0.01)
+            every = max(1, YIELD_EVERY // workers)
+            cpu, start = time.process_time(), now()
+            for i in range(m):
+                primary.send(message(i))
+                if i % every == every - 1:
+                    await asyncio.sleep(0)
+            await asyncio.wait_for(state['done'], 120)
+            return (now() - start) / (m * workers) * 1e6, (time.process_time() - cpu) / (m * workers) * 1e6
+
+        order = [single, broadcast] if rep % 2 == 0 else [broadcast, single]
+        figures = {}
+        for fn in order:
+            figures[fn.__name__] = await fn()
+        # Encode-once check: one counted broadcast.
+        codec.count_encodes(True)
+        state['left'], state['done'] = workers, loop.create_future()
+        await primary.send({'type': 'expect', 'n': 1})
+        codec.encodes = 0
+        primary.send(message(0))
+        encodes = codec.encodes
+        codec.count_encodes(False)
+        await asyncio.wait_for(state['done'], 30)
+    finally:
+        await cluster.close()
+    return {
+        'samples': {
+            'isocluster broadcast (wall)': figures['broadcast'][0],
+            'isocluster single send (wall)': figures['single'][0],
+            'isocluster broadcast (primary CPU)': figures['broadcast'][1],
+            'isocluster single send (primary CPU)': figures['single'][1],
+        },
+        'unit': 'us/msg', 'workers': workers, 'm': m, 'encodes_per_broadcast': encodes,
+    }
+
+
+async def _iso_startup(p):
+    k = p['k']
+    script = str(HERE / 'iso_worker_script.py') if p['mode'] == 'exec' else None
+    cluster = Cluster(None if script else echo_target, script=script, codec='json')
+    times = []
+    try:
+        for _ in range(k):
+            start = now()
+            (handle,) = await cluster.start(1)
+            times.append((now() - start) * 1e3)
+            cluster.primary.stop_worker(handle)
+            await asyncio.wait_for(cluster.exits[handle.id], 30)
+    finally:
+        await cluster.close()
+    return {'value': _median(times), 'unit': 'ms', 'k': k, 'all_ms': times}
+
+
+async def _iso_crash(p):
+    k = p['k']
+    cluster = Cluster(echo_target, codec='json', restart='always', restart_intensity=None)
+    times = []
+    try:
+        (handle,) = await cluster.start(1)
+        for _ in range(k):
+            start = now()
+            os.kill(handle.pid, signal.SIGKILL)
+            handle = await asyncio.wait_for(cluster.ready_queue.get(), 30)
+            times.append((now() - start) * 1e3)
+    finally:
+        await cluster.close()
+    return {'value': _median(times), 'unit': 'ms', 'k': k, 'all_ms': times}
+
+
+async def _iso_many(p):
+    workers = p['workers']
+    cluster = Cluster(echo_target, codec='json')
+    try:
+        rss_before = current_rss_kib()
+        start = now()
+        handles = await cluster.start(workers, timeout=120)
+        ready = now()
+        rss_ready = current_rss_kib()
+        samples = [smaps_rollup_kib(h.pid) for h in handles[:: max(1, workers // 8)]]
+        cluster.primary.shut_down()
+        await asyncio.wait_for(cluster.primary.wait_closed(), 120)
+        end = now()
+    finally:
+        await cluster.close()
+    return _many_result(workers, start, ready, end, rss_before, rss_ready, samples)
+
+
+def _many_result(workers, start, ready, end, rss_before, rss_ready, samples):
+    samples = [s for s in samples if s]
+    return {
+        'value': (end - start) * 1e3, 'unit': 'ms', 'workers': workers,
+        'ready_ms': (ready - start) * 1e3, 'shutdown_ms': (end - ready) * 1e3,
+        'primary_peak_rss_kib': peak_rss_kib(), 'primary_rss_before_kib': rss_before,
+        'primary_kib_per_worker': (rss_ready - rss_before) / workers,
+        'worker_private_kib': _median([s['private'] for s in samples]) if samples else None,
+        'worker_pss_kib': _median([s['pss'] for s in samples]) if samples else None,
+    }
+
+
+def _median(values):
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+# =====================================================================================
+# Raw os.fork + socketpair, blocking sockets, length-prefixed frames, same codec
+
+
+_RAW_PARENT_SOCKS: set = set()
+
+
+def _raw_fork(child_main):
+    """Fork a child running child_main(sock); returns (pid, parent_sock, reader)."""
+    parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            die_with_parent()
+            parent.close()
+            for other in _RAW_PARENT_SOCKS:  # siblings' links: or they never see EOF
+                other.close()
+            child_main(child)
+        except BaseException:
+            code = 1
+        finally:
+            os._exit(code)
+    track(pid)
+    child.close()
+    _RAW_PARENT_SOCKS.add(parent)
+    return pid, parent, parent.makefile('rb')
+
+
+def _raw_close(pid, sock, reader):
+    reader.close()
+    _RAW_PARENT_SOCKS.discard(sock)
+    sock.close()
+    reap(pid)
+
+
+def raw_rtt(p):
+    codec = get_codec(p['codec'])
+    n, warm = p['n'], max(p['n'] // 10, 10)
+
+    def child(sock):
+        reader = sock.makefile('rb')
+        while (body := read_frame(reader)) is not None:
+            write_frame(sock, codec.encode(codec.decode(body)))
+
+    pid, sock, reader = _raw_fork(child)
+    start = 0.0
+    for i in range(warm + n):
+        if i == warm:
+            start = now()
+        write_frame(sock, codec.encode(message(i)))
+        codec.decode(read_frame(reader))
+    elapsed = now() - start
+    _raw_close(pid, sock, reader)
+    return {'value': elapsed / n * 1e6, 'unit': 'us', 'n': n}
+
+
+def raw_stream_p2w(p):
+    codec, n = get_codec(p['codec']), p['n']
+
+    def child(sock):
+        reader = sock.makefile('rb')
+        for _ in range(n):
+            codec.decode(read_frame(reader))
+        write_frame(sock, codec.encode({'type': 'done'}))
+        read_frame(reader)
+
+    pid, sock, reader = _raw_fork(child)
+    start = now()
+    for i in range(n):
+        write_frame(sock, codec.encode(message(i)))
+    read_frame(reader)
+    elapsed = now() - start
+    _raw_close(pid, sock, reader)
+    return {'value': n / elapsed, 'unit': 'msg/s', 'n': n}
+
+
+def raw_stream_w2p(p):
+    codec, n = get_codec(p['codec']), p['n']
+
+    def child(sock):
+        reader = sock.makefile('rb')
+        read_frame(reader)
+        for i in range(n):
+            write_frame(sock, codec.encode(message(i)))
+        read_frame(reader)
+
+    pid, sock, reader = _raw_fork(child)
+    start = now()
+    write_frame(sock, codec.encode({'type': 'produce', 'n': n}))
+    for _ in range(n):
+        codec.decode(read_frame(reader))
+    elapsed = now() - start
+    _raw_close(pid, sock, reader)
+    return {'value': n / elapsed, 'unit': 'msg/s', 'n': n}
+
+
+def _ready_child(sock):
+    write_frame(sock, b'{"kind":"ready"}')
+    sock.recv(1)  # EOF: the parent closed the link
+
+
+def raw_startup(p):
+    import asyncio as _  # noqa: F401  (the primary has asyncio loaded, as isocluster's does)
+
+    times = []
+    for _ in range(p['k']):
+        start = now()
+        pid, sock, reader = _raw_fork(_ready_child)
+        read_frame(reader)
+        times.append((now() - start) * 1e3)
+        _raw_close(pid, sock, reader)
+    return {'value': _median(times), 'unit': 'ms', 'k': p['k'], 'all_ms': times}
+
+
+def raw_exec_startup(p):
+    """fork+exec `python -c 'import asyncio'` that writes one byte when it is up."""
+    code = 'import asyncio, os, sys; os.write(int(sys.argv[1]), b"r")'
+    times = []
+    for _ in range(p['k']):
+        read_end, write_end = os.pipe()
+        start = now()
+        proc = subprocess.Popen([sys.executable, '-c', code, str(write_end)], pass_fds=[write_end])
+        track(proc.pid)
+        os.close(write_end)
+        os.read(read_end, 1)
+        times.append((now() - start) * 1e3)
+        os.close(read_end)
+        proc.wait()
+        CHILDREN.discard(proc.pid)
+    return {'value': _median(times), 'unit': 'ms', 'k': p['k'], 'all_ms': times}
+
+
+def raw_crash(p):
+    times = []
+    pid, sock, reader = _raw_fork(_ready_child)
+    read_frame(reader)
+    for _ in range(p['k']):
+        start = now()
+        os.kill(pid, signal.SIGKILL)
+        _raw_close(pid, sock, reader)
+        pid, sock, reader = _raw_fork(_ready_child)
+        read_frame(reader)
+        times.append((now() - start) * 1e3)
+    _raw_close(pid, sock, reader)
+    return {'value': _median(times), 'unit': 'ms', 'k': p['k'], 'all_ms': times}
+
+
+def raw_many(p):
+    import asyncio as _  # noqa: F401
+
+    workers = p['workers']
+    rss_before = current_rss_kib()
+    start = now()
+    children = [_raw_fork(_ready_child) for _ in range(workers)]
+    for _, _, reader in children:
+        read_frame(reader)
+    ready = now()
+    rss_ready = current_rss_kib()
+    samples = [smaps_rollup_kib(c[0]) for c in children[:: max(1, workers // 8)]]
+    for _, sock, reader in children:
+        reader.close()
+        _RAW_PARENT_SOCKS.discard(sock)
+        sock.close()
+    for pid, _, _ in children:
+        reap(pid)
+    end = now()
+    return _many_result(workers, start, ready, end, rss_before, rss_ready, samples)
+
+
+# =====================================================================================
+# multiprocessing.Pipe ('fork' context) and ProcessPoolExecutor
+
+
+def _mp_echo(conn):
+    # A sentinel ends it: the forked child also holds the parent's end, so no EOF comes.
+    while (msg := conn.recv()) is not None:
+        conn.send(msg)
+
+
+def _mp_count(conn, n):
+    for _ in range(n):
+        conn.recv()
+    conn.send('done')
+    conn.recv()
+
+
+def _mp_produce(conn, n):
+    conn.recv()
+    for i in range(n):
+        conn.send(message(i))
+    conn.recv()
+
+
+def _mp_ready(conn):
+    conn.send('ready')
+    conn.recv()  # the sentinel, or SIGKILL
+
+
+def _mp_start(target, *args, method='fork'):
+    ctx = multiprocessing.get_context(method)
+    parent, child = ctx.Pipe()
+    proc = ctx.Process(target=target, args=(child, *args), daemon=True)
+    proc.start()
+    track(proc.pid)
+    child.close()
+    return proc, parent
+
+
+def _mp_stop(proc, conn):
+    try:
+        conn.send(None)
+    except OSError:
+        pass
+    conn.close()
+    proc.join(10)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+    CHILDREN.discard(proc.pid)
+
+
+def mp_rtt(p):
+    n, warm = p['n'], max(p['n'] // 10, 10)
+    proc, conn = _mp_start(_mp_echo)
+    start = 0.0
+    for i in range(warm + n):
+        if i == warm:
+            start = now()
+        conn.send(message(i))
+        conn.recv()
+    elapsed = now() - start
+    _mp_stop(proc, conn)
+    return {'value': elapsed / n * 1e6, 'unit': 'us', 'n': n}
+
+
+def mp_stream_p2w(p):
+    n = p['n']
+    proc, conn = _mp_start(_mp_count, n)
+    start = now()
+    for i in range(n):
+        conn.send(message(i))
+    conn.recv()
+    elapsed = now() - start
+    _mp_stop(proc, conn)
+    return {'value': n / elapsed, 'unit': 'msg/s', 'n': n}
+
+
+def mp_stream_w2p(p):
+    n = p['n']
+    proc, conn = _mp_start(_mp_produce, n)
+    start = now()
+    conn.send('go')
+    for _ in range(n):
+        conn.recv()
+    elapsed = now() - start
+    _mp_stop(proc, conn)
+    return {'value': n / elapsed, 'unit': 'msg/s', 'n': n}
+
+
+def mp_startup(p):
+    times = []
+    for _ in range(p['k']):
+        start = now()
+        proc, conn = _mp_start(_mp_ready, method=p.get('method', 'fork'))
+        conn.recv()
+        times.append((now() - start) * 1e3)
+        _mp_stop(proc, conn)
+    return {'value': _median(times), 'unit': 'ms', 'k': p['k'], 'all_ms': times}
+
+
+def mp_crash(p):
+    times = []
+    proc, conn = _mp_start(_mp_ready)
+    conn.recv()
+    for _ in range(p['k']):
+        start = now()
+        proc.kill()
+        proc.join()
+        CHILDREN.discard(proc.pid)
+        conn.close()
+        proc, conn = _mp_start(_mp_ready)
+        conn.recv()
+        times.append((now() - start) * 1e3)
+    _mp_stop(proc, conn)
+    return {'value': _median(times), 'unit': 'ms', 'k': p['k'], 'all_ms': times}
+
+
+def _ppe_echo(msg):
+    return msg
+
+
+def _ppe(workers):
+    executor = concurrent.futures.ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context('fork'))
+    for future in [executor.submit(_ppe_echo, i) for i in range(workers * 4)]:
+        future.result()
+    for pid in list(executor._processes or {}):  # to kill them if anything goes wrong
+        track(pid)
+    return executor
+
+
+def _ppe_stop(executor):
+    pids = list(executor._processes or {})
+    executor.shutdown(wait=True, cancel_futures=True)
+    for pid in pids:
+        CHILDREN.discard(pid)
+
+
+def ppe_rtt(p):
+    n = p['n']
+    executor = _ppe(1)
+    start = now()
+    for i in range(n):
+        executor.submit(_ppe_echo, message(i)).result()
+    elapsed = now() - start
+    _ppe_stop(executor)
+    return {'value': elapsed / n * 1e6, 'unit': 'us', 'n': n}
+
+
+def ppe_pipeline(p):
+    n = p['n']
+    executor = _ppe(2)
+    start = now()
+    inflight = collections.deque(executor.submit(_ppe_echo, message(i)) for i in range(WINDOW))
+    sent = WINDOW
+    completed = 0
+    while inflight:
+        inflight.popleft().result()
+        completed += 1
+        if sent < n:
+            inflight.append(executor.submit(_ppe_echo, message(sent)))
+            sent += 1
+    elapsed = now() - start
+    _ppe_stop(executor)
+    return {'value': n / elapsed, 'unit': 'req/s', 'n': n, 'window': WINDOW}
+
+
+# =====================================================================================
+
+ASYNC_CASES = {
+    'iso_rtt': _iso_rtt, 'iso_stream_p2w': _iso_stream_p2w, 'iso_stream_w2p': _iso_stream_w2p,
+    'iso_pipeline': _iso_pipeline, 'iso_broadcast': _iso_broadcast, 'iso_startup': _iso_startup,
+    'iso_crash': _iso_crash, 'iso_many': _iso_many,
+}
+SYNC_CASES = {
+    'raw_rtt': raw_rtt, 'raw_stream_p2w': raw_stream_p2w, 'raw_stream_w2p': raw_stream_w2p,
+    'raw_startup': raw_startup, 'raw_exec_startup': raw_exec_startup, 'raw_crash': raw_crash,
+    'raw_many': raw_many, 'mp_rtt': mp_rtt, 'mp_stream_p2w': mp_stream_p2w, 'mp_stream_w2p': mp_stream_w2p,
+    'mp_startup': mp_startup, 'mp_crash': mp_crash, 'ppe_rtt': ppe_rtt, 'ppe_pipeline': ppe_pipeline,
+}
+
+
+def run_case(name, params):
+    if name in ASYNC_CASES:
+        return run_async(ASYNC_CASES[name], params)
+    return SYNC_CASES[name](params)
+
+
+def main(argv):
+    name, params = argv[1], json.loads(argv[2]) if len(argv) > 2 else {}
+    profile = os.environ.get('ISOCLUSTER_BENCH_PROFILE')
+    try:
+        if profile:
+            import cProfile
+
+            profiler = cProfile.Profile()
+            result = profiler.runcall(run_case, name, params)
+            profiler.dump_stats(profile)
+        else:
+            result = run_case(name, params)
+    finally:
+        kill_children()
+    emit(result)
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main(sys.argv))
