@@ -14,11 +14,17 @@ the body.
 from __future__ import annotations
 
 import json
+import json.encoder
 import pickle
 import struct
 from typing import Any, Protocol, runtime_checkable
 
 from .errors import DecodeError, EncodeError, ProtocolError
+
+try:
+    from _json import make_encoder as _c_make_encoder
+except ImportError:  # pragma: no cover - not CPython
+    _c_make_encoder = None
 
 MESSAGE = 'message'
 ONLINE = 'online'
@@ -65,14 +71,29 @@ class JsonCodec:
     name = 'json'
 
     def __init__(self) -> None:
+        # The C encoder and scanner, built once: json.dumps/loads rebuild or re-check them on
+        # every call, which is most of the cost of a small message.
         self._encoder = json.JSONEncoder(separators=(',', ':'), ensure_ascii=False, allow_nan=True)
+        self._iterencode = _c_make_encoder(
+            None, self._encoder.default, json.encoder.encode_basestring, None, ':', ',', False, False, True,
+        ) if _c_make_encoder is not None else None
         self._decoder = json.JSONDecoder()
+        self._scan_once = self._decoder.scan_once
 
     def encode(self, message: Any) -> bytes:
-        return self._encoder.encode(message).encode('utf-8')
+        if self._iterencode is None:  # pragma: no cover - CPython always has _json
+            return self._encoder.encode(message).encode('utf-8')
+        return ''.join(self._iterencode(message, 0)).encode('utf-8')
 
     def decode(self, data: bytes) -> Any:
-        return self._decoder.decode(bytes(data).decode('utf-8'))
+        text = (data if type(data) is bytes else bytes(data)).decode('utf-8')
+        try:
+            value, end = self._scan_once(text, 0)
+        except StopIteration:
+            end = -1
+        if end != len(text):  # whitespace or trailing data: let the full decoder judge it
+            return self._decoder.decode(text)
+        return value
 
 
 class PickleCodec:
