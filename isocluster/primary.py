@@ -207,6 +207,10 @@ class ClusterPrimary(Supervision, Initializable):
                 self.shut_down()
             except Exception as again:
                 self._fatal_error.add_note(f'also during shutdown: {again!r}')
+            if self._state == 'active':
+                # A shut_down handler raised before the default action ran: shut down anyway,
+                # without the handlers, so that a fatal error always ends in a closed cluster.
+                self._event_shut_down(None)
 
     # -- public API ------------------------------------------------------------------
 
@@ -619,7 +623,14 @@ class ClusterPrimary(Supervision, Initializable):
         del self._live[handle.id]
         self._stats['exited'] += 1
         self._log_worker_exit(handle)
-        self._publish('worker_exit', {'worker': handle, 'code': code, 'signal': signal})
+        try:
+            self._publish('worker_exit', {'worker': handle, 'code': code, 'signal': signal})
+        finally:
+            # Even when a handler raised (fatal, R34), the cluster must still close: the
+            # bookkeeping that leads to shut_down_complete does not depend on the handlers.
+            self._after_worker_exit(handle)
+
+    def _after_worker_exit(self, handle: WorkerHandle) -> None:
         reload = self._reload
         if reload is not None and handle is reload.old:
             reload.old = None
@@ -710,8 +721,10 @@ class ClusterPrimary(Supervision, Initializable):
             return
         self._state = 'shut_down'
         logger.debug('cluster shut down')
-        self._publish('shut_down_complete', {})
-        self._mark_closed()
+        try:
+            self._publish('shut_down_complete', {})
+        finally:
+            self._mark_closed()
 
     def _mark_closed(self) -> None:
         # Closed once shut_down_complete has run all its stages, or once destroyed; a deferred

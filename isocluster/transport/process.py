@@ -744,6 +744,7 @@ class ProcessTransport(base.Transport):
                 sock = getattr(loop, name, None)
                 if isinstance(sock, socket.socket):
                     _close_socket_in_child(sock)
+            loop._closed = True  # type: ignore[attr-defined]  # its fds are gone: nothing left to close
 
 
 def _is_fd(value: Any) -> bool:
