@@ -115,9 +115,11 @@ class ClusterPrimary(Supervision, Initializable):
         if worker_args is not None:
             if worker_target is not None:
                 raise ValueError('worker_args: only for script workers; a worker_target takes no arguments')
-            if isinstance(worker_args, str) or not all(isinstance(arg, str) for arg in worker_args):
+            if isinstance(worker_args, str):
                 raise TypeError(f'worker_args: expected a list of strings, got {worker_args!r}')
-            worker_args = tuple(worker_args)
+            worker_args = tuple(worker_args)  # once: it may be a one-shot iterator
+            if not all(isinstance(arg, str) for arg in worker_args):
+                raise TypeError(f'worker_args: expected a list of strings, got {worker_args!r}')
         if worker_stdio is not None and not isinstance(worker_stdio, Mapping):
             raise TypeError(f'worker_stdio: expected a mapping of stdin/stdout/stderr, got {worker_stdio!r}')
         if worker_stdio is not None:

@@ -182,6 +182,7 @@ class Supervision:
 
     def _replace(self, handle: WorkerHandle) -> None:
         self._stats['restarts'] += 1
+        self._last_forked = []
         self._publish('fork', {'worker_count': 1})
         reload = self._reload
         if reload is not None and handle is reload.new:
@@ -229,6 +230,7 @@ class Supervision:
                 self._call_soon(self._publish_reload_complete, reload.replaced, False)
             return
         reload.old = reload.olds.pop(0)
+        self._last_forked = []  # stays empty if the fork is prevented
         self._publish('fork', {'worker_count': 1})
         if self._reload is reload and self._last_forked:
             reload.new = self._last_forked[0]
