@@ -230,9 +230,10 @@ class FrameDecoder:
         try:
             while end - offset >= 4:
                 (length,) = struct.unpack_from('>I', buffer, offset)
-                if length == 0 or length > self.max_frame_size + 1:
+                # The size counts the kind byte and the body, as encode_message does.
+                if length == 0 or length > self.max_frame_size:
                     raise ProtocolError(
-                        f'frame of {length - 1} bytes exceeds the maximum frame size of '
+                        f'frame of {length} bytes exceeds the maximum frame size of '
                         f'{self.max_frame_size} bytes' if length else 'empty frame (no kind byte)'
                     )
                 if end - offset - 4 < length:
