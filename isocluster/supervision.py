@@ -154,10 +154,17 @@ class Supervision:
         reload = self._reload
         if reload is not None and handle is reload.old and reload.new is not None:
             return  # the step's new worker replaces it (R133)
+        replaced = self._decide_replacement(handle, code, signal)
+        if not replaced and reload is not None and self._reload is reload and handle is reload.new:
+            self._abandon_reload()  # the step's new worker died and nothing replaces it (R133)
+
+    def _decide_replacement(self, handle: WorkerHandle, code: int | None, signal: Signals | None) -> bool:
+        """Replace `handle` now, later (backoff), or not at all; True when replaced now."""
+        reload = self._reload
         if self._state != 'active' or handle._retired or self._replacement_stopped:
-            return
+            return False
         if not self._policy.wants_restart(code, signal, handle._ever_ready):
-            return
+            return False
         now = self._pubsub_loop().time()
         window = self._restart_times
         while window and now - window[0] >= self._policy.period:
@@ -167,18 +174,19 @@ class Supervision:
             window.append(now)
             self._backoff_attempt = 0
             self._replace(handle)
-            return
+            return True
         self._restart_limit_ran = False
         self._publish('restart_limit', {'worker_count': len(self._live)})
         if reload is not None:
             self._abandon_reload()
         if self._restart_limit_ran or self._state != 'active':
-            return
+            return False
         self._backoff_attempt += 1
         backoff = self._policy.backoff
         delay = backoff.delay(self._backoff_attempt, self._transport.random()) if backoff is not None else 0.0
         timer: asyncio.TimerHandle = self._call_later(delay, self._delayed_replacement, lambda: timer)
         self._pending_restarts.add(timer)
+        return False
 
     def _replace(self, handle: WorkerHandle) -> None:
         self._stats['restarts'] += 1
@@ -222,8 +230,8 @@ class Supervision:
             return
         if self._state != 'active':
             return
-        while reload.olds and reload.olds[0].state in ('disconnected', 'dead'):
-            reload.olds.pop(0)
+        while reload.olds and (reload.olds[0].state in ('disconnected', 'dead') or reload.olds[0]._retired):
+            reload.olds.pop(0)  # gone, or leaving anyway: nothing to replace
         if not reload.olds:
             self._reload = None
             if reload.announced:

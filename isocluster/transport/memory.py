@@ -30,7 +30,8 @@ from .base import SIGTERM, LinkListener, PrimaryLink, Signals, Transport, Worker
 _process: contextvars.ContextVar[Any] = contextvars.ContextVar('isocluster_sim_process', default=None)
 _KERNEL = object()
 
-_FINISH_TURNS = 100  # loop turns a finishing worker's cancelled tasks get to clean up
+_FINISH_TURNS = 100
+PARENT_DEATH_WATCHDOG = 1.5  # virtual seconds, as the process transport's watchdog  # loop turns a finishing worker's cancelled tasks get to clean up
 _EOF = object()
 
 
@@ -509,6 +510,16 @@ class MemoryTransport(Transport):
             if link.open:
                 link.open = False
                 link.to_worker.push(_EOF)
+            if link.process.alive:
+                # The parent-death watchdog of the process transport: a worker that has not
+                # reached primary_disconnect (hung, or its link held) ends (R118).
+                self._loop.call_at(
+                    self._loop.time() + PARENT_DEATH_WATCHDOG, self._parent_death_check, link, context=self._kernel,
+                )
+
+    def _parent_death_check(self, link: MemoryWorkerLink) -> None:
+        if link.kill_deadline is None:
+            self._end(link, 0, None)
 
     def slow_boot(self, delay: float, count: int = 1) -> None:
         """The next `count` workers started wait `delay` virtual seconds before ONLINE."""

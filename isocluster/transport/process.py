@@ -984,10 +984,39 @@ def _exit_code(exc: SystemExit) -> int:
     return 1
 
 
+# The parent-death signal does not kill: the worker still sees EOF, publishes
+# primary_disconnect and cleans up within its kill timer (R110, R111). The handler only starts
+# a watchdog thread: a worker whose loop has not reached primary_disconnect (and so armed its
+# kill timer) shortly after the primary died is blocked, and ends there (R118). Before the
+# handler is installed the signal's default action, termination, applies.
+_PARENT_DEATH_SIGNAL = signal.SIGRTMIN + 1 if hasattr(signal, 'SIGRTMIN') else signal.SIGUSR2
+PARENT_DEATH_WATCHDOG = 1.5  # seconds
+
+
+def _parent_died(signum: int, frame: Any) -> None:
+    link = _worker_link
+    if link is None:
+        os._exit(0)
+
+    def check() -> None:
+        if link._kill_deadline is None:
+            os._exit(0)
+
+    watchdog = threading.Timer(PARENT_DEATH_WATCHDOG, check)
+    watchdog.daemon = True
+    watchdog.start()
+
+
+def _install_parent_death_handler() -> None:
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(_PARENT_DEATH_SIGNAL, _parent_died)
+
+
 def _arm_parent_death_signal(parent_pid: int) -> None:
     libc = _libc
     if libc:
-        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+        _install_parent_death_handler()
+        libc.prctl(_PR_SET_PDEATHSIG, int(_PARENT_DEATH_SIGNAL), 0, 0, 0)
     # prctl(2): if the parent died before the prctl, the signal never comes.
     if os.getppid() != parent_pid:
         os._exit(1)
@@ -1098,7 +1127,8 @@ def link_from_environment() -> base.PrimaryLink:
         sock.set_inheritable(False)
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
-        # PR_SET_PDEATHSIG was armed before exec and survives it.
+        # PR_SET_PDEATHSIG was armed before exec and survives it; its handler does not.
+        _install_parent_death_handler()
         _worker_link = _ChildLink(worker_id, codec, sock, loop, exit_on_finish=False)
         base._current_link.set(_worker_link)
         _worker_link._start()

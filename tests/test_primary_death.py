@@ -1,0 +1,74 @@
+"""R110/R118 on real processes: when the primary is SIGKILLed, each worker still publishes
+primary_disconnect (its cleanup runs) and is gone soon after; a blocked one too."""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+PRIMARY = r'''
+import asyncio, os, sys, time
+from isocluster import ClusterPrimary, ClusterWorker
+
+def cleaning_worker():
+    worker = ClusterWorker()
+    def cleanup(event):
+        with open(os.environ['MARKER'] + str(ClusterWorker.worker_id), 'w') as marker:
+            marker.write('primary_disconnect')
+    worker.after('primary_disconnect', cleanup)
+
+async def main():
+    primary = ClusterPrimary(worker_target=cleaning_worker)
+    ready = asyncio.Event()
+    primary.after('worker_ready', lambda e: len(primary.workers) == 2 and ready.set())
+    primary.fork(2)
+    await ready.wait()
+    print(' '.join(str(w.pid) for w in primary.workers), flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+'''
+
+
+def _gone(pid: int) -> bool:
+    try:
+        state = Path(f'/proc/{pid}/stat').read_text().rsplit(')', 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ('Z', 'X')  # a zombie has ended; its reaper is not ours to be
+
+
+def test_workers_of_a_killed_primary_clean_up_and_leave(tmp_path: Path) -> None:
+    env = {**os.environ, 'PYTHONPATH': str(ROOT), 'MARKER': str(tmp_path / 'disconnected-')}
+    primary = subprocess.Popen([sys.executable, '-c', PRIMARY], stdout=subprocess.PIPE, text=True, env=env,
+                               start_new_session=True)
+    pids: list[int] = []
+    try:
+        readable, _, _ = select.select([primary.stdout], [], [], 20)
+        assert readable, 'the primary did not report its workers'
+        pids = [int(pid) for pid in primary.stdout.readline().split()]
+        assert len(pids) == 2
+        os.kill(primary.pid, signal.SIGKILL)
+        primary.wait()
+        killed_at = time.monotonic()
+        while not all(_gone(pid) for pid in pids) and time.monotonic() - killed_at < 5:
+            time.sleep(0.02)  # polling another process's state: there is no event to wait on
+        gone_after = time.monotonic() - killed_at
+        assert all(_gone(pid) for pid in pids) and gone_after < 2.0
+        assert sorted(path.name for path in tmp_path.iterdir()) == ['disconnected-1', 'disconnected-2']
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if primary.poll() is None:
+            primary.kill()
+            primary.wait()
