@@ -32,3 +32,9 @@ coverage: install
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis .coverage build *.egg-info
+
+# The Ray transport's tests: installs the `ray` extra into the venv (large; not part of `make test`).
+.PHONY: test-ray
+test-ray: install
+	$(BIN)/python -m pip install -q -e '.[test,ray]'
+	$(PYTEST) -q tests/test_ray_transport.py
