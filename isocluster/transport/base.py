@@ -267,3 +267,56 @@ class Transport(abc.ABC):
 
     def close(self) -> None:
         """Release what the transport holds. Called by a primary that created it."""
+
+
+def exit_code_of(exit_: SystemExit) -> int:
+    """The exit status a worker ends with for a SystemExit (R33): None -> 0, an int -> that
+    int, anything else is printed to stderr and gives 1."""
+    code = exit_.code
+    if code is None:
+        return 0
+    if isinstance(code, int):
+        return code
+    print(code, file=sys.stderr)
+    return 1
+
+
+class RealLoopTransport(Transport):
+    """A transport on a real asyncio loop: the running loop when first used inside one, else a
+    new loop that `primary.run()` drives, with signal handlers that only wake that loop."""
+
+    _loop: asyncio.AbstractEventLoop | None = None
+    _owns_loop = False
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        if self._loop is None:
+            try:
+                self._loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._loop = asyncio.new_event_loop()
+                self._owns_loop = True
+        return self._loop
+
+    def install_signal_handlers(self, handlers: Mapping['Signals', Callable[[], None]]) -> Callable[[], None]:
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return lambda: None
+        loop = self.loop
+        previous = {sig: _signal.getsignal(sig) for sig in handlers}
+        for sig, handler in handlers.items():
+            loop.add_signal_handler(sig, handler)
+
+        def restore() -> None:
+            for sig, old in previous.items():
+                loop.remove_signal_handler(sig)
+                if old is not None:
+                    _signal.signal(sig, old)
+
+        return restore
+
+    def _close_owned_loop(self) -> None:
+        loop = self._loop
+        if self._owns_loop and loop is not None and not loop.is_running() and not loop.is_closed():
+            loop.close()

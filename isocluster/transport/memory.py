@@ -570,7 +570,7 @@ class MemoryTransport(Transport):
             try:
                 callback(*args)
             except SystemExit as exit_:
-                self._end(self._links[process.id], _exit_code(exit_), None)
+                self._end(self._links[process.id], base.exit_code_of(exit_), None)
             except BaseException as error:
                 self.tracebacks[process.id] = ''.join(traceback.format_exception(error))
                 print(self.tracebacks[process.id], file=sys.stderr, end='')
@@ -625,15 +625,6 @@ class MemoryTransport(Transport):
         if not self._loop.is_running():
             self._loop.close()
 
-
-def _exit_code(exit_: SystemExit) -> int:
-    code = exit_.code
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code
-    print(code, file=sys.stderr)
-    return 1
 
 
 def _reraise(task: asyncio.Task[Any]) -> None:

@@ -29,7 +29,7 @@ import time
 import traceback
 import warnings
 import weakref
-from typing import Any, Callable, Mapping
+from typing import Any
 
 from .. import protocol
 from ..errors import ProtocolError, TransportError
@@ -543,7 +543,7 @@ def _pidfd_send_signal(pidfd: int, sig: int) -> None:
     signal.pidfd_send_signal(pidfd, sig)
 
 
-class ProcessTransport(base.Transport):
+class ProcessTransport(base.RealLoopTransport):
     """Workers are real processes. `max_frame_size` bounds a frame from a worker (R120)."""
 
     def __init__(self, max_frame_size: int = protocol.DEFAULT_MAX_FRAME_SIZE,
@@ -560,16 +560,6 @@ class ProcessTransport(base.Transport):
         self._sockets: 'weakref.WeakSet[socket.socket]' = weakref.WeakSet()  # link ends, bound sockets
         _transports.add(self)
         _load_libc()
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
-            try:
-                self._loop = asyncio.get_running_loop()
-            except RuntimeError:
-                self._loop = asyncio.new_event_loop()
-                self._owns_loop = True
-        return self._loop
 
     def check_spec(self, spec: base.WorkerSpec) -> None:
         if spec.target is None and spec.script is None:
@@ -685,22 +675,6 @@ class ProcessTransport(base.Transport):
         self._sockets.add(sock)
         return sock
 
-    def install_signal_handlers(self, handlers: Mapping[base.Signals, Callable[[], None]]) -> Callable[[], None]:
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        loop = self.loop
-        previous = {sig: signal.getsignal(sig) for sig in handlers}
-        for sig, handler in handlers.items():
-            loop.add_signal_handler(sig, handler)
-
-        def restore() -> None:
-            for sig, old in previous.items():
-                loop.remove_signal_handler(sig)
-                if old is not None:
-                    signal.signal(sig, old)
-
-        return restore
-
     def close(self) -> None:
         """Release the links and, once it has stopped, the loop this transport created. Called
         from inside the running loop, it cannot close that loop: call it again after it stops."""
@@ -712,9 +686,7 @@ class ProcessTransport(base.Transport):
             _close_fds(list(self._fds))
             self._fds.clear()
             _transports.discard(self)
-        loop = self._loop
-        if self._owns_loop and loop is not None and not loop.is_running() and not loop.is_closed():
-            loop.close()
+        self._close_owned_loop()
 
     def _forget_fd(self, fd: int) -> None:
         self._fds.discard(fd)
@@ -975,14 +947,6 @@ def _target_done(task: asyncio.Future[Any]) -> None:
         _die(task.exception())  # type: ignore[arg-type]
 
 
-def _exit_code(exc: SystemExit) -> int:
-    if exc.code is None:
-        return 0
-    if isinstance(exc.code, int):
-        return exc.code
-    print(exc.code, file=sys.stderr)
-    return 1
-
 
 # The parent-death signal does not kill: the worker still sees EOF, publishes
 # primary_disconnect and cleans up within its kill timer (R110, R111). The handler only starts
@@ -1050,7 +1014,7 @@ def _run_child(spec: base.WorkerSpec, sock: socket.socket, parent_pid: int,
             _exec_script(spec, sock)
         code = _run_target(spec, sock)
     except SystemExit as exc:
-        code = _exit_code(exc)
+        code = base.exit_code_of(exc)
     except BaseException:
         try:
             traceback.print_exc()

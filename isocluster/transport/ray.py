@@ -86,7 +86,6 @@ import collections
 import contextvars
 import inspect
 import os
-import signal
 import sys
 import threading
 import time
@@ -125,14 +124,6 @@ def _flush_stdio() -> None:
         except Exception:
             pass
 
-
-def _exit_code(exc: SystemExit) -> int:
-    if exc.code is None:
-        return 0
-    if isinstance(exc.code, int):
-        return exc.code
-    print(exc.code, file=sys.stderr)
-    return 1
 
 
 # ---------------------------------------------------------------------------------------
@@ -408,7 +399,7 @@ class RayWorkerLink(base.WorkerLink):
             self._kill_actor()
 
 
-class RayTransport(base.Transport):
+class RayTransport(base.RealLoopTransport):
     """Workers are Ray actors, on this machine or across a Ray cluster.
 
     `address`: passed to `ray.init(address=...)` when Ray is not initialised yet (None: a
@@ -437,16 +428,6 @@ class RayTransport(base.Transport):
         self._started_ray = False
         self._actor_class: Any = None
         self._links: set[RayWorkerLink] = set()
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop:
-        if self._loop is None:
-            try:
-                self._loop = asyncio.get_running_loop()
-            except RuntimeError:
-                self._loop = asyncio.new_event_loop()
-                self._owns_loop = True
-        return self._loop
 
     def check_spec(self, spec: base.WorkerSpec) -> None:
         if spec.target is None:
@@ -536,22 +517,6 @@ class RayTransport(base.Transport):
     def bind(self, address: Any) -> Any:
         raise NotSupportedError(f'the Ray transport cannot share listening sockets ({address!r}); {_ALTERNATIVE}')
 
-    def install_signal_handlers(self, handlers: Mapping[base.Signals, Callable[[], None]]) -> Callable[[], None]:
-        if threading.current_thread() is not threading.main_thread():
-            return lambda: None
-        loop = self.loop
-        previous = {sig: signal.getsignal(sig) for sig in handlers}
-        for sig, handler in handlers.items():
-            loop.add_signal_handler(sig, handler)
-
-        def restore() -> None:
-            for sig, old in previous.items():
-                loop.remove_signal_handler(sig)
-                if old is not None:
-                    signal.signal(sig, old)
-
-        return restore
-
     def close(self) -> None:
         """Kill the actors still alive; shut Ray down if this transport started it; close the
         loop this transport created once it has stopped (call again after it stops)."""
@@ -566,9 +531,7 @@ class RayTransport(base.Transport):
                     self._ray.shutdown()
                 except Exception:
                     pass
-        loop = self._loop
-        if self._owns_loop and loop is not None and not loop.is_running() and not loop.is_closed():
-            loop.close()
+        self._close_owned_loop()
 
 
 # ---------------------------------------------------------------------------------------
@@ -764,7 +727,7 @@ class _Runtime:
             self.link._serve()
             code = 0
         except SystemExit as exc:
-            code = _exit_code(exc)
+            code = base.exit_code_of(exc)
         except BaseException:
             if self.code is None:
                 try:
