@@ -36,6 +36,12 @@ _EVENTS = (
 )
 
 
+async def _resolve_after_drain(future: 'asyncio.Future[None]', links: Iterable[Any]) -> None:
+    await asyncio.gather(*(link.drain() for link in links))
+    if not future.done():
+        future.set_result(None)
+
+
 class ClusterPrimary(Supervision, Initializable):
     """The primary of a local cluster of workers. See DESIGN.md for the API."""
 
@@ -284,7 +290,11 @@ class ClusterPrimary(Supervision, Initializable):
             else:
                 self._stats['messages_out'] += 1
         if not failures:
-            future.set_result(None)
+            congested = {target._link for _, target in destinations if target._link.congested()}
+            if congested:  # backpressure: resolve once the slow links have drained
+                self._spawn(_resolve_after_drain(future, congested))
+            else:
+                future.set_result(None)
         elif len(destinations) == 1:
             future.set_exception(failures[0][1])
         else:

@@ -20,6 +20,12 @@ DEFAULT_KILL_TIMEOUT = 6.765
 _MISSING: Any = object()
 
 
+async def _resolve_after_drain(future: 'asyncio.Future[None]', link: PrimaryLink) -> None:
+    await link.drain()
+    if not future.done():
+        future.set_result(None)
+
+
 class _WorkerId:
     """`ClusterWorker.worker_id`, read on the class or an instance, at the moment it is read."""
 
@@ -136,7 +142,10 @@ class ClusterWorker(Initializable):
             failure.__cause__ = error
             future.set_exception(failure)
         else:
-            future.set_result(None)
+            if link.congested():  # backpressure: resolve once the link has drained
+                self._spawn(_resolve_after_drain(future, link))
+            else:
+                future.set_result(None)
         return future
 
     def request(self, message: Any, *, timeout: float | None = None) -> 'asyncio.Future[Any]':

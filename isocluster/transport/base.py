@@ -46,6 +46,9 @@ SIGTERM = _signal.Signals.SIGTERM
 SIGKILL = _signal.Signals.SIGKILL
 Signals = _signal.Signals
 
+# Bytes a link may buffer before send() futures wait for it to drain (backpressure).
+HIGH_WATER = 1024 * 1024
+
 WORKER_ID_ENV = 'ISOCLUSTER_WORKER_ID'
 WORKER_FD_ENV = 'ISOCLUSTER_WORKER_FD'
 WORKER_CODEC_ENV = 'ISOCLUSTER_CODEC'
@@ -177,12 +180,26 @@ class WorkerLink(abc.ABC):
         """Bytes queued for the worker and not yet written (for backpressure)."""
         return 0
 
+    def congested(self) -> bool:
+        """True while the write buffer is over its high-water mark: senders should wait."""
+        return self.pending_writes() > HIGH_WATER
+
     async def drain(self) -> None:
-        """Wait until the write buffer is below its high-water mark."""
+        """Wait until the write buffer is well below its high-water mark."""
 
 
 class PrimaryLink(abc.ABC):
     """A worker's end of its link to the primary."""
+
+    def pending_writes(self) -> int:
+        """Bytes queued for the primary and not yet written (for backpressure)."""
+        return 0
+
+    def congested(self) -> bool:
+        return self.pending_writes() > HIGH_WATER
+
+    async def drain(self) -> None:
+        """Wait until the write buffer is well below its high-water mark."""
 
     worker_id: int
     codec: Codec

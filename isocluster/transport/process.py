@@ -38,7 +38,7 @@ from . import base
 output_logger = logging.getLogger('isocluster.worker')
 
 _READ_SIZE = 256 * 1024
-_HIGH_WATER = 1024 * 1024
+_HIGH_WATER = base.HIGH_WATER
 _ANCILLARY_SIZE = socket.CMSG_SPACE(16 * array.array('i').itemsize)
 _SEND_FLAGS = getattr(socket, 'MSG_NOSIGNAL', 0)
 _RECV_FLAGS = getattr(socket, 'MSG_CMSG_CLOEXEC', 0)
@@ -816,7 +816,9 @@ class _ChildLink(_FrameWriter, base.PrimaryLink):
         if count == 0:
             self._stop_reading()
             self._eof = True
-            if not self._backlog:
+            if self._receiver is not None:
+                self._deliver_after_accepts()
+            elif not self._backlog:
                 self._deliver_eof()
             return
         batch = self._batch
@@ -836,12 +838,27 @@ class _ChildLink(_FrameWriter, base.PrimaryLink):
             receiver = self._receiver
             if receiver is None and kind == protocol.DISCONNECT:
                 self.finish()  # R102: a worker that never built a ClusterWorker just ends
-            elif receiver is not None and not self._backlog:
+            elif receiver is not None and not self._backlog and kind != protocol.DISCONNECT:
                 receiver.link_frame(kind, payload)
             else:
                 self._backlog.append((kind, payload))
+                if receiver is not None and kind == protocol.DISCONNECT:
+                    self._deliver_after_accepts()
         if self._decoder.error is not None:
             raise self._decoder.error
+
+    def _deliver_after_accepts(self) -> None:
+        """DISCONNECT and EOF typically make the worker close its servers. Closing a server in
+        this callback drops any connection its accept callback took earlier in this same loop
+        pass: asyncio builds that transport in a task one pass later, Server._attach() then
+        asserts and the error is swallowed (CPython gh-109564), so the connection is never
+        served and is reset when the worker exits. Deliver one pass later from the timer phase
+        (after that pass's accept callbacks), then after their tasks (call_soon): by then
+        every connection accepted so far is attached, and accept callbacks not yet run are
+        cancelled by the close."""
+        if not self._delivering:
+            self._delivering = True
+            self.loop.call_later(0, self.loop.call_soon, self._deliver_backlog)
 
     def _deliver_eof(self) -> None:
         if self._receiver is not None:
