@@ -130,7 +130,28 @@ class MsgpackCodec:
         return self._unpackb(data, raw=False)
 
 
-_CODECS = {'json': JsonCodec, 'pickle': PickleCodec, 'msgpack': MsgpackCodec}
+class OrjsonCodec:
+    """JSON (data only, like the default) through the optional `orjson` package: about twice
+    as fast. Differences from 'json': non-str dict keys and NaN are rejected on encode."""
+
+    name = 'orjson'
+
+    def __init__(self) -> None:
+        try:
+            import orjson
+        except ImportError as exc:
+            raise ValueError("codec='orjson' needs the orjson package: pip install 'isocluster[orjson]'") from exc
+        self.encode = orjson.dumps  # type: ignore[method-assign]
+        self.decode = orjson.loads  # type: ignore[method-assign]
+
+    def encode(self, message: Any) -> bytes:  # replaced per instance by orjson.dumps
+        raise NotImplementedError
+
+    def decode(self, data: bytes) -> Any:  # replaced per instance by orjson.loads
+        raise NotImplementedError
+
+
+_CODECS = {'json': JsonCodec, 'pickle': PickleCodec, 'msgpack': MsgpackCodec, 'orjson': OrjsonCodec}
 
 
 def get_codec(codec: 'str | Codec') -> Codec:

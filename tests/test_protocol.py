@@ -214,3 +214,30 @@ def test_r120_frame_size_limit_is_the_same_for_encoder_and_decoder():
         encode_message(codec, 'x' * (limit - 2), limit)
     with pytest.raises(ProtocolError):
         FrameDecoder(limit).feed(encode_frame(MESSAGE, fits + b' '))
+
+
+def test_orjson_codec_round_trips_when_installed():
+    orjson = pytest.importorskip('orjson')
+    from isocluster.protocol import get_codec
+
+    codec = get_codec('orjson')
+    message = {'type': 'task', 'id': 1, 'payload': 'é' * 3, 'values': [1, 2.5, None, True]}
+    assert codec.name == 'orjson' and codec.decode(codec.encode(message)) == message
+    assert codec.encode(message) == orjson.dumps(message)
+
+
+def test_orjson_codec_names_the_extra_when_missing(monkeypatch):
+    import builtins
+
+    from isocluster.protocol import get_codec
+
+    real_import = builtins.__import__
+
+    def no_orjson(name, *args, **kwargs):
+        if name == 'orjson':
+            raise ImportError('no orjson here')
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, '__import__', no_orjson)
+    with pytest.raises(ValueError, match=r'isocluster\[orjson\]'):
+        get_codec('orjson')

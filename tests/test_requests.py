@@ -143,3 +143,16 @@ def test_bad_requests_reject_clearly() -> None:
     assert run_cluster('memory', scenario, worker_target=calculator) == [
         InvalidDestinationError, InvalidDestinationError, EncodeError,
     ]
+
+
+@pytest.mark.parametrize('codec', ['json', 'pickle', 'msgpack', 'orjson'])
+def test_every_codec_carries_requests_on_real_processes(codec: str) -> None:
+    if codec in ('msgpack', 'orjson'):
+        pytest.importorskip(codec)
+
+    async def scenario(primary: ClusterPrimary) -> Any:
+        primary.fork(1)
+        await ready_waiter(primary, 1)
+        return await primary.request({'type': 'square', 'value': 12}, to=primary.workers[0])
+
+    assert run_cluster('process', scenario, worker_target=calculator, codec=codec) == 144
