@@ -683,3 +683,77 @@ def test_workers_die_within_2_s_of_a_sigkilled_primary():
     result = json.loads(output)
     assert len(result['pids']) == 2 and reaper.returncode == 0, result
     assert max(result['reaped_after'].values()) < 2.0, result
+
+
+class DrainOnDisconnect:
+    """Serves HTTP-ish requests on the shared socket; on DISCONNECT closes its server, lets
+    every connection it accepted finish, then ends (the graceful drain of a rolling reload)."""
+
+    def __init__(self, link):
+        self.link = link
+        self.server = None
+
+    def link_frame(self, kind, payload):
+        if kind == 'listening':
+            self.link.loop.create_task(self.serve(payload['socket']))
+        elif kind == 'disconnect':
+            self.server.close()
+            self.link.loop.create_task(self.leave())
+
+    async def serve(self, sock):
+        async def handle(reader, writer):
+            await reader.readuntil(b'\r\n\r\n')
+            writer.write(b'served')
+            await writer.drain()
+            writer.close()
+
+        self.server = await asyncio.start_server(handle, sock=sock)
+        self.link.write('message', b'serving')
+        # Blocked: a connection, then the DISCONNECT, arrive meanwhile, so the next loop
+        # pass sees both: the accept callback first, then the link's.
+        time.sleep(0.5)
+
+    async def leave(self):
+        await self.server.wait_closed()
+        others = asyncio.all_tasks() - {asyncio.current_task()}
+        while others:
+            await asyncio.wait(others)
+            others = asyncio.all_tasks() - {asyncio.current_task()}
+        self.link.finish()
+
+    def link_closed(self):
+        self.link.finish()
+
+
+def drain_on_disconnect_target():
+    link = base.current_link()
+    link.attach(DrainOnDisconnect(link))
+
+
+def test_a_connection_accepted_in_the_pass_that_reads_disconnect_is_served(harness):
+    # asyncio (CPython gh-109564) silently drops a connection accepted in the same loop pass
+    # in which Server.close() is then called: the transport is built one pass later and
+    # Server._attach() asserts. The worker must deliver DISCONNECT after those accepts are
+    # attached, or the connection is never served and is reset when the worker exits.
+    async def body():
+        transport = harness.transport
+        listening = transport.bind(('127.0.0.1', 0))
+        address = listening.getsockname()
+        link = harness.start(drain_on_disconnect_target)
+        await harness.listener.online(link)
+        link.send_socket(listening, {'address': list(address)})
+        await harness.listener.message(link, b'serving')
+        reader, writer = await asyncio.open_connection(*address)
+        writer.write(b'GET / HTTP/1.1\r\n\r\n')
+        await asyncio.sleep(0.1)
+        link.write('disconnect', None)
+        try:
+            answer = await asyncio.wait_for(reader.read(), TIMEOUT)
+        except ConnectionResetError as error:
+            answer = error
+        writer.close()
+        listening.close()
+        assert answer == b'served'
+        assert await harness.listener.exit(link) == (0, None)
+
+    run(body())
