@@ -124,6 +124,13 @@ def codec_available(name: str) -> bool:
     return True
 
 
+def ray_available() -> bool:
+    """Whether `ray` is installed (looked up, not imported: importing ray takes seconds)."""
+    import importlib.util
+
+    return importlib.util.find_spec('ray') is not None
+
+
 def uvloop_available() -> bool:
     try:
         import uvloop  # noqa: F401

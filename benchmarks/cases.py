@@ -129,9 +129,13 @@ class SwitchableCodec:
 class Cluster:
     """A ClusterPrimary in the running loop, with futures for ready/exit/messages."""
 
-    def __init__(self, target=None, script=None, codec='json', **options):
+    def __init__(self, target=None, script=None, codec='json', transport=None, **options):
         self.loop = asyncio.get_running_loop()
         options.setdefault('restart', 'never')
+        if transport == 'ray':
+            from isocluster.transport.ray import RayTransport
+
+            options['transport'] = RayTransport()  # on the Ray instance run_async started
         if codec == 'orjson':
             codec = get_codec('orjson')  # a Codec object: isocluster has no built-in orjson codec
         kwargs = dict(worker_target=target, codec=codec, **options)
@@ -186,7 +190,22 @@ def run_async(coro_fn, params):
 
         # The policy, so the workers' loops (built with new_event_loop) are uvloop too.
         asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+    if params.get('transport') == 'ray':
+        return _with_local_ray(lambda: asyncio.run(coro_fn(params)))
     return asyncio.run(coro_fn(params))
+
+
+def _with_local_ray(run):
+    """A local Ray instance for one measurement, as tests/ray_bench.py (the actors import the
+    targets of this file and `_common` by name: benchmarks/ and the root on their PYTHONPATH)."""
+    import ray
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={'env_vars': {'PYTHONPATH': os.pathsep.join([str(HERE), str(HERE.parent)])}})
+    try:
+        return run()
+    finally:
+        ray.shutdown()
 
 
 # --- isocluster cases ----------------------------------------------------------------
@@ -194,7 +213,7 @@ def run_async(coro_fn, params):
 
 async def _iso_rtt(p):
     n, warm = p['n'], max(p['n'] // 10, 10)
-    cluster = Cluster(echo_target, codec=p['codec'])
+    cluster = Cluster(echo_target, codec=p['codec'], transport=p.get('transport'))
     try:
         (handle,) = await cluster.start(1)
         loop = asyncio.get_running_loop()
@@ -216,7 +235,7 @@ async def _iso_rtt(p):
 
 async def _iso_stream_p2w(p):
     n = p['n']
-    cluster = Cluster(count_target, codec=p['codec'])
+    cluster = Cluster(count_target, codec=p['codec'], transport=p.get('transport'))
     try:
         (handle,) = await cluster.start(1)
         done = asyncio.get_running_loop().create_future()
@@ -239,7 +258,7 @@ async def _iso_stream_p2w(p):
 
 async def _iso_stream_w2p(p):
     n = p['n']
-    cluster = Cluster(producer_target, codec=p['codec'])
+    cluster = Cluster(producer_target, codec=p['codec'], transport=p.get('transport'))
     try:
         (handle,) = await cluster.start(1)
         done = asyncio.get_running_loop().create_future()
@@ -785,6 +804,23 @@ def ppe_pipeline(p):
     return {'value': n / elapsed, 'unit': 'req/s', 'n': n, 'window': WINDOW}
 
 
+# --- the Ray column (run.py's last pass) ------------------------------------------------
+
+
+def ray_all(p):
+    """rtt, stream_p2w and stream_w2p on RayTransport in one local Ray instance (one
+    `ray.init` per repetition instead of three: it costs seconds). Same cases as above."""
+    def run():
+        common = {'codec': p['codec'], 'transport': 'ray'}
+        rtt = asyncio.run(_iso_rtt({**common, 'n': p['rtt_n']}))
+        p2w = asyncio.run(_iso_stream_p2w({**common, 'n': p['stream_n']}))
+        w2p = asyncio.run(_iso_stream_w2p({**common, 'n': p['stream_n']}))
+        return {'samples': {'rtt': rtt['value'], 'stream_p2w': p2w['value'], 'stream_w2p': w2p['value']},
+                'rtt_n': p['rtt_n'], 'stream_n': p['stream_n']}
+
+    return _with_local_ray(run)
+
+
 # =====================================================================================
 
 ASYNC_CASES = {
@@ -797,6 +833,7 @@ SYNC_CASES = {
     'raw_startup': raw_startup, 'raw_exec_startup': raw_exec_startup, 'raw_crash': raw_crash,
     'raw_many': raw_many, 'mp_rtt': mp_rtt, 'mp_stream_p2w': mp_stream_p2w, 'mp_stream_w2p': mp_stream_w2p,
     'mp_startup': mp_startup, 'mp_crash': mp_crash, 'ppe_rtt': ppe_rtt, 'ppe_pipeline': ppe_pipeline,
+    'ray_all': ray_all,
 }
 
 

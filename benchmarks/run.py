@@ -10,6 +10,13 @@ PERFORMANCE.md targets with PASS/MISS; writes everything to benchmarks/results/l
     python benchmarks/run.py                 # full run (under 5 minutes on 2 cores)
     python benchmarks/run.py --quick         # tiny sizes, 1 repetition (smoke test)
     python benchmarks/run.py --only rtt,crash --reps 7
+
+The round-trip and streaming scenarios have a Ray column ('isocluster json on Ray': the
+same cases on `RayTransport`, in a local Ray instance each measurement starts) when `ray` is
+importable (`pip install 'isocluster[ray]'`), else the row says skipped. It is measured
+after every other scenario (so it cannot eat their time budget), with smaller sizes and
+RAY_REPS repetitions, one process (one `ray.init`, ~5 s) per repetition for all three;
+its figures join those scenarios in the JSON and are printed in a block of their own.
 """
 
 from __future__ import annotations
@@ -35,9 +42,14 @@ sys.path.insert(0, str(HERE))
 if str(ROOT) not in sys.path:
     sys.path.insert(1, str(ROOT))
 
-from _common import codec_available, uvloop_available  # noqa: E402
+from _common import codec_available, ray_available, uvloop_available  # noqa: E402
 
 NODE = shutil.which('node')
+RAY_NAME = 'isocluster json on Ray'
+RAY_SCENARIOS = ('rtt', 'stream_p2w', 'stream_w2p')
+RAY_REPS = 2  # one repetition (all three figures) costs ~15 s: `make bench` stays under 5 minutes
+RAY_DEADLINE = 275.0  # seconds since the start: no second Ray repetition after it
+RAY_UNAVAILABLE = "ray is not installed (pip install 'isocluster[ray]')"
 PYCACHE = os.path.join(tempfile.gettempdir(), f'isocluster-bench-pycache-{os.getuid()}')
 
 
@@ -49,7 +61,7 @@ class Variant:
     quick: dict
     baseline: bool = True
     produces: tuple[str, ...] = ()  # names of the samples a multi-variant case returns
-    needs: str | None = None  # 'node', 'uvloop', 'codec:<name>'
+    needs: str | None = None  # 'node', 'uvloop', 'codec:<name>', 'ray'
 
 
 @dataclass
@@ -193,6 +205,10 @@ def build_scenarios() -> list[Scenario]:
     return S
 
 
+RAY = Variant(RAY_NAME, 'ray_all', {'rtt_n': 1000, 'stream_n': 50_000, 'codec': 'json'},
+              {'rtt_n': 20, 'stream_n': 500, 'codec': 'json'}, baseline=False, produces=RAY_SCENARIOS, needs='ray')
+
+
 # ---------------------------------------------------------------------------------------
 
 
@@ -201,6 +217,8 @@ def available(variant: Variant) -> tuple[bool, str]:
         return (NODE is not None, 'node is not installed')
     if variant.needs == 'uvloop':
         return (uvloop_available(), 'uvloop is not installed (pip install isocluster[uvloop])')
+    if variant.needs == 'ray':
+        return (ray_available(), "ray is not installed (pip install 'isocluster[ray]')")
     if variant.needs and variant.needs.startswith('codec:'):
         codec = variant.needs.split(':', 1)[1]
         return (codec_available(codec), f'{codec} is not installed')
@@ -320,9 +338,74 @@ def run_scenario(sc: Scenario, reps: int, quick: bool, python: str, deadline: fl
                         if not binfo['isocluster'] and binfo['median']}
     targets = [evaluate(sc, t, variants, extras, reps, errors) for t in sc.targets]
     derived = derive(sc, variants)
+    deferred = {}
+    if sc.key in RAY_SCENARIOS:
+        if available(RAY)[0]:
+            deferred[RAY_NAME] = 'measured after every scenario: see the Ray column at the end'
+        else:
+            skipped[RAY_NAME] = RAY_UNAVAILABLE
     return {'title': sc.title, 'unit': sc.unit, 'better': sc.better, 'repetitions': reps_done,
             'variants': variants, 'ratios': ratios, 'targets': targets, 'skipped': skipped,
-            'errors': errors, 'derived': derived}
+            'errors': errors, 'derived': derived, 'deferred': deferred}
+
+
+def run_ray_column(results: dict, quick: bool, python: str, deadline: float, log) -> dict | None:
+    """The Ray column: RAY_REPS runs of `cases.py ray_all`; each scenario of RAY_SCENARIOS that
+    ran gets the `isocluster json on Ray` variant, its ratios and `derived['ray']`."""
+    keys = [key for key in RAY_SCENARIOS if key in results]
+    if not keys or not available(RAY)[0]:
+        return None
+    log(f'running the Ray column ({", ".join(keys)}) on a local Ray instance')
+    samples: dict[str, list[float]] = {key: [] for key in keys}
+    errors: list[str] = []
+    reps = 1 if quick else RAY_REPS
+    for rep in range(reps):
+        if rep >= 1 and time.monotonic() > deadline:
+            log(f'  time budget reached: the Ray column stopped after {rep} repetitions')
+            break
+        params = dict(RAY.quick if quick else RAY.full, rep=rep)
+        result = run_one(RAY, params, 180.0, python)
+        if 'error' in result:
+            errors.append(result['error'] + ': ' + result.get('stderr', '')[-600:])
+            log(f'  {RAY_NAME}: ERROR {result["error"]}\n{result.get("stderr", "")[-600:]}')
+            continue
+        for key in keys:
+            samples[key].append(result['samples'][key])
+        log(f'  [ray] repetition {rep + 1}/{reps} done')
+    params = RAY.quick if quick else RAY.full
+    column = {'repetitions': len(samples[keys[0]]), 'rtt_n': params['rtt_n'], 'stream_n': params['stream_n'],
+              'scenarios': {}}
+    for key in keys:
+        res = results[key]
+        res['deferred'] = {}
+        if errors:
+            res['errors'][RAY_NAME] = errors
+        if not samples[key]:
+            continue
+        info = {**stats(samples[key]), 'samples': samples[key], 'isocluster': True, 'extras': []}
+        res['variants'][RAY_NAME] = info
+        res['ratios'][RAY_NAME] = {b: info['median'] / binfo['median'] for b, binfo in res['variants'].items()
+                                   if not binfo['isocluster'] and binfo['median']}
+        process = res['variants'].get('isocluster json')
+        if process and process['median']:
+            res['derived']['ray'] = {'ray_over_process_json': info['median'] / process['median']}
+        column['scenarios'][key] = {'unit': res['unit'], 'ray': info,
+                                    'process_json': process['median'] if process else None}
+    return column
+
+
+def print_ray_column(column: dict, out) -> None:
+    print(f"\n== Ray column: the same scenarios on RayTransport (1 worker, local Ray instance; rtt over "
+          f"{column['rtt_n']} messages, streams of {column['stream_n']}; {column['repetitions']} repetitions) ==",
+          file=out)
+    print(f"  {'scenario':<12} {'unit':<6} {'process (json)':>15} {'Ray (json)':>12} {'min - max':>19} "
+          f"{'Ray / process':>14}", file=out)
+    for key, row in column['scenarios'].items():
+        unit, ray, process = row['unit'], row['ray'], row['process_json']
+        ratio = f"{ray['median'] / process:.2f}" if process else '-'
+        rng = f"{fmt(ray['min'], unit)} - {fmt(ray['max'], unit)}"
+        print(f"  {key:<12} {unit:<6} {fmt(process, unit):>15} {fmt(ray['median'], unit):>12} {rng:>19} "
+              f"{ratio:>14}", file=out)
 
 
 def evaluate(sc, t: Target, variants, extras, reps, errors) -> dict:
@@ -388,6 +471,8 @@ def print_scenario(sc_key: str, res: dict, out) -> None:
         print(f"{mark} {name:<{width}}  {fmt(info['median'], unit):>9}  {rng:>19}  {info['runs']}", file=out)
     for name, why in res['skipped'].items():
         print(f"  {name:<{width}}  skipped: {why}", file=out)
+    for name, why in res.get('deferred', {}).items():
+        print(f"  {name:<{width}}  {why}", file=out)
     for name, errs in res['errors'].items():
         print(f"  {name:<{width}}  {len(errs)} failed run(s): {errs[0][:120]}", file=out)
     baselines = [n for n, i in res['variants'].items() if not i['isocluster']]
@@ -397,6 +482,9 @@ def print_scenario(sc_key: str, res: dict, out) -> None:
             parts = '  '.join(f'{b}={r:.2f}' for b, r in rs.items())
             print(f'    {name}: {parts}', file=out)
     for name, d in res.get('derived', {}).items():
+        if name == 'ray':
+            print(f"  Ray / process transport (json, medians of this run): {d['ray_over_process_json']:.2f}", file=out)
+            continue
         print(f"  {name}: slope {d['slope_ms_per_worker']:.2f} ms/worker (64->256), "
               f"{d['ms_per_worker_at_64']:.2f} ms/worker at 64, {d['ms_per_worker_at_256']:.2f} at 256; "
               f"ready {d['ready_ms_256']:.0f} ms + shutdown {d['shutdown_ms_256']:.0f} ms; primary peak RSS "
@@ -441,7 +529,7 @@ def machine_info() -> dict:
     except Exception:
         info['commit'] = None
     info['optional'] = {'uvloop': uvloop_available(), 'msgpack': codec_available('msgpack'),
-                        'orjson': codec_available('orjson')}
+                        'orjson': codec_available('orjson'), 'ray': ray_available()}
     return info
 
 
@@ -482,6 +570,10 @@ def main(argv=None) -> int:
         results[sc.key] = run_scenario(sc, reps, args.quick, args.python, deadline, log)
         print_scenario(sc.key, results[sc.key], sys.stdout)
         sys.stdout.flush()
+    column = run_ray_column(results, args.quick, args.python, started + RAY_DEADLINE, log)
+    if column is not None:
+        meta['ray_column'] = column
+        print_ray_column(column, sys.stdout)
     meta['elapsed_s'] = time.monotonic() - started
     print_summary(results, sys.stdout)
     m = meta['machine']

@@ -8,6 +8,12 @@ import pytest
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    ray_module = sys.modules.get('specs.spec_ray')
+    if ray_module is not None and getattr(ray_module, 'RAY_STATS', {}).get('examples'):
+        stats = ray_module.RAY_STATS
+        reporter = session.config.pluginmanager.get_plugin('terminalreporter')
+        (reporter.write_line if reporter is not None else print)(
+            f"isocluster spec: ray transport: {int(stats['examples'])} examples in {stats['seconds']:.1f}s")
     module = sys.modules.get('specs.spec_cluster')
     if module is None or not (module.STATS['memory_examples'] or module.STATS['process_examples']):
         return  # the machines did not run in this process (xdist worker elsewhere, or deselected)

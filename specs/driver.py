@@ -7,7 +7,8 @@ result. On the memory transport the same seed and the same program give the same
 byte for byte (SPEC R121), which `replay()` checks.
 
 The worker target and the primary subclass live here, at module level, so that the process
-transport can fork them.
+transport can fork them and Ray actors can import them (`specs.driver` on the actors'
+PYTHONPATH, see `start_ray`).
 """
 
 from __future__ import annotations
@@ -32,6 +33,24 @@ READY_TIMEOUT = 5.0
 SHUTDOWN_TIMEOUT = 2.0
 KILL_TIMEOUT = 1.0
 WORKER_KILL_TIMER = 6.765  # R111
+RAY_READY_TIMEOUT = 30.0  # a Ray worker is a new actor process: its start is slower than a fork
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def start_ray() -> bool:
+    """Start the local Ray instance the spec's Ray workers run on, as tests/test_ray_transport.py
+    does; True if this call started it (the caller then owns `ray.shutdown()`)."""
+    import ray
+
+    if ray.is_initialized():
+        return False
+    ray.init(
+        num_cpus=2, include_dashboard=False, log_to_driver=False,
+        # The actors import `specs.driver.spec_worker_main` (and isocluster) by name.
+        runtime_env={'env_vars': {'PYTHONPATH': os.pathsep.join(
+            [ROOT, *filter(None, os.environ.get('PYTHONPATH', '').split(os.pathsep))])}},
+    )
+    return True
 
 
 # -- the worker every spec cluster runs -------------------------------------------------------
@@ -105,7 +124,11 @@ def _summary(name: str, data: dict[str, Any]) -> dict[str, Any]:
 
 
 class Driver:
-    """One primary on `transport` ('memory' or 'process'), recording everything."""
+    """One primary on `transport` ('memory', 'process' or 'ray'), recording everything.
+
+    'ray' uses the running Ray instance, or starts one with `start_ray()` (left running for
+    the next driver; the test module shuts it down).
+    """
 
     def __init__(self, transport: str, seed: int, config: dict[str, Any]) -> None:
         self.kind = transport
@@ -119,16 +142,24 @@ class Driver:
 
             self.sim = MemoryTransport(seed=seed)
             chosen = self.sim
-        else:
+        elif transport == 'process':
             from isocluster.transport.process import ProcessTransport
 
             chosen = ProcessTransport(loop=asyncio.new_event_loop())
+        elif transport == 'ray':
+            from isocluster.transport.ray import RayTransport
+
+            start_ray()
+            chosen = RayTransport(loop=asyncio.new_event_loop())
+        else:
+            raise ValueError(f"transport: expected 'memory', 'process' or 'ray', got {transport!r}")
         self.transport = chosen
         self.loop = chosen.loop
         self.primary = SpecPrimary(
             worker_target=spec_worker_main, transport=chosen,
             restart_intensity=config['intensity'], restart_period=config['period'], restart_backoff=None,
-            ready_timeout=READY_TIMEOUT, shutdown_timeout=SHUTDOWN_TIMEOUT, kill_timeout=KILL_TIMEOUT,
+            ready_timeout=RAY_READY_TIMEOUT if transport == 'ray' else READY_TIMEOUT,
+            shutdown_timeout=SHUTDOWN_TIMEOUT, kill_timeout=KILL_TIMEOUT,
             heartbeat_interval=config['heartbeat'],
         )
         for name in PRIMARY_EVENTS:
@@ -306,16 +337,17 @@ class Driver:
         return True, 0
 
     def close(self) -> None:
-        """Leave nothing behind: on the process transport every child is killed and reaped."""
-        if self.kind == 'process':
+        """Leave nothing behind: on the process transport every child is killed and reaped; on
+        Ray every actor still alive is `ray.kill`ed by `RayTransport.close()`."""
+        if self.kind in ('process', 'ray'):
             try:
                 if not self.primary.destroyed:
                     self.primary.destroy()
-                    deadline = time.monotonic() + 10
+                    deadline = time.monotonic() + (30 if self.kind == 'ray' else 10)
                     while not self.primary.closed and time.monotonic() < deadline:
                         self.loop.run_until_complete(asyncio.sleep(0.01))
             finally:
-                for pid in self.pids:
+                for pid in self.pids if self.kind == 'process' else ():
                     try:
                         os.kill(pid, signal_module.SIGKILL)
                         os.waitpid(pid, 0)

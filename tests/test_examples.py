@@ -8,6 +8,7 @@ at the end whatever happened.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import signal
@@ -176,9 +177,20 @@ def test_health_monitoring_restarts_the_leaky_worker_and_kills_the_frozen_one():
         assert f'Worker {worker} exited (code 0)' in out
 
 
+def test_ray_cluster_runs_on_ray_or_says_it_needs_it():
+    """The README's Ray example: on Ray when it is installed; else it says so and exits 0."""
+    out, _ = run_example('ray_cluster')
+    if importlib.util.find_spec('ray') is None:
+        assert out.strip() == "ray is not installed: pip install 'isocluster[ray]' to run this example"
+        return
+    greeted = lines_matching(r'^hello Ada from worker ([12]) \(pid \d+ on .+\)$', out)
+    assert sorted(int(m.group(1)) for m in greeted) == [1, 1, 2, 2], out
+    assert out.rstrip().endswith('Shut down complete')
+
+
 # Programs with a test above; `http_worker.py` is the worker script of `http_server.py`.
 EXPLICIT = {'basic', 'http_server', 'http_worker', 'round_robin', 'tagged_distribution', 'type_routing',
-            'custom_init', 'health_monitoring'}
+            'custom_init', 'health_monitoring', 'ray_cluster'}
 OTHERS = sorted(path.stem for path in EXAMPLES.glob('*.py') if path.stem not in EXPLICIT)
 
 
