@@ -669,7 +669,7 @@ class ClusterPrimary(Supervision, Initializable):
             self._start_heartbeat(handle)
         self._add_worker(handle)
         reload = self._reload
-        if reload is not None and handle is reload.new:
+        if reload is not None and handle is reload.new and not handle._retired:
             reload.new = None
             old = reload.old
             if old is None or old.state == 'dead':

@@ -139,11 +139,19 @@ class Supervision:
         self._restart_times.clear()
         self._replacement_stopped = False
         self._backoff_attempt = 0
-        staying = [handle for worker_id, handle in sorted(self._live.items()) if not handle._retired]
+        reload = self._reload
+        # A reload step's old worker is leaving: its new worker takes its place.
+        leaving = reload.old if reload is not None and reload.new is not None else None
+        staying = [
+            handle for worker_id, handle in sorted(self._live.items()) if not handle._retired and handle is not leaving
+        ]
         if worker_count > len(staying):
             self._publish('fork', {'worker_count': worker_count - len(staying)})
         else:
-            for handle in reversed(staying[worker_count:]):
+            surplus = staying[worker_count:]
+            if leaving is not None and reload.new in surplus:
+                surplus.append(leaving)  # its replacement is retired: nothing takes its place
+            for handle in reversed(surplus):
                 handle._retired = True
                 self._disconnect_worker(handle)
         return self

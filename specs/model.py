@@ -141,12 +141,19 @@ class ClusterModel:
         self.restart_times.clear()
         self.replacement_stopped = False
         self.restart_limit_seen = False
-        staying = [worker_id for worker_id in self.live() if not self.workers[worker_id].retired]
+        # A reload step's old worker is leaving: the step's new worker takes its place, so
+        # only the new one counts (README: "Where this implementation chose").
+        reload = self.reload
+        leaving = reload.old if reload is not None and reload.new is not None else None
+        staying = [worker_id for worker_id in self.live()
+                   if not self.workers[worker_id].retired and worker_id != leaving]
         self.target = count
         if count > len(staying):
             self.expected_top_forks.append(count - len(staying))
             return []
         surplus = staying[count:]
+        if leaving is not None and reload.new in surplus:
+            surplus.append(leaving)  # its replacement is retired: nothing takes its place
         for worker_id in surplus:
             self._retire(worker_id)
         return surplus
@@ -344,7 +351,7 @@ class ClusterModel:
         worker.ever_ready = True
         self._pool.add(worker_id)
         reload = self.reload
-        if reload is not None and worker_id == reload.new:
+        if reload is not None and worker_id == reload.new and not worker.retired:
             reload.new = None
             old = reload.old
             if old is None:  # the old worker left early: the step is done now that its new worker is ready

@@ -1988,3 +1988,22 @@ def test_memory_transport_refuses_a_second_primary():
     ClusterPrimary(worker_target=lambda: None, transport=sim).fork(1)
     with pytest.raises(ValueError, match='one primary'):
         ClusterPrimary(worker_target=lambda: None, transport=sim).fork(1)
+
+
+@pytest.mark.parametrize('target', [0, 1, 2])
+def test_r136_scale_during_a_reload_step_counts_the_new_worker_not_the_leaving_one(target):
+    """Found by the executable spec: scale() right after a reload step forked its new worker
+    used to count both, retire the new one, and leave the pool empty."""
+    from isocluster.transport.memory import MemoryTransport
+
+    sim = MemoryTransport(seed=0)
+    p = ClusterPrimary(worker_target=lambda: ClusterWorker(), transport=sim, restart_intensity=1, restart_period=2.0)
+    completed = []
+    p.on('reload_complete', lambda event: completed.append(event.data))
+    p.fork(1)
+    sim.run_until(lambda: len(p.workers) == 1)
+    p.reload()  # step: fork worker 2, then retire worker 1 once 2 is ready
+    p.scale(target)
+    sim.run_until(lambda: completed and p.stats()['live'] == target and len(p.workers) == target, timeout=40)
+    sim.advance(40)
+    assert len(p.workers) == target and p.stats()['live'] == target
