@@ -57,6 +57,8 @@ class WorkerModel:
     link_broken: bool = False  # a write failed: the link is faulted
     killed_by_primary: bool = False
     inflight: deque[int] = field(default_factory=deque)  # seqs written to it, not yet answered
+    # seqs in flight when it died: it may have answered them before dying, in order (R116, R125)
+    maybe_answered: deque[int] = field(default_factory=deque)
     commands: set[int] = field(default_factory=set)  # seqs of exit/raise/leave: never answered
     last_reply: int = 0
 
@@ -223,6 +225,7 @@ class ClusterModel:
         if alive and worker.process_alive:
             worker.expected_exit = (code, signal)
             worker.process_alive = False
+            worker.maybe_answered.extend(worker.inflight)
             worker.inflight.clear()
 
     def shut_down(self) -> str:
@@ -367,9 +370,13 @@ class ClusterModel:
         seq, claimed, routed_kind = _reply_fields(message)
         require(seq is not None, 'R123', f'worker {worker_id} sent a message the spec worker never sends: {message!r}')
         require(claimed == worker_id, 'R101', f'worker {worker_id} says it is worker {claimed}')
-        require(bool(worker.inflight) and worker.inflight[0] == seq, 'R115',
-                f'worker {worker_id} answered seq {seq}; frames in flight to it, in order: {list(worker.inflight)}')
-        worker.inflight.popleft()
+        if seq in worker.maybe_answered:  # answered before it died: delivered, in order
+            while worker.maybe_answered.popleft() != seq:
+                pass
+        else:
+            require(bool(worker.inflight) and worker.inflight[0] == seq, 'R115',
+                    f'worker {worker_id} answered seq {seq}; frames in flight to it, in order: {list(worker.inflight)}')
+            worker.inflight.popleft()
         require(seq not in worker.commands, 'R115', f'worker {worker_id} answered a command')
         worker.last_reply = seq
         if routed_kind == 'echo':
