@@ -22,15 +22,6 @@ ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / 'examples'
 TIMEOUT = 30.0
 
-# Library issue (see the report in the examples' commit): a forked worker garbage-collects its
-# parent's event loop, whose self-pipe it closed, and Python prints this block on stderr.
-# Harmless (the worker's exit status is right); tolerated here, nothing else is.
-KNOWN_NOISE = re.compile(
-    r'Exception ignored in: <function BaseEventLoop\.__del__ at 0x[0-9a-f]+>\n'
-    r'Traceback \(most recent call last\):\n(?:  .*\n)+ValueError: Invalid file descriptor: -1\n'
-)
-
-
 def process_group_members(pgid: int) -> list[int]:
     """Pids of live (non-zombie) processes in process group `pgid`, from /proc."""
     members = []
@@ -74,8 +65,7 @@ def run_example(name: str) -> tuple[str, str]:
     described = f'{name}.py exited {process.returncode}\nstdout:\n{stdout}\nstderr:\n{stderr}'
     assert process.returncode == 0, described
     assert left == [], f'processes left in the group: {left}\n{described}'
-    unexpected = KNOWN_NOISE.sub('', stderr)
-    assert 'Traceback' not in unexpected and 'Error' not in unexpected, described
+    assert 'Traceback' not in stderr and 'Error' not in stderr and 'Exception ignored' not in stderr, described
     for pid in map(int, re.findall(r'\(pid (\d+)\)', stdout)):
         assert pid not in process_group_members(process.pid), described
     return stdout, stderr
