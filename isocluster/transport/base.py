@@ -337,3 +337,74 @@ class RealLoopTransport(Transport):
         loop = self._loop
         if self._owns_loop and loop is not None and not loop.is_running() and not loop.is_closed():
             loop.close()
+
+
+class ThreadedPrimaryLink(PrimaryLink):
+    """What the worker ends of the process and Ray transports share: frames kept until a
+    receiver attaches, a kill timer on a thread (it fires even when the worker's loop is
+    blocked), and the orderly end of the worker's loop. Subclasses set up `_receiver`,
+    `_backlog`, `_eof`, `_delivering`, `_finished`, `_kill_deadline`, `_kill_timer`, and
+    provide `_deliver_eof()`, `_end_now(code)` and `close()`."""
+
+    _receiver: Any
+    _backlog: Any
+    _eof: bool
+    _delivering: bool
+    _finished: bool
+    _kill_deadline: float | None
+    _kill_timer: Any
+
+    def attach(self, receiver: LinkReceiver) -> None:
+        self._receiver = receiver
+        if (self._backlog or self._eof) and not self._delivering:
+            self._delivering = True
+            self.loop.call_soon(self._deliver_backlog)
+
+    def detach(self, receiver: LinkReceiver) -> None:
+        if self._receiver is receiver:
+            self._receiver = None
+
+    def _deliver_backlog(self) -> None:
+        self._delivering = False
+        backlog = self._backlog
+        while backlog and self._receiver is not None:
+            self._receiver.link_frame(*backlog.popleft())
+        if self._eof and not backlog:
+            self._deliver_eof()
+
+    def _deliver_eof(self) -> None:
+        raise NotImplementedError
+
+    def _end_now(self, code: int) -> None:
+        """End the worker at once (the kill timer fired)."""
+        raise NotImplementedError
+
+    def arm_kill_timer(self, seconds: float) -> None:
+        import threading
+        import time
+
+        deadline = time.monotonic() + seconds
+        if self._kill_deadline is not None and deadline >= self._kill_deadline:
+            return
+        if self._kill_timer is not None:
+            self._kill_timer.cancel()
+        self._kill_deadline = deadline
+        self._kill_timer = threading.Timer(max(seconds, 0.0), self._end_now, (0,))
+        self._kill_timer.daemon = True
+        self._kill_timer.start()
+
+    def finish(self) -> None:
+        self._finished = True
+        if self.loop.is_running():
+            self.loop.stop()
+
+    def _wind_down(self) -> None:
+        """After the worker ended: cancel its remaining tasks, let them clean up, close the link."""
+        loop = self.loop
+        tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        self.close()

@@ -25,7 +25,6 @@ import signal
 import socket
 import sys
 import threading
-import time
 import traceback
 import warnings
 import weakref
@@ -735,7 +734,7 @@ def _close_fds(fds: list[int]) -> None:
 # Worker side
 
 
-class _ChildLink(_FrameWriter, base.PrimaryLink):
+class _ChildLink(_FrameWriter, base.ThreadedPrimaryLink):
     """The worker's end. `exit_on_finish`: target mode ends the process when the worker
     ends; script mode returns from `run()`."""
 
@@ -782,24 +781,6 @@ class _ChildLink(_FrameWriter, base.PrimaryLink):
         return not (self._closed or self._eof or self._write_broken)
 
     # receiving
-
-    def attach(self, receiver: base.LinkReceiver) -> None:
-        self._receiver = receiver
-        if (self._backlog or self._eof) and not self._delivering:
-            self._delivering = True
-            self.loop.call_soon(self._deliver_backlog)
-
-    def detach(self, receiver: base.LinkReceiver) -> None:
-        if self._receiver is receiver:
-            self._receiver = None
-
-    def _deliver_backlog(self) -> None:
-        self._delivering = False
-        backlog = self._backlog
-        while backlog and self._receiver is not None:
-            self._receiver.link_frame(*backlog.popleft())
-        if self._eof and not backlog:
-            self._deliver_eof()
 
     def _on_readable(self) -> None:
         try:
@@ -900,23 +881,8 @@ class _ChildLink(_FrameWriter, base.PrimaryLink):
 
     # ending
 
-    def arm_kill_timer(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        if self._kill_deadline is not None and deadline >= self._kill_deadline:
-            return
-        if self._kill_timer is not None:
-            self._kill_timer.cancel()
-        self._kill_deadline = deadline
-        # A thread, so it fires even when the loop is blocked. No flush: a blocked main
-        # thread may hold the stdout lock.
-        self._kill_timer = threading.Timer(max(seconds, 0.0), os._exit, (0,))
-        self._kill_timer.daemon = True
-        self._kill_timer.start()
-
-    def finish(self) -> None:
-        self._finished = True
-        if self.loop.is_running():
-            self.loop.stop()
+    def _end_now(self, code: int) -> None:
+        os._exit(code)  # no flush: a blocked main thread may hold the stdout lock
 
     def run(self) -> None:
         if self.loop.is_running():
@@ -929,13 +895,7 @@ class _ChildLink(_FrameWriter, base.PrimaryLink):
         loop = self.loop
         while not self._finished:
             loop.run_forever()
-        tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        self.close()
+        self._wind_down()
 
 
 def _die(error: BaseException, message: str | None = None) -> None:

@@ -538,7 +538,7 @@ class RayTransport(base.RealLoopTransport):
 # Worker side (runs in the actor's process)
 
 
-class _RayPrimaryLink(base.PrimaryLink):
+class _RayPrimaryLink(base.ThreadedPrimaryLink):
     """The worker's end; lives on the worker's loop thread, fed by the actor's loop."""
 
     def __init__(self, runtime: '_Runtime', worker_id: int, codec: protocol.Codec,
@@ -565,24 +565,6 @@ class _RayPrimaryLink(base.PrimaryLink):
         return not (self._closed or self._eof or self._runtime.code is not None)
 
     # receiving
-
-    def attach(self, receiver: base.LinkReceiver) -> None:
-        self._receiver = receiver
-        if (self._backlog or self._eof) and not self._delivering:
-            self._delivering = True
-            self.loop.call_soon(self._deliver_backlog)
-
-    def detach(self, receiver: base.LinkReceiver) -> None:
-        if self._receiver is receiver:
-            self._receiver = None
-
-    def _deliver_backlog(self) -> None:
-        self._delivering = False
-        backlog = self._backlog
-        while backlog and self._receiver is not None:
-            self._receiver.link_frame(*backlog.popleft())
-        if self._eof and not backlog:
-            self._deliver_eof()
 
     def _receive(self, blob: bytes, eof: bool, ack: Any) -> None:
         """A batch from the primary, on the worker's loop (scheduled by `_Runtime.deliver`)."""
@@ -649,22 +631,8 @@ class _RayPrimaryLink(base.PrimaryLink):
 
     # ending
 
-    def arm_kill_timer(self, seconds: float) -> None:
-        deadline = time.monotonic() + seconds
-        if self._kill_deadline is not None and deadline >= self._kill_deadline:
-            return
-        if self._kill_timer is not None:
-            self._kill_timer.cancel()
-        self._kill_deadline = deadline
-        # A thread, so it fires even when the worker's loop is blocked.
-        self._kill_timer = threading.Timer(max(seconds, 0.0), self._runtime.end, (0,))
-        self._kill_timer.daemon = True
-        self._kill_timer.start()
-
-    def finish(self) -> None:
-        self._finished = True
-        if self.loop.is_running():
-            self.loop.stop()
+    def _end_now(self, code: int) -> None:
+        self._runtime.end(code)
 
     def run(self) -> None:
         raise NotSupportedError('the Ray transport runs only worker_target workers: there is no script to run')
@@ -676,13 +644,7 @@ class _RayPrimaryLink(base.PrimaryLink):
             loop.run_forever()
         if runtime.code is not None:
             return  # ended abruptly (fatal error, kill timer): no cleanup, as a dead process
-        tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        self.close()
+        self._wind_down()
 
 
 class _Runtime:
