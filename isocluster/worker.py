@@ -26,6 +26,14 @@ async def _resolve_after_drain(future: 'asyncio.Future[None]', link: PrimaryLink
         future.set_result(None)
 
 
+def _link_closed(link: PrimaryLink, error: TransportError) -> SendError:
+    failure = SendError(
+        f'worker {link.worker_id} could not send: the link to the primary is closed', worker_id=link.worker_id,
+    )
+    failure.__cause__ = error
+    return failure
+
+
 class _WorkerId:
     """`ClusterWorker.worker_id`, read on the class or an instance, at the moment it is read."""
 
@@ -126,21 +134,13 @@ class ClusterWorker(Initializable):
         if message is _MISSING:
             raise TypeError("send() missing required argument: 'message'")
         future: asyncio.Future[None] = self._pubsub_loop().create_future()
-        link = self._link
-        if link is None:
-            future.set_exception(NotAWorkerError('ClusterWorker.send() only works inside a worker process'))
-            return future
-        data = self._encode(link, message, future)
+        link, data = self._prepare('send', message, future)
         if data is None:
             return future
         try:
             link.write(protocol.MESSAGE, data)
         except TransportError as error:
-            failure = SendError(
-                f'worker {link.worker_id} could not send: the link to the primary is closed', worker_id=link.worker_id,
-            )
-            failure.__cause__ = error
-            future.set_exception(failure)
+            future.set_exception(_link_closed(link, error))
         else:
             if link.congested():  # backpressure: resolve once the link has drained
                 self._spawn(_resolve_after_drain(future, link))
@@ -152,11 +152,7 @@ class ClusterWorker(Initializable):
         """Send `message` to the primary and await its reply (its routed handler's return value)."""
         check_seconds('timeout', timeout, allow_none=True, allow_zero=False)
         future: asyncio.Future[Any] = self._pubsub_loop().create_future()
-        link = self._link
-        if link is None:
-            future.set_exception(NotAWorkerError('ClusterWorker.request() only works inside a worker process'))
-            return future
-        data = self._encode(link, message, future)
+        link, data = self._prepare('request', message, future)
         if data is None:
             return future
         request_id, reply = self._requests.open(self._pubsub_loop(), None, timeout, 'the request to the primary')
@@ -164,20 +160,22 @@ class ClusterWorker(Initializable):
             link.write(protocol.REQUEST, (request_id, data))
         except TransportError as error:
             self._requests.cancel(request_id)
-            failure = SendError(f'worker {link.worker_id} could not send: the link to the primary is closed', worker_id=link.worker_id)
-            failure.__cause__ = error
-            future.set_exception(failure)
+            future.set_exception(_link_closed(link, error))
             return future
         return reply
 
-    @staticmethod
-    def _encode(link: PrimaryLink, message: Any, future: 'asyncio.Future[Any]') -> bytes | None:
-        """The message's bytes, or None with `future` rejected with EncodeError."""
+    def _prepare(self, method: str, message: Any, future: 'asyncio.Future[Any]') -> tuple[Any, bytes | None]:
+        """The link and the message's bytes; or None bytes with `future` already rejected
+        (NotAWorkerError outside a worker, EncodeError for a message that cannot travel)."""
+        link = self._link
+        if link is None:
+            future.set_exception(NotAWorkerError(f'ClusterWorker.{method}() only works inside a worker process'))
+            return None, None
         try:
-            return protocol.encode_message(link.codec, message, link.max_frame_size, link.worker_id)
+            return link, protocol.encode_message(link.codec, message, link.max_frame_size, link.worker_id)
         except EncodeError as error:
             future.set_exception(error)
-            return None
+            return link, None
 
     async def listen(self, address: Any) -> Any:
         """A listening socket for `address`, bound once by the primary and shared by every worker."""
