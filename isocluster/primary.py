@@ -36,6 +36,18 @@ _EVENTS = (
 )
 
 
+_CONNECTED = frozenset(('online', 'ready'))
+
+
+def _write_failure(target: WorkerHandle, error: TransportError) -> SendError:
+    failure = SendError(
+        f'could not write to worker {target.id}: {error}; the worker is gone or its link broke',
+        worker_id=target.id,
+    )
+    failure.__cause__ = error
+    return failure
+
+
 async def _resolve_after_drain(future: 'asyncio.Future[None]', links: Iterable[Any]) -> None:
     await asyncio.gather(*(link.drain() for link in links))
     if not future.done():
@@ -269,6 +281,20 @@ class ClusterPrimary(Supervision, Initializable):
         data = self._encode(message, future)
         if data is None:
             return future
+        if type(to) is WorkerHandle and to._primary is self and to.state in _CONNECTED:
+            # One connected worker, the common case: no destination lists.
+            link = to._link
+            try:
+                link.write(protocol.MESSAGE, data)
+            except TransportError as error:
+                future.set_exception(_write_failure(to, error))
+                return future
+            self._stats['messages_out'] += 1
+            if link.congested():  # backpressure: resolve once the link has drained
+                self._spawn(_resolve_after_drain(future, {link}))
+            else:
+                future.set_result(None)
+            return future
         destinations = self._resolve_destinations(to)
         if not destinations:
             future.set_result(None)
@@ -281,12 +307,7 @@ class ClusterPrimary(Supervision, Initializable):
             try:
                 target._link.write(protocol.MESSAGE, data)
             except TransportError as error:
-                failure = SendError(
-                    f'could not write to worker {target.id}: {error}; the worker is gone or its link broke',
-                    worker_id=target.id,
-                )
-                failure.__cause__ = error
-                failures.append((destination, failure))
+                failures.append((destination, _write_failure(target, error)))
             else:
                 self._stats['messages_out'] += 1
         if not failures:
@@ -327,9 +348,7 @@ class ClusterPrimary(Supervision, Initializable):
             target._link.write(protocol.REQUEST, (request_id, data))
         except TransportError as error:
             self._requests.cancel(request_id)
-            failure = SendError(f'could not write to worker {target.id}: {error}', worker_id=target.id)
-            failure.__cause__ = error
-            future.set_exception(failure)
+            future.set_exception(_write_failure(target, error))
             return future
         self._stats['messages_out'] += 1
         return reply
@@ -351,7 +370,7 @@ class ClusterPrimary(Supervision, Initializable):
 
     def _resolve_one(self, destination: Any) -> Any:
         if isinstance(destination, WorkerHandle):
-            if destination._primary is self and destination.state in ('online', 'ready'):
+            if destination._primary is self and destination.state in _CONNECTED:
                 return destination
             return InvalidDestinationError(
                 f'invalid message destination {destination!r}: not a connected worker of this primary',
@@ -514,20 +533,21 @@ class ClusterPrimary(Supervision, Initializable):
         if handle is None or handle._faulted or self._state == 'destroyed':
             return
         try:
-            self._dispatch_frame(handle, kind, payload)
+            if kind == protocol.MESSAGE and handle.state != 'forked':  # the hot path, inline
+                try:
+                    message = self._codec.decode(payload)
+                except Exception as error:
+                    return self._worker_fault(handle, protocol.decode_error(self._codec, error, handle.id))
+                self._stats['messages_in'] += 1
+                self._publish('worker_message', {'worker': handle, 'message': message})
+            else:
+                self._dispatch_frame(handle, kind, payload)
         except Exception as error:
             self._fatal(error)
 
     def _dispatch_frame(self, handle: WorkerHandle, kind: str, payload: Any) -> None:
-        if kind == protocol.MESSAGE:
-            if handle.state == 'forked':
-                return self._protocol_violation(handle, 'a message before ONLINE')
-            try:
-                message = protocol.decode_message(self._codec, payload, handle.id)
-            except DecodeError as error:
-                return self._worker_fault(handle, error)
-            self._stats['messages_in'] += 1
-            self._publish('worker_message', {'worker': handle, 'message': message})
+        if kind == protocol.MESSAGE:  # before ONLINE: link_frame takes every other message
+            return self._protocol_violation(handle, 'a message before ONLINE')
         elif kind == protocol.HEARTBEAT_ACK:
             handle._last_beat = self._pubsub_loop().time()
         elif kind == protocol.REPLY and handle.state != 'forked':

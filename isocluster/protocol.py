@@ -43,15 +43,21 @@ KINDS: tuple[str, ...] = (
     REQUEST, REPLY,
 )
 _KIND_CODE = {kind: code for code, kind in enumerate(KINDS)}
+_MESSAGE_CODE = _KIND_CODE[MESSAGE]
+_REQUEST_CODE = _KIND_CODE[REQUEST]
+_REPLY_CODE = _KIND_CODE[REPLY]
 
 DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024
 
 Frame = tuple[str, Any]
 
 _HEADER = struct.Struct('>IB')
+_LENGTH = struct.Struct('>I')
 HEADER_SIZE = _HEADER.size
 _REQUEST_ID = struct.Struct('>Q')
 _REPLY_ID = struct.Struct('>QB')
+_REQUEST_HEADER = struct.Struct('>IBQ')
+_REPLY_HEADER = struct.Struct('>IBQB')
 
 
 @runtime_checkable
@@ -209,10 +215,26 @@ def decode_body(kind: str, body: bytes) -> Any:
     return decode_control(body)
 
 
+def frame_parts(kind: str, payload: Any) -> tuple[bytes, bytes]:
+    """One frame as (header, body): written one after the other they make the frame. A
+    message's body is the caller's bytes, not a copy, so a large payload is never copied to
+    be framed."""
+    if kind == MESSAGE:
+        return _HEADER.pack(len(payload) + 1, _MESSAGE_CODE), payload
+    if kind == REQUEST:
+        request_id, data = payload
+        return _REQUEST_HEADER.pack(len(data) + 1 + _REQUEST_ID.size, _REQUEST_CODE, request_id), data
+    if kind == REPLY:
+        request_id, ok, data = payload
+        return _REPLY_HEADER.pack(len(data) + 1 + _REPLY_ID.size, _REPLY_CODE, request_id, 1 if ok else 0), data
+    body = encode_control(payload)
+    return _HEADER.pack(len(body) + 1, _KIND_CODE[kind]), body
+
+
 def encode_frame(kind: str, payload: Any) -> bytes:
     """One frame as bytes: length prefix, kind byte, body."""
-    body = encode_body(kind, payload)
-    return _HEADER.pack(len(body) + 1, _KIND_CODE[kind]) + body
+    header, body = frame_parts(kind, payload)
+    return header + body
 
 
 def frame_size(kind: str, payload: Any) -> int:
@@ -244,36 +266,58 @@ class FrameDecoder:
         if self._error is not None:
             raise self._error
         buffer = self._buffer
-        buffer += data
+        # Frames are cut straight out of `data` (one copy each); only a partial frame at the
+        # end is kept, so a large read is never copied whole into the buffer first.
+        if buffer:
+            buffer += data
+            view = memoryview(buffer)
+        else:
+            view = memoryview(data)
         frames: list[Frame] = []
+        append = frames.append
+        unpack_length = _LENGTH.unpack_from
+        limit = self.max_frame_size
+        kinds = KINDS
         offset = 0
-        end = len(buffer)
+        end = len(view)
         try:
             while end - offset >= 4:
-                (length,) = struct.unpack_from('>I', buffer, offset)
+                (length,) = unpack_length(view, offset)
                 # The size counts the kind byte and the body, as encode_message does.
-                if length == 0 or length > self.max_frame_size:
+                if length == 0 or length > limit:
                     raise ProtocolError(
                         f'frame of {length} bytes exceeds the maximum frame size of '
-                        f'{self.max_frame_size} bytes' if length else 'empty frame (no kind byte)'
+                        f'{limit} bytes' if length else 'empty frame (no kind byte)'
                     )
-                if end - offset - 4 < length:
+                start = offset + 4
+                offset = start + length
+                if offset > end:
+                    offset = start - 4
                     break
-                code = buffer[offset + 4]
-                if code >= len(KINDS):
+                code = view[start]
+                if code == _MESSAGE_CODE:  # by far the commonest
+                    append((MESSAGE, bytes(view[start + 1:offset])))
+                    continue
+                if code >= len(kinds):
                     raise ProtocolError(f'unknown frame kind code {code}')
-                kind = KINDS[code]
-                body = bytes(buffer[offset + 5:offset + 4 + length])
-                frames.append((kind, body if kind == MESSAGE else decode_body(kind, body)))
-                offset += 4 + length
+                kind = kinds[code]
+                append((kind, decode_body(kind, bytes(view[start + 1:offset]))))
         except ProtocolError as error:
+            view.release()
             self._error = error
             buffer.clear()
             if not frames:
                 raise
             return frames
-        if offset:
-            del buffer[:offset]
+        if buffer:
+            view.release()
+            if offset:
+                del buffer[:offset]
+        elif offset < end:
+            buffer += view[offset:]
+            view.release()
+        else:
+            view.release()
         return frames
 
 
@@ -282,9 +326,13 @@ def decode_message(codec: Codec, data: bytes, worker_id: int | None = None) -> A
     try:
         return codec.decode(data)
     except Exception as exc:
-        raise DecodeError(
-            f'could not decode a message with the {codec.name!r} codec: {exc!r}', worker_id=worker_id
-        ) from exc
+        raise decode_error(codec, exc, worker_id) from exc
+
+
+def decode_error(codec: Codec, exc: Exception, worker_id: int | None = None) -> DecodeError:
+    error = DecodeError(f'could not decode a message with the {codec.name!r} codec: {exc!r}', worker_id=worker_id)
+    error.__cause__ = exc
+    return error
 
 
 def encode_message(codec: Codec, message: Any, max_frame_size: int, worker_id: int | None = None) -> bytes:

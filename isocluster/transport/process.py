@@ -19,6 +19,7 @@ import asyncio
 import collections
 import ctypes
 import inspect
+import itertools
 import logging
 import os
 import signal
@@ -37,6 +38,10 @@ from . import base
 output_logger = logging.getLogger('isocluster.worker')
 
 _READ_SIZE = 256 * 1024
+# Bodies up to this size are copied into the pending write buffer (one send for many small
+# frames); larger ones are queued as they are and written with sendmsg.
+_COPY_LIMIT = 64 * 1024
+_IOV_MAX = 64
 _HIGH_WATER = base.HIGH_WATER
 _ANCILLARY_SIZE = socket.CMSG_SPACE(16 * array.array('i').itemsize)
 _SEND_FLAGS = getattr(socket, 'MSG_NOSIGNAL', 0)
@@ -136,17 +141,26 @@ class _FrameWriter:
         self._write_broken = False
         self._drain_waiters: list[asyncio.Future[None]] = []
 
-    def _write_data(self, data: bytes, fd: int | None = None) -> None:
+    def _write_frame(self, kind: str, payload: Any, fd: int | None = None) -> None:
+        """Queue one frame (with `fd` passed alongside it), then send at once, or at the end
+        of the read batch, or when the socket is writable."""
+        header, body = protocol.frame_parts(kind, payload)
         queue = self._queue
         if fd is not None:
-            queue.append((data, fd))
-        elif queue and isinstance(queue[-1], bytearray):
-            queue[-1] += data
-        elif queue and not isinstance(queue[-1], tuple):
-            queue[-1] = bytearray(queue[-1]) + data
+            queue.append((header + body, fd))
+        elif len(body) > _COPY_LIMIT:
+            # Written as they are, with sendmsg: a large body is never copied.
+            queue.append(header)
+            queue.append(body)
+        elif queue and type(queue[-1]) is bytearray:
+            tail = queue[-1]
+            tail += header
+            tail += body
         else:
-            queue.append(data)
-        self._queued += len(data)
+            tail = bytearray(header)
+            tail += body
+            queue.append(tail)
+        self._queued += len(header) + len(body)
         if self._corked or self._writing:
             return
         if self._batch.active:
@@ -171,7 +185,7 @@ class _FrameWriter:
         try:
             while queue:
                 item = queue[0]
-                if isinstance(item, tuple):
+                if type(item) is tuple:
                     data, fd = item
                     sent = socket.send_fds(sock, [data], [fd], _SEND_FLAGS)
                     os.close(fd)
@@ -179,16 +193,29 @@ class _FrameWriter:
                     self._queued -= sent
                     if sent < len(data):
                         return
-                else:
+                    queue.popleft()
+                    continue
+                if len(queue) == 1:
                     sent = sock.send(item, _SEND_FLAGS)
-                    self._queued -= sent
-                    if sent < len(item):
-                        if isinstance(item, bytearray):
-                            del item[:sent]
+                else:
+                    buffers = list(itertools.islice(queue, _IOV_MAX))
+                    for i, buffer in enumerate(buffers):
+                        if type(buffer) is tuple:  # its fd goes with a send of its own
+                            del buffers[i:]
+                            break
+                    sent = sock.sendmsg(buffers, (), _SEND_FLAGS)
+                self._queued -= sent
+                while sent:
+                    item = queue[0]
+                    size = len(item)
+                    if sent < size:
+                        if type(item) is bytearray:
+                            del item[:sent]  # cheap: bytearray drops its head in place
                         else:
                             queue[0] = memoryview(item)[sent:]
-                        return
-                queue.popleft()
+                        return  # the socket is full
+                    queue.popleft()
+                    sent -= size
         except (BlockingIOError, InterruptedError):
             return
 
@@ -359,13 +386,13 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
     def write(self, kind: str, payload: Any) -> None:
         if not self.is_open:
             raise TransportError(f'{self._describe()} is closed', worker_id=self.id)
-        self._write_data(protocol.encode_frame(kind, payload))
+        self._write_frame(kind, payload)
 
     def send_socket(self, sock: Any, payload: Any) -> None:
         if not self.is_open:
             raise TransportError(f'{self._describe()} is closed', worker_id=self.id)
         # The queue owns a duplicate: the primary may close its socket before this is sent.
-        self._write_data(protocol.encode_frame(protocol.LISTENING, payload), os.dup(sock.fileno()))
+        self._write_frame(protocol.LISTENING, payload, os.dup(sock.fileno()))
 
     def close(self) -> None:
         if self._closing or self._eof:
@@ -857,7 +884,7 @@ class _ChildLink(_FrameWriter, base.ThreadedPrimaryLink):
     def write(self, kind: str, payload: Any) -> None:
         if not self.is_open:
             raise TransportError(f'{self._describe()} is closed', worker_id=self.worker_id)
-        self._write_data(protocol.encode_frame(kind, payload))
+        self._write_frame(kind, payload)
 
     def close(self) -> None:
         if self._closed:
