@@ -23,6 +23,7 @@ import itertools
 import logging
 import os
 import signal
+import _signal  # the raw calls: `signal`'s wrappers turn every signal number into an enum (~0.3 ms a fork)
 import socket
 import sys
 import threading
@@ -37,7 +38,9 @@ from . import base
 
 output_logger = logging.getLogger('isocluster.worker')
 
-_READ_SIZE = 256 * 1024
+_READ_SIZE = 256 * 1024  # the primary's read buffer, shared by all its links (reads are synchronous)
+_CHILD_READ_SIZE = 64 * 1024  # a worker's: small enough to be cheap to allocate at start-up
+_ALL_SIGNALS = signal.valid_signals()
 # Bodies up to this size are copied into the pending write buffer (one send for many small
 # frames); larger ones are queued as they are and written with sendmsg.
 _COPY_LIMIT = 64 * 1024
@@ -59,16 +62,18 @@ _transports: 'weakref.WeakSet[ProcessTransport]' = weakref.WeakSet()
 # first asked, and so that a worker's own workers close it.
 _worker_link: '_ChildLink | None' = None
 _libc: Any = None
+_prctl: Any = None
 
 
 def _load_libc() -> Any:
     # Loaded in the parent: dlopen after fork could deadlock on a loader lock held by
     # another thread of the parent at the time of the fork.
-    global _libc
+    global _libc, _prctl
     if _libc is None and sys.platform.startswith('linux'):
         try:
             _libc = ctypes.CDLL(None, use_errno=True)
-        except OSError:
+            _prctl = _libc.prctl  # resolved here too: the lookup costs a fork's child ~0.1 ms
+        except (OSError, AttributeError):
             _libc = False
     return _libc
 
@@ -353,8 +358,8 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
         self._listener = listener
         self._batch = transport._batch
         self._decoder = protocol.FrameDecoder(transport.max_frame_size)
-        self._buffer = bytearray(_READ_SIZE)
-        self._view = memoryview(self._buffer)
+        self._buffer = transport._read_buffer
+        self._view = transport._read_view
         self._inbox: collections.deque[protocol.Frame] = collections.deque()
         self._reading = True
         self._closing = False
@@ -582,6 +587,8 @@ class ProcessTransport(base.RealLoopTransport):
         self._closed = False
         self._links: set[_WorkerLink] = set()
         self._batch = _Batch()
+        self._read_buffer = bytearray(_READ_SIZE)
+        self._read_view = memoryview(self._read_buffer)
         self._fds: set[int] = set()  # pidfds and pipe read ends
         self._sockets: 'weakref.WeakSet[socket.socket]' = weakref.WeakSet()  # link ends, bound sockets
         _transports.add(self)
@@ -630,11 +637,11 @@ class ProcessTransport(base.RealLoopTransport):
         _flush_stdio()
         # Signals stay blocked across the fork until the child has detached the parent's
         # wakeup fd: a signal caught in between would wake the primary's loop as its own.
-        mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
+        mask = _signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
         try:
             pid = os.fork()
         except OSError as exc:
-            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            _signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             self._sockets.discard(parent_sock)
             parent_sock.close()
             child_sock.close()
@@ -642,7 +649,7 @@ class ProcessTransport(base.RealLoopTransport):
             raise TransportError(f'could not fork worker {spec.id}: {exc}', worker_id=spec.id) from exc
         if pid == 0:
             _run_child(spec, child_sock, parent_pid, mask, plan, own_link)  # never returns
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        _signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         child_sock.close()
         _close_fds([write_end for _, write_end in pipes.values()])
         try:
@@ -774,7 +781,7 @@ class _ChildLink(_FrameWriter, base.ThreadedPrimaryLink):
         self._exit_on_finish = exit_on_finish
         self._batch = _Batch()
         self._decoder = protocol.FrameDecoder()
-        self._buffer = bytearray(_READ_SIZE)
+        self._buffer = bytearray(_CHILD_READ_SIZE)
         self._view = memoryview(self._buffer)
         self._fds: collections.deque[int] = collections.deque()
         self._receiver: base.LinkReceiver | None = None
@@ -977,14 +984,13 @@ def _parent_died(signum: int, frame: Any) -> None:
 
 def _install_parent_death_handler() -> None:
     if threading.current_thread() is threading.main_thread():
-        signal.signal(_PARENT_DEATH_SIGNAL, _parent_died)
+        _signal.signal(_PARENT_DEATH_SIGNAL, _parent_died)
 
 
 def _arm_parent_death_signal(parent_pid: int) -> None:
-    libc = _libc
-    if libc:
+    if _prctl is not None:
         _install_parent_death_handler()
-        libc.prctl(_PR_SET_PDEATHSIG, int(_PARENT_DEATH_SIGNAL), 0, 0, 0)
+        _prctl(_PR_SET_PDEATHSIG, int(_PARENT_DEATH_SIGNAL), 0, 0, 0)
     # prctl(2): if the parent died before the prctl, the signal never comes.
     if os.getppid() != parent_pid:
         os._exit(1)
@@ -995,11 +1001,11 @@ def _run_child(spec: base.WorkerSpec, sock: socket.socket, parent_pid: int,
     """The forked child. Never returns: every path ends in os._exit."""
     code = 1
     try:
-        signal.set_wakeup_fd(-1)  # first: it is the parent's loop's self-pipe
-        signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the primary only (R119)
+        _signal.set_wakeup_fd(-1)  # first: it is the parent's loop's self-pipe
+        _signal.signal(signal.SIGINT, _signal.SIG_IGN)  # Ctrl-C reaches the primary only (R119)
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGCHLD):
-            signal.signal(sig, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            _signal.signal(sig, _signal.SIG_DFL)
+        _signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         for transport in list(_transports):
             transport._abandon_in_child()
         _transports.clear()
