@@ -22,6 +22,7 @@ import os
 import signal
 import socket
 import subprocess
+import struct
 import sys
 import time
 from pathlib import Path
@@ -524,6 +525,72 @@ def raw_rtt(p):
     return {'value': elapsed / n * 1e6, 'unit': 'us', 'n': n}
 
 
+def aio_rtt(p):
+    """The floor of any asyncio design: both ends run an asyncio loop reading the socket with
+    add_reader into a preallocated buffer, the same codec and framing, and the sender awaits
+    a future per round trip (as the isocluster case does). No supervision, no routing."""
+    codec = get_codec(p['codec'])
+    n, warm = p['n'], max(p['n'] // 10, 10)
+    header = struct.Struct('>I')
+
+    def reader_for(sock, on_body):
+        buffer = bytearray(256 * 1024)
+        view = memoryview(buffer)
+        pending = bytearray()
+
+        def on_readable():
+            count = sock.recv_into(buffer)
+            if count == 0:
+                on_body(None)
+                return
+            pending.extend(view[:count])
+            offset = 0
+            while len(pending) - offset >= 4:
+                (size,) = header.unpack_from(pending, offset)
+                if len(pending) - offset - 4 < size:
+                    break
+                on_body(bytes(pending[offset + 4:offset + 4 + size]))
+                offset += 4 + size
+            del pending[:offset]
+        return on_readable
+
+    def child(sock):
+        loop = asyncio.new_event_loop()
+        sock.setblocking(False)
+
+        def on_body(body):
+            if body is None:
+                loop.stop()
+                return
+            data = codec.encode(codec.decode(body))
+            sock.send(header.pack(len(data)) + data)
+
+        loop.add_reader(sock.fileno(), reader_for(sock, on_body))
+        loop.run_forever()
+
+    pid, sock, reader = _raw_fork(child)
+
+    async def primary():
+        loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        box = [None]
+        loop.add_reader(sock.fileno(), reader_for(sock, lambda body: box[0].set_result(codec.decode(body))))
+        start = 0.0
+        for i in range(warm + n):
+            if i == warm:
+                start = now()
+            box[0] = loop.create_future()
+            data = codec.encode(message(i))
+            sock.send(header.pack(len(data)) + data)
+            await box[0]
+        loop.remove_reader(sock.fileno())
+        return now() - start
+
+    elapsed = run_async(lambda params: primary(), p)
+    _raw_close(pid, sock, reader)
+    return {'value': elapsed / n * 1e6, 'unit': 'us', 'n': n}
+
+
 def raw_stream_p2w(p):
     codec, n = get_codec(p['codec']), p['n']
 
@@ -829,7 +896,7 @@ ASYNC_CASES = {
     'iso_crash': _iso_crash, 'iso_many': _iso_many,
 }
 SYNC_CASES = {
-    'raw_rtt': raw_rtt, 'raw_stream_p2w': raw_stream_p2w, 'raw_stream_w2p': raw_stream_w2p,
+    'raw_rtt': raw_rtt, 'aio_rtt': aio_rtt, 'raw_stream_p2w': raw_stream_p2w, 'raw_stream_w2p': raw_stream_w2p,
     'raw_startup': raw_startup, 'raw_exec_startup': raw_exec_startup, 'raw_crash': raw_crash,
     'raw_many': raw_many, 'mp_rtt': mp_rtt, 'mp_stream_p2w': mp_stream_p2w, 'mp_stream_w2p': mp_stream_w2p,
     'mp_startup': mp_startup, 'mp_crash': mp_crash, 'ppe_rtt': ppe_rtt, 'ppe_pipeline': ppe_pipeline,

@@ -107,6 +107,8 @@ def build_scenarios() -> list[Scenario]:
                    {'n': 50, 'codec': 'pickle', 'loop': 'uvloop'}, needs='uvloop'))
     rtt += [base(f'raw fork+socketpair {c}', 'raw_rtt', {'n': 5000, 'codec': c}, {'n': 50, 'codec': c},
                  needs=need(c)) for c in ('json', 'pickle', 'orjson')]
+    rtt += [base(f'raw asyncio both ends {c}', 'aio_rtt', {'n': 5000, 'codec': c}, {'n': 50, 'codec': c})
+            for c in ('json', 'pickle')]
     rtt += [
         base('multiprocessing.Pipe', 'mp_rtt', {'n': 5000}, {'n': 50}),
         base('ProcessPoolExecutor', 'ppe_rtt', {'n': 1000}, {'n': 20}),
@@ -116,6 +118,8 @@ def build_scenarios() -> list[Scenario]:
         Target('default codec (json) <= 1.1 x multiprocessing.Pipe', 'isocluster json', 'multiprocessing.Pipe', '<=', 1.1),
         Target('pickle codec <= 1.0 x multiprocessing.Pipe', 'isocluster pickle', 'multiprocessing.Pipe', '<=', 1.0),
         Target('pickle + uvloop <= 0.8 x multiprocessing.Pipe', 'isocluster pickle+uvloop', 'multiprocessing.Pipe', '<=', 0.8),
+        Target('json <= 1.2 x the asyncio floor (not in PERFORMANCE.md; informational)',
+               'isocluster json', 'raw asyncio both ends json', '<=', 1.2, note='info'),
     ]))
 
     # -- streaming, both directions

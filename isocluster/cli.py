@@ -8,6 +8,7 @@ SIGHUP) and prints one line per lifecycle event. `isocluster demo` runs `make de
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
 import importlib
 import inspect
@@ -16,6 +17,7 @@ import sys
 from typing import Any, Callable, Sequence, TextIO
 
 from .primary import ClusterPrimary
+from .transport.base import LOOP_ENV
 from .worker import ClusterWorker
 
 PREFIX = 'isocluster: '
@@ -77,6 +79,12 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument('--listen', type=_listen_address, metavar='HOST:PORT',
                      help='bind HOST:PORT once (port 0: any free port; or a Unix socket path) and share '
                           'it with every worker; the bound address is printed')
+    speed = run.add_argument_group('speed (opt-in)')
+    speed.add_argument('--codec', choices=('json', 'pickle', 'msgpack', 'orjson'), default='json',
+                       help='how messages travel: json (default; data only), pickle (any object; trusted '
+                            'workers only), msgpack or orjson (faster; need their package)')
+    speed.add_argument('--uvloop', action='store_true',
+                       help="run the primary's and the workers' loops on uvloop (pip install 'isocluster[uvloop]')")
     supervision = run.add_argument_group('supervision')
     supervision.add_argument('--restart', choices=('always', 'on-failure', 'never'), default='always',
                              help='which worker exits are replaced (default: always)')
@@ -354,6 +362,14 @@ def _build_primary(parser: argparse.ArgumentParser, arguments: argparse.Namespac
     if arguments.script_args and not arguments.script:
         parser.error('--script-arg is for --script workers')
     options = _primary_options(arguments)
+    options['codec'] = arguments.codec
+    if arguments.uvloop:
+        try:
+            import uvloop
+        except ImportError:
+            parser.error("--uvloop needs the uvloop package: pip install 'isocluster[uvloop]'")
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+        os.environ[LOOP_ENV] = 'uvloop'  # for --script workers: a new interpreter has the default policy
     if arguments.script:
         if not os.path.isfile(arguments.script):
             parser.error(f'--script: {arguments.script!r} is not an existing file')

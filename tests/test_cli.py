@@ -39,7 +39,8 @@ from isocluster import ClusterWorker
 async def serve(sock):
     async def handle(reader, writer):
         await reader.readuntil(b'\\r\\n\\r\\n')
-        body = f'worker {ClusterWorker.worker_id} pid {os.getpid()}'.encode()
+        loop = type(asyncio.get_running_loop()).__module__.split('.')[0]
+        body = f'worker {ClusterWorker.worker_id} pid {os.getpid()} loop {loop}'.encode()
         writer.write(b'HTTP/1.0 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n%s' % (len(body), body))
         await writer.drain()
         writer.close()
@@ -169,11 +170,11 @@ def isocluster(app_dir: Path):
         command.kill_group()
 
 
-def serve_cluster(isocluster, workers: int = 3) -> tuple[Command, int, dict[int, int]]:
+def serve_cluster(isocluster, workers: int = 3, *extra: str) -> tuple[Command, int, dict[int, int]]:
     """Start `app:serve` on a shared ephemeral port; wait until every worker is ready.
     Returns the command, the port and {worker id: pid}."""
     command = isocluster('run', 'app:serve', '--workers', str(workers), '--listen', '127.0.0.1:0',
-                         '--shutdown-timeout', '3', '--kill-timeout', '2')
+                         '--shutdown-timeout', '3', '--kill-timeout', '2', *extra)
     port = int(command.wait_for(r'isocluster: listening on 127\.0\.0\.1:(\d+)$').group(1))
     for _ in range(workers):
         command.wait_for(r'isocluster: worker \d+ ready')
@@ -189,7 +190,7 @@ def http_get(port: int) -> str:
 
 def answering_workers(port: int, requests: int = 60) -> set[int]:
     """Ids of the workers that answered `requests` sequential GETs on the shared port."""
-    return {int(re.match(r'worker (\d+) pid \d+$', http_get(port)).group(1)) for _ in range(requests)}
+    return {int(re.match(r'worker (\d+) pid \d+ loop \w+$', http_get(port)).group(1)) for _ in range(requests)}
 
 
 def assert_exits_cleanly(command: Command, sig: signal.Signals = signal.SIGTERM) -> None:
@@ -213,7 +214,7 @@ def test_help_describes_every_command_and_option():
     for option in ('MODULE:FUNCTION', '--workers N|auto', '--script PATH', '--script-arg', '--listen HOST:PORT',
                    '--restart {always,on-failure,never}', '--restart-intensity', '--restart-period',
                    '--ready-timeout', '--shutdown-timeout', '--kill-timeout', '--heartbeat-interval',
-                   '--heartbeat-timeout', 'SIGHUP', 'SIGTERM', 'FUNCTION(sock)', 'Exit status'):
+                   '--heartbeat-timeout', '--codec {json,pickle,msgpack,orjson}', '--uvloop', 'SIGHUP', 'SIGTERM', 'FUNCTION(sock)', 'Exit status'):
         assert option in run.stdout, option
 
 
@@ -231,6 +232,7 @@ def test_help_describes_every_command_and_option():
     (['run', 'app:serve', '--shutdown-timeout', '-1'], 'argument --shutdown-timeout'),
     (['run', 'app:serve', '--heartbeat-interval', '5', '--heartbeat-timeout', '2'], 'heartbeat_timeout'),
     (['run', '--script', 'missing.py'], "'missing.py' is not an existing file"),
+    (['run', 'app:serve', '--codec', 'yaml'], "argument --codec: invalid choice: 'yaml'"),
     (['launch'], "invalid choice: 'launch'"),
 ])
 def test_a_bad_argument_is_a_clear_error_with_exit_status_2(app_dir, args, message):
@@ -279,6 +281,21 @@ def test_sigterm_exits_0_with_no_worker_left(isocluster):
     for worker, pid in pids.items():
         assert f'isocluster: worker {worker} exited (code 0, after disconnect)' in command.output()
         assert not os.path.exists(f'/proc/{pid}') or pid not in process_group_members(command.process.pid)
+
+
+def test_uvloop_and_codec_are_opt_in_and_reach_the_workers(isocluster):
+    pytest.importorskip('uvloop')
+    command, port, pids = serve_cluster(isocluster, 2, '--uvloop', '--codec', 'pickle')
+    assert len(pids) == 2
+    assert http_get(port).endswith(' loop uvloop')
+    assert_exits_cleanly(command)
+    assert process_group_members(command.process.pid) == []
+
+
+def test_the_default_loop_is_asyncio(isocluster):
+    command, port, pids = serve_cluster(isocluster, 1)
+    assert http_get(port).endswith(' loop asyncio')
+    assert_exits_cleanly(command)
 
 
 def test_sigint_shuts_down_too(isocluster):

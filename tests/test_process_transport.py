@@ -22,7 +22,7 @@ import pytest
 
 from isocluster import protocol
 from isocluster.errors import ProtocolError, TransportError
-from isocluster.transport import base
+from isocluster.transport import base, process
 from isocluster.transport.process import ProcessTransport
 
 pytestmark = [
@@ -757,3 +757,30 @@ def test_a_connection_accepted_in_the_pass_that_reads_disconnect_is_served(harne
         assert await harness.listener.exit(link) == (0, None)
 
     run(body())
+
+
+def test_script_workers_run_on_uvloop_when_the_primary_asks(monkeypatch):
+    uvloop = pytest.importorskip('uvloop')
+    monkeypatch.setenv(base.LOOP_ENV, 'uvloop')
+    loop = process._new_script_loop()
+    try:
+        assert isinstance(loop, uvloop.Loop)
+    finally:
+        loop.close()
+    monkeypatch.delenv(base.LOOP_ENV)
+    loop = process._new_script_loop()
+    try:
+        assert type(loop).__module__.startswith('asyncio')
+    finally:
+        loop.close()
+
+
+def test_a_uvloop_request_without_uvloop_warns_and_uses_asyncio(monkeypatch):
+    monkeypatch.setenv(base.LOOP_ENV, 'uvloop')
+    monkeypatch.setitem(sys.modules, 'uvloop', None)  # import fails as if not installed
+    with pytest.warns(RuntimeWarning, match='uvloop is not installed'):
+        loop = process._new_script_loop()
+    try:
+        assert type(loop).__module__.startswith('asyncio')
+    finally:
+        loop.close()

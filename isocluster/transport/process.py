@@ -1087,6 +1087,18 @@ def worker_link() -> base.PrimaryLink | None:
     return _worker_link
 
 
+def _new_script_loop() -> asyncio.AbstractEventLoop:
+    if os.environ.get(base.LOOP_ENV) == 'uvloop':
+        try:
+            import uvloop
+        except ImportError:
+            warnings.warn(f'{base.LOOP_ENV}=uvloop but uvloop is not installed here: using asyncio',
+                          RuntimeWarning, stacklevel=3)
+        else:
+            return uvloop.new_event_loop()
+    return asyncio.new_event_loop()
+
+
 def link_from_environment() -> base.PrimaryLink:
     """Script mode: the link the primary passed through the environment (built once)."""
     global _worker_link
@@ -1099,7 +1111,7 @@ def link_from_environment() -> base.PrimaryLink:
             os.environ.pop(name, None)
         sock = socket.socket(fileno=fd)
         sock.set_inheritable(False)
-        loop = asyncio.new_event_loop()
+        loop = _new_script_loop()
         asyncio.set_event_loop(loop)
         # PR_SET_PDEATHSIG was armed before exec and survives it; its handler does not.
         _install_parent_death_handler()
