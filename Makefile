@@ -22,7 +22,10 @@ spec: install
 demo: install
 	$(BIN)/python -m isocluster demo
 
+# The opt-in extras are benchmarked too: installed when the index has them, skipped (with a
+# note in the table) when it does not.
 bench: install
+	-$(BIN)/python -m pip install -q msgpack orjson uvloop || echo 'bench: msgpack/orjson/uvloop not installed; their rows are skipped'
 	$(BIN)/python benchmarks/run.py
 
 coverage: install
