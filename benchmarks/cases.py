@@ -81,8 +81,10 @@ class ProducerWorker(ClusterWorker):
         n = event.data['message']['n']
         send = self.send
         for i in range(n):
-            send(message(i))
-            if i % YIELD_EVERY == YIELD_EVERY - 1:
+            sent = send(message(i))
+            if not sent.done():  # backpressure: the link is over its high-water mark
+                await sent
+            elif i % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)
 
 
@@ -245,8 +247,10 @@ async def _iso_stream_p2w(p):
         await send({'type': 'expect', 'n': n}, to=handle)
         start = now()
         for i in range(n):
-            send(message(i), to=handle)
-            if i % YIELD_EVERY == YIELD_EVERY - 1:
+            sent = send(message(i), to=handle)
+            if not sent.done():  # backpressure: the link is over its high-water mark
+                await sent
+            elif i % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)
         send_done = now()
         await asyncio.wait_for(done, 120)

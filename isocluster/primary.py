@@ -277,28 +277,26 @@ class ClusterPrimary(Supervision, Initializable):
     def send(self, message: Any = _MISSING, to: Any = None) -> 'asyncio.Future[None]':
         if message is _MISSING:
             raise TypeError("send() missing required argument: 'message'")
-        future: asyncio.Future[None] = self._pubsub_loop().create_future()
-        data = self._encode(message, future)
-        if data is None:
-            return future
+        try:
+            data = protocol.encode_message(self._codec, message, self._transport.max_frame_size)
+        except EncodeError as error:
+            return self._rejected(error)
         if type(to) is WorkerHandle and to._primary is self and to.state in _CONNECTED:
             # One connected worker, the common case: no destination lists.
             link = to._link
             try:
                 link.write(protocol.MESSAGE, data)
             except TransportError as error:
-                future.set_exception(_write_failure(to, error))
-                return future
+                return self._rejected(_write_failure(to, error))
             self._stats['messages_out'] += 1
             if link.congested():  # backpressure: resolve once the link has drained
+                future: asyncio.Future[None] = self._pubsub_loop().create_future()
                 self._spawn(_resolve_after_drain(future, {link}))
-            else:
-                future.set_result(None)
-            return future
+                return future
+            return self._resolved_future()
         destinations = self._resolve_destinations(to)
         if not destinations:
-            future.set_result(None)
-            return future
+            return self._resolved_future()
         failures: list[tuple[Any, BaseException]] = []
         for destination, target in destinations:
             if isinstance(target, BaseException):
@@ -312,19 +310,18 @@ class ClusterPrimary(Supervision, Initializable):
                 self._stats['messages_out'] += 1
         if not failures:
             congested = {target._link for _, target in destinations if target._link.congested()}
-            if congested:  # backpressure: resolve once the slow links have drained
-                self._spawn(_resolve_after_drain(future, congested))
-            else:
-                future.set_result(None)
-        elif len(destinations) == 1:
-            future.set_exception(failures[0][1])
-        else:
-            future.set_exception(SendError(
-                f'{len(failures)} of {len(destinations)} destinations failed: '
-                + '; '.join(f'{destination!r}: {error}' for destination, error in failures),
-                failures=failures,
-            ))
-        return future
+            if not congested:
+                return self._resolved_future()
+            future = self._pubsub_loop().create_future()
+            self._spawn(_resolve_after_drain(future, congested))  # backpressure: once they drained
+            return future
+        if len(destinations) == 1:
+            return self._rejected(failures[0][1])
+        return self._rejected(SendError(
+            f'{len(failures)} of {len(destinations)} destinations failed: '
+            + '; '.join(f'{destination!r}: {error}' for destination, error in failures),
+            failures=failures,
+        ))
 
     def request(self, message: Any, to: 'WorkerHandle | int', *, timeout: float | None = None) -> 'asyncio.Future[Any]':
         """Send `message` to one worker and await its reply (the routed handler's return value).

@@ -34,6 +34,10 @@ def _link_closed(link: PrimaryLink, error: TransportError) -> SendError:
     return failure
 
 
+def _not_a_worker(method: str) -> NotAWorkerError:
+    return NotAWorkerError(f'ClusterWorker.{method}() only works inside a worker process')
+
+
 class _WorkerId:
     """`ClusterWorker.worker_id`, read on the class or an instance, at the moment it is read."""
 
@@ -133,20 +137,22 @@ class ClusterWorker(Initializable):
     def send(self, message: Any = _MISSING) -> 'asyncio.Future[None]':
         if message is _MISSING:
             raise TypeError("send() missing required argument: 'message'")
-        future: asyncio.Future[None] = self._pubsub_loop().create_future()
-        link, data = self._prepare('send', message, future)
-        if data is None:
-            return future
+        link = self._link
+        if link is None:
+            return self._rejected(_not_a_worker('send'))
+        try:
+            data = protocol.encode_message(link.codec, message, link.max_frame_size, link.worker_id)
+        except EncodeError as error:
+            return self._rejected(error)
         try:
             link.write(protocol.MESSAGE, data)
         except TransportError as error:
-            future.set_exception(_link_closed(link, error))
-        else:
-            if link.congested():  # backpressure: resolve once the link has drained
-                self._spawn(_resolve_after_drain(future, link))
-            else:
-                future.set_result(None)
-        return future
+            return self._rejected(_link_closed(link, error))
+        if link.congested():  # backpressure: resolve once the link has drained
+            future: asyncio.Future[None] = self._pubsub_loop().create_future()
+            self._spawn(_resolve_after_drain(future, link))
+            return future
+        return self._resolved_future()
 
     def request(self, message: Any, *, timeout: float | None = None) -> 'asyncio.Future[Any]':
         """Send `message` to the primary and await its reply (its routed handler's return value)."""
@@ -169,7 +175,7 @@ class ClusterWorker(Initializable):
         (NotAWorkerError outside a worker, EncodeError for a message that cannot travel)."""
         link = self._link
         if link is None:
-            future.set_exception(NotAWorkerError(f'ClusterWorker.{method}() only works inside a worker process'))
+            future.set_exception(_not_a_worker(method))
             return None, None
         try:
             return link, protocol.encode_message(link.codec, message, link.max_frame_size, link.worker_id)
@@ -181,7 +187,7 @@ class ClusterWorker(Initializable):
         """A listening socket for `address`, bound once by the primary and shared by every worker."""
         link = self._link
         if link is None:
-            raise NotAWorkerError('ClusterWorker.listen() only works inside a worker process')
+            raise _not_a_worker('listen')
         if isinstance(address, tuple):
             if len(address) != 2 or not isinstance(address[0], str) or type(address[1]) is not int:
                 raise ValueError(f'address: expected (host, port) or a Unix socket path, got {address!r}')

@@ -7,6 +7,7 @@ import asyncio
 import logging
 import signal
 import types
+from typing import Any
 
 import pytest
 
@@ -599,6 +600,23 @@ def test_r72_future_resolves_to_none_during_the_call():
     future = p.send('m')
     assert isinstance(future, asyncio.Future)
     assert future.done() and future.result() is None
+    close(sim, p)
+
+
+def test_r72_written_sends_share_one_resolved_future_and_failures_get_their_own():
+    sim, p, rec = started(2)
+    w1, w2 = p.workers
+    futures = [p.send('a', to=w1), p.send('b', to=2), p.send('c'), p.send('d', to=[])]
+    assert all(future.done() and future.result() is None for future in futures)
+    assert len({id(future) for future in futures}) == 1  # one shared resolved future
+    called: list[Any] = []
+    futures[0].add_done_callback(called.append)
+    assert not futures[0].cancel()  # done: a caller cannot cancel it for the others
+    failed = p.send('e', to=99)
+    assert failed is not futures[0] and isinstance(failed.exception(), InvalidDestinationError)
+    sim.run_until_idle()
+    assert called == [futures[0]]
+    assert futures[0].result() is None
     close(sim, p)
 
 

@@ -45,6 +45,9 @@ _ALL_SIGNALS = signal.valid_signals()
 # frames); larger ones are queued as they are and written with sendmsg.
 _COPY_LIMIT = 64 * 1024
 _IOV_MAX = 64
+# Small frames are coalesced into chunks of about this size: a backlog is a queue of chunks,
+# so appending never reallocates (copies) a buffer the socket is still draining.
+_CHUNK_SIZE = 256 * 1024
 _HIGH_WATER = base.HIGH_WATER
 _ANCILLARY_SIZE = socket.CMSG_SPACE(16 * array.array('i').itemsize)
 _SEND_FLAGS = getattr(socket, 'MSG_NOSIGNAL', 0)
@@ -157,7 +160,7 @@ class _FrameWriter:
             # Written as they are, with sendmsg: a large body is never copied.
             queue.append(header)
             queue.append(body)
-        elif queue and type(queue[-1]) is bytearray:
+        elif queue and type(queue[-1]) is bytearray and len(queue[-1]) < _CHUNK_SIZE:
             tail = queue[-1]
             tail += header
             tail += body
