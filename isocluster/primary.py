@@ -22,7 +22,8 @@ from .errors import (
 from .handle import WorkerHandle
 from .lifecycle import Initializable
 from .routing import PendingRequests, Request, route
-from .supervision import Backoff, RestartPolicy, Supervision, _Reload, check_seconds
+from .checks import check_seconds
+from .supervision import Backoff, RestartPolicy, Supervision, _Reload
 from .transport.base import SIGKILL, SIGTERM, Signals, Transport, WorkerLink, WorkerSpec
 
 logger = logging.getLogger('isocluster')

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import json.encoder
-import pickle
 import struct
 from typing import Any, Protocol, runtime_checkable
 
@@ -107,11 +106,18 @@ class PickleCodec:
 
     name = 'pickle'
 
+    def __init__(self) -> None:
+        import pickle  # here: a worker that never uses it does not pay its import at start-up
+
+        self._dumps = pickle.dumps
+        self._loads = pickle.loads
+        self._protocol = pickle.HIGHEST_PROTOCOL
+
     def encode(self, message: Any) -> bytes:
-        return pickle.dumps(message, protocol=pickle.HIGHEST_PROTOCOL)
+        return self._dumps(message, protocol=self._protocol)
 
     def decode(self, data: bytes) -> Any:
-        return pickle.loads(data)
+        return self._loads(data)
 
 
 class MsgpackCodec:

@@ -13,7 +13,7 @@ from . import protocol
 from .errors import EncodeError, ListenError, NotAWorkerError, PrimaryLost, ProtocolError, SendError, TransportError
 from .lifecycle import Initializable
 from .routing import PendingRequests, Request, route
-from .supervision import check_seconds
+from .checks import check_seconds
 from .transport.base import PrimaryLink, current_link
 
 DEFAULT_KILL_TIMEOUT = 6.765

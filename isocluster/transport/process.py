@@ -17,7 +17,6 @@ from __future__ import annotations
 import array
 import asyncio
 import collections
-import ctypes
 import inspect
 import itertools
 import logging
@@ -73,6 +72,8 @@ def _load_libc() -> Any:
     # another thread of the parent at the time of the fork.
     global _libc, _prctl
     if _libc is None and sys.platform.startswith('linux'):
+        import ctypes  # only a primary needs it: an exec-mode worker never pays its import
+
         try:
             _libc = ctypes.CDLL(None, use_errno=True)
             _prctl = _libc.prctl  # resolved here too: the lookup costs a fork's child ~0.1 ms
