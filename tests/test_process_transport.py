@@ -667,6 +667,26 @@ def test_start_kill_cycles_leave_no_zombie(harness):
             os.waitpid(pid, os.WNOHANG)
 
 
+def test_start_kill_cycles_leave_the_primary_no_extra_fd(harness):
+    """Each forked worker's loop is built by the primary before the fork (start-up speed);
+    the primary must let go of every fd of it, whatever happens to the worker."""
+    async def body():
+        link = harness.start(echo_target)  # warm-up: the transport's own fds now exist
+        await harness.listener.online(link)
+        link.kill(base.SIGKILL)
+        await harness.listener.exit(link)
+        before = sorted(os.listdir('/proc/self/fd'))
+        for _ in range(20):
+            link = harness.start(echo_target)
+            await harness.listener.online(link)
+            link.kill(base.SIGKILL)
+            await harness.listener.exit(link)
+        assert len(os.listdir('/proc/self/fd')) == len(before), (before, sorted(os.listdir('/proc/self/fd')))
+        harness.transport.close()
+
+    run(body())
+
+
 def test_workers_die_within_2_s_of_a_sigkilled_primary():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get('PYTHONPATH')])))
     # The reaper is a subreaper: it adopts the orphaned workers and reaps them itself.
