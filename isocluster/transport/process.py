@@ -115,8 +115,10 @@ def _close_socket_in_child(sock: socket.socket) -> None:
 
 
 class _Batch:
-    """Writes made while a read callback delivers frames are sent when it returns: one send
-    per link for the whole batch, without the extra loop turn of the cork."""
+    """Writes held back and sent together: those made while a read callback delivers frames
+    (sent when it returns), and those that follow a write sent at once in the same loop turn
+    (sent at the end of the turn). One batch per transport: a broadcast costs one send per
+    link per turn, not two."""
 
     __slots__ = ('active', 'corked')
 
@@ -136,10 +138,17 @@ class _Batch:
         for writer in corked:
             writer._uncork()
 
+    def hold_turn(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A write has just gone out at once (latency): hold every later one of this loop
+        turn, on any link, until the turn ends (throughput)."""
+        self.active = True
+        loop.call_soon(self.end)
+
 
 class _FrameWriter:
     """Non-blocking writes shared by both ends. The first frame of a loop turn goes out at
-    once (latency); later frames of the same turn are coalesced into one send (throughput)."""
+    once (latency); later frames of the same turn are coalesced, one send per link at the
+    end of the turn (throughput)."""
 
     _sock: socket.socket
     _loop: asyncio.AbstractEventLoop
@@ -187,8 +196,7 @@ class _FrameWriter:
         if self._queue:
             self._start_writing()
         else:
-            self._corked = True
-            self._loop.call_soon(self._uncork)
+            self._batch.hold_turn(self._loop)
 
     def _flush(self) -> None:
         """Send what the socket takes; raises OSError other than EAGAIN."""
