@@ -167,6 +167,10 @@ class _FrameWriter:
         of the read batch, or when the socket is writable."""
         header, body = protocol.frame_parts(kind, payload)
         queue = self._queue
+        if not (queue or self._corked or self._writing or self._batch.active or fd is not None
+                or len(body) > _COPY_LIMIT):
+            self._send_now(header + body)  # the turn's first frame: straight out (latency)
+            return
         if fd is not None:
             queue.append((header + body, fd))
         elif len(body) > _COPY_LIMIT:
@@ -194,6 +198,21 @@ class _FrameWriter:
             self._write_failed(exc)
             raise TransportError(f'{self._describe()}: write failed ({exc})', worker_id=self._worker_id()) from exc
         if self._queue:
+            self._start_writing()
+        else:
+            self._batch.hold_turn(self._loop)
+
+    def _send_now(self, data: bytes) -> None:
+        try:
+            sent = self._sock.send(data, _SEND_FLAGS)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self._write_failed(exc)
+            raise TransportError(f'{self._describe()}: write failed ({exc})', worker_id=self._worker_id()) from exc
+        if sent < len(data):
+            self._queue.append(memoryview(data)[sent:])
+            self._queued += len(data) - sent
             self._start_writing()
         else:
             self._batch.hold_turn(self._loop)
