@@ -97,23 +97,9 @@ def smaps_rollup_kib(pid: int) -> dict[str, int]:
 
 
 def get_codec(name: str):
-    if name == 'orjson':
-        return OrjsonCodec()
     from isocluster.protocol import get_codec as iso_get_codec
 
     return iso_get_codec(name)
-
-
-class OrjsonCodec:
-    """A user-supplied Codec object (isocluster has no built-in orjson codec yet)."""
-
-    name = 'orjson'
-
-    def __init__(self) -> None:
-        import orjson
-
-        self.encode = orjson.dumps
-        self.decode = orjson.loads
 
 
 def codec_available(name: str) -> bool:

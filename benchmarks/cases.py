@@ -139,8 +139,6 @@ class Cluster:
             from isocluster.transport.ray import RayTransport
 
             options['transport'] = RayTransport()  # on the Ray instance run_async started
-        if codec == 'orjson':
-            codec = get_codec('orjson')  # a Codec object: isocluster has no built-in orjson codec
         kwargs = dict(worker_target=target, codec=codec, **options)
         if script is not None:
             kwargs = dict(worker_script=script, worker_args=[], codec=codec, **options)
