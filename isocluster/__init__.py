@@ -27,9 +27,12 @@ __version__ = '0.1.0'
 # The primary's side is imported on first use: an exec-mode worker (`from isocluster import
 # ClusterWorker` in a fresh interpreter) never loads it, which saves ~3 ms of its start-up.
 _LAZY = {'ClusterPrimary': 'primary', 'Backoff': 'supervision', 'RestartPolicy': 'supervision'}
+_LAZY_MODULES = frozenset({'primary', 'supervision', 'checks'})
 
 
 def __getattr__(name: str) -> Any:
+    if name in _LAZY_MODULES:  # `isocluster.primary` without importing it first, as before
+        return importlib.import_module(f'.{name}', __name__)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f'module {__name__!r} has no attribute {name!r}')

@@ -39,3 +39,8 @@ def test_an_unknown_name_is_still_an_attribute_error() -> None:
     else:
         raise AssertionError('isocluster.NoSuchThing did not raise')
     assert {'ClusterPrimary', 'ClusterWorker', 'Backoff'} <= set(dir(isocluster))
+
+
+def test_the_primary_side_modules_are_attributes_as_before() -> None:
+    code = 'import isocluster\nassert isocluster.supervision.Backoff is isocluster.Backoff\nassert isocluster.primary.ClusterPrimary is isocluster.ClusterPrimary'
+    assert _loaded(code, ('isocluster.primary',)) == ['isocluster.primary']

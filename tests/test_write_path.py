@@ -79,3 +79,58 @@ def test_a_frame_split_into_header_and_body_is_the_encoded_frame() -> None:
         header, body = protocol.frame_parts(kind, payload)
         assert header + body == protocol.encode_frame(kind, payload)
         assert protocol.FrameDecoder().feed(header + body) == [(kind, payload if kind != 'listen' else {'id': 1})]
+
+
+class BytearrayCodec:
+    """A custom codec whose encode returns a bytearray (the Codec protocol says bytes)."""
+
+    name = 'bytearray-json'
+
+    def __init__(self) -> None:
+        self._json = protocol.get_codec('json')
+
+    def encode(self, message: Any) -> bytearray:
+        return bytearray(self._json.encode(message))
+
+    def decode(self, data: bytes) -> Any:
+        return self._json.decode(data)
+
+
+class Collector(ClusterWorker):
+    def _event_primary_message_blob(self, event: Any) -> None:
+        self.send({'type': 'got', 'i': event.data['message']['i'], 'size': len(event.data['message']['data'])})
+
+
+def collector() -> None:
+    Collector()
+
+
+def test_a_large_mutable_body_broadcast_then_followed_by_small_frames_reaches_each_worker_intact() -> None:
+    """A body over the copy limit is queued uncopied, but not a bytearray a codec returned:
+    a broadcast queues the same object on every link, and later small frames are appended to
+    a queued bytearray. Every worker must get exactly what was sent to it."""
+    big = 'x' * (process._COPY_LIMIT * 2)
+
+    async def scenario(primary: ClusterPrimary) -> Any:
+        primary.fork(2)
+        await ready_waiter(primary, 2)
+        first, second = primary.workers
+        got: dict[int, list[Any]] = {first.id: [], second.id: []}
+        done = asyncio.get_running_loop().create_future()
+
+        def on_message(event: Any) -> None:
+            got[event.data['worker'].id].append((event.data['message']['i'], event.data['message']['size']))
+            if sum(map(len, got.values())) == 4 and not done.done():
+                done.set_result(None)
+
+        primary.on('worker_message', on_message)
+        primary.send({'type': 'blob', 'i': 0, 'data': 'a'}, to=first)  # goes out at once
+        primary.send({'type': 'blob', 'i': 1, 'data': big})  # to both, held to the turn's end
+        primary.send({'type': 'blob', 'i': 2, 'data': 'b'}, to=second)  # small: coalesced
+        primary.send({'type': 'blob', 'i': 3, 'data': 'c'}, to=first)
+        await asyncio.wait_for(done, 30)
+        return got[first.id], got[second.id]
+
+    to_first, to_second = run_cluster('process', scenario, worker_target=collector, codec=BytearrayCodec())
+    assert to_first == [(0, 1), (1, len(big)), (3, 1)]
+    assert to_second == [(1, len(big)), (2, 1)]

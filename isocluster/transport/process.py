@@ -174,9 +174,11 @@ class _FrameWriter:
         if fd is not None:
             queue.append((header + body, fd))
         elif len(body) > _COPY_LIMIT:
-            # Written as they are, with sendmsg: a large body is never copied.
+            # Written as they are, with sendmsg: a large body is never copied. Unless it is
+            # mutable (a custom codec's bytearray): the caller may change it, a broadcast
+            # queues the same object on every link, and the queue appends to bytearrays.
             queue.append(header)
-            queue.append(body)
+            queue.append(body if type(body) is bytes else bytes(body))
         elif queue and type(queue[-1]) is bytearray and len(queue[-1]) < _CHUNK_SIZE:
             tail = queue[-1]
             tail += header
