@@ -334,7 +334,7 @@ class ClusterPrimary(Supervision, Initializable):
         if isinstance(to, (list, tuple)) or to is None:
             future.set_exception(InvalidDestinationError(f'request(): to must name one worker, got {to!r}'))
             return future
-        data = self._encode(message, future)
+        data = self._encode(message, future, protocol.REQUEST_OVERHEAD)
         if data is None:
             return future
         target = self._resolve_one(to)
@@ -351,10 +351,10 @@ class ClusterPrimary(Supervision, Initializable):
         self._stats['messages_out'] += 1
         return reply
 
-    def _encode(self, message: Any, future: 'asyncio.Future[Any]') -> bytes | None:
+    def _encode(self, message: Any, future: 'asyncio.Future[Any]', overhead: int = 0) -> bytes | None:
         """The message's bytes, or None with `future` rejected with EncodeError (R71)."""
         try:
-            return protocol.encode_message(self._codec, message, self._transport.max_frame_size)
+            return protocol.encode_message(self._codec, message, self._transport.max_frame_size, overhead=overhead)
         except EncodeError as error:
             future.set_exception(error)
             return None
@@ -558,7 +558,8 @@ class ClusterPrimary(Supervision, Initializable):
                 return self._worker_fault(handle, error)
             self._stats['messages_in'] += 1
             link = handle._link
-            request = Request(request_id, lambda reply: link.write(protocol.REPLY, reply), self._codec, self._spawn)
+            request = Request(request_id, lambda reply: link.write(protocol.REPLY, reply), self._codec, self._spawn,
+                              self._transport.max_frame_size)
             try:
                 self._publish('worker_message', {'worker': handle, 'message': message, 'request': request})
             except Exception as error:

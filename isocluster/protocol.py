@@ -55,6 +55,8 @@ _LENGTH = struct.Struct('>I')
 HEADER_SIZE = _HEADER.size
 _REQUEST_ID = struct.Struct('>Q')
 _REPLY_ID = struct.Struct('>QB')
+REQUEST_OVERHEAD = _REQUEST_ID.size  # a REQUEST frame's request id, besides the kind byte
+REPLY_OVERHEAD = _REPLY_ID.size  # a REPLY frame's request id and ok flag
 _REQUEST_HEADER = struct.Struct('>IBQ')
 _REPLY_HEADER = struct.Struct('>IBQB')
 
@@ -244,6 +246,12 @@ def encode_frame(kind: str, payload: Any) -> bytes:
 
 
 def frame_size(kind: str, payload: Any) -> int:
+    if kind == MESSAGE:
+        return len(payload) + 1
+    if kind == REQUEST:
+        return len(payload[1]) + 1 + REQUEST_OVERHEAD
+    if kind == REPLY:
+        return len(payload[2]) + 1 + REPLY_OVERHEAD
     return len(encode_body(kind, payload)) + 1
 
 
@@ -341,8 +349,10 @@ def decode_error(codec: Codec, exc: Exception, worker_id: int | None = None) -> 
     return error
 
 
-def encode_message(codec: Codec, message: Any, max_frame_size: int, worker_id: int | None = None) -> bytes:
-    """Encode a user message once, or raise EncodeError (codec failure or frame too large)."""
+def encode_message(codec: Codec, message: Any, max_frame_size: int, worker_id: int | None = None,
+                   overhead: int = 0) -> bytes:
+    """Encode a user message once, or raise EncodeError (codec failure or frame too large).
+    `overhead`: what its frame adds besides the kind byte (REQUEST_OVERHEAD, REPLY_OVERHEAD)."""
     try:
         data = codec.encode(message)
     except Exception as exc:
@@ -350,9 +360,9 @@ def encode_message(codec: Codec, message: Any, max_frame_size: int, worker_id: i
             f'could not encode the message with the {codec.name!r} codec: {exc!r}; nothing was sent',
             worker_id=worker_id,
         ) from exc
-    if len(data) + 1 > max_frame_size:
+    if len(data) + 1 + overhead > max_frame_size:
         raise EncodeError(
             f'the encoded message is {len(data)} bytes, over the maximum frame size of {max_frame_size} '
-            'bytes; nothing was sent', worker_id=worker_id,
+            f'bytes{" with its request header" if overhead else ""}; nothing was sent', worker_id=worker_id,
         )
     return data

@@ -39,10 +39,12 @@ def route(publisher: Any, prefix: str, event: Any) -> None:
 class Request:
     """One request received; answer it exactly once with `reply()` or `fail()`."""
 
-    __slots__ = ('id', 'answered', '_write', '_codec', '_spawn', 'pending')
+    __slots__ = ('id', 'answered', '_write', '_codec', '_spawn', 'pending', '_max_frame_size')
 
-    def __init__(self, request_id: int, write: Callable[[Any], None], codec: protocol.Codec, spawn: Callable[[Any], Any]) -> None:
+    def __init__(self, request_id: int, write: Callable[[Any], None], codec: protocol.Codec, spawn: Callable[[Any], Any],
+                 max_frame_size: int = protocol.DEFAULT_MAX_FRAME_SIZE) -> None:
         self.id = request_id
+        self._max_frame_size = max_frame_size
         self.answered = False
         self.pending = False  # an awaitable will answer it
         self._write = write
@@ -53,21 +55,28 @@ class Request:
         if self.answered:
             raise RuntimeError(f'request {self.id} has already been answered')
         try:
-            data = self._codec.encode(value)
-        except Exception as error:
-            self.fail(EncodeError(f'the reply could not be encoded with the {self._codec.name!r} codec: {error!r}'))
+            data = protocol.encode_message(self._codec, value, self._max_frame_size, overhead=protocol.REPLY_OVERHEAD)
+        except EncodeError as error:
+            self.fail(EncodeError(f'the reply could not be sent: {error}'))
             return
         self._send(True, data)
 
     def fail(self, error: BaseException) -> None:
         if self.answered:
             raise RuntimeError(f'request {self.id} has already been answered')
-        description = {
-            'type': type(error).__qualname__,
-            'message': str(error),
-            'traceback': ''.join(traceback.format_exception(error)),
-        }
-        self._send(False, json.dumps(description).encode('utf-8'))
+        kind, message = type(error).__qualname__, str(error)
+        trace = ''.join(traceback.format_exception(error))
+        # The description must fit in a frame too: the traceback goes first, then the message
+        # is shortened.
+        while True:
+            data = json.dumps({'type': kind, 'message': message, 'traceback': trace}).encode('utf-8')
+            if len(data) + 1 + protocol.REPLY_OVERHEAD <= self._max_frame_size or not (trace or message):
+                break
+            if trace:
+                trace = ''
+            else:
+                message = message[:len(message) // 2]
+        self._send(False, data)
 
     def _send(self, ok: bool, data: bytes) -> None:
         self.answered = True

@@ -158,7 +158,7 @@ class ClusterWorker(Initializable):
         """Send `message` to the primary and await its reply (its routed handler's return value)."""
         check_seconds('timeout', timeout, allow_none=True, allow_zero=False)
         future: asyncio.Future[Any] = self._pubsub_loop().create_future()
-        link, data = self._prepare('request', message, future)
+        link, data = self._prepare('request', message, future, protocol.REQUEST_OVERHEAD)
         if data is None:
             return future
         request_id, reply = self._requests.open(self._pubsub_loop(), None, timeout, 'the request to the primary')
@@ -170,7 +170,7 @@ class ClusterWorker(Initializable):
             return future
         return reply
 
-    def _prepare(self, method: str, message: Any, future: 'asyncio.Future[Any]') -> tuple[Any, bytes | None]:
+    def _prepare(self, method: str, message: Any, future: 'asyncio.Future[Any]', overhead: int = 0) -> tuple[Any, bytes | None]:
         """The link and the message's bytes; or None bytes with `future` already rejected
         (NotAWorkerError outside a worker, EncodeError for a message that cannot travel)."""
         link = self._link
@@ -178,7 +178,7 @@ class ClusterWorker(Initializable):
             future.set_exception(_not_a_worker(method))
             return None, None
         try:
-            return link, protocol.encode_message(link.codec, message, link.max_frame_size, link.worker_id)
+            return link, protocol.encode_message(link.codec, message, link.max_frame_size, link.worker_id, overhead)
         except EncodeError as error:
             future.set_exception(error)
             return link, None
@@ -247,7 +247,8 @@ class ClusterWorker(Initializable):
     def _serve_request(self, link: PrimaryLink, payload: Any) -> None:
         request_id, data = payload
         message = protocol.decode_message(link.codec, data, link.worker_id)
-        request = Request(request_id, lambda reply: link.write(protocol.REPLY, reply), link.codec, self._spawn)
+        request = Request(request_id, lambda reply: link.write(protocol.REPLY, reply), link.codec, self._spawn,
+                          link.max_frame_size)
         try:
             self._publish('primary_message', {'message': message, 'request': request})
         except Exception as error:

@@ -25,6 +25,10 @@ def ready_waiter(primary: ClusterPrimary, count: int) -> 'asyncio.Future[None]':
     return future
 
 
+def _transport_options(options: dict[str, Any]) -> dict[str, Any]:
+    return {name: options.pop(name) for name in ('max_frame_size',) if name in options}
+
+
 def run_cluster(
     transport: str, scenario: Callable[[ClusterPrimary], Awaitable[Any]],
     primary_class: type[ClusterPrimary] = ClusterPrimary, **options: Any,
@@ -34,7 +38,7 @@ def run_cluster(
     if transport == 'memory':
         from isocluster.transport.memory import MemoryTransport
 
-        sim = MemoryTransport(seed=options.pop('seed', 1))
+        sim = MemoryTransport(seed=options.pop('seed', 1), **_transport_options(options))
         primary = primary_class(transport=sim, **options)
         task = sim.loop.create_task(scenario(primary))
         task.add_done_callback(lambda _task: primary.destroy())
@@ -44,9 +48,10 @@ def run_cluster(
     from isocluster.transport.process import ProcessTransport
 
     options.pop('seed', None)
+    transport_options = _transport_options(options)
 
     async def main() -> Any:
-        primary = primary_class(transport=ProcessTransport(), **options)
+        primary = primary_class(transport=ProcessTransport(**transport_options), **options)
         pids: set[int] = set()
         primary.after('worker_fork', lambda event: pids.add(event.data['worker'].pid))
         try:

@@ -55,6 +55,8 @@ class Echo:
             self.link.finish()
         elif payload.startswith(b'exit:'):
             os._exit(int(payload[5:]))
+        elif payload.startswith(b'big:'):  # a frame of that many bytes, whatever the limit
+            self.link.write('message', b'x' * int(payload[4:]))
         elif payload == b'garbage':
             self.link._sock.send(b'\xff\xff\xff\xff garbage')
             self.link.write('message', b'after garbage')
@@ -383,13 +385,28 @@ def test_oversized_frame_is_a_protocol_error(harness):
         harness.transport.max_frame_size = 10
         link = harness.start(echo_target)
         await harness.listener.online(link)
-        link.write('message', b'x' * 64)
+        link.write('message', b'big:64')  # the worker answers with a 65-byte frame
         await harness.listener.until(lambda: any(call[0] == 'error' for call in harness.listener.of(link)))
         assert 'exceeds the maximum frame size' in str(harness.listener.of(link)[-1][1])
         link.kill(base.SIGKILL)
         await harness.listener.exit(link)
 
     run(body())
+
+
+def test_a_worker_applies_the_transports_frame_limit_too(harness, capfd):
+    """R120 on both sides of a link: the worker's decoder has the transport's limit, so an
+    oversized frame from the primary is fatal to the worker (R33), not silently accepted."""
+    async def body():
+        harness.transport.max_frame_size = 10
+        link = harness.start(echo_target)
+        await harness.listener.online(link)
+        link.write('message', b'x' * 64)  # written raw: the primary's encode check is bypassed
+        return await harness.listener.exit(link)
+
+    code, sig = asyncio.run(asyncio.wait_for(body(), 60))
+    assert (code, sig) == (1, None)
+    assert 'exceeds the maximum frame size of 10 bytes' in capfd.readouterr().err
 
 
 def test_write_to_a_dead_worker_raises_transport_error(harness):

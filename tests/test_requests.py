@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 
+from isocluster import protocol
 from isocluster import (
     ClusterPrimary, ClusterWorker, EncodeError, InvalidDestinationError, RemoteError, RequestTimeout, WorkerLost,
 )
@@ -32,6 +33,9 @@ class Calculator(ClusterWorker):
 
     def _event_primary_message_die(self, event: Any) -> None:
         raise SystemExit(5)
+
+    def _event_primary_message_echo_size(self, event: Any) -> str:
+        return 'y' * event.data['message']['size']
 
     def _event_primary_message_ask_primary(self, event: Any) -> Any:
         return self.request({'type': 'lookup', 'key': event.data['message']['key']}, timeout=5)
@@ -156,3 +160,37 @@ def test_every_codec_carries_requests_on_real_processes(codec: str) -> None:
         return await primary.request({'type': 'square', 'value': 12}, to=primary.workers[0])
 
     assert run_cluster('process', scenario, worker_target=calculator, codec=codec) == 144
+
+
+LIMIT = 200
+
+
+def _encoded_size(message: Any) -> int:
+    return len(protocol.get_codec('json').encode(message))
+
+
+@pytest.mark.parametrize('transport', TRANSPORTS)
+def test_requests_and_replies_respect_the_frame_limit_with_their_headers(transport: str) -> None:
+    """A request frame carries an 8-byte id and a reply 9 bytes of id and flag besides the
+    kind byte (R120). A message that fits as a plain message but not as a request is an
+    EncodeError at once; a reply too large to send fails the request with RemoteError; the
+    worker lives on either way."""
+    pad = {'type': 'square', 'value': 1, 'pad': ''}
+    pad['pad'] = 'p' * (LIMIT - 1 - _encoded_size(pad) - 3)  # fits as a message, not as a request
+
+    async def scenario(primary: ClusterPrimary) -> Any:
+        primary.fork(1)
+        await ready_waiter(primary, 1)
+        worker = primary.workers[0]
+        sent = await primary.send({'type': 'noop', 'pad': pad['pad']}, to=worker)  # as a message: fits
+        with pytest.raises(EncodeError, match='request header'):
+            await primary.request(pad, to=worker)
+        with pytest.raises(RemoteError) as too_big:
+            await primary.request({'type': 'echo_size', 'size': LIMIT}, to=worker)
+        still = await primary.request({'type': 'square', 'value': 3}, to=worker)
+        return sent, too_big.value, still, worker.state
+
+    sent, error, still, state = run_cluster(transport, scenario, worker_target=calculator, max_frame_size=LIMIT)
+    assert sent is None
+    assert error.remote_type == 'EncodeError' and error.remote_message.startswith('the reply could not be sent: ')
+    assert still == 9 and state == 'ready'

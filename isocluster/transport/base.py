@@ -52,6 +52,7 @@ HIGH_WATER = 1024 * 1024
 WORKER_ID_ENV = 'ISOCLUSTER_WORKER_ID'
 WORKER_FD_ENV = 'ISOCLUSTER_WORKER_FD'
 WORKER_CODEC_ENV = 'ISOCLUSTER_CODEC'
+MAX_FRAME_ENV = 'ISOCLUSTER_MAX_FRAME_SIZE'
 LOOP_ENV = 'ISOCLUSTER_LOOP'  # 'uvloop': a script worker runs its loop on uvloop (set by `isocluster run --uvloop`)
 
 _current_link: contextvars.ContextVar['PrimaryLink | None'] = contextvars.ContextVar(

@@ -25,6 +25,9 @@ from ..errors import ProtocolError, TransportError
 from . import base
 from .base import SIGTERM, LinkListener, PrimaryLink, Signals, Transport, WorkerLink, WorkerSpec
 
+# Frames that carry user bytes, and so can exceed the maximum frame size (R120).
+_SIZED_KINDS = frozenset({protocol.MESSAGE, protocol.REQUEST, protocol.REPLY})
+
 # Which simulated process a callback belongs to: None is the primary (and the test driving
 # it); _KERNEL marks the transport's own timers, which run even when a process hangs.
 _process: contextvars.ContextVar[Any] = contextvars.ContextVar('isocluster_sim_process', default=None)
@@ -238,10 +241,10 @@ class MemoryWorkerLink(WorkerLink):
         if self.faulted:
             return
         kind, payload = frame
-        if kind == protocol.MESSAGE and len(payload) + 1 > self.transport.max_frame_size:
+        if kind in _SIZED_KINDS and (size := protocol.frame_size(kind, payload)) > self.transport.max_frame_size:
             self.faulted = True
             self.listener.link_error(self, ProtocolError(
-                f'frame of {len(payload)} bytes exceeds the maximum frame size of '
+                f'frame of {size} bytes exceeds the maximum frame size of '
                 f'{self.transport.max_frame_size} bytes', worker_id=self.id,
             ))
             return

@@ -688,7 +688,7 @@ class ProcessTransport(base.RealLoopTransport):
             self._close_pipes(pipes)
             raise TransportError(f'could not fork worker {spec.id}: {exc}', worker_id=spec.id) from exc
         if pid == 0:
-            _run_child(spec, child_sock, parent_pid, mask, plan, own_link, child_loop)  # never returns
+            _run_child(spec, child_sock, parent_pid, mask, plan, own_link, child_loop, self.max_frame_size)  # never returns
         _signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         if child_loop is not None:
             _disown_loop(child_loop)  # the child's now
@@ -839,14 +839,15 @@ class _ChildLink(_FrameWriter, base.ThreadedPrimaryLink):
     ends; script mode returns from `run()`."""
 
     def __init__(self, worker_id: int, codec: protocol.Codec, sock: socket.socket,
-                 loop: asyncio.AbstractEventLoop, exit_on_finish: bool) -> None:
+                 loop: asyncio.AbstractEventLoop, exit_on_finish: bool, max_frame_size: int) -> None:
         self.worker_id = worker_id
         self.codec = codec
+        self.max_frame_size = max_frame_size  # the transport's, so a worker's send rejects what the primary would
         self.loop = self._loop = loop
         self._sock = sock
         self._exit_on_finish = exit_on_finish
         self._batch = _Batch()
-        self._decoder = protocol.FrameDecoder()
+        self._decoder = protocol.FrameDecoder(max_frame_size)
         self._buffer = bytearray(_CHILD_FIRST_READ_SIZE)
         self._view = memoryview(self._buffer)
         self._fds: collections.deque[int] = collections.deque()
@@ -1067,7 +1068,8 @@ def _arm_parent_death_signal(parent_pid: int) -> None:
 
 
 def _run_child(spec: base.WorkerSpec, sock: socket.socket, parent_pid: int, mask: Any,
-               plan: dict[int, Any], parent_link: '_ChildLink | None', loop: asyncio.AbstractEventLoop | None) -> None:
+               plan: dict[int, Any], parent_link: '_ChildLink | None', loop: asyncio.AbstractEventLoop | None,
+               max_frame_size: int) -> None:
     """The forked child. Never returns: every path ends in os._exit."""
     code = 1
     try:
@@ -1091,8 +1093,8 @@ def _run_child(spec: base.WorkerSpec, sock: socket.socket, parent_pid: int, mask
         _close_fds([fd for fd in {*plan.values(), *opened} if _is_fd(fd) and fd > 2])
         _arm_parent_death_signal(parent_pid)
         if spec.script is not None:
-            _exec_script(spec, sock)
-        code = _run_target(spec, sock, loop)
+            _exec_script(spec, sock, max_frame_size)
+        code = _run_target(spec, sock, loop, max_frame_size)
     except SystemExit as exc:
         code = base.exit_code_of(exc)
     except BaseException:
@@ -1122,13 +1124,14 @@ def _rebind_python_stream(number: int) -> None:
                             buffering=1 if number == 2 else -1, closefd=False))
 
 
-def _exec_script(spec: base.WorkerSpec, sock: socket.socket) -> None:
+def _exec_script(spec: base.WorkerSpec, sock: socket.socket, max_frame_size: int) -> None:
     fd = sock.fileno()
     os.set_inheritable(fd, True)
     env = dict(os.environ)
     env[base.WORKER_ID_ENV] = str(spec.id)
     env[base.WORKER_FD_ENV] = str(fd)
     env[base.WORKER_CODEC_ENV] = spec.codec.name
+    env[base.MAX_FRAME_ENV] = str(max_frame_size)
     try:
         os.execve(sys.executable, [sys.executable, spec.script, *spec.args], env)  # type: ignore[list-item]
     except OSError as exc:
@@ -1137,12 +1140,13 @@ def _exec_script(spec: base.WorkerSpec, sock: socket.socket) -> None:
         os._exit(127)
 
 
-def _run_target(spec: base.WorkerSpec, sock: socket.socket, loop: asyncio.AbstractEventLoop | None) -> int:
+def _run_target(spec: base.WorkerSpec, sock: socket.socket, loop: asyncio.AbstractEventLoop | None,
+                max_frame_size: int) -> int:
     if loop is None:
         loop = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     global _worker_link
-    link = _worker_link = _ChildLink(spec.id, spec.codec, sock, loop, exit_on_finish=True)
+    link = _worker_link = _ChildLink(spec.id, spec.codec, sock, loop, exit_on_finish=True, max_frame_size=max_frame_size)
     base._current_link.set(link)
     link._start()
     result = spec.target()  # type: ignore[misc]
@@ -1177,8 +1181,9 @@ def link_from_environment() -> base.PrimaryLink:
         worker_id = int(os.environ[base.WORKER_ID_ENV])
         fd = int(os.environ[base.WORKER_FD_ENV])
         codec = protocol.get_codec(os.environ.get(base.WORKER_CODEC_ENV, 'json'))
+        max_frame_size = int(os.environ.get(base.MAX_FRAME_ENV, protocol.DEFAULT_MAX_FRAME_SIZE))
         # Grandchildren (subprocesses of the script) are not workers.
-        for name in (base.WORKER_ID_ENV, base.WORKER_FD_ENV, base.WORKER_CODEC_ENV):
+        for name in (base.WORKER_ID_ENV, base.WORKER_FD_ENV, base.WORKER_CODEC_ENV, base.MAX_FRAME_ENV):
             os.environ.pop(name, None)
         sock = socket.socket(fileno=fd)
         sock.set_inheritable(False)
@@ -1186,7 +1191,7 @@ def link_from_environment() -> base.PrimaryLink:
         asyncio.set_event_loop(loop)
         # PR_SET_PDEATHSIG was armed before exec and survives it; its handler does not.
         _install_parent_death_handler()
-        _worker_link = _ChildLink(worker_id, codec, sock, loop, exit_on_finish=False)
+        _worker_link = _ChildLink(worker_id, codec, sock, loop, exit_on_finish=False, max_frame_size=max_frame_size)
         base._current_link.set(_worker_link)
         _worker_link._start()
     else:
