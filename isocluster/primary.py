@@ -330,34 +330,24 @@ class ClusterPrimary(Supervision, Initializable):
         Fails with RequestTimeout, WorkerLost (the worker left first) or RemoteError (its handler raised).
         """
         check_seconds('timeout', timeout, allow_none=True, allow_zero=False)
-        future: asyncio.Future[Any] = self._pubsub_loop().create_future()
         if isinstance(to, (list, tuple)) or to is None:
-            future.set_exception(InvalidDestinationError(f'request(): to must name one worker, got {to!r}'))
-            return future
-        data = self._encode(message, future, protocol.REQUEST_OVERHEAD)
-        if data is None:
-            return future
+            return self._rejected(InvalidDestinationError(f'request(): to must name one worker, got {to!r}'))
+        try:
+            data = protocol.encode_message(self._codec, message, self._transport.max_frame_size,
+                                           overhead=protocol.REQUEST_OVERHEAD)
+        except EncodeError as error:
+            return self._rejected(error)
         target = self._resolve_one(to)
         if isinstance(target, BaseException):
-            future.set_exception(target)
-            return future
+            return self._rejected(target)
         request_id, reply = self._requests.open(self._pubsub_loop(), target, timeout, f'the request to worker {target.id}')
         try:
             target._link.write(protocol.REQUEST, (request_id, data))
         except TransportError as error:
             self._requests.cancel(request_id)
-            future.set_exception(_write_failure(target, error))
-            return future
+            return self._rejected(_write_failure(target, error))
         self._stats['messages_out'] += 1
         return reply
-
-    def _encode(self, message: Any, future: 'asyncio.Future[Any]', overhead: int = 0) -> bytes | None:
-        """The message's bytes, or None with `future` rejected with EncodeError (R71)."""
-        try:
-            return protocol.encode_message(self._codec, message, self._transport.max_frame_size, overhead=overhead)
-        except EncodeError as error:
-            future.set_exception(error)
-            return None
 
     def _resolve_destinations(self, to: Any) -> list[tuple[Any, Any]]:
         if to is None:

@@ -199,13 +199,9 @@ def decode_control(body: bytes | memoryview) -> Any:
 
 
 def encode_body(kind: str, payload: Any) -> bytes:
-    if kind == MESSAGE:
-        return payload
-    if kind == REQUEST:
-        return _REQUEST_ID.pack(payload[0]) + payload[1]
-    if kind == REPLY:
-        return _REPLY_ID.pack(payload[0], 1 if payload[1] else 0) + payload[2]
-    return encode_control(payload)
+    """A frame's body: what follows its length and kind byte (see `frame_parts`)."""
+    header, body = frame_parts(kind, payload)
+    return header[HEADER_SIZE:] + body
 
 
 def decode_body(kind: str, body: bytes) -> Any:
@@ -246,13 +242,9 @@ def encode_frame(kind: str, payload: Any) -> bytes:
 
 
 def frame_size(kind: str, payload: Any) -> int:
-    if kind == MESSAGE:
-        return len(payload) + 1
-    if kind == REQUEST:
-        return len(payload[1]) + 1 + REQUEST_OVERHEAD
-    if kind == REPLY:
-        return len(payload[2]) + 1 + REPLY_OVERHEAD
-    return len(encode_body(kind, payload)) + 1
+    """What the frame's length prefix counts: the kind byte and the body."""
+    header, body = frame_parts(kind, payload)
+    return len(header) - 4 + len(body)
 
 
 class FrameDecoder:

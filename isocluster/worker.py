@@ -137,15 +137,14 @@ class ClusterWorker(Initializable):
     def send(self, message: Any = _MISSING) -> 'asyncio.Future[None]':
         if message is _MISSING:
             raise TypeError("send() missing required argument: 'message'")
-        link = self._link
+        link = self._link  # inline, not _prepare(): this is the hot path
         if link is None:
             return self._rejected(_not_a_worker('send'))
         try:
             data = protocol.encode_message(link.codec, message, link.max_frame_size, link.worker_id)
+            link.write(protocol.MESSAGE, data)
         except EncodeError as error:
             return self._rejected(error)
-        try:
-            link.write(protocol.MESSAGE, data)
         except TransportError as error:
             return self._rejected(_link_closed(link, error))
         if link.congested():  # backpressure: resolve once the link has drained
@@ -157,31 +156,25 @@ class ClusterWorker(Initializable):
     def request(self, message: Any, *, timeout: float | None = None) -> 'asyncio.Future[Any]':
         """Send `message` to the primary and await its reply (its routed handler's return value)."""
         check_seconds('timeout', timeout, allow_none=True, allow_zero=False)
-        future: asyncio.Future[Any] = self._pubsub_loop().create_future()
-        link, data = self._prepare('request', message, future, protocol.REQUEST_OVERHEAD)
-        if data is None:
-            return future
+        try:
+            link, data = self._prepare('request', message, protocol.REQUEST_OVERHEAD)
+        except (NotAWorkerError, EncodeError) as error:
+            return self._rejected(error)
         request_id, reply = self._requests.open(self._pubsub_loop(), None, timeout, 'the request to the primary')
         try:
             link.write(protocol.REQUEST, (request_id, data))
         except TransportError as error:
             self._requests.cancel(request_id)
-            future.set_exception(_link_closed(link, error))
-            return future
+            return self._rejected(_link_closed(link, error))
         return reply
 
-    def _prepare(self, method: str, message: Any, future: 'asyncio.Future[Any]', overhead: int = 0) -> tuple[Any, bytes | None]:
-        """The link and the message's bytes; or None bytes with `future` already rejected
-        (NotAWorkerError outside a worker, EncodeError for a message that cannot travel)."""
+    def _prepare(self, method: str, message: Any, overhead: int = 0) -> tuple[PrimaryLink, bytes]:
+        """The link and the message's bytes. Raises NotAWorkerError outside a worker and
+        EncodeError for a message that cannot travel."""
         link = self._link
         if link is None:
-            future.set_exception(_not_a_worker(method))
-            return None, None
-        try:
-            return link, protocol.encode_message(link.codec, message, link.max_frame_size, link.worker_id, overhead)
-        except EncodeError as error:
-            future.set_exception(error)
-            return link, None
+            raise _not_a_worker(method)
+        return link, protocol.encode_message(link.codec, message, link.max_frame_size, link.worker_id, overhead)
 
     async def listen(self, address: Any) -> Any:
         """A listening socket for `address`, bound once by the primary and shared by every worker."""
