@@ -40,7 +40,10 @@ class DecodeError(ClusterError):
 
 
 class ProtocolError(ClusterError):
-    """A peer broke the link protocol (unknown, out-of-order or oversized frame)."""
+    """A peer broke the link protocol (unknown, out-of-order, malformed or oversized frame).
+    `frame_kind` names the kind of the offending frame when it was known."""
+
+    frame_kind: str | None = None
 
 
 class TransportError(ClusterError):

@@ -14,7 +14,7 @@ import types
 from collections import deque
 from typing import Any, Callable, ClassVar, Iterable, Mapping
 
-from . import protocol
+from . import frames, protocol
 from .errors import (
     ClusterError, DecodeError, DestroyedError, EncodeError, HeartbeatTimeout, InvalidDestinationError,
     NotInitializedError, ProtocolError, ReadyTimeout, SendError, TransportError, WorkerLost,
@@ -409,6 +409,7 @@ class ClusterPrimary(Supervision, Initializable):
             'restarts_in_window': sum(1 for when in self._restart_times if now - when < self._policy.period),
             'live': len(self._live),
             'ready': len(self._pool_ids),
+            'late_replies': self._requests.late_replies,
         }
 
     def run(self) -> None:
@@ -534,13 +535,26 @@ class ClusterPrimary(Supervision, Initializable):
             self._fatal(error)
 
     def _dispatch_frame(self, handle: WorkerHandle, kind: str, payload: Any) -> None:
-        if kind == protocol.MESSAGE:  # before ONLINE: link_frame takes every other message
-            return self._protocol_violation(handle, 'a message before ONLINE')
-        elif kind == protocol.HEARTBEAT_ACK:
+        try:
+            why = frames.refusal(kind, handle.state, handle._ready_received)
+            if why is None:
+                frames.check_payload(kind, payload)
+        except ProtocolError as error:
+            why = str(error)
+        except Exception as error:  # whatever a worker's bytes make fail is its violation
+            why = f'{frames.describe(kind)} that could not be checked ({error!r})'
+        if why is not None:
+            return self._protocol_violation(handle, why, kind)
+        if kind == protocol.HEARTBEAT_ACK:
             handle._last_beat = self._pubsub_loop().time()
-        elif kind == protocol.REPLY and handle.state != 'forked':
-            self._requests.settle(payload, self._codec, handle.id)
-        elif kind == protocol.REQUEST and handle.state != 'forked':
+        elif kind == protocol.REPLY:
+            try:
+                why = self._requests.settle(payload, self._codec, handle.id, handle)
+            except Exception as error:
+                why = f'a REPLY that could not be read ({error!r})'
+            if why is not None:
+                self._protocol_violation(handle, why, kind)
+        elif kind == protocol.REQUEST:
             request_id, data = payload
             try:
                 message = protocol.decode_message(self._codec, data, handle.id)
@@ -558,15 +572,9 @@ class ClusterPrimary(Supervision, Initializable):
                 request.fail(error)
             request.settle_unanswered(message.get('type') if type(message) is dict else None)
         elif kind == protocol.ONLINE:
-            if handle.state != 'forked':
-                return self._protocol_violation(handle, 'a second ONLINE')
             handle._move('online')
             self._publish('worker_online', {'worker': handle})
-        elif handle.state == 'forked':
-            self._protocol_violation(handle, f'a {kind.upper()} frame before ONLINE')
         elif kind == protocol.READY:
-            if handle._ready_received:
-                return self._protocol_violation(handle, 'a second READY')
             handle._ready_received = True
             if handle._online_accepted and handle.state == 'online':
                 self._publish('worker_ready', {'worker': handle})
@@ -574,14 +582,14 @@ class ClusterPrimary(Supervision, Initializable):
             handle._disconnect_requested = True
         elif kind == protocol.LISTEN:
             self._listen(handle, payload)
-        else:
-            self._protocol_violation(handle, f'an unexpected {kind.upper()} frame')
 
-    def _protocol_violation(self, handle: WorkerHandle, what: str) -> None:
-        self._worker_fault(handle, ProtocolError(
+    def _protocol_violation(self, handle: WorkerHandle, what: str, kind: str | None = None) -> None:
+        error = ProtocolError(
             f'worker {handle.id} broke the link protocol: {what}; it is killed and replaced',
             worker_id=handle.id,
-        ))
+        )
+        error.frame_kind = kind
+        self._worker_fault(handle, error)
 
     def link_error(self, link: WorkerLink, error: BaseException) -> None:
         handle = self._live.get(link.id)

@@ -189,13 +189,19 @@ def encode_control(payload: Any) -> bytes:
     return b'' if payload is None else json.dumps(payload, separators=(',', ':')).encode('utf-8')
 
 
-def decode_control(body: bytes | memoryview) -> Any:
+def decode_control(body: bytes | memoryview, kind: str = '') -> Any:
     if not body:
         return None
     try:
         return json.loads(bytes(body))
     except ValueError as exc:
-        raise ProtocolError(f'malformed control frame body: {exc}') from exc
+        raise ProtocolError(f'malformed control frame body{_of(kind)}: {exc}') from exc
+    except RecursionError:  # CPython's scanner guards its recursion: hostile nesting ends here
+        raise ProtocolError(f'control frame body{_of(kind)} nested too deeply') from None
+
+
+def _of(kind: str) -> str:
+    return f' of a {kind.upper()} frame' if kind else ''
 
 
 def encode_body(kind: str, payload: Any) -> bytes:
@@ -216,7 +222,7 @@ def decode_body(kind: str, body: bytes) -> Any:
             raise ProtocolError('truncated REPLY frame')
         request_id, ok = _REPLY_ID.unpack_from(body)
         return (request_id, bool(ok), body[_REPLY_ID.size:])
-    return decode_control(body)
+    return decode_control(body, kind)
 
 
 def frame_parts(kind: str, payload: Any) -> tuple[bytes, bytes]:
@@ -248,8 +254,8 @@ def frame_size(kind: str, payload: Any) -> int:
 
 
 class FrameDecoder:
-    """Feeds bytes in, takes frames out. Raises ProtocolError on an oversized or unknown frame;
-    after that the stream is unusable (there is no way to resynchronise a length-prefixed stream)."""
+    """Feeds bytes in, takes frames out. Raises ProtocolError (and nothing else) on an
+    oversized, unknown or malformed frame; after that the stream is unusable (there is no way to resynchronise a length-prefixed stream)."""
 
     def __init__(self, max_frame_size: int = DEFAULT_MAX_FRAME_SIZE) -> None:
         self.max_frame_size = max_frame_size
@@ -265,6 +271,12 @@ class FrameDecoder:
     def pending(self) -> int:
         """Bytes received that do not yet make a whole frame."""
         return len(self._buffer)
+
+    def discard(self) -> None:
+        """Drop the partial frame held and end the stream (its sender is being cut off)."""
+        if self._error is None:
+            self._error = ProtocolError('the stream was abandoned')
+        self._buffer = bytearray()
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """The whole frames received so far. A fault raises ProtocolError, but only after the
@@ -286,6 +298,7 @@ class FrameDecoder:
         kinds = KINDS
         offset = 0
         end = len(view)
+        kind = None
         try:
             while end - offset >= 4:
                 (length,) = unpack_length(view, offset)
@@ -304,16 +317,24 @@ class FrameDecoder:
                 if code == _MESSAGE_CODE:  # by far the commonest
                     append((MESSAGE, bytes(view[start + 1:offset])))
                     continue
+                kind = None
                 if code >= len(kinds):
                     raise ProtocolError(f'unknown frame kind code {code}')
                 kind = kinds[code]
                 append((kind, decode_body(kind, bytes(view[start + 1:offset]))))
-        except ProtocolError as error:
+        except Exception as failure:
+            # Whatever the bytes make fail (RecursionError, MemoryError, ...) ends the stream
+            # as a fault of its sender; the buffer is released, so the decoder is never jammed.
+            if isinstance(failure, ProtocolError):
+                error = failure
+            else:
+                error = ProtocolError(f'could not read {"a " + kind.upper() if kind else "a"} frame: {failure!r}')
+            error.frame_kind = kind
             view.release()
             self._error = error
             buffer.clear()
             if not frames:
-                raise
+                raise error from None
             return frames
         if buffer:
             view.release()

@@ -14,7 +14,8 @@ import traceback
 from typing import Any, Callable
 
 from . import protocol
-from .errors import EncodeError, RemoteError, RequestTimeout, TransportError
+from .frames import reply_error
+from .errors import EncodeError, ProtocolError, RemoteError, RequestTimeout, TransportError
 
 
 def route(publisher: Any, prefix: str, event: Any) -> None:
@@ -115,12 +116,25 @@ class Request:
             self.fail(LookupError(f'no handler answered the request (message type {kind!r})'))
 
 
+_NOBODY = object()
+
+
 class PendingRequests:
-    """Requests this side sent and whose replies it awaits."""
+    """Requests this side sent and whose replies it awaits.
+
+    A reply settles a request only when it comes from the peer the request was sent to. The
+    ids of requests that timed out or were cancelled are remembered (the last
+    `_EXPIRED_KEPT`, and only while their peer lives) so that a late reply to one of them is
+    told apart from a forged one.
+    """
+
+    _EXPIRED_KEPT = 4096
 
     def __init__(self) -> None:
         self._next_id = 1
         self._pending: dict[int, tuple[asyncio.Future[Any], Any, asyncio.TimerHandle | None]] = {}
+        self._expired: dict[int, Any] = {}  # request id -> the peer it was sent to
+        self.late_replies = 0
 
     def open(self, loop: asyncio.AbstractEventLoop, peer: Any, timeout: float | None, describe: str) -> tuple[int, 'asyncio.Future[Any]']:
         request_id = self._next_id
@@ -130,6 +144,7 @@ class PendingRequests:
         if timeout is not None:
             timer = loop.call_later(timeout, self._time_out, request_id, timeout, describe)
         self._pending[request_id] = (future, peer, timer)
+        future.add_done_callback(lambda done: self._forget_cancelled(request_id, done))
         return request_id, future
 
     def cancel(self, request_id: int) -> None:
@@ -137,39 +152,73 @@ class PendingRequests:
         if entry is not None and entry[2] is not None:
             entry[2].cancel()
 
+    def _forget_cancelled(self, request_id: int, future: 'asyncio.Future[Any]') -> None:
+        if future.cancelled():
+            entry = self._pending.pop(request_id, None)
+            if entry is not None:
+                if entry[2] is not None:
+                    entry[2].cancel()
+                self._expire(request_id, entry[1])
+
+    def _expire(self, request_id: int, peer: Any) -> None:
+        expired = self._expired
+        expired[request_id] = peer
+        if len(expired) > self._EXPIRED_KEPT:
+            del expired[next(iter(expired))]
+
     def _time_out(self, request_id: int, timeout: float, describe: str) -> None:
         entry = self._pending.pop(request_id, None)
-        if entry is not None and not entry[0].done():
-            entry[0].set_exception(RequestTimeout(f'{describe} got no reply within {timeout}s', worker_id=getattr(entry[1], 'id', None)))
+        if entry is not None:
+            self._expire(request_id, entry[1])
+            if not entry[0].done():
+                entry[0].set_exception(RequestTimeout(f'{describe} got no reply within {timeout}s', worker_id=getattr(entry[1], 'id', None)))
 
-    def settle(self, payload: Any, codec: protocol.Codec, worker_id: int | None) -> None:
+    def settle(self, payload: Any, codec: protocol.Codec, worker_id: int | None, sender: Any = None) -> str | None:
+        """Settle the request `payload` replies to. Returns None when the reply was taken or
+        dropped as late, else why `sender` (None: the one peer) may not send it."""
         request_id, ok, data = payload
-        entry = self._pending.pop(request_id, None)
+        entry = self._pending.get(request_id)
         if entry is None:
-            return  # timed out or lost already: the late reply is dropped
-        future, _peer, timer = entry
+            peer = self._expired.pop(request_id, _NOBODY)
+            if peer is not _NOBODY and sender is not None and peer is not sender:
+                self._expired[request_id] = peer
+                return f'a REPLY to request {request_id}, which was sent to another worker'
+            if peer is _NOBODY and not 0 < request_id < self._next_id:
+                return f'a REPLY to request {request_id}, which was never sent'
+            self.late_replies += 1  # it timed out, was cancelled or was lost: dropped
+            return None
+        future, peer, timer = entry
+        if sender is not None and peer is not sender:
+            return f'a REPLY to request {request_id}, which was sent to another worker'
+        del self._pending[request_id]
         if timer is not None:
             timer.cancel()
         if future.done():
-            return
+            return None
         if ok:
             try:
                 future.set_result(protocol.decode_message(codec, data, worker_id))
             except Exception as error:
                 future.set_exception(error)
-            return
+            return None
+        violation = None
         try:
-            description = json.loads(data)
-        except ValueError:
+            description = reply_error(data)
+        except ProtocolError as error:  # the requester still learns that the handler failed
+            violation = str(error)
             description = {'type': 'unknown', 'message': repr(data[:200]), 'traceback': ''}
         future.set_exception(RemoteError(
-            f"the request handler raised {description.get('type')}: {description.get('message')}",
-            worker_id=worker_id, remote_type=str(description.get('type', '')),
-            remote_message=str(description.get('message', '')), remote_traceback=str(description.get('traceback', '')),
+            f"the request handler raised {description['type']}: {description['message']}",
+            worker_id=worker_id, remote_type=description['type'],
+            remote_message=description['message'], remote_traceback=description['traceback'],
         ))
+        return violation
 
     def lose(self, peer: Any, make_error: Callable[[], BaseException]) -> None:
         """Fail every request sent to `peer` (None: all of them)."""
+        for request_id, target in list(self._expired.items()):
+            if peer is None or target is peer:
+                del self._expired[request_id]
         for request_id, (future, target, timer) in list(self._pending.items()):
             if peer is None or target is peer:
                 del self._pending[request_id]

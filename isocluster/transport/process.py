@@ -34,6 +34,7 @@ from typing import Any
 from .. import protocol
 from ..errors import ProtocolError, TransportError
 from . import base
+from .partial import DEFAULT_FRAME_TIMEOUT, PartialFrameDeadline, check_frame_timeout
 
 output_logger = logging.getLogger('isocluster.worker')
 
@@ -394,6 +395,7 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
         self._listener = listener
         self._batch = transport._batch
         self._decoder = protocol.FrameDecoder(transport.max_frame_size)
+        self._partial_deadline = PartialFrameDeadline(self._loop, transport.frame_timeout, self._partial_frame_expired)
         self._buffer = transport._read_buffer
         self._view = transport._read_view
         self._inbox: collections.deque[protocol.Frame] = collections.deque()
@@ -493,11 +495,21 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
         self._inbox.extend(frames)
         self._deliver()
         error = self._decoder.error
+        self._partial_deadline.update(self._decoder.pending if error is None and self._reading else 0, bool(frames))
         if error is not None:
             # The good frames before the fault were delivered first (they are the worker's).
-            if error.worker_id is None:
-                error.worker_id = self.id
-            self._fail(error)
+            self._fail(_named(error, self.id))
+
+    def _partial_frame_expired(self) -> None:
+        if not self._reading:
+            return
+        pending = self._decoder.pending
+        self._decoder.discard()  # the primary holds no worker's half frame past its deadline
+        self._fail(ProtocolError(
+            f'worker {self.id} began a frame and did not finish it within frame_timeout='
+            f'{self._transport.frame_timeout}s ({pending} bytes received); it is killed and replaced',
+            worker_id=self.id,
+        ))
 
     def _fail(self, error: BaseException) -> None:
         if not self._reading:
@@ -508,6 +520,7 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
     def _stop_reading(self) -> None:
         if self._reading:
             self._reading = False
+            self._partial_deadline.cancel()
             self._loop.remove_reader(self._sock.fileno())
 
     def _drain_socket(self) -> None:
@@ -526,6 +539,12 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
     def _on_eof(self) -> None:
         if self._eof:
             return
+        pending = self._decoder.pending
+        if pending and self._reading and self._decoder.error is None:
+            self._fail(ProtocolError(
+                f'worker {self.id} broke the link protocol: its link ended in the middle of a frame '
+                f'({pending} bytes of it received)', worker_id=self.id,
+            ))
         self._stop_reading()
         self._eof = True
         self._stop_writing()
@@ -606,18 +625,30 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
             output.close()
 
 
+def _named(error: ProtocolError, worker_id: int) -> ProtocolError:
+    """The decoder's fault, said as the primary says a protocol violation: naming the worker."""
+    named = ProtocolError(
+        f'worker {worker_id} broke the link protocol: {error}; it is killed and replaced', worker_id=worker_id,
+    )
+    named.frame_kind = error.frame_kind
+    return named
+
+
 def _pidfd_send_signal(pidfd: int, sig: int) -> None:
     signal.pidfd_send_signal(pidfd, sig)
 
 
 class ProcessTransport(base.RealLoopTransport):
-    """Workers are real processes. `max_frame_size` bounds a frame from a worker (R120)."""
+    """Workers are real processes. `max_frame_size` bounds a frame from a worker (R120);
+    a frame a worker began must be complete within `frame_timeout` seconds (None: no limit)."""
 
     def __init__(self, max_frame_size: int = protocol.DEFAULT_MAX_FRAME_SIZE,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None, *,
+                 frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT) -> None:
         if not isinstance(max_frame_size, int) or isinstance(max_frame_size, bool) or max_frame_size < 1:
             raise ValueError(f'max_frame_size: expected a positive int, got {max_frame_size!r}')
         self.max_frame_size = max_frame_size
+        self.frame_timeout = check_frame_timeout(frame_timeout)
         self._loop = loop
         self._owns_loop = False
         self._closed = False

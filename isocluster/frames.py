@@ -1,0 +1,102 @@
+"""The one boundary where a worker's frames enter the primary: which kinds a worker may send,
+when, and what each must carry. Pure decisions, no I/O.
+
+The primary calls `admit` on every frame that is not a plain message before it acts on it;
+anything `admit` rejects, and any exception raised while a worker's bytes are decoded or
+checked, is that worker's protocol violation (the worker is killed and replaced), never an
+error of the primary.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from . import protocol
+from .errors import ProtocolError
+
+# The states in which a frame of each kind may arrive from a worker. 'forked' is before
+# ONLINE; a handle leaves the primary's table when it is dead, so no frame is seen later.
+_AFTER_ONLINE = frozenset(('online', 'ready', 'disconnected'))
+_ALLOWED_IN: dict[str, frozenset[str]] = {
+    protocol.MESSAGE: _AFTER_ONLINE,
+    protocol.ONLINE: frozenset(('forked',)),
+    protocol.READY: _AFTER_ONLINE,
+    protocol.EXITING: _AFTER_ONLINE,
+    protocol.LISTEN: _AFTER_ONLINE,
+    protocol.HEARTBEAT_ACK: frozenset(('forked',)) | _AFTER_ONLINE,
+    protocol.REQUEST: _AFTER_ONLINE,
+    protocol.REPLY: _AFTER_ONLINE,
+}
+
+def refusal(kind: str, state: str, ready_received: bool) -> str | None:
+    """Why a worker in `state` may not send a `kind` frame now, or None when it may."""
+    allowed = _ALLOWED_IN.get(kind)
+    if allowed is None:
+        return f'a {kind.upper()} frame, which only the primary sends'
+    if state not in allowed:
+        if kind == protocol.ONLINE:
+            return 'a second ONLINE'
+        return f'a {kind.upper()} frame before ONLINE'
+    if kind == protocol.READY and ready_received:
+        return 'a second READY'
+    return None
+
+
+def check_payload(kind: str, payload: Any) -> Any:
+    """The payload of a worker's frame when its shape is right; else ProtocolError saying what
+    is wrong. Control payloads are None or a JSON object; LISTEN names an id and an address."""
+    if kind == protocol.MESSAGE:
+        _expect(type(payload) is bytes, kind, 'a body of bytes', payload)
+    elif kind == protocol.REQUEST:
+        _expect(type(payload) is tuple and len(payload) == 2 and _is_id(payload[0]) and type(payload[1]) is bytes,
+                kind, 'a request id and a body', payload)
+    elif kind == protocol.REPLY:
+        _expect(type(payload) is tuple and len(payload) == 3 and _is_id(payload[0]) and type(payload[1]) is bool
+                and type(payload[2]) is bytes, kind, 'a request id, an ok flag and a body', payload)
+    elif kind == protocol.LISTEN:
+        _expect(type(payload) is dict and _is_id(payload.get('id')) and _is_address(payload.get('address')),
+                kind, "an object with an int 'id' and an 'address' (a path, or [host, port])", payload)
+    else:
+        _expect(payload is None or type(payload) is dict, kind, 'no body or a JSON object', payload)
+    return payload
+
+
+def reply_error(data: bytes) -> dict[str, str]:
+    """The description a failure REPLY carries: {'type', 'message', 'traceback'}, all strings."""
+    try:
+        description = json.loads(data)
+    except ValueError as error:
+        raise ProtocolError(f'a failure REPLY whose body is not JSON: {error}') from None
+    except RecursionError:  # CPython's scanner guards its recursion: no pre-check is needed
+        raise ProtocolError('a failure REPLY whose body is nested too deeply') from None
+    if type(description) is not dict:
+        raise ProtocolError(f'a failure REPLY whose body is a JSON {type(description).__name__}, not an object')
+    fields = {name: description.get(name, '') for name in ('type', 'message', 'traceback')}
+    for name, value in fields.items():
+        if type(value) is not str:
+            raise ProtocolError(f'a failure REPLY whose {name!r} is a {type(value).__name__}, not a string')
+    return fields
+
+
+def describe(kind: str) -> str:
+    return f'a {kind.upper()} frame' if kind in _ALLOWED_IN or kind in protocol.KINDS else f'a frame of kind {kind!r}'
+
+
+def _expect(condition: bool, kind: str, what: str, payload: Any) -> None:
+    if not condition:
+        shown = repr(payload)
+        if len(shown) > 80:
+            shown = shown[:77] + '...'
+        raise ProtocolError(f'a malformed {kind.upper()} frame: it must carry {what}, got {shown}')
+
+
+def _is_id(value: Any) -> bool:
+    return type(value) is int and 0 <= value < 2 ** 64
+
+
+def _is_address(address: Any) -> bool:
+    if type(address) is str:
+        return bool(address) and '\0' not in address
+    return (type(address) is list and len(address) == 2 and type(address[0]) is str
+            and type(address[1]) is int and 0 <= address[1] <= 65535)
