@@ -357,7 +357,8 @@ def decode_message(codec: Codec, data: bytes, worker_id: int | None = None) -> A
 
 
 def decode_error(codec: Codec, exc: Exception, worker_id: int | None = None) -> DecodeError:
-    error = DecodeError(f'could not decode a message with the {codec.name!r} codec: {exc!r}', worker_id=worker_id)
+    concerned = f'worker {worker_id}: ' if worker_id is not None else ''
+    error = DecodeError(f'{concerned}could not decode a message with the {codec.name!r} codec: {exc!r}', worker_id=worker_id)
     error.__cause__ = exc
     return error
 

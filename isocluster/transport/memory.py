@@ -23,6 +23,7 @@ from typing import Any, Callable
 from .. import protocol
 from ..errors import ProtocolError, TransportError
 from . import base
+from .partial import DEFAULT_FRAME_TIMEOUT, PartialFrameDeadline, check_frame_timeout
 from .base import SIGTERM, LinkListener, PrimaryLink, Signals, Transport, WorkerLink, WorkerSpec
 
 # Frames that carry user bytes, and so can exceed the maximum frame size (R120).
@@ -36,6 +37,15 @@ _KERNEL = object()
 _FINISH_TURNS = 100
 PARENT_DEATH_WATCHDOG = 1.5  # virtual seconds, as the process transport's watchdog  # loop turns a finishing worker's cancelled tasks get to clean up
 _EOF = object()
+
+
+class _RawBytes:
+    """Bytes written to a link outside the framing: see MemoryTransport.inject_bytes."""
+
+    __slots__ = ('data',)
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
 
 
 class SimulationDeadlock(RuntimeError):
@@ -187,6 +197,8 @@ class MemoryWorkerLink(WorkerLink):
         self.kill_deadline_at = float('inf')
         self.to_worker = _Pipe(transport, self.primary_link._receive, self.process.context)
         self.to_primary = _Pipe(transport, self._receive, transport._primary.context)
+        self.decoder: protocol.FrameDecoder | None = None  # made by the first inject_bytes()
+        self.partial_deadline = PartialFrameDeadline(transport.loop, transport.frame_timeout, self._partial_frame_expired)
 
     @property
     def is_open(self) -> bool:
@@ -232,7 +244,13 @@ class MemoryWorkerLink(WorkerLink):
 
     def _receive(self, frame: Any) -> None:
         """A frame (or EOF) from the worker arrives at the primary."""
+        if type(frame) is _RawBytes or (self.decoder is not None and self.decoder.pending and frame is not _EOF):
+            return self._receive_bytes(frame.data if type(frame) is _RawBytes else protocol.encode_frame(*frame))
         if frame is _EOF:
+            if self.decoder is not None and self.decoder.pending and not self.faulted:
+                self._protocol_fault(ProtocolError(
+                    f'its link ended in the middle of a frame ({self.decoder.pending} bytes of it received)'))
+            self.partial_deadline.cancel()
             self.closed_reported = True
             self.listener.link_closed(self)
             if self.exit_status is not None:
@@ -249,6 +267,45 @@ class MemoryWorkerLink(WorkerLink):
             ))
             return
         self.listener.link_frame(self, kind, payload)
+
+
+    def _receive_bytes(self, data: bytes) -> None:
+        """Raw bytes from the worker, cut into frames as the process transport cuts them."""
+        if self.faulted:
+            return
+        decoder = self.decoder
+        if decoder is None:
+            decoder = self.decoder = protocol.FrameDecoder(self.transport.max_frame_size)
+        try:
+            frames = decoder.feed(data)
+        except ProtocolError:
+            frames = []
+        for kind, payload in frames:
+            if self.faulted:
+                return
+            self.listener.link_frame(self, kind, payload)
+        if decoder.error is not None:
+            self._protocol_fault(decoder.error)
+        else:
+            self.partial_deadline.update(decoder.pending if not self.faulted else 0, bool(frames))
+
+    def _partial_frame_expired(self) -> None:
+        if self.faulted or self.decoder is None:
+            return
+        pending = self.decoder.pending
+        self.decoder.discard()
+        self._protocol_fault(ProtocolError(
+            f'began a frame and did not finish it within frame_timeout={self.transport.frame_timeout}s '
+            f'({pending} bytes received)'))
+
+    def _protocol_fault(self, error: ProtocolError) -> None:
+        self.faulted = True
+        self.partial_deadline.cancel()
+        named = ProtocolError(
+            f'worker {self.id} broke the link protocol: {error}; it is killed and replaced', worker_id=self.id,
+        )
+        named.frame_kind = error.frame_kind
+        self.listener.link_error(self, named)
 
 
 class MemoryPrimaryLink(PrimaryLink):
@@ -350,9 +407,11 @@ def _roundtrip_control(kind: str, payload: Any) -> Any:
 class MemoryTransport(Transport):
     """Deterministic simulated workers on a virtual clock. Same seed, same trace."""
 
-    def __init__(self, seed: int = 0, *, max_frame_size: int = protocol.DEFAULT_MAX_FRAME_SIZE, latency: float = 0.001) -> None:
+    def __init__(self, seed: int = 0, *, max_frame_size: int = protocol.DEFAULT_MAX_FRAME_SIZE, latency: float = 0.001,
+                 frame_timeout: float | None = DEFAULT_FRAME_TIMEOUT) -> None:
         self.seed = seed
         self.max_frame_size = max_frame_size
+        self.frame_timeout = check_frame_timeout(frame_timeout)
         self._latency_bound = latency
         self._random = random.Random(seed)
         self._loop = VirtualLoop(self)
@@ -503,6 +562,16 @@ class MemoryTransport(Transport):
             raise ValueError("direction: expected 'to_worker' or 'to_primary'")
         link = self._link(worker)
         getattr(link, direction).fail_next = True
+
+    def inject_bytes(self, worker: Any, data: bytes) -> None:
+        """Raw bytes arrive at the primary on the worker's link as if the worker wrote them,
+        in order with its other frames: a hostile or broken worker (R120, SPEC §6.1)."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f'data: expected bytes, got {type(data).__name__}')
+        link = self._link(worker)
+        if not link.process.alive or not link.worker_open:
+            raise ValueError(f'inject_bytes(): worker {link.id} is gone; its link carries nothing more')
+        link.to_primary.push(_RawBytes(bytes(data)))
 
     def kill_primary(self) -> None:
         """The primary vanishes: it publishes nothing more, and every worker sees EOF."""
