@@ -17,10 +17,11 @@ import asyncio
 import hashlib
 import os
 import signal as signal_module
+import struct
 import time
 from typing import Any, Callable
 
-from isocluster import ClusterPrimary, ClusterWorker
+from isocluster import ClusterPrimary, ClusterWorker, protocol
 
 PRIMARY_EVENTS = (
     'fork', 'worker_fork', 'worker_online', 'worker_ready', 'add_worker', 'remove_worker',
@@ -121,6 +122,22 @@ def _summary(name: str, data: dict[str, Any]) -> dict[str, Any]:
     if name == 'reload_complete':
         return {'worker_count': data['worker_count'], 'aborted': data['aborted']}
     return {}
+
+
+def _frame(kind: str, body: bytes) -> bytes:
+    return struct.pack('>IB', len(body) + 1, protocol.KINDS.index(kind)) + body
+
+
+# What a hostile or broken worker writes (issue 13). Each breaks the protocol: the worker gets
+# worker_error(ProtocolError), at once, or for 'truncated' once frame_timeout has passed.
+HOSTILE_BYTES = {
+    'reply_to_nothing': _frame(protocol.REPLY, struct.pack('>QB', 2 ** 64 - 1, 0) + b'[]'),
+    'deep_ready': _frame(protocol.READY, b'[' * 100_000 + b']' * 100_000),
+    'listen_object': _frame(protocol.LISTEN, b'{"id":1,"address":{}}'),
+    'unknown_kind': struct.pack('>IB', 1, 255),
+    'oversized': struct.pack('>I', protocol.DEFAULT_MAX_FRAME_SIZE + 1),
+    'truncated': struct.pack('>IB', 1000, protocol.KINDS.index(protocol.MESSAGE)) + b'{"cut":',
+}
 
 
 class Driver:
@@ -275,6 +292,14 @@ class Driver:
 
     def op_fail_next_send(self, worker: int, direction: str) -> None:
         self.sim.fail_next_send(worker, direction=direction)
+
+    def op_inject_bytes(self, worker: int, fault: str) -> bool:
+        """Raw bytes on the worker's link as if it wrote them; False when its link is gone."""
+        try:
+            self.sim.inject_bytes(worker, HOSTILE_BYTES[fault])
+        except ValueError:
+            return False
+        return True
 
     def op_slow_boot(self, delay: float) -> None:
         self.sim.slow_boot(delay)

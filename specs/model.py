@@ -56,6 +56,7 @@ class WorkerModel:
     fail_to_worker: str | None = None  # 'pending': the next write fails; 'maybe': a write may have used it
     link_broken: bool = False  # a write failed: the link is faulted
     killed_by_primary: bool = False
+    hostile: bool = False  # raw bytes that break the protocol were injected on its link
     inflight: deque[int] = field(default_factory=deque)  # seqs written to it, not yet answered
     # seqs in flight when it died: it may have answered them before dying, in order (R116, R125)
     maybe_answered: deque[int] = field(default_factory=deque)
@@ -199,7 +200,7 @@ class ClusterModel:
         if self.exact_writes and (not worker.process_alive or worker.link_broken):
             return 'fail'
         if (worker.fail_to_worker or worker.may_exit_by_itself or worker.disconnect_requested or worker.link_broken
-                or not worker.process_alive or worker.killed_by_primary):
+                or not worker.process_alive or worker.killed_by_primary or worker.hostile):
             return 'either'
         return 'ok'
 
@@ -398,6 +399,8 @@ class ClusterModel:
         elif kind == 'ReadyTimeout':
             require(worker.unresponsive or worker.slow_boot, 'R87',
                     f'worker {worker_id} got ReadyTimeout but nothing delayed it')
+        elif kind in ('ProtocolError', 'DecodeError'):
+            require(worker.hostile, 'R120', f'worker {worker_id} got a {kind} but nothing broke its link protocol')
         elif kind == 'TransportError':
             require(worker.link_broken or worker.fail_to_worker, 'R116/R125',
                     f'worker {worker_id} got a TransportError without a failed write')

@@ -26,7 +26,9 @@ from hypothesis.errors import InvalidArgument
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 
-from .driver import KILL_TIMEOUT, READY_TIMEOUT, SHUTDOWN_TIMEOUT, WORKER_KILL_TIMER, Driver, replay
+from isocluster.transport.partial import DEFAULT_FRAME_TIMEOUT as FRAME_TIMEOUT
+
+from .driver import HOSTILE_BYTES, KILL_TIMEOUT, READY_TIMEOUT, SHUTDOWN_TIMEOUT, WORKER_KILL_TIMER, Driver, replay
 from .model import DEAD, DISCONNECTED, FORKED, ONLINE, READY, ClusterModel, SpecViolation, require
 
 PROFILE = os.environ.get('ISOCLUSTER_SPEC_PROFILE', 'default')
@@ -46,7 +48,7 @@ SHUTDOWN_BOUND = SHUTDOWN_TIMEOUT + KILL_TIMEOUT + 0.5  # R89, plus delivery lat
 KNOWN_BUGS: set[str] = set()  # names of open library bugs the machine steers around
 
 RARE_PATHS = ('crash_during_shutdown', 'death_before_ready', 'crash_during_reload',
-              'send_to_dying_worker', 'hold_release_reordering')
+              'send_to_dying_worker', 'hold_release_reordering', 'hostile_bytes_faulted')
 RARE: Counter[str] = Counter({name: 0 for name in RARE_PATHS})
 STATS: dict[str, float] = {'memory_examples': 0, 'process_examples': 0, 'replays': 0,
                            'memory_seconds': 0.0, 'process_seconds': 0.0}
@@ -482,6 +484,35 @@ class ClusterMachine(RuleBasedStateMachine):
         else:
             worker.may_exit_by_itself = True
 
+    @precondition(lambda self: self.memory and self.has_live())
+    @rule(index=WORKER_INDEX, fault=st.sampled_from(sorted(HOSTILE_BYTES)))
+    def inject_bytes(self, index: int, fault: str) -> None:
+        """R120, issue 13: bytes that break the link protocol fault their worker alone, with
+        worker_error(ProtocolError): it is killed and replaced, the primary never stops. A
+        frame left unfinished faults it once frame_timeout has passed."""
+        model = self.model
+        worker_id = self.pick(index, self.live_ids())
+        worker = model.workers[worker_id]
+        clean = (model.phase == 'active' and worker.state in (ONLINE, READY) and worker.process_alive
+                 and not (worker.error_published or worker.hung or worker.held or worker.may_exit_by_itself
+                          or worker.disconnect_requested or worker.link_broken or worker.fail_to_worker))
+        if not self.step('inject_bytes', worker=worker_id, fault=fault):
+            return
+        worker.hostile = True
+        truncated = fault == 'truncated'
+        if truncated:  # its later frames (READY, heartbeat acks) vanish into the unfinished one
+            worker.unresponsive = True
+        if clean:
+            bound = (FRAME_TIMEOUT if truncated else 0) + 1.0
+            self.run_until(lambda: worker.error_published, bound)
+            allowed = ('ProtocolError', 'HeartbeatTimeout', 'ReadyTimeout') if truncated else ('ProtocolError',)
+            require(bool(worker.error_kinds) and worker.error_kinds[0] in allowed, 'R120',
+                    f'worker {worker_id} wrote {fault!r}: expected worker_error {allowed} within {bound}s, '
+                    f'got {worker.error_kinds}')
+            require(not model.destroy_complete_seen and model.phase == 'active', 'R120',
+                    f'hostile bytes from worker {worker_id} stopped the cluster')
+            self.rare('hostile_bytes_faulted')
+
     @precondition(lambda self: self.memory and self.usable())
     @rule(delay=st.sampled_from([0.5, 6.0]))
     def slow_boot(self, delay: float) -> None:
@@ -629,6 +660,8 @@ class ClusterMachine(RuleBasedStateMachine):
         workers = model.workers.values()
         if any(w.state in (FORKED, ONLINE, DISCONNECTED) for w in workers) or model.expected_top_forks:
             return False
+        if any(w.hostile and w.state != DEAD for w in workers):  # it is killed once its bytes arrive
+            return False
         if model.reload is not None or model.reloads_completed < model.reloads_started:
             return False
         return model.restart_limit_seen or len(model.pool()) == model.target
@@ -657,7 +690,8 @@ class ClusterMachine(RuleBasedStateMachine):
             self.step('advance', seconds=0.05)
             for worker in model.workers.values():
                 if worker.state == READY and worker.process_alive and not (
-                        worker.hung or worker.may_exit_by_itself or worker.fail_to_worker or worker.link_broken):
+                        worker.hung or worker.may_exit_by_itself or worker.fail_to_worker or worker.link_broken
+                        or worker.hostile):
                     require(not worker.inflight, 'R115', f'worker {worker.id} never answered {list(worker.inflight)}')
 
     def teardown(self) -> None:
