@@ -17,6 +17,7 @@ import pytest
 
 from isocluster import ClusterPrimary, ClusterWorker, DecodeError, ProtocolError, RequestTimeout, protocol
 from isocluster.transport.memory import MemoryTransport
+from isocluster.transport.process import ProcessTransport
 
 from memory_helpers import Recorder, close
 
@@ -199,3 +200,31 @@ def test_a_user_handler_error_is_still_fatal() -> None:
     with pytest.raises(KeyError, match='a bug in the application'):
         sim.run_until(lambda: False, timeout=5)
     assert recorder.count('worker_error') == 0
+
+
+# -- the decoder itself ------------------------------------------------------------------------
+
+@pytest.mark.parametrize('split', [0, 3, 7])
+def test_the_frame_decoder_turns_any_failure_into_a_protocol_error_and_is_never_jammed(split: int) -> None:
+    """Finding 3: a control frame nested 100,000 deep raised RecursionError out of feed(),
+    leaving its buffer exported, so every later feed raised BufferError."""
+    decoder = protocol.FrameDecoder()
+    hostile = frame(protocol.LISTEN, DEEP)
+    good = frame(protocol.MESSAGE, b'{"n":1}')
+    frames = decoder.feed(good + hostile[:split]) if split else []
+    with pytest.raises(ProtocolError, match='LISTEN') as raised:
+        if not split:
+            frames = decoder.feed(good)
+        decoder.feed(hostile[split:])
+    assert frames == [(protocol.MESSAGE, b'{"n":1}')]
+    assert raised.value.frame_kind == protocol.LISTEN and decoder.error is raised.value
+    with pytest.raises(ProtocolError) as again:  # the stream stays ended, with the same fault
+        decoder.feed(good)
+    assert again.value is raised.value and decoder.pending == 0
+
+
+@pytest.mark.parametrize('transport', [MemoryTransport, ProcessTransport])
+@pytest.mark.parametrize('value, error', [(-1, ValueError), (0, ValueError), (float('nan'), ValueError), ('5', TypeError)])
+def test_frame_timeout_rejects_bad_values_naming_the_option(transport: Any, value: Any, error: type) -> None:
+    with pytest.raises(error, match='frame_timeout'):
+        transport(frame_timeout=value)
