@@ -200,6 +200,7 @@ class PendingRequests:
                 future.set_result(protocol.decode_message(codec, data, worker_id))
             except Exception as error:
                 future.set_exception(error)
+                return f'a REPLY to request {request_id} that could not be decoded ({error})'
             return None
         violation = None
         try:

@@ -228,3 +228,13 @@ def test_the_frame_decoder_turns_any_failure_into_a_protocol_error_and_is_never_
 def test_frame_timeout_rejects_bad_values_naming_the_option(transport: Any, value: Any, error: type) -> None:
     with pytest.raises(error, match='frame_timeout'):
         transport(frame_timeout=value)
+
+
+def test_an_undecodable_reply_fails_the_request_and_faults_its_sender() -> None:
+    sim, primary, recorder = two_workers()
+    honest = primary.request({'type': 'slow'}, to=1)
+    own = primary.request({'type': 'slow'}, to=2)  # request id 2
+    sim.inject_bytes(2, reply(2, True, b'\xff'))
+    error = assert_violation(sim, primary, recorder, 2, honest, 1, names='could not be decoded')
+    assert isinstance(own.exception(), DecodeError) and error.frame_kind == protocol.REPLY
+    close(sim, primary)
