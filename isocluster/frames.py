@@ -46,19 +46,22 @@ def refusal(kind: str, state: str, ready_received: bool) -> str | None:
 def check_payload(kind: str, payload: Any) -> Any:
     """The payload of a worker's frame when its shape is right; else ProtocolError saying what
     is wrong. Control payloads are None or a JSON object; LISTEN names an id and an address."""
-    if kind == protocol.MESSAGE:
-        _expect(type(payload) is bytes, kind, 'a body of bytes', payload)
+    if kind == protocol.REPLY:  # the commonest here: written out, it is on every request's path
+        if not (type(payload) is tuple and len(payload) == 3 and type(payload[0]) is int
+                and 0 <= payload[0] < _ID_LIMIT and type(payload[1]) is bool and type(payload[2]) is bytes):
+            _reject(kind, 'a request id, an ok flag and a body', payload)
     elif kind == protocol.REQUEST:
-        _expect(type(payload) is tuple and len(payload) == 2 and _is_id(payload[0]) and type(payload[1]) is bytes,
-                kind, 'a request id and a body', payload)
-    elif kind == protocol.REPLY:
-        _expect(type(payload) is tuple and len(payload) == 3 and _is_id(payload[0]) and type(payload[1]) is bool
-                and type(payload[2]) is bytes, kind, 'a request id, an ok flag and a body', payload)
+        if not (type(payload) is tuple and len(payload) == 2 and type(payload[0]) is int
+                and 0 <= payload[0] < _ID_LIMIT and type(payload[1]) is bytes):
+            _reject(kind, 'a request id and a body', payload)
+    elif kind == protocol.MESSAGE:
+        if type(payload) is not bytes:
+            _reject(kind, 'a body of bytes', payload)
     elif kind == protocol.LISTEN:
-        _expect(type(payload) is dict and _is_id(payload.get('id')) and _is_address(payload.get('address')),
-                kind, "an object with an int 'id' and an 'address' (a path, or [host, port])", payload)
-    else:
-        _expect(payload is None or type(payload) is dict, kind, 'no body or a JSON object', payload)
+        if not (type(payload) is dict and _is_id(payload.get('id')) and _is_address(payload.get('address'))):
+            _reject(kind, "an object with an int 'id' and an 'address' (a path, or [host, port])", payload)
+    elif payload is not None and type(payload) is not dict:
+        _reject(kind, 'no body or a JSON object', payload)
     return payload
 
 
@@ -83,16 +86,18 @@ def describe(kind: str) -> str:
     return f'a {kind.upper()} frame' if kind in _ALLOWED_IN or kind in protocol.KINDS else f'a frame of kind {kind!r}'
 
 
-def _expect(condition: bool, kind: str, what: str, payload: Any) -> None:
-    if not condition:
-        shown = repr(payload)
-        if len(shown) > 80:
-            shown = shown[:77] + '...'
-        raise ProtocolError(f'a malformed {kind.upper()} frame: it must carry {what}, got {shown}')
+def _reject(kind: str, what: str, payload: Any) -> None:
+    shown = repr(payload)
+    if len(shown) > 80:
+        shown = shown[:77] + '...'
+    raise ProtocolError(f'a malformed {kind.upper()} frame: it must carry {what}, got {shown}')
+
+
+_ID_LIMIT = 2 ** 64  # ids travel as 8-byte unsigned ints
 
 
 def _is_id(value: Any) -> bool:
-    return type(value) is int and 0 <= value < 2 ** 64
+    return type(value) is int and 0 <= value < _ID_LIMIT
 
 
 def _is_address(address: Any) -> bool:

@@ -123,9 +123,9 @@ class PendingRequests:
     """Requests this side sent and whose replies it awaits.
 
     A reply settles a request only when it comes from the peer the request was sent to. The
-    ids of requests that timed out or were cancelled are remembered (the last
-    `_EXPIRED_KEPT`, and only while their peer lives) so that a late reply to one of them is
-    told apart from a forged one.
+    ids of requests that timed out are remembered (the last `_EXPIRED_KEPT`, and only while
+    their peer lives) so that a late reply to one of them is told apart from a forged one; a
+    cancelled request stays pending until its reply, timeout or peer ends it.
     """
 
     _EXPIRED_KEPT = 4096
@@ -144,21 +144,12 @@ class PendingRequests:
         if timeout is not None:
             timer = loop.call_later(timeout, self._time_out, request_id, timeout, describe)
         self._pending[request_id] = (future, peer, timer)
-        future.add_done_callback(lambda done: self._forget_cancelled(request_id, done))
         return request_id, future
 
     def cancel(self, request_id: int) -> None:
         entry = self._pending.pop(request_id, None)
         if entry is not None and entry[2] is not None:
             entry[2].cancel()
-
-    def _forget_cancelled(self, request_id: int, future: 'asyncio.Future[Any]') -> None:
-        if future.cancelled():
-            entry = self._pending.pop(request_id, None)
-            if entry is not None:
-                if entry[2] is not None:
-                    entry[2].cancel()
-                self._expire(request_id, entry[1])
 
     def _expire(self, request_id: int, peer: Any) -> None:
         expired = self._expired
@@ -193,7 +184,8 @@ class PendingRequests:
         del self._pending[request_id]
         if timer is not None:
             timer.cancel()
-        if future.done():
+        if future.done():  # the requester cancelled it: a late reply
+            self.late_replies += 1
             return None
         if ok:
             try:
