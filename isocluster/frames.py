@@ -1,15 +1,16 @@
 """The one boundary where a worker's frames enter the primary: which kinds a worker may send,
 when, and what each must carry. Pure decisions, no I/O.
 
-The primary calls `admit` on every frame that is not a plain message before it acts on it;
-anything `admit` rejects, and any exception raised while a worker's bytes are decoded or
-checked, is that worker's protocol violation (the worker is killed and replaced), never an
-error of the primary.
+The primary asks `refusal` and `check_payload` about every frame that is not a plain message
+before it acts on it (and `reply_error` about a failure reply's body): anything they reject,
+and any exception raised while a worker's bytes are decoded or checked, is that worker's
+protocol violation (the worker is killed and replaced), never an error of the primary.
 """
 
 from __future__ import annotations
 
 import json
+import reprlib
 from typing import Any
 
 from . import protocol
@@ -28,6 +29,7 @@ _ALLOWED_IN: dict[str, frozenset[str]] = {
     protocol.REQUEST: _AFTER_ONLINE,
     protocol.REPLY: _AFTER_ONLINE,
 }
+
 
 def refusal(kind: str, state: str, ready_received: bool) -> str | None:
     """Why a worker in `state` may not send a `kind` frame now, or None when it may."""
@@ -87,9 +89,7 @@ def describe(kind: str) -> str:
 
 
 def _reject(kind: str, what: str, payload: Any) -> None:
-    shown = repr(payload)
-    if len(shown) > 80:
-        shown = shown[:77] + '...'
+    shown = reprlib.repr(payload)  # bounded: the payload may be large or deeply nested
     raise ProtocolError(f'a malformed {kind.upper()} frame: it must carry {what}, got {shown}')
 
 
