@@ -189,11 +189,19 @@ def encode_control(payload: Any) -> bytes:
     return b'' if payload is None else json.dumps(payload, separators=(',', ':')).encode('utf-8')
 
 
+# A control body is a small dict of plain data: more brackets than this (counted anywhere,
+# strings included) is refused before parsing, so a hostile one never recurses to the limit.
+_CONTROL_BRACKETS = 64
+
+
 def decode_control(body: bytes | memoryview, kind: str = '') -> Any:
     if not body:
         return None
+    body = bytes(body)
+    if body.count(b'[') + body.count(b'{') > _CONTROL_BRACKETS:
+        raise ProtocolError(f'control frame body{_of(kind)} nested too deeply (over {_CONTROL_BRACKETS} brackets)')
     try:
-        return json.loads(bytes(body))
+        return json.loads(body)
     except ValueError as exc:
         raise ProtocolError(f'malformed control frame body{_of(kind)}: {exc}') from exc
     except RecursionError:  # CPython's scanner guards its recursion: hostile nesting ends here
