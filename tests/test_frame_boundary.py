@@ -11,7 +11,10 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
+import os
+import signal
 import struct
+import time
 from typing import Any
 
 import pytest
@@ -21,6 +24,9 @@ from isocluster.transport.memory import MemoryTransport
 from isocluster.transport.process import ProcessTransport
 
 from memory_helpers import Recorder, close
+from tests.cluster_helpers import ready_waiter
+
+WAIT = 20.0
 
 SLOW = 5.0  # virtual seconds a 'slow' request takes to answer
 
@@ -247,3 +253,69 @@ def test_an_undecodable_reply_fails_the_request_and_faults_its_sender() -> None:
     error = assert_violation(sim, primary, recorder, 2, honest, 1, names='could not be decoded')
     assert isinstance(own.exception(), DecodeError) and error.frame_kind == protocol.REPLY
     close(sim, primary)
+
+
+# -- the frame deadline judges the worker, not a primary that was behind ----------------------
+
+BIG = 4 * 1024 * 1024  # many reads' worth, more than a socket buffer holds
+
+
+class BigSender(ClusterWorker):
+    def _event_primary_message_big(self, event: Any) -> None:
+        self.send({'big': 'z' * BIG})
+
+
+def big_sender() -> None:
+    BigSender()
+
+
+def test_a_frame_whose_bytes_wait_while_the_primary_is_blocked_is_not_faulted() -> None:
+    """The primary's loop is blocked for twice frame_timeout in the middle of a large frame
+    from an honest worker: when it resumes, the deadline finds the worker's bytes waiting
+    and grants the frame more time instead of faulting the worker."""
+    frame_timeout = 1.0
+    pids: set[int] = set()
+
+    async def main() -> tuple[int, list[BaseException]]:
+        loop = asyncio.get_running_loop()
+        primary = ClusterPrimary(worker_target=big_sender, transport=ProcessTransport(frame_timeout=frame_timeout),
+                                 restart='never')
+        got = loop.create_future()
+        errors: list[BaseException] = []
+        primary.after('worker_fork', lambda event: pids.add(event.data['worker'].pid))
+        primary.on('worker_message', lambda event: got.set_result(len(event.data['message']['big'])))
+
+        def faulted(event: Any) -> None:
+            errors.append(event.data['error'])
+            if not got.done():
+                got.set_result(None)
+
+        primary.on('worker_error', faulted)
+        try:
+            primary.fork(1)
+            await asyncio.wait_for(ready_waiter(primary, 1), WAIT)
+            link = primary.workers[0]._link
+
+            def block_once_a_frame_is_partial() -> None:
+                if link._decoder.pending:
+                    time.sleep(2 * frame_timeout)  # the scenario: a handler that blocks the loop
+                elif not got.done():
+                    loop.call_soon(block_once_a_frame_is_partial)
+
+            await primary.send({'type': 'big'}, to=primary.workers[0])
+            loop.call_soon(block_once_a_frame_is_partial)
+            return await asyncio.wait_for(got, WAIT), errors
+        finally:
+            primary.destroy()
+            await asyncio.wait_for(primary.wait_closed(), WAIT)
+
+    try:
+        size, errors = asyncio.run(main())
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+            except (ProcessLookupError, ChildProcessError):
+                pass
+    assert size == BIG and errors == []

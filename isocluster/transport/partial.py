@@ -20,15 +20,17 @@ def check_frame_timeout(frame_timeout: Any) -> float | None:
 
 class PartialFrameDeadline:
     """Calls `expired()` once a frame has stayed incomplete for `timeout` seconds. The clock
-    restarts whenever a frame is completed, so a steady stream of frames never expires."""
+    restarts whenever a frame is completed, so a steady stream of frames never expires; the
+    caller of `update` after an expiry may grant the frame another `timeout`."""
 
-    __slots__ = ('_loop', '_timeout', '_expired', '_timer')
+    __slots__ = ('_loop', '_timeout', '_expired', '_timer', 'due')
 
     def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float | None, expired: Callable[[], None]) -> None:
         self._loop = loop
         self._timeout = timeout
         self._expired = expired
         self._timer: asyncio.TimerHandle | None = None
+        self.due = 0.0  # when the current (or last) deadline falls
 
     def update(self, pending: int, completed: bool) -> None:
         """After a read: `pending` bytes of an unfinished frame, `completed` whether the read
@@ -37,7 +39,12 @@ class PartialFrameDeadline:
             self.cancel()
         elif self._timer is None or completed:
             self.cancel()
-            self._timer = self._loop.call_later(self._timeout, self._fire)
+            self.due = self._loop.time() + self._timeout
+            self._timer = self._loop.call_at(self.due, self._fire)
+
+    @property
+    def armed(self) -> bool:
+        return self._timer is not None
 
     def cancel(self) -> None:
         if self._timer is not None:

@@ -396,6 +396,7 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
         self._batch = transport._batch
         self._decoder = protocol.FrameDecoder(transport.max_frame_size)
         self._partial_deadline = PartialFrameDeadline(self._loop, transport.frame_timeout, self._partial_frame_expired)
+        self._last_read_at = 0.0
         self._buffer = transport._read_buffer
         self._view = transport._read_view
         self._inbox: collections.deque[protocol.Frame] = collections.deque()
@@ -488,6 +489,7 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
             batch.end()
 
     def _feed(self, count: int) -> None:
+        self._last_read_at = self._loop.time()
         try:
             frames = self._decoder.feed(self._view[:count])
         except ProtocolError:
@@ -502,6 +504,15 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
 
     def _partial_frame_expired(self) -> None:
         if not self._reading:
+            return
+        # The worker is judged, not the primary: when the primary read bytes of the frame only
+        # after the deadline fell (its loop was blocked), the frame gets another frame_timeout.
+        self._on_readable()
+        deadline = self._partial_deadline
+        if not self._reading or not self._decoder.pending or deadline.armed:
+            return
+        if self._last_read_at >= deadline.due:
+            deadline.update(self._decoder.pending, True)
             return
         pending = self._decoder.pending
         self._decoder.discard()  # the primary holds no worker's half frame past its deadline
