@@ -287,3 +287,30 @@ def test_exit_codes_follow_the_systemexit_rules(kind: str) -> None:
 
     assert run_on(kind, scenario) == {1: (0, None), 2: (7, None), 3: (1, None), 4: (1, None), 5: (0, None),
                                       6: (0, None)}
+
+
+# -- the script bootstrap (process transport) ------------------------------------------------
+
+
+def test_a_script_that_never_imports_isocluster_is_online() -> None:
+    async def scenario(primary: ClusterPrimary, trace: Trace) -> Any:
+        primary.fork(1)
+        await trace.until(lambda: trace.count('worker_online') == 1 or trace.count('worker_exit') == 1)
+        return [name for name, _ in trace.of(1)]
+
+    assert run_on('script', scenario, target='idle', ready_timeout=5.0) == ['worker_online']
+
+
+def test_a_script_runs_as_main_with_its_own_argv_and_path() -> None:
+    script = HERE / 'introspect_script.py'
+
+    async def scenario(primary: ClusterPrimary, trace: Trace) -> Any:
+        await _ready(primary, trace, 1)
+        await trace.until(lambda: trace.messages('started'))
+        return trace.messages('started')[0]
+
+    started = run_on('script', scenario, worker_script=str(script), worker_args=['--flag', 'value'])
+    assert started == {
+        'type': 'started', 'argv': [str(script), '--flag', 'value'], 'path0': str(HERE), 'name': '__main__',
+        'file': str(script), 'main_is_me': True, 'isocluster_env': [],
+    }
