@@ -1047,6 +1047,7 @@ def _target_done(task: asyncio.Future[Any]) -> None:
 # a watchdog thread: a worker whose loop has not reached primary_disconnect (and so armed its
 # kill timer) shortly after the primary died is blocked, and ends there (R118). Before the
 # handler is installed the signal's default action, termination, applies.
+# Both stages need the worker's GIL; watchdog.py is the last stage, which does not.
 _PARENT_DEATH_SIGNAL = signal.SIGRTMIN + 1 if hasattr(signal, 'SIGRTMIN') else signal.SIGUSR2
 PARENT_DEATH_WATCHDOG = 1.5  # seconds
 

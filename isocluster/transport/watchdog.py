@@ -31,9 +31,10 @@ import sys
 import time
 from typing import Any
 
-# The worker's own parent-death watchdog thread ends it after 1.5 s (process.py); this one
-# acts a little later, only when that thread could not run.
-ORPHAN_GRACE = 1.7
+# The same grace as the worker's own parent-death watchdog thread (process.py): when both
+# act, the worker ends either way (nobody is left to read its exit status), and the 2 s of
+# R118 keep a margin for a loaded machine.
+ORPHAN_GRACE = 1.5
 DEADLINE_MARGIN = 0.3
 WATCHDOG_FD_ENV = 'ISOCLUSTER_WATCHDOG_FD'
 
