@@ -140,3 +140,64 @@ def test_a_forked_worker_holding_the_gil_is_gone_within_2_s_of_its_primarys_deat
 
 def test_a_script_worker_holding_the_gil_is_gone_within_2_s_of_its_primarys_death(tmp_path: Path) -> None:
     assert _stalled_worker_outlives_primary_by(tmp_path, 'script') < 2.0
+
+
+# A worker that prevents primary_disconnect keeps its kill timer (R111, R118): the watchdog
+# must not end it at the 1.5 s parent-death stage, and must end it at that timer even when
+# it is stuck holding the GIL by then.
+CLEANING_STALLER = r'''
+import asyncio, os, sys, time
+from isocluster import ClusterPrimary, ClusterWorker
+
+def mark(name):
+    with open(os.environ['MARKER'] + name, 'w'):
+        pass
+
+class SlowCleaner(ClusterWorker):
+    def _event_primary_disconnect(self, event):
+        event.prevent()
+        mark('cleanup-started')
+        asyncio.get_running_loop().create_task(self.clean_up())
+
+    async def clean_up(self):
+        await asyncio.sleep(2.0)  # a cleanup that outlasts the parent-death stage
+        mark('cleanup-continued')
+        sum(range(10 ** 15))  # then stuck, holding the GIL, until the kill timer
+
+async def main():
+    primary = ClusterPrimary(worker_target=SlowCleaner)
+    primary.after('worker_ready', lambda e: print(e.data['worker'].pid, flush=True))
+    primary.fork(1)
+    await asyncio.sleep(3600)
+
+asyncio.run(main())
+'''
+
+
+def test_a_worker_cleaning_up_after_its_primary_died_ends_at_its_kill_timer_even_stuck(tmp_path: Path) -> None:
+    from isocluster.worker import DEFAULT_KILL_TIMEOUT
+
+    env = {**os.environ, 'PYTHONPATH': str(ROOT), 'MARKER': str(tmp_path / 'marker-')}
+    primary = subprocess.Popen([sys.executable, '-c', CLEANING_STALLER], stdout=subprocess.PIPE, text=True, env=env,
+                               start_new_session=True)
+    pid = None
+    try:
+        readable, _, _ = select.select([primary.stdout], [], [], 20)
+        assert readable, 'the primary did not report its worker'
+        pid = int(primary.stdout.readline())
+        os.kill(primary.pid, signal.SIGKILL)
+        primary.wait()
+        killed_at = time.monotonic()
+        while not _gone(pid) and time.monotonic() - killed_at < DEFAULT_KILL_TIMEOUT + 5:
+            time.sleep(0.05)  # polling another process's state: there is no event to wait on
+        assert _gone(pid) and time.monotonic() - killed_at < DEFAULT_KILL_TIMEOUT + 2.0
+        assert sorted(path.name for path in tmp_path.iterdir()) == ['marker-cleanup-continued', 'marker-cleanup-started']
+    finally:
+        if pid is not None:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if primary.poll() is None:
+            primary.kill()
+            primary.wait()
