@@ -232,6 +232,7 @@ def _receive(sock: socket.socket, poller: Any, workers: dict[int, int], pidfds: 
                 poller.unregister(old)
                 workers.pop(old, None)
                 os.close(old)
+            deadlines.pop(pid, None)  # reported by an earlier worker of the same pid
             workers[fds[0]] = pid
             pidfds[pid] = fds[0]
             poller.register(fds[0], select.POLLIN)
