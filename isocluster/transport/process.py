@@ -8,8 +8,8 @@ preallocated buffer, feeds a `protocol.FrameDecoder` and reports frames, EOF and
 Worker side: `_ChildLink` is the worker's `PrimaryLink`. In target mode the forked child
 builds it and runs the target on a fresh loop (`_run_child`); in script mode the child
 execs the script through a bootstrap that writes ONLINE first (`bootstrap.py`), and the
-script finds its link in the environment (`link_from_environment`). Either way the child ends with `os._exit`: it never returns
-into the parent's code.
+script finds its link in the environment (`link_from_environment`). Either way the child
+ends with `os._exit`: it never returns into the parent's code.
 """
 
 from __future__ import annotations

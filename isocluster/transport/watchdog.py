@@ -165,7 +165,7 @@ def _serve_in_child(sock_fd: int, primary_pidfd: int, mask: Any) -> None:
         for low, high in zip(keep, keep[1:] + [max(os.sysconf('SC_OPEN_MAX'), keep[-1] + 1)]):
             if high > low + 1:
                 os.closerange(low + 1, high)
-        signal.pthread_sigmask(signal.SIG_SETMASK, set())
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)  # the primary's, from before the fork
         _serve(socket.socket(fileno=sock_fd), primary_pidfd)
         code = 0
     finally:

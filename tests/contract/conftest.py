@@ -1,4 +1,7 @@
-"""The Ray cases run last: once Ray is up its threads live in this process, and forking
+"""(tests/contract is a package, so this conftest does not take the name `conftest` that
+tests/conftest.py has: other test modules import helpers from it.)
+
+The Ray cases run last: once Ray is up its threads live in this process, and forking
 workers next to them (the fork and script cases) is what the process transport warns about."""
 
 from __future__ import annotations

@@ -35,6 +35,9 @@ EVENTS = ('worker_online', 'worker_ready', 'worker_message', 'worker_disconnect'
 # Bounded, so that a worker that never ends cannot hang the suite: the kill timer and EOF
 # clauses are checked by how the worker ends, never by how long it took.
 FAST_END = {'shutdown_timeout': 2.0, 'kill_timeout': 2.0}
+# How long a worker may take to come online: an exec'd interpreter, or a new Ray actor process.
+START_BOUND = {'ray': 45.0}
+DEFAULT_START_BOUND = 10.0
 
 
 @pytest.fixture(scope='module')
@@ -229,7 +232,8 @@ def test_a_worker_is_online_before_its_code_builds_a_cluster_worker(kind: str) -
         return [name for name, _ in trace.of(1)]
 
     # Without ONLINE the worker would be killed by its ready timeout, and the trace would say so.
-    assert run_on(kind, scenario, target='idle', script_args=('import',), ready_timeout=5.0) == ['worker_online']
+    bound = START_BOUND.get(kind, DEFAULT_START_BOUND)
+    assert run_on(kind, scenario, target='idle', script_args=('import',), ready_timeout=bound) == ['worker_online']
 
 
 # -- EOF ---------------------------------------------------------------------------------
@@ -298,7 +302,7 @@ def test_a_script_that_never_imports_isocluster_is_online() -> None:
         await trace.until(lambda: trace.count('worker_online') == 1 or trace.count('worker_exit') == 1)
         return [name for name, _ in trace.of(1)]
 
-    assert run_on('script', scenario, target='idle', ready_timeout=5.0) == ['worker_online']
+    assert run_on('script', scenario, target='idle', ready_timeout=DEFAULT_START_BOUND) == ['worker_online']
 
 
 def test_a_script_runs_as_main_with_its_own_argv_and_path() -> None:
