@@ -7,9 +7,9 @@ preallocated buffer, feeds a `protocol.FrameDecoder` and reports frames, EOF and
 
 Worker side: `_ChildLink` is the worker's `PrimaryLink`. In target mode the forked child
 builds it and runs the target on a fresh loop (`_run_child`); in script mode the child
-execs `sys.executable script *args` and the script finds its link in the environment
-(`link_from_environment`). Either way the child ends with `os._exit`: it never returns
-into the parent's code.
+execs the script through a bootstrap that writes ONLINE first (`bootstrap.py`), and the
+script finds its link in the environment (`link_from_environment`). Either way the child
+ends with `os._exit`: it never returns into the parent's code.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from typing import Any
 
 from .. import protocol
 from ..errors import ProtocolError, TransportError
-from . import base
+from . import base, bootstrap, watchdog
 from .partial import DEFAULT_FRAME_TIMEOUT, PartialFrameDeadline, check_frame_timeout
 
 output_logger = logging.getLogger('isocluster.worker')
@@ -714,6 +714,7 @@ class ProcessTransport(base.RealLoopTransport):
         parent_pid = os.getpid()
         own_link = _worker_link  # this process's link, when a worker starts workers of its own
         child_loop = self._child_loop() if spec.script is None else None
+        watchdog_fd = watchdog.primary_fd()
         _flush_stdio()
         # Signals stay blocked across the fork until the child has detached the parent's
         # wakeup fd: a signal caught in between would wake the primary's loop as its own.
@@ -730,7 +731,8 @@ class ProcessTransport(base.RealLoopTransport):
             self._close_pipes(pipes)
             raise TransportError(f'could not fork worker {spec.id}: {exc}', worker_id=spec.id) from exc
         if pid == 0:
-            _run_child(spec, child_sock, parent_pid, mask, plan, own_link, child_loop, self.max_frame_size)  # never returns
+            _run_child(spec, child_sock, parent_pid, mask, plan, own_link, child_loop, self.max_frame_size,
+                       watchdog_fd)  # never returns
         _signal.pthread_sigmask(signal.SIG_SETMASK, mask)
         if child_loop is not None:
             _disown_loop(child_loop)  # the child's now
@@ -745,6 +747,7 @@ class ProcessTransport(base.RealLoopTransport):
             parent_sock.close()
             self._close_pipes(pipes, write_ends=False)
             raise TransportError(f'could not watch worker {spec.id}: {exc}', worker_id=spec.id) from exc
+        watchdog.register(pid, pidfd)
         self._fds.add(pidfd)
         link = _WorkerLink(self, spec, pid, parent_sock, pidfd, listener)
         self._links.add(link)
@@ -912,10 +915,12 @@ class _ChildLink(_FrameWriter, base.ThreadedPrimaryLink):
     def _worker_id(self) -> int | None:
         return self.worker_id
 
-    def _start(self) -> None:
-        """Write ONLINE and start reading. Called once the link is the current one, so the
-        reader's callbacks run in a context where `current_link()` is this link."""
-        self.write(protocol.ONLINE, None)
+    def _start(self, write_online: bool = True) -> None:
+        """Write ONLINE (unless the script bootstrap did) and start reading. Called once the
+        link is the current one, so the reader's callbacks run in a context where
+        `current_link()` is this link."""
+        if write_online:
+            self.write(protocol.ONLINE, None)
         self._reading = True
         self.loop.add_reader(self._sock.fileno(), self._on_readable)
 
@@ -1028,6 +1033,13 @@ class _ChildLink(_FrameWriter, base.ThreadedPrimaryLink):
 
     # ending
 
+    def arm_kill_timer(self, seconds: float) -> None:
+        before = self._kill_deadline
+        super().arm_kill_timer(seconds)
+        if self._kill_deadline != before:
+            # The timer above is a thread: it needs the GIL. The watchdog does not.
+            watchdog.report_deadline(self._kill_deadline)  # type: ignore[arg-type]
+
     def _end_now(self, code: int) -> None:
         os._exit(code)  # no flush: a blocked main thread may hold the stdout lock
 
@@ -1077,6 +1089,7 @@ def _target_done(task: asyncio.Future[Any]) -> None:
 # a watchdog thread: a worker whose loop has not reached primary_disconnect (and so armed its
 # kill timer) shortly after the primary died is blocked, and ends there (R118). Before the
 # handler is installed the signal's default action, termination, applies.
+# Both stages need the worker's GIL; watchdog.py is the last stage, which does not.
 _PARENT_DEATH_SIGNAL = signal.SIGRTMIN + 1 if hasattr(signal, 'SIGRTMIN') else signal.SIGUSR2
 PARENT_DEATH_WATCHDOG = 1.5  # seconds
 
@@ -1111,7 +1124,7 @@ def _arm_parent_death_signal(parent_pid: int) -> None:
 
 def _run_child(spec: base.WorkerSpec, sock: socket.socket, parent_pid: int, mask: Any,
                plan: dict[int, Any], parent_link: '_ChildLink | None', loop: asyncio.AbstractEventLoop | None,
-               max_frame_size: int) -> None:
+               max_frame_size: int, watchdog_fd: int | None = None) -> None:
     """The forked child. Never returns: every path ends in os._exit."""
     code = 1
     try:
@@ -1125,6 +1138,7 @@ def _run_child(spec: base.WorkerSpec, sock: socket.socket, parent_pid: int, mask
         _transports.clear()
         if parent_link is not None:
             _close_socket_in_child(parent_link._sock)
+        watchdog.become_worker(watchdog_fd)
         opened = []
         for number, target in plan.items():
             if target == 'devnull':
@@ -1174,8 +1188,12 @@ def _exec_script(spec: base.WorkerSpec, sock: socket.socket, max_frame_size: int
     env[base.WORKER_FD_ENV] = str(fd)
     env[base.WORKER_CODEC_ENV] = spec.codec.name
     env[base.MAX_FRAME_ENV] = str(max_frame_size)
+    report = watchdog.report_fd()
+    if report is not None:
+        os.set_inheritable(report, True)
+        env[watchdog.WATCHDOG_FD_ENV] = str(report)
     try:
-        os.execve(sys.executable, [sys.executable, spec.script, *spec.args], env)  # type: ignore[list-item]
+        os.execve(sys.executable, bootstrap.exec_argv(sys.executable, spec.script, spec.args), env)  # type: ignore[arg-type]
     except OSError as exc:
         print(f'isocluster: could not exec {sys.executable} {spec.script}: {exc}', file=sys.stderr)
         _flush_stdio()
@@ -1224,9 +1242,15 @@ def link_from_environment() -> base.PrimaryLink:
         fd = int(os.environ[base.WORKER_FD_ENV])
         codec = protocol.get_codec(os.environ.get(base.WORKER_CODEC_ENV, 'json'))
         max_frame_size = int(os.environ.get(base.MAX_FRAME_ENV, protocol.DEFAULT_MAX_FRAME_SIZE))
+        online_sent = os.environ.get(bootstrap.ONLINE_SENT_ENV) == '1'
         # Grandchildren (subprocesses of the script) are not workers.
-        for name in (base.WORKER_ID_ENV, base.WORKER_FD_ENV, base.WORKER_CODEC_ENV, base.MAX_FRAME_ENV):
+        watchdog_fd = os.environ.get(watchdog.WATCHDOG_FD_ENV)
+        for name in (base.WORKER_ID_ENV, base.WORKER_FD_ENV, base.WORKER_CODEC_ENV, base.MAX_FRAME_ENV,
+                     bootstrap.ONLINE_SENT_ENV, watchdog.WATCHDOG_FD_ENV):
             os.environ.pop(name, None)
+        if watchdog_fd is not None:
+            os.set_inheritable(int(watchdog_fd), False)
+            watchdog.become_worker(int(watchdog_fd))
         sock = socket.socket(fileno=fd)
         sock.set_inheritable(False)
         loop = _new_script_loop()
@@ -1235,7 +1259,7 @@ def link_from_environment() -> base.PrimaryLink:
         _install_parent_death_handler()
         _worker_link = _ChildLink(worker_id, codec, sock, loop, exit_on_finish=False, max_frame_size=max_frame_size)
         base._current_link.set(_worker_link)
-        _worker_link._start()
+        _worker_link._start(write_online=not online_sent)
     else:
         base._current_link.set(_worker_link)
     return _worker_link

@@ -454,6 +454,7 @@ class RayTransport(base.RealLoopTransport):
         try:
             actor = actor_class.options(**options).remote(
                 spec.id, self._codec_argument(spec.codec), spec.target, self._discarded_streams(spec),
+                self.max_frame_size,
             )
         except Exception as exc:
             raise TransportError(f'could not start worker {spec.id} as a Ray actor: {exc!r}', worker_id=spec.id) from exc
@@ -542,12 +543,13 @@ class _RayPrimaryLink(base.ThreadedPrimaryLink):
     """The worker's end; lives on the worker's loop thread, fed by the actor's loop."""
 
     def __init__(self, runtime: '_Runtime', worker_id: int, codec: protocol.Codec,
-                 loop: asyncio.AbstractEventLoop) -> None:
+                 loop: asyncio.AbstractEventLoop, max_frame_size: int) -> None:
         self.worker_id = worker_id
         self.codec = codec
         self.loop = loop
+        self.max_frame_size = max_frame_size  # the transport's, so a worker's send rejects what the primary would
         self._runtime = runtime
-        self._decoder = protocol.FrameDecoder()
+        self._decoder = protocol.FrameDecoder(max_frame_size)
         self._receiver: base.LinkReceiver | None = None
         self._backlog: collections.deque[protocol.Frame] = collections.deque()
         self._delivering = False
@@ -652,7 +654,8 @@ class _Runtime:
     pulls. `lock` guards the outbox, `eof`, `code` and the pull waiter, which the worker's
     thread, a kill-timer thread and the actor's loop all touch."""
 
-    def __init__(self, worker_id: int, codec: protocol.Codec, target: Callable[[], Any]) -> None:
+    def __init__(self, worker_id: int, codec: protocol.Codec, target: Callable[[], Any],
+                 max_frame_size: int = protocol.DEFAULT_MAX_FRAME_SIZE) -> None:
         self.worker_id = worker_id
         self.target = target
         self.lock = threading.Lock()
@@ -666,7 +669,7 @@ class _Runtime:
         self.acks: set[asyncio.Future[None]] = set()
         self.loop = asyncio.new_event_loop()
         self.loop.set_exception_handler(self._loop_exception)
-        self.link = _RayPrimaryLink(self, worker_id, codec, self.loop)
+        self.link = _RayPrimaryLink(self, worker_id, codec, self.loop, max_frame_size)
         # The worker's context: the link is bound in it, for the thread and for every
         # callback the actor's loop schedules on the worker's loop.
         self.context = contextvars.Context()
@@ -830,7 +833,8 @@ class _WorkerActor:
     """The Ray actor of one worker (an async actor: `deliver` and `pull` run on Ray's loop,
     the worker on its own loop in its own thread)."""
 
-    def __init__(self, worker_id: int, codec: Any, target: Callable[[], Any], discard: tuple[str, ...]) -> None:
+    def __init__(self, worker_id: int, codec: Any, target: Callable[[], Any], discard: tuple[str, ...],
+                 max_frame_size: int = protocol.DEFAULT_MAX_FRAME_SIZE) -> None:
         import ray
 
         if discard:
@@ -845,7 +849,7 @@ class _WorkerActor:
         except Exception:
             self._node_id = None
         codec = protocol.get_codec(codec) if isinstance(codec, str) else codec
-        self._runtime = _Runtime(worker_id, codec, target)
+        self._runtime = _Runtime(worker_id, codec, target, max_frame_size)
         self._runtime.thread.start()
 
     async def deliver(self, blob: bytes, eof: bool) -> None:
