@@ -38,6 +38,7 @@ _EVENTS = (
 
 
 _CONNECTED = frozenset(('online', 'ready'))
+DEFAULT_DRAIN_TIMEOUT = 5.0  # drain_timeout=None: this, or half of shutdown_timeout when that is shorter
 
 
 def _write_failure(target: WorkerHandle, error: TransportError) -> SendError:
@@ -53,6 +54,20 @@ async def _resolve_after_drain(future: 'asyncio.Future[None]', links: Iterable[A
     await asyncio.gather(*(link.drain() for link in links))
     if not future.done():
         future.set_result(None)
+
+
+def _check_drain_timeout(drain_timeout: Any, shutdown_timeout: float) -> float:
+    """The time a leaving worker gets to finish its connections. SIGTERM comes shutdown_timeout
+    after DISCONNECT, so the drain must end before it, with time left for the worker's cleanup."""
+    if drain_timeout is None:
+        return min(DEFAULT_DRAIN_TIMEOUT, shutdown_timeout / 2)
+    seconds = check_seconds('drain_timeout', drain_timeout)
+    if seconds and seconds >= shutdown_timeout:
+        raise ValueError(
+            f'drain_timeout ({seconds}) must be less than shutdown_timeout ({shutdown_timeout}): SIGTERM comes '
+            'shutdown_timeout after a worker is asked to leave; raise shutdown_timeout too'
+        )
+    return seconds
 
 
 class ClusterPrimary(Supervision, Initializable):
@@ -85,12 +100,14 @@ class ClusterPrimary(Supervision, Initializable):
         kill_timeout: float = 5.0,
         heartbeat_interval: float | None = None,
         heartbeat_timeout: float | None = None,
+        drain_timeout: float | None = None,
     ) -> None:
         self._configure(
             worker_target, worker_script, worker_args, worker_silent, worker_stdio, transport, codec,
             restart, restart_intensity, restart_period, restart_backoff, restart_policy,
             ready_timeout, shutdown_timeout, kill_timeout, heartbeat_interval, heartbeat_timeout,
         )
+        self._drain_timeout = _check_drain_timeout(drain_timeout, self._shutdown_timeout)
         self._state = 'new'
         self._next_id = 1
         self._live: dict[int, WorkerHandle] = {}
@@ -731,6 +748,7 @@ class ClusterPrimary(Supervision, Initializable):
         reload, self._reload = self._reload, None
         if reload is not None and reload.announced:
             self._call_soon(self._publish_reload_complete, reload.replaced, True)
+        self._close_shared_sockets()
         if not self._live:
             self._call_soon(self._publish_shut_down_complete)
             return
@@ -768,7 +786,7 @@ class ClusterPrimary(Supervision, Initializable):
         link = handle._link
         if link is not None and link.is_open and not handle._faulted:
             try:
-                link.write(protocol.DISCONNECT, None)
+                link.write(protocol.DISCONNECT, {'drain_timeout': self._drain_timeout} if self._drain_timeout else None)
             except TransportError:
                 pass
         if 'terminate' not in handle._timers and 'kill' not in handle._timers:
@@ -820,6 +838,13 @@ class ClusterPrimary(Supervision, Initializable):
                 handle._cancel_timers()
 
     # -- shared listening sockets ----------------------------------------------------
+
+    def _close_shared_sockets(self) -> None:
+        # Shutting down: once the last draining worker stops accepting, a new client is
+        # refused at once instead of waiting in the backlog to be reset at the primary's exit.
+        for sock in self._sockets.values():
+            sock.close()
+        self._sockets.clear()
 
     def _listen(self, handle: WorkerHandle, payload: Any) -> None:
         if not isinstance(payload, dict) or 'id' not in payload or 'address' not in payload:

@@ -208,6 +208,7 @@ class PrimaryLink(abc.ABC):
     loop: asyncio.AbstractEventLoop
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     ready_sent: bool = False  # READY goes out at most once per worker process (R105)
+    draining: bool = False  # the primary asked this worker to leave; it is finishing its work
 
     @property
     @abc.abstractmethod

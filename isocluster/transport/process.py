@@ -1021,6 +1021,12 @@ def _fatal_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str,
     if error is None or 'never retrieved' in context.get('message', ''):
         loop.default_exception_handler(context)
         return
+    link = _worker_link
+    if isinstance(error, asyncio.CancelledError) and link is not None and link._finished:
+        # The worker is ending and cancels its tasks: Python 3.11's asyncio.start_server calls
+        # task.exception() on a cancelled connection handler from a done-callback (3.12 checks
+        # cancelled() first). That is the end the worker is already taking, not a new failure.
+        return
     _die(error, context.get('message'))
 
 
