@@ -12,6 +12,11 @@ from __future__ import annotations
 
 import asyncio
 import http.client
+import os
+import re
+import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -36,9 +41,10 @@ class Load:
     """CLIENTS threads sending GET / until stopped; keep_alive reuses each connection until
     the server answers `Connection: close`."""
 
-    def __init__(self, port: int, keep_alive: bool) -> None:
+    def __init__(self, port: int, keep_alive: bool, answer: str = 'Hello from worker') -> None:
         self.port = port
         self.keep_alive = keep_alive
+        self.answer = answer
         self.stopping = threading.Event()
         self.lock = threading.Lock()
         self.answered = 0
@@ -84,7 +90,7 @@ class Load:
                 response = connection.getresponse()
                 body = response.read().decode()
                 closing = response.getheader('Connection', '').lower() == 'close'
-                if response.status != 200 or not body.startswith('Hello from worker'):
+                if response.status != 200 or not body.startswith(self.answer):
                     raise AssertionError(f'unexpected answer {response.status} {body!r}')
             except Exception as error:
                 with self.lock:
@@ -280,3 +286,82 @@ def test_a_worker_whose_requests_outlast_drain_timeout_ends_at_it_before_sigterm
     assert exit_ == (0, None)  # ended by itself: SIGTERM would come at shutdown_timeout=10
     assert drained >= 0.1
     assert all(answer != 'slow' for answer in answers)  # cut at the deadline: nothing hangs
+
+
+# -- the --listen target of `isocluster run` ---------------------------------------------------
+
+LISTEN_APP = """
+import asyncio
+
+from isocluster import ClusterWorker
+
+
+async def serve(sock):
+    async def handle(reader, writer):
+        await reader.readuntil(b'\\r\\n\\r\\n')
+        body = f'worker {ClusterWorker.worker_id}'.encode()
+        writer.write(b'HTTP/1.1 200 OK\\r\\nContent-Length: %d\\r\\nConnection: close\\r\\n\\r\\n%s' % (len(body), body))
+        await writer.drain()
+        writer.close()
+
+    await asyncio.start_server(handle, sock=sock)
+"""
+
+
+class Command:
+    """`python -m isocluster ARGS` in its own session, its output lines collected by a thread."""
+
+    def __init__(self, args: list[str], cwd: Path) -> None:
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get('PYTHONPATH')])))
+        self.process = subprocess.Popen([sys.executable, '-m', 'isocluster', *args], cwd=cwd, env=env,
+                                        stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                        text=True, start_new_session=True)
+        self.lines: list[str] = []
+        self.changed = threading.Condition()
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        for line in self.process.stdout:
+            with self.changed:
+                self.lines.append(line.rstrip('\n'))
+                self.changed.notify_all()
+
+    def wait_for(self, pattern: str, count: int = 1) -> list[re.Match[str]]:
+        regex = re.compile(pattern)
+        with self.changed:
+            found = lambda: [m for m in map(regex.search, self.lines) if m]
+            if not self.changed.wait_for(lambda: len(found()) >= count, timeout=SOCKET_TIMEOUT * 2):
+                raise AssertionError(f'no {count} lines matching {pattern!r}:\n' + '\n'.join(self.lines))
+            return found()
+
+    def kill_group(self) -> None:
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.process.wait(SOCKET_TIMEOUT)
+        self.reader.join(SOCKET_TIMEOUT)
+
+
+async def answered(load: Load, count: int) -> None:
+    await load.until_answered(count)
+
+
+def test_a_sighup_reload_of_isocluster_run_listen_under_load_loses_no_request(tmp_path):
+    (tmp_path / 'app.py').write_text(LISTEN_APP)
+    command = Command(['run', 'app:serve', '--workers', '2', '--listen', '127.0.0.1:0'], tmp_path)
+    try:
+        port = int(command.wait_for(r'listening on 127\.0\.0\.1:(\d+)$')[0].group(1))
+        command.wait_for(r'worker \d+ ready', count=2)
+        with Load(port, keep_alive=False, answer='worker ') as load:
+            asyncio.run(answered(load, 200))
+            command.process.send_signal(signal.SIGHUP)
+            command.wait_for(r'reload complete: 2 workers replaced')
+            asyncio.run(answered(load, 200))
+        command.process.send_signal(signal.SIGTERM)
+        assert command.process.wait(SOCKET_TIMEOUT * 2) == 0
+    finally:
+        command.kill_group()
+    assert load.failures == [] and load.refused == []
+    assert {'worker 3', 'worker 4'} & load.answered_by
