@@ -471,6 +471,20 @@ class ClusterPrimary(Supervision, Initializable):
     def closed(self) -> bool:
         return self._closed
 
+    async def __aenter__(self) -> 'ClusterPrimary':
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        """Leaving `async with`: a graceful shutdown, awaited (bounded by the shutdown timeouts),
+        then destroy() releases the shared sockets and a transport the primary created."""
+        if self._state in ('new', 'active'):
+            self.shut_down()
+        try:
+            await self.wait_closed()
+        finally:
+            if self._state != 'destroyed':
+                self.destroy()
+
     # -- forking ---------------------------------------------------------------------
 
     def _spec(self, worker_id: int) -> WorkerSpec:
