@@ -853,6 +853,17 @@ class ClusterPrimary(Supervision, Initializable):
 
     # -- shared listening sockets ----------------------------------------------------
 
+    def bind(self, address: Any) -> Any:
+        """Bind a shared address now, for the workers that will `listen()` on it: a busy or
+        forbidden address fails here (OSError), before any worker is forked. Returns the bound
+        address (the chosen port for port 0)."""
+        key = tuple(address) if isinstance(address, list) else address
+        sock = self._sockets.get(key)
+        if sock is None:
+            sock = self._transport.bind(key)
+            self._sockets[key] = sock
+        return sock.getsockname()
+
     def _close_shared_sockets(self) -> None:
         # Shutting down: once the last draining worker stops accepting, a new client is
         # refused at once instead of waiting in the backlog to be reset at the primary's exit.
