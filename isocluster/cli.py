@@ -42,10 +42,11 @@ How FUNCTION is called in each worker:
                      its ClusterWorker and calls worker.run(). With --listen the address is
                      in the environment variable ISOCLUSTER_LISTEN.
 
-Signals to the primary: SIGTERM or SIGINT: graceful shutdown (DISCONNECT, then SIGTERM
-after --shutdown-timeout, then SIGKILL after --kill-timeout); a second SIGINT: kill every
-worker at once; SIGHUP: rolling reload (each worker replaced by a new one, new ready before
-old leaves).
+Signals to the primary: SIGTERM or SIGINT: graceful shutdown (each worker stops accepting
+and finishes its connections within --drain-timeout, then SIGTERM after --shutdown-timeout,
+then SIGKILL after --kill-timeout); a second SIGINT: kill every worker at once; SIGHUP:
+rolling reload (each worker replaced by a new one, new ready before old leaves); SIGTTIN:
+one worker more; SIGTTOU: one worker less (never below one).
 
 Exit status: 0 after a shutdown asked for by a signal (or once every worker has ended
 cleanly and none is replaced); 1 when the cluster ended because workers kept failing or the
@@ -458,7 +459,7 @@ def run(parser: argparse.ArgumentParser, arguments: argparse.Namespace, stream: 
     primary.after('worker_exit', lambda event: primary.transport.loop.call_soon(check_empty))
     reporter.line(
         f'primary pid {os.getpid()}: {arguments.workers} worker(s) running {what} '
-        f'(restart={arguments.restart}); SIGTERM/SIGINT: shut down, SIGHUP: reload'
+        f'(restart={arguments.restart}); SIGTERM/SIGINT: shut down, SIGHUP: reload, SIGTTIN/SIGTTOU: one worker more/less'
     )
     primary.fork(worker_count=arguments.workers)
     try:

@@ -429,7 +429,8 @@ class ClusterPrimary(Supervision, Initializable):
         }
 
     def run(self) -> None:
-        """Drive the primary's loop until it is closed; SIGTERM/SIGINT shut down, SIGHUP reloads."""
+        """Drive the primary's loop until it is closed; SIGTERM/SIGINT shut down, SIGHUP reloads,
+        SIGTTIN / SIGTTOU add / retire one worker."""
         loop = self._pubsub_loop()
         if loop.is_running():
             raise RuntimeError('run(): the primary\'s loop is already running; use await primary.wait_closed()')
@@ -451,6 +452,8 @@ class ClusterPrimary(Supervision, Initializable):
             SIGTERM: lambda: self._guarded(terminated),
             Signals.SIGINT: lambda: self._guarded(interrupted),
             Signals.SIGHUP: lambda: self._guarded(self.reload),
+            Signals.SIGTTIN: lambda: self._guarded(self._scale_by, 1),
+            Signals.SIGTTOU: lambda: self._guarded(self._scale_by, -1),
         })
         try:
             loop.run_until_complete(self.wait_closed())
@@ -458,6 +461,18 @@ class ClusterPrimary(Supervision, Initializable):
             restore()
             if self._owns_transport:
                 self._transport.close()  # now that the loop has stopped, it can be closed too
+
+    def _scale_by(self, step: int) -> None:
+        """SIGTTIN / SIGTTOU: one worker more or less than those staying (never below one, as
+        gunicorn). A reload step's leaving worker is not counted: its new one takes its place."""
+        reload = self._reload
+        leaving = reload.old if reload is not None and reload.new is not None else None
+        staying = sum(1 for handle in self._live.values() if not handle._retired and handle is not leaving)
+        if staying + step < 1:
+            logger.warning('SIGTTOU: the last worker is not retired; SIGTERM shuts the cluster down',
+                           extra={'reason': 'scale_by_signal'})
+            return
+        self.scale(staying + step)
 
     async def wait_closed(self) -> None:
         if not self._closed:

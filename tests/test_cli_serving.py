@@ -4,12 +4,13 @@ on fails once, before any worker is forked; each worker exit is printed once."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
 from pathlib import Path
 
-import pytest
+from command_helpers import Command
 
 ROOT = Path(__file__).resolve().parent.parent
 WAIT = 20.0
@@ -66,3 +67,26 @@ def test_each_worker_exit_is_printed_once(tmp_path):
 def test_a_drain_timeout_not_below_shutdown_timeout_is_a_bad_argument(tmp_path):
     result = isocluster(tmp_path, 'app:serve', '--drain-timeout', '5', '--shutdown-timeout', '5')
     assert result.returncode == 2 and 'must be less than shutdown_timeout' in result.stderr
+
+
+def test_sigttin_adds_a_worker_and_sigttou_retires_one_never_the_last(tmp_path):
+    (tmp_path / 'app.py').write_text(APP)
+    command = Command(['run', 'app:serve', '--workers', '2', '--listen', '127.0.0.1:0'], tmp_path)
+    try:
+        command.wait_for(r'worker \d+ ready', count=2)
+        command.process.send_signal(signal.SIGTTIN)
+        command.wait_for(r'worker 3 ready \(3/2 ready\)')
+        for retired in (1, 2):  # one at a time: a signal sent while the same one is pending is lost
+            command.process.send_signal(signal.SIGTTOU)
+            command.wait_for(r'worker \d exited \(code 0, after disconnect\)', count=retired)
+        command.process.send_signal(signal.SIGTTOU)
+        command.wait_for(r'SIGTTOU: the last worker is not retired; SIGTERM shuts the cluster down$')
+        command.process.send_signal(signal.SIGTERM)
+        assert command.process.wait(WAIT) == 0
+        command.reader.join(WAIT)
+    finally:
+        command.kill_group()
+    exits = [line for line in command.lines if 'exited' in line]
+    assert exits[:2] == ['isocluster: worker 3 exited (code 0, after disconnect)',
+                         'isocluster: worker 2 exited (code 0, after disconnect)']  # the newest leave first
+    assert len(exits) == 3  # the last one left at the SIGTERM
