@@ -880,10 +880,10 @@ class ClusterPrimary(Supervision, Initializable):
         return sock.getsockname()
 
     def _close_shared_sockets(self) -> None:
-        # Shutting down: once the last draining worker stops accepting, a new client is
-        # refused at once instead of waiting in the backlog to be reset at the primary's exit.
+        # Shutting down: new clients are refused while the draining workers still accept the
+        # ones queued, instead of waiting in the backlog to be reset at the last close.
         for sock in self._sockets.values():
-            sock.close()
+            self._transport.close_listening(sock)
         self._sockets.clear()
 
     def _listen(self, handle: WorkerHandle, payload: Any) -> None:

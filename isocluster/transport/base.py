@@ -118,6 +118,33 @@ def bind_listening(address: Any) -> Any:
     raise ValueError(f'address: expected a (host, port) tuple or a Unix socket path, got {address!r}')
 
 
+_SO_ATTACH_FILTER = 26  # Linux, every architecture
+
+
+def refuse_new_connections(sock: Any) -> None:
+    """Make a listening socket drop new connection attempts while the connections already in
+    its accept queue stay there to be accepted (Linux: a socket filter that drops every packet,
+    applied before the listener sees a SYN). Closing a listening socket resets the queued
+    connections whose clients have already sent their request; with this first, a client
+    that comes later retries its SYN and is refused once the socket is closed. Elsewhere a no-op."""
+    if not sys.platform.startswith('linux'):
+        return
+    import ctypes
+    import socket
+
+    class Instruction(ctypes.Structure):
+        _fields_ = [('code', ctypes.c_uint16), ('jt', ctypes.c_uint8), ('jf', ctypes.c_uint8), ('k', ctypes.c_uint32)]
+
+    class Program(ctypes.Structure):
+        _fields_ = [('len', ctypes.c_ushort), ('filter', ctypes.POINTER(Instruction))]
+
+    drop_all = (Instruction * 1)(Instruction(0x06, 0, 0, 0))  # BPF_RET | BPF_K 0: keep no byte
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, bytes(Program(1, drop_all)))
+    except OSError:
+        pass  # no socket filters here: closing is all that can be done
+
+
 @dataclass(frozen=True)
 class WorkerSpec:
     """What to start: the core fills it from the primary's options."""
@@ -267,6 +294,15 @@ class Transport(abc.ABC):
     def bind(self, address: Any) -> Any:
         """Bind and listen on `address` (a `(host, port)` tuple or a Unix path); returns the
         listening socket. Raises OSError."""
+
+    def close_listening(self, sock: Any) -> None:
+        """The cluster is shutting down: refuse new connections on a shared socket `bind()`
+        returned, keep those queued for the workers still accepting, close this copy."""
+        import socket
+
+        if getattr(sock, 'family', None) in (socket.AF_INET, socket.AF_INET6):  # TCP: a Unix socket refuses no SYN
+            refuse_new_connections(sock)
+        sock.close()
 
     def random(self) -> float:
         """A uniform draw in [0, 1): seeded on the memory transport."""
