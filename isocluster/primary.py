@@ -116,6 +116,7 @@ class ClusterPrimary(Supervision, Initializable):
         self._round_robin_history: dict[Any, dict[int, int]] = {}
         self._round_robin_counter = 0
         self._sockets: dict[Any, Any] = {}
+        self._reuse_port_addresses: dict[Any, Any] = {}  # asked address -> the one the first socket got
         self._restart_times: deque[float] = deque()
         self._replacement_stopped = False
         self._backoff_attempt = 0
@@ -891,10 +892,11 @@ class ClusterPrimary(Supervision, Initializable):
             return self._protocol_violation(handle, 'a malformed LISTEN frame')
         address = payload['address']
         key = tuple(address) if isinstance(address, list) else address
-        sock = self._sockets.get(key)
+        reuse_port = payload.get('reuse_port') is True
+        sock = None if reuse_port else self._sockets.get(key)
         if sock is None:
             try:
-                sock = self._transport.bind(key)
+                sock = self._bind_for(key, reuse_port)
             except (OSError, ValueError, TypeError) as error:
                 try:
                     handle._link.write(protocol.LISTENING, {
@@ -904,13 +906,24 @@ class ClusterPrimary(Supervision, Initializable):
                 except TransportError:
                     pass
                 return
-            self._sockets[key] = sock
         bound = sock.getsockname()
         try:
-            handle._link.send_socket(sock, {'id': payload['id'], 'address': bound})
+            handle._link.send_socket(sock, {'id': payload['id'], 'address': bound, **({'reuse_port': True} if reuse_port else {})})
         except TransportError:
             return
+        finally:
+            if reuse_port:
+                sock.close()  # the worker's copy is the only one: the socket ends with its worker
         self._publish('worker_listening', {'worker': handle, 'address': bound})
+
+    def _bind_for(self, key: Any, reuse_port: bool) -> Any:
+        if not reuse_port:
+            sock = self._sockets[key] = self._transport.bind(key)
+            return sock
+        # Each worker gets a SO_REUSEPORT socket of its own; port 0 is the port the first one got.
+        sock = self._transport.bind(self._reuse_port_addresses.get(key, key), reuse_port=True)
+        self._reuse_port_addresses[key] = sock.getsockname()
+        return sock
 
     # -- logging ---------------------------------------------------------------------
 

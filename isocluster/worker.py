@@ -194,11 +194,15 @@ class ClusterWorker(Initializable):
             raise _not_a_worker(method)
         return link, protocol.encode_message(link.codec, message, link.max_frame_size, link.worker_id, overhead)
 
-    async def listen(self, address: Any) -> Any:
-        """A listening socket for `address`, bound once by the primary and shared by every worker."""
+    async def listen(self, address: Any, *, reuse_port: bool = False) -> Any:
+        """A listening socket for `address`, bound once by the primary and shared by every worker;
+        `reuse_port=True` (TCP, Linux): a SO_REUSEPORT socket of this worker's own on the same
+        address, so that the kernel balances connections among the workers."""
         link = self._link
         if link is None:
             raise _not_a_worker('listen')
+        if type(reuse_port) is not bool:
+            raise TypeError(f'reuse_port: expected True or False, got {reuse_port!r}')
         if isinstance(address, tuple):
             if len(address) != 2 or not isinstance(address[0], str) or type(address[1]) is not int:
                 raise ValueError(f'address: expected (host, port) or a Unix socket path, got {address!r}')
@@ -212,7 +216,7 @@ class ClusterWorker(Initializable):
         future = self._pubsub_loop().create_future()
         self._listen_requests[request] = future
         try:
-            link.write(protocol.LISTEN, {'id': request, 'address': wire_address})
+            link.write(protocol.LISTEN, {'id': request, 'address': wire_address, **({'reuse_port': True} if reuse_port else {})})
         except TransportError as error:
             self._listen_requests.pop(request, None)
             raise ListenError('listen(): the link to the primary is closed', worker_id=link.worker_id) from error

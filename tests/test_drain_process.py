@@ -325,3 +325,71 @@ def test_a_sighup_reload_of_isocluster_run_listen_under_load_loses_no_request(tm
         command.kill_group()
     assert load.failures == [] and load.refused == []
     assert {'worker 3', 'worker 4'} & load.answered_by
+
+
+# -- listen(reuse_port=True): a socket per worker ---------------------------------------------
+
+REUSE_PORT_WORKER = {'worker_script': str(ROOT / 'tests' / 'workers' / 'reuse_port_http.py'), 'worker_args': []}
+
+
+def sockets_of(primary: Any, count: int) -> 'asyncio.Future[dict[int, dict]]':
+    """{worker id: what its socket is}, once `count` workers reported theirs."""
+    future = primary.transport.loop.create_future()
+    sockets: dict[int, dict] = {}
+
+    def on_message(event: Any) -> None:
+        sockets[event.data['worker'].id] = event.data['message']
+        if len(sockets) >= count and not future.done():
+            future.set_result(dict(sockets))
+
+    primary.on('worker_message', on_message)
+    return future
+
+
+def test_reuse_port_gives_each_worker_its_own_socket_on_one_port_and_the_kernel_spreads_connections():
+    async def scenario(primary):
+        port, sockets = listening_port(primary, 2), sockets_of(primary, 2)
+        primary.fork(worker_count=2)
+        port, sockets = await port, await sockets
+        with Load(port, keep_alive=False) as load:
+            await load.until_answered(200)
+        return sockets, load
+
+    sockets, load = run_cluster('process', scenario, **REUSE_PORT_WORKER)
+    assert len({socket['inode'] for socket in sockets.values()}) == 2  # two sockets, not one shared
+    assert all(socket['reuse_port'] == 1 for socket in sockets.values())
+    assert load.failures == [] and load.answered_by == {'Hello from worker 1', 'Hello from worker 2'}
+
+
+@KEEP_ALIVE
+def test_reuse_port_workers_reload_scale_down_and_shut_down_under_load_losing_no_request(keep_alive):
+    # A leaving worker's own socket has its own accept queue, reset when it closes: the worker
+    # drops new SYNs on it first (their clients retry, reaching the other sockets), accepts
+    # what is queued, then closes.
+    async def scenario(primary):
+        port = listening_port(primary, 2)
+        primary.fork(worker_count=2)
+        port = await port
+        loop = primary.transport.loop
+        with Load(port, keep_alive) as load:
+            await load.until_answered(200)
+            reloaded = loop.create_future()
+            primary.once_after('reload_complete', lambda event: reloaded.set_result(None))
+            primary.reload()
+            await reloaded
+            await load.until_answered(200)
+            left = loop.create_future()
+            primary.once_after('worker_exit', lambda event: left.set_result(None))
+            primary.scale(1)
+            await left
+            await load.until_answered(200)
+            answered_before_shutdown = load.answered
+            primary.shut_down()
+            await primary.wait_closed()
+            while not load.refused:
+                await asyncio.sleep(0.01)
+        return load, answered_before_shutdown
+
+    load, answered_before_shutdown = run_cluster('process', scenario, **REUSE_PORT_WORKER, shutdown_timeout=10)
+    assert load.failures == []
+    assert load.answered >= answered_before_shutdown >= 600

@@ -92,12 +92,16 @@ def signal_of(value: 'int | Signals | None') -> 'Signals | None':
         raise ValueError(f'signal: {value!r} is not a signal number') from None
 
 
-def bind_listening(address: Any) -> Any:
+def bind_listening(address: Any, reuse_port: bool = False) -> Any:
     """A listening socket for a `(host, port)` tuple or a Unix socket path (the one way both
-    transports bind shared addresses). Raises OSError, or ValueError for a malformed address."""
+    transports bind shared addresses); `reuse_port`: with SO_REUSEPORT, one of several sockets on
+    the address among which the kernel balances connections. Raises OSError, or ValueError for
+    a malformed address."""
     import socket
     import stat
 
+    if isinstance(address, str) and reuse_port:
+        raise ValueError(f'reuse_port: only for a (host, port) address, not the Unix socket {address!r}')
     if isinstance(address, str):
         try:
             if stat.S_ISSOCK(os.stat(address).st_mode):
@@ -114,7 +118,7 @@ def bind_listening(address: Any) -> Any:
         return sock
     if isinstance(address, tuple) and len(address) == 2 and isinstance(address[0], str) and type(address[1]) is int:
         family = socket.AF_INET6 if ':' in address[0] else socket.AF_INET
-        return socket.create_server(address, family=family, backlog=128)
+        return socket.create_server(address, family=family, backlog=128, reuse_port=reuse_port)
     raise ValueError(f'address: expected a (host, port) tuple or a Unix socket path, got {address!r}')
 
 
@@ -291,9 +295,9 @@ class Transport(abc.ABC):
         """Start one worker. Raises TransportError when it cannot be started at all."""
 
     @abc.abstractmethod
-    def bind(self, address: Any) -> Any:
+    def bind(self, address: Any, reuse_port: bool = False) -> Any:
         """Bind and listen on `address` (a `(host, port)` tuple or a Unix path); returns the
-        listening socket. Raises OSError."""
+        listening socket (with SO_REUSEPORT for `reuse_port`). Raises OSError."""
 
     def close_listening(self, sock: Any) -> None:
         """The cluster is shutting down: refuse new connections on a shared socket `bind()`
