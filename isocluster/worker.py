@@ -9,9 +9,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any, ClassVar
 
-from . import protocol
+from . import protocol, serving
 from .errors import EncodeError, ListenError, NotAWorkerError, PrimaryLost, ProtocolError, SendError, TransportError
-from . import serving
 from .lifecycle import Initializable
 from .routing import PendingRequests, Request, route
 from .checks import check_seconds
@@ -309,8 +308,10 @@ class ClusterWorker(Initializable):
         servers = self._drain_servers
         for server in servers:
             server.close()  # stops accepting and closes this worker's dup of the listening socket
-        held = [serving.connections_closed(server) for server in servers if serving.has_connections(server)]
-        held += [task for task in self._ps_tasks - self._tasks_before_drain if not task.done()]
+        held: list[Any] = []
+        if self._drain_timeout > 0:  # else R111 as ever: destroy on the next loop turn
+            held += [serving.connections_closed(server) for server in servers if serving.has_connections(server)]
+            held += [task for task in self._ps_tasks - self._tasks_before_drain if not task.done()]
         if held:
             self._spawn(self._drain_then_destroy(held))
         else:
