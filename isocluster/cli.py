@@ -12,6 +12,7 @@ import asyncio
 import functools
 import importlib
 import inspect
+import logging
 import os
 import sys
 from typing import Any, Callable, Sequence, TextIO
@@ -41,10 +42,11 @@ How FUNCTION is called in each worker:
                      its ClusterWorker and calls worker.run(). With --listen the address is
                      in the environment variable ISOCLUSTER_LISTEN.
 
-Signals to the primary: SIGTERM or SIGINT: graceful shutdown (DISCONNECT, then SIGTERM
-after --shutdown-timeout, then SIGKILL after --kill-timeout); a second SIGINT: kill every
-worker at once; SIGHUP: rolling reload (each worker replaced by a new one, new ready before
-old leaves).
+Signals to the primary: SIGTERM or SIGINT: graceful shutdown (each worker stops accepting
+and finishes its connections within --drain-timeout, then SIGTERM after --shutdown-timeout,
+then SIGKILL after --kill-timeout); a second SIGINT: kill every worker at once; SIGHUP:
+rolling reload (each worker replaced by a new one, new ready before old leaves); SIGTTIN:
+one worker more; SIGTTOU: one worker less (never below one).
 
 Exit status: 0 after a shutdown asked for by a signal (or once every worker has ended
 cleanly and none is replaced); 1 when the cluster ended because workers kept failing or the
@@ -98,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
                              help='after asking a worker to leave, wait S seconds before SIGTERM (default: 10)')
     supervision.add_argument('--kill-timeout', type=_seconds, default=5.0, metavar='S',
                              help='after SIGTERM, wait S seconds before SIGKILL (default: 5)')
+    supervision.add_argument('--drain-timeout', type=_seconds, default=None, metavar='S',
+                             help='a leaving worker stops accepting and gets S seconds to finish its '
+                                  'connections; less than --shutdown-timeout (default: 5, at most half of it)')
     supervision.add_argument('--heartbeat-interval', type=_positive_seconds, metavar='S',
                              help='ping every ready worker every S seconds (default: off)')
     supervision.add_argument('--heartbeat-timeout', type=_positive_seconds, metavar='S',
@@ -349,6 +354,7 @@ def _primary_options(arguments: argparse.Namespace) -> dict[str, Any]:
         'ready_timeout': arguments.ready_timeout,
         'shutdown_timeout': arguments.shutdown_timeout,
         'kill_timeout': arguments.kill_timeout,
+        'drain_timeout': arguments.drain_timeout,
         'heartbeat_interval': arguments.heartbeat_interval,
         'heartbeat_timeout': arguments.heartbeat_timeout,
     }
@@ -393,10 +399,52 @@ def _build_primary(parser: argparse.ArgumentParser, arguments: argparse.Namespac
         parser.error(str(error))
 
 
+class _LibraryLog(logging.Handler):
+    """The library's log records as the command's lines, except those the Reporter prints
+    already (worker exits and errors, the restart limit): each event is printed once."""
+
+    ESCALATIONS = ('shutdown_timeout', 'kill_timeout')  # SIGTERM / SIGKILL: only the log says so
+
+    def __init__(self, reporter: 'Reporter') -> None:
+        super().__init__(logging.WARNING)
+        self.reporter = reporter
+
+    def emit(self, record: logging.LogRecord) -> None:
+        reason = getattr(record, 'reason', None)
+        if hasattr(record, 'exit_code') or reason == 'restart_limit':
+            return
+        if hasattr(record, 'worker_id') and reason not in self.ESCALATIONS:
+            return  # a worker error
+        text = record.getMessage()
+        if record.exc_info:
+            text += '\n' + logging.Formatter().formatException(record.exc_info)
+        self.reporter.line(text)
+
+
+def _bind_listen_address(primary: ClusterPrimary, address: Any) -> str | None:
+    """Bind --listen before any worker is forked; the one line to print when it cannot be."""
+    try:
+        primary.bind(address)
+    except (OSError, ValueError) as error:
+        why = os.strerror(error.errno) if isinstance(error, OSError) and error.errno else str(error)
+        return f'cannot listen on {_format_address(address)}: {why}; no worker was started (free it or choose another)'
+    return None
+
+
 def run(parser: argparse.ArgumentParser, arguments: argparse.Namespace, stream: TextIO | None = None) -> int:
     stream = stream or sys.stdout
     primary, what = _build_primary(parser, arguments)
+    if arguments.listen is not None:
+        failure = _bind_listen_address(primary, arguments.listen)
+        if failure is not None:
+            primary.destroy()
+            print(PREFIX + failure, file=sys.stderr)
+            return 2
     reporter = Reporter(primary, arguments.workers, stream)
+    library_log = logging.getLogger('isocluster')
+    log_handler, propagate = _LibraryLog(reporter), library_log.propagate
+    library_log.addHandler(log_handler)
+    library_log.propagate = False
     state = {'shutting_down': False, 'empty': False}
 
     def check_empty() -> None:
@@ -411,7 +459,7 @@ def run(parser: argparse.ArgumentParser, arguments: argparse.Namespace, stream: 
     primary.after('worker_exit', lambda event: primary.transport.loop.call_soon(check_empty))
     reporter.line(
         f'primary pid {os.getpid()}: {arguments.workers} worker(s) running {what} '
-        f'(restart={arguments.restart}); SIGTERM/SIGINT: shut down, SIGHUP: reload'
+        f'(restart={arguments.restart}); SIGTERM/SIGINT: shut down, SIGHUP: reload, SIGTTIN/SIGTTOU: one worker more/less'
     )
     primary.fork(worker_count=arguments.workers)
     try:
@@ -419,6 +467,9 @@ def run(parser: argparse.ArgumentParser, arguments: argparse.Namespace, stream: 
     except Exception as error:
         reporter.line(f'fatal: {type(error).__name__}: {error}')
         return 1
+    finally:
+        library_log.removeHandler(log_handler)
+        library_log.propagate = propagate
     if state['empty']:
         return 1 if reporter.failed_exit or reporter.restart_limited else 0
     return 0

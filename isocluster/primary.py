@@ -38,6 +38,7 @@ _EVENTS = (
 
 
 _CONNECTED = frozenset(('online', 'ready'))
+DEFAULT_DRAIN_TIMEOUT = 5.0  # drain_timeout=None: this, or half of shutdown_timeout when that is shorter
 
 
 def _write_failure(target: WorkerHandle, error: TransportError) -> SendError:
@@ -53,6 +54,20 @@ async def _resolve_after_drain(future: 'asyncio.Future[None]', links: Iterable[A
     await asyncio.gather(*(link.drain() for link in links))
     if not future.done():
         future.set_result(None)
+
+
+def _check_drain_timeout(drain_timeout: Any, shutdown_timeout: float) -> float:
+    """The time a leaving worker gets to finish its connections. SIGTERM comes shutdown_timeout
+    after DISCONNECT, so the drain must end before it, with time left for the worker's cleanup."""
+    if drain_timeout is None:
+        return min(DEFAULT_DRAIN_TIMEOUT, shutdown_timeout / 2)
+    seconds = check_seconds('drain_timeout', drain_timeout)
+    if seconds and seconds >= shutdown_timeout:
+        raise ValueError(
+            f'drain_timeout ({seconds}) must be less than shutdown_timeout ({shutdown_timeout}): SIGTERM comes '
+            'shutdown_timeout after a worker is asked to leave; raise shutdown_timeout too'
+        )
+    return seconds
 
 
 class ClusterPrimary(Supervision, Initializable):
@@ -85,12 +100,14 @@ class ClusterPrimary(Supervision, Initializable):
         kill_timeout: float = 5.0,
         heartbeat_interval: float | None = None,
         heartbeat_timeout: float | None = None,
+        drain_timeout: float | None = None,
     ) -> None:
         self._configure(
             worker_target, worker_script, worker_args, worker_silent, worker_stdio, transport, codec,
             restart, restart_intensity, restart_period, restart_backoff, restart_policy,
             ready_timeout, shutdown_timeout, kill_timeout, heartbeat_interval, heartbeat_timeout,
         )
+        self._drain_timeout = _check_drain_timeout(drain_timeout, self._shutdown_timeout)
         self._state = 'new'
         self._next_id = 1
         self._live: dict[int, WorkerHandle] = {}
@@ -99,6 +116,7 @@ class ClusterPrimary(Supervision, Initializable):
         self._round_robin_history: dict[Any, dict[int, int]] = {}
         self._round_robin_counter = 0
         self._sockets: dict[Any, Any] = {}
+        self._reuse_port_addresses: dict[Any, Any] = {}  # asked address -> the one the first socket got
         self._restart_times: deque[float] = deque()
         self._replacement_stopped = False
         self._backoff_attempt = 0
@@ -413,7 +431,8 @@ class ClusterPrimary(Supervision, Initializable):
         }
 
     def run(self) -> None:
-        """Drive the primary's loop until it is closed; SIGTERM/SIGINT shut down, SIGHUP reloads."""
+        """Drive the primary's loop until it is closed; SIGTERM/SIGINT shut down, SIGHUP reloads,
+        SIGTTIN / SIGTTOU add / retire one worker."""
         loop = self._pubsub_loop()
         if loop.is_running():
             raise RuntimeError('run(): the primary\'s loop is already running; use await primary.wait_closed()')
@@ -435,6 +454,8 @@ class ClusterPrimary(Supervision, Initializable):
             SIGTERM: lambda: self._guarded(terminated),
             Signals.SIGINT: lambda: self._guarded(interrupted),
             Signals.SIGHUP: lambda: self._guarded(self.reload),
+            Signals.SIGTTIN: lambda: self._guarded(self._scale_by, 1),
+            Signals.SIGTTOU: lambda: self._guarded(self._scale_by, -1),
         })
         try:
             loop.run_until_complete(self.wait_closed())
@@ -442,6 +463,18 @@ class ClusterPrimary(Supervision, Initializable):
             restore()
             if self._owns_transport:
                 self._transport.close()  # now that the loop has stopped, it can be closed too
+
+    def _scale_by(self, step: int) -> None:
+        """SIGTTIN / SIGTTOU: one worker more or less than those staying (never below one, as
+        gunicorn). A reload step's leaving worker is not counted: its new one takes its place."""
+        reload = self._reload
+        leaving = reload.old if reload is not None and reload.new is not None else None
+        staying = sum(1 for handle in self._live.values() if not handle._retired and handle is not leaving)
+        if staying + step < 1:
+            logger.warning('SIGTTOU: the last worker is not retired; SIGTERM shuts the cluster down',
+                           extra={'reason': 'scale_by_signal'})
+            return
+        self.scale(staying + step)
 
     async def wait_closed(self) -> None:
         if not self._closed:
@@ -454,6 +487,20 @@ class ClusterPrimary(Supervision, Initializable):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    async def __aenter__(self) -> 'ClusterPrimary':
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        """Leaving `async with`: a graceful shutdown, awaited (bounded by the shutdown timeouts),
+        then destroy() releases the shared sockets and a transport the primary created."""
+        if self._state in ('new', 'active'):
+            self.shut_down()
+        try:
+            await self.wait_closed()
+        finally:
+            if self._state != 'destroyed':
+                self.destroy()
 
     # -- forking ---------------------------------------------------------------------
 
@@ -739,6 +786,7 @@ class ClusterPrimary(Supervision, Initializable):
         reload, self._reload = self._reload, None
         if reload is not None and reload.announced:
             self._call_soon(self._publish_reload_complete, reload.replaced, True)
+        self._close_shared_sockets()
         if not self._live:
             self._call_soon(self._publish_shut_down_complete)
             return
@@ -776,7 +824,7 @@ class ClusterPrimary(Supervision, Initializable):
         link = handle._link
         if link is not None and link.is_open and not handle._faulted:
             try:
-                link.write(protocol.DISCONNECT, None)
+                link.write(protocol.DISCONNECT, {'drain_timeout': self._drain_timeout} if self._drain_timeout else None)
             except TransportError:
                 pass
         if 'terminate' not in handle._timers and 'kill' not in handle._timers:
@@ -829,15 +877,34 @@ class ClusterPrimary(Supervision, Initializable):
 
     # -- shared listening sockets ----------------------------------------------------
 
+    def bind(self, address: Any) -> Any:
+        """Bind a shared address now, for the workers that will `listen()` on it: a busy or
+        forbidden address fails here (OSError), before any worker is forked. Returns the bound
+        address (the chosen port for port 0)."""
+        key = tuple(address) if isinstance(address, list) else address
+        sock = self._sockets.get(key)
+        if sock is None:
+            sock = self._transport.bind(key)
+            self._sockets[key] = sock
+        return sock.getsockname()
+
+    def _close_shared_sockets(self) -> None:
+        # Shutting down: new clients are refused while the draining workers still accept the
+        # ones queued, instead of waiting in the backlog to be reset at the last close.
+        for sock in self._sockets.values():
+            self._transport.close_listening(sock)
+        self._sockets.clear()
+
     def _listen(self, handle: WorkerHandle, payload: Any) -> None:
         if not isinstance(payload, dict) or 'id' not in payload or 'address' not in payload:
             return self._protocol_violation(handle, 'a malformed LISTEN frame')
         address = payload['address']
         key = tuple(address) if isinstance(address, list) else address
-        sock = self._sockets.get(key)
+        reuse_port = payload.get('reuse_port') is True
+        sock = None if reuse_port else self._sockets.get(key)
         if sock is None:
             try:
-                sock = self._transport.bind(key)
+                sock = self._bind_for(key, reuse_port)
             except (OSError, ValueError, TypeError) as error:
                 try:
                     handle._link.write(protocol.LISTENING, {
@@ -847,13 +914,24 @@ class ClusterPrimary(Supervision, Initializable):
                 except TransportError:
                     pass
                 return
-            self._sockets[key] = sock
         bound = sock.getsockname()
         try:
-            handle._link.send_socket(sock, {'id': payload['id'], 'address': bound})
+            handle._link.send_socket(sock, {'id': payload['id'], 'address': bound, **({'reuse_port': True} if reuse_port else {})})
         except TransportError:
             return
+        finally:
+            if reuse_port:
+                sock.close()  # the worker's copy is the only one: the socket ends with its worker
         self._publish('worker_listening', {'worker': handle, 'address': bound})
+
+    def _bind_for(self, key: Any, reuse_port: bool) -> Any:
+        if not reuse_port:
+            sock = self._sockets[key] = self._transport.bind(key)
+            return sock
+        # Each worker gets a SO_REUSEPORT socket of its own; port 0 is the port the first one got.
+        sock = self._transport.bind(self._reuse_port_addresses.get(key, key), reuse_port=True)
+        self._reuse_port_addresses[key] = sock.getsockname()
+        return sock
 
     # -- logging ---------------------------------------------------------------------
 

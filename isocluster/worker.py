@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, ClassVar
 
-from . import protocol
+from . import protocol, serving
 from .errors import EncodeError, ListenError, NotAWorkerError, PrimaryLost, ProtocolError, SendError, TransportError
 from .lifecycle import Initializable
 from .routing import PendingRequests, Request, route
@@ -17,6 +17,9 @@ from .checks import check_seconds
 from .transport.base import PrimaryLink, current_link
 
 DEFAULT_KILL_TIMEOUT = 6.765
+# After a drain the worker still needs time to destroy itself: its kill timer is armed this
+# long past drain_timeout (never shorter than the kill timeout; with the default 5 s drain both are 6.765 s).
+DRAIN_CLEANUP = 1.765
 _MISSING: Any = object()
 
 
@@ -46,6 +49,15 @@ class _WorkerId:
         return link.worker_id if link is not None else None
 
 
+class _Draining:
+    """`ClusterWorker.draining`: True once the primary asked this worker to leave; read on the
+    class or an instance, so a server's code can ask without holding the worker."""
+
+    def __get__(self, instance: Any, owner: Any = None) -> bool:
+        link = current_link()
+        return link is not None and link.draining
+
+
 class ClusterWorker(Initializable):
     """The worker's end of the cluster. Build one in the worker's code; see DESIGN.md."""
 
@@ -55,6 +67,7 @@ class ClusterWorker(Initializable):
     }
 
     worker_id = _WorkerId()
+    draining = _Draining()
 
     @staticmethod
     def is_worker() -> bool:
@@ -69,6 +82,10 @@ class ClusterWorker(Initializable):
         self._listen_requests: dict[int, asyncio.Future[Any]] = {}
         self._next_request = 1
         self._requests = PendingRequests()
+        self._listen_sockets: list[Any] = []
+        self._drain_timeout = 0.0
+        self._drain_servers: list[Any] = []
+        self._tasks_before_drain: set[Any] = set()
         super().__init__(initialize=initialize)
 
     def _pubsub_loop(self) -> asyncio.AbstractEventLoop:
@@ -176,11 +193,15 @@ class ClusterWorker(Initializable):
             raise _not_a_worker(method)
         return link, protocol.encode_message(link.codec, message, link.max_frame_size, link.worker_id, overhead)
 
-    async def listen(self, address: Any) -> Any:
-        """A listening socket for `address`, bound once by the primary and shared by every worker."""
+    async def listen(self, address: Any, *, reuse_port: bool = False) -> Any:
+        """A listening socket for `address`, bound once by the primary and shared by every worker;
+        `reuse_port=True` (TCP, Linux): a SO_REUSEPORT socket of this worker's own on the same
+        address, so that the kernel balances connections among the workers."""
         link = self._link
         if link is None:
             raise _not_a_worker('listen')
+        if type(reuse_port) is not bool:
+            raise TypeError(f'reuse_port: expected True or False, got {reuse_port!r}')
         if isinstance(address, tuple):
             if len(address) != 2 or not isinstance(address[0], str) or type(address[1]) is not int:
                 raise ValueError(f'address: expected (host, port) or a Unix socket path, got {address!r}')
@@ -194,7 +215,7 @@ class ClusterWorker(Initializable):
         future = self._pubsub_loop().create_future()
         self._listen_requests[request] = future
         try:
-            link.write(protocol.LISTEN, {'id': request, 'address': wire_address})
+            link.write(protocol.LISTEN, {'id': request, 'address': wire_address, **({'reuse_port': True} if reuse_port else {})})
         except TransportError as error:
             self._listen_requests.pop(request, None)
             raise ListenError('listen(): the link to the primary is closed', worker_id=link.worker_id) from error
@@ -204,6 +225,7 @@ class ClusterWorker(Initializable):
             raise ListenError(
                 f'the primary could not listen on {address!r}: {payload["error"]}', worker_id=link.worker_id
             ) from cause
+        self._listen_sockets.append(payload['socket'])
         return payload['socket']
 
     # -- link events (called by the transport) ----------------------------------------
@@ -227,7 +249,7 @@ class ClusterWorker(Initializable):
                 except TransportError:
                     pass
         elif kind == protocol.DISCONNECT:
-            self._primary_gone()
+            self._primary_gone(_drain_timeout_of(payload))
         elif kind == protocol.LISTENING:
             future = self._listen_requests.pop(payload.get('id'), None) if isinstance(payload, dict) else None
             if future is not None and not future.done():
@@ -254,14 +276,20 @@ class ClusterWorker(Initializable):
     def link_closed(self) -> None:
         self._primary_gone()
 
-    def _primary_gone(self) -> None:
+    def _primary_gone(self, drain_timeout: float = 0.0) -> None:
         if self._disconnected:
             return
         self._disconnected = True
         link = self._link
         if link is not None:
             link.close()
-            link.arm_kill_timer(self._kill_timeout)
+            if drain_timeout > 0:
+                link.draining = True
+                self._drain_timeout = drain_timeout
+                # Found now: a primary_disconnect handler may close its server before the default action.
+                self._drain_servers = serving.servers_on(link.loop, self._listen_sockets)
+                self._tasks_before_drain = set(self._ps_tasks)
+            link.arm_kill_timer(max(self._kill_timeout, drain_timeout + DRAIN_CLEANUP))
         for future in self._listen_requests.values():
             if not future.done():
                 future.set_exception(ListenError('the primary disconnected before answering listen()'))
@@ -275,4 +303,32 @@ class ClusterWorker(Initializable):
         route(self, '_event_primary_message_', event)
 
     def _event_primary_disconnect(self, event: Any) -> None:
-        self._call_soon(self.destroy)
+        """Drain, then end: stop accepting, wait (at most drain_timeout) for the connections of
+        the servers on listen() sockets and for the coroutine handlers of this event."""
+        servers = self._drain_servers
+        for server in servers:
+            server.close()  # stops accepting and closes this worker's dup of the listening socket
+        held: list[Any] = []
+        if self._drain_timeout > 0:  # else R111 as ever: destroy on the next loop turn
+            held += [serving.connections_closed(server) for server in servers if serving.has_connections(server)]
+            held += [task for task in self._ps_tasks - self._tasks_before_drain if not task.done()]
+        if held:
+            self._spawn(self._drain_then_destroy(held))
+        else:
+            self._call_soon(self.destroy)
+
+    async def _drain_then_destroy(self, held: list[Any]) -> None:
+        waits = [asyncio.ensure_future(awaitable) for awaitable in held]
+        try:
+            await asyncio.wait(waits, timeout=self._drain_timeout)
+        finally:
+            for wait in waits:
+                if wait not in self._ps_tasks:
+                    wait.cancel()  # our own waiters only: a handler's task is cancelled by the worker's end
+        self.destroy()
+
+
+def _drain_timeout_of(payload: Any) -> float:
+    """The drain_timeout a DISCONNECT carries (none from an older primary: no drain)."""
+    value = payload.get('drain_timeout') if isinstance(payload, dict) else None
+    return float(value) if isinstance(value, (int, float)) and value > 0 else 0.0

@@ -98,7 +98,7 @@ def test_http_server_workers_share_one_port():
     assert {m.group(1) for m in answers} == {listening[0].group(2)}
     assert {int(m.group(2)) for m in answers} <= set(range(1, count + 1))
     assert re.search(r'^20 requests answered by \d worker\(s\)$', out, re.M)
-    assert len(lines_matching(r'^Primary asked worker \d+ to disconnect, closing server$', out)) == count
+    assert len(lines_matching(r'^Primary asked worker \d+ to disconnect, draining its connections$', out)) == count
     assert len(lines_matching(r'^Worker \d+ exited with code 0 and signal None$', out)) == count
     assert out.rstrip().endswith('Server shut down')
 

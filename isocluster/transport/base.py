@@ -92,12 +92,16 @@ def signal_of(value: 'int | Signals | None') -> 'Signals | None':
         raise ValueError(f'signal: {value!r} is not a signal number') from None
 
 
-def bind_listening(address: Any) -> Any:
+def bind_listening(address: Any, reuse_port: bool = False) -> Any:
     """A listening socket for a `(host, port)` tuple or a Unix socket path (the one way both
-    transports bind shared addresses). Raises OSError, or ValueError for a malformed address."""
+    transports bind shared addresses); `reuse_port`: with SO_REUSEPORT, one of several sockets on
+    the address among which the kernel balances connections. Raises OSError, or ValueError for
+    a malformed address."""
     import socket
     import stat
 
+    if isinstance(address, str) and reuse_port:
+        raise ValueError(f'reuse_port: only for a (host, port) address, not the Unix socket {address!r}')
     if isinstance(address, str):
         try:
             if stat.S_ISSOCK(os.stat(address).st_mode):
@@ -114,8 +118,35 @@ def bind_listening(address: Any) -> Any:
         return sock
     if isinstance(address, tuple) and len(address) == 2 and isinstance(address[0], str) and type(address[1]) is int:
         family = socket.AF_INET6 if ':' in address[0] else socket.AF_INET
-        return socket.create_server(address, family=family, backlog=128)
+        return socket.create_server(address, family=family, backlog=128, reuse_port=reuse_port)
     raise ValueError(f'address: expected a (host, port) tuple or a Unix socket path, got {address!r}')
+
+
+_SO_ATTACH_FILTER = 26  # Linux, every architecture
+
+
+def refuse_new_connections(sock: Any) -> None:
+    """Make a listening socket drop new connection attempts while the connections already in
+    its accept queue stay there to be accepted (Linux: a socket filter that drops every packet,
+    applied before the listener sees a SYN). Closing a listening socket resets the queued
+    connections whose clients have already sent their request; with this first, a client
+    that comes later retries its SYN and is refused once the socket is closed. Elsewhere a no-op."""
+    if not sys.platform.startswith('linux'):
+        return
+    import ctypes
+    import socket
+
+    class Instruction(ctypes.Structure):
+        _fields_ = [('code', ctypes.c_uint16), ('jt', ctypes.c_uint8), ('jf', ctypes.c_uint8), ('k', ctypes.c_uint32)]
+
+    class Program(ctypes.Structure):
+        _fields_ = [('len', ctypes.c_ushort), ('filter', ctypes.POINTER(Instruction))]
+
+    drop_all = (Instruction * 1)(Instruction(0x06, 0, 0, 0))  # BPF_RET | BPF_K 0: keep no byte
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, bytes(Program(1, drop_all)))
+    except OSError:
+        pass  # no socket filters here: closing is all that can be done
 
 
 @dataclass(frozen=True)
@@ -208,6 +239,7 @@ class PrimaryLink(abc.ABC):
     loop: asyncio.AbstractEventLoop
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     ready_sent: bool = False  # READY goes out at most once per worker process (R105)
+    draining: bool = False  # the primary asked this worker to leave; it is finishing its work
 
     @property
     @abc.abstractmethod
@@ -263,9 +295,18 @@ class Transport(abc.ABC):
         """Start one worker. Raises TransportError when it cannot be started at all."""
 
     @abc.abstractmethod
-    def bind(self, address: Any) -> Any:
+    def bind(self, address: Any, reuse_port: bool = False) -> Any:
         """Bind and listen on `address` (a `(host, port)` tuple or a Unix path); returns the
-        listening socket. Raises OSError."""
+        listening socket (with SO_REUSEPORT for `reuse_port`). Raises OSError."""
+
+    def close_listening(self, sock: Any) -> None:
+        """The cluster is shutting down: refuse new connections on a shared socket `bind()`
+        returned, keep those queued for the workers still accepting, close this copy."""
+        import socket
+
+        if getattr(sock, 'family', None) in (socket.AF_INET, socket.AF_INET6):  # TCP: a Unix socket refuses no SYN
+            refuse_new_connections(sock)
+        sock.close()
 
     def random(self) -> float:
         """A uniform draw in [0, 1): seeded on the memory transport."""

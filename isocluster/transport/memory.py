@@ -451,8 +451,8 @@ class MemoryTransport(Transport):
         self._loop.call_at(self._loop.time() + delay, self._boot, link, context=link.process.context)
         return link
 
-    def bind(self, address: Any) -> Any:
-        return base.bind_listening(address)  # a real socket: simulated servers may really serve
+    def bind(self, address: Any, reuse_port: bool = False) -> Any:
+        return base.bind_listening(address, reuse_port)  # a real socket: simulated servers may really serve
 
     def random(self) -> float:
         return self._random.random()

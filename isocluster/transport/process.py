@@ -806,8 +806,8 @@ class ProcessTransport(base.RealLoopTransport):
         self._prebuild_loops = False
         return None
 
-    def bind(self, address: Any) -> socket.socket:
-        sock = base.bind_listening(address)
+    def bind(self, address: Any, reuse_port: bool = False) -> socket.socket:
+        sock = base.bind_listening(address, reuse_port)
         self._sockets.add(sock)
         return sock
 
@@ -896,6 +896,7 @@ class _ChildLink(_FrameWriter, base.ThreadedPrimaryLink):
         self._buffer = bytearray(_CHILD_FIRST_READ_SIZE)
         self._view = memoryview(self._buffer)
         self._fds: collections.deque[int] = collections.deque()
+        self._own_listeners: list[socket.socket] = []  # listen(reuse_port=True): this worker's alone
         self._receiver: base.LinkReceiver | None = None
         self._backlog: collections.deque[protocol.Frame] = collections.deque()
         self._delivering = False
@@ -945,6 +946,7 @@ class _ChildLink(_FrameWriter, base.ThreadedPrimaryLink):
         if count == 0:
             self._stop_reading()
             self._eof = True
+            self._refuse_new_connections()
             if self._receiver is not None:
                 self._deliver_after_accepts()
             elif not self._backlog:
@@ -968,6 +970,10 @@ class _ChildLink(_FrameWriter, base.ThreadedPrimaryLink):
                 payload = dict(payload or {})
                 if self._fds:
                     payload['socket'] = socket.socket(fileno=self._fds.popleft())
+                    if payload.get('reuse_port'):
+                        self._own_listeners.append(payload['socket'])
+            elif kind == protocol.DISCONNECT:
+                self._refuse_new_connections()
             receiver = self._receiver
             if receiver is None and kind == protocol.DISCONNECT:
                 self.finish()  # R102: a worker that never built a ClusterWorker just ends
@@ -979,6 +985,16 @@ class _ChildLink(_FrameWriter, base.ThreadedPrimaryLink):
                     self._deliver_after_accepts()
         if self._decoder.error is not None:
             raise self._decoder.error
+
+    def _refuse_new_connections(self) -> None:
+        """Leaving: a SO_REUSEPORT socket of this worker's own has an accept queue of its own,
+        reset when the socket closes. New SYNs are dropped from now on (their clients retry and
+        reach the other workers' sockets), so the accept pass before DISCONNECT is delivered
+        empties that queue for good."""
+        for sock in self._own_listeners:
+            if sock.fileno() >= 0:
+                base.refuse_new_connections(sock)
+        self._own_listeners.clear()
 
     def _deliver_after_accepts(self) -> None:
         """DISCONNECT and EOF typically make the worker close its servers. Closing a server in
@@ -1074,6 +1090,12 @@ def _fatal_exception_handler(loop: asyncio.AbstractEventLoop, context: dict[str,
     # reports it as usual, as on the primary (R34).
     if error is None or 'never retrieved' in context.get('message', ''):
         loop.default_exception_handler(context)
+        return
+    link = _worker_link
+    if isinstance(error, asyncio.CancelledError) and link is not None and link._finished:
+        # The worker is ending and cancels its tasks: Python 3.11's asyncio.start_server calls
+        # task.exception() on a cancelled connection handler from a done-callback (3.12 checks
+        # cancelled() first). That is the end the worker is already taking, not a new failure.
         return
     _die(error, context.get('message'))
 

@@ -515,7 +515,7 @@ class RayTransport(base.RealLoopTransport):
         except RuntimeError:
             pass  # the loop closed meanwhile
 
-    def bind(self, address: Any) -> Any:
+    def bind(self, address: Any, reuse_port: bool = False) -> Any:
         raise NotSupportedError(f'the Ray transport cannot share listening sockets ({address!r}); {_ALTERNATIVE}')
 
     def close(self) -> None:
