@@ -13,6 +13,7 @@ from . import protocol
 from .errors import EncodeError, ListenError, NotAWorkerError, PrimaryLost, ProtocolError, SendError, TransportError
 from .lifecycle import Initializable
 from .routing import PendingRequests, Request, route
+from .serving import BatchAnswer, RequestGate
 from .checks import check_seconds
 from .transport.base import PrimaryLink, current_link
 
@@ -61,7 +62,11 @@ class ClusterWorker(Initializable):
         """True inside a worker started by a ClusterPrimary."""
         return current_link() is not None
 
-    def __init__(self, *, initialize: bool = True) -> None:
+    def __init__(self, *, initialize: bool = True, max_concurrency: int | None = None) -> None:
+        if max_concurrency is not None and (type(max_concurrency) is not int or max_concurrency < 1):
+            raise ValueError(f'max_concurrency: expected an int >= 1 or None, got {max_concurrency!r}')
+        # Requests beyond max_concurrency wait their turn here, in order (serving.py).
+        self._gate = RequestGate(max_concurrency) if max_concurrency is not None else None
         self._link: PrimaryLink | None = current_link()
         self._receiving = False
         self._disconnected = False
@@ -216,7 +221,13 @@ class ClusterWorker(Initializable):
                 self._publish('primary_message', {'message': message})
         elif kind == protocol.REQUEST:
             if not self._disconnected and link is not None:
-                self._serve_request(link, payload)
+                if self._gate is None:
+                    self._serve_request(link, payload)
+                else:
+                    self._gate.submit(lambda done: self._serve_request(link, payload, done))
+        elif kind == protocol.REQUEST_BATCH:
+            if not self._disconnected and link is not None:
+                self._serve_batch(link, payload)
         elif kind == protocol.REPLY:
             if link is not None:
                 self._requests.settle(payload, link.codec, link.worker_id)
@@ -237,11 +248,34 @@ class ClusterWorker(Initializable):
         else:
             raise ProtocolError(f'worker received an unexpected {kind.upper()} frame from the primary')
 
-    def _serve_request(self, link: PrimaryLink, payload: Any) -> None:
+    def _serve_request(self, link: PrimaryLink, payload: Any, done: Any = None) -> None:
         request_id, data = payload
+        if done is None:
+            def write(reply: Any) -> None:
+                link.write(protocol.REPLY, reply)
+        else:
+            def write(reply: Any) -> None:
+                try:
+                    link.write(protocol.REPLY, reply)
+                finally:
+                    done()  # its place in the gate is free: the next request may start
+        self._answer_request(data, Request(request_id, write, link.codec, self._spawn, link.max_frame_size))
+
+    def _serve_batch(self, link: PrimaryLink, payload: Any) -> None:
+        request_id, items = payload
+
+        def job(done: Any) -> None:
+            BatchAnswer(link, request_id, items, self._answer_request, self._spawn, done).start()
+
+        if self._gate is None:
+            job(lambda: None)
+        else:
+            self._gate.submit(job)
+
+    def _answer_request(self, data: bytes, request: Request) -> None:
+        link = self._link
+        assert link is not None
         message = protocol.decode_message(link.codec, data, link.worker_id)
-        request = Request(request_id, lambda reply: link.write(protocol.REPLY, reply), link.codec, self._spawn,
-                          link.max_frame_size)
         try:
             self._publish('primary_message', {'message': message, 'request': request})
         except Exception as error:
