@@ -7,7 +7,6 @@ in flight, the tag's round-robin history); `MapRun` carries a map out on the pri
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import deque
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Mapping
 
@@ -15,7 +14,6 @@ from . import protocol
 from .errors import (
     DecodeError, EncodeError, MapError, ProtocolError, RemoteError, SendError, TransportError, WorkerLost,
 )
-from .inflight import ITEMS_AS_IS
 
 if TYPE_CHECKING:
     from .handle import WorkerHandle
@@ -62,12 +60,10 @@ def check_map_options(max_in_flight: Any, chunksize: Any, retries: Any) -> None:
         raise ValueError(f'retries: expected an int >= 0, got {retries!r}')
 
 
-def remote_error(data: bytes, worker_id: int | None) -> RemoteError:
-    """The RemoteError a failed answer describes (the description Request.fail wrote)."""
-    try:
-        description = json.loads(data)
-    except ValueError:
-        description = {'type': 'unknown', 'message': repr(data[:200]), 'traceback': ''}
+def remote_error(description: Any, worker_id: int | None) -> RemoteError:
+    """The RemoteError a failed message of a chunk describes (serving.describe wrote it)."""
+    if type(description) is not dict:
+        description = {'type': 'unknown', 'message': repr(description)[:200], 'traceback': ''}
     return RemoteError(
         f"the request handler raised {description.get('type')}: {description.get('message')}",
         worker_id=worker_id, remote_type=str(description.get('type', '')),
@@ -75,7 +71,7 @@ def remote_error(data: bytes, worker_id: int | None) -> RemoteError:
     )
 
 
-Task = tuple[int, bytes]  # a message's index in the input and its encoded bytes
+Task = tuple[int, Any]  # a message's index in the input, and the message
 
 
 def _lost(error: BaseException) -> bool:
@@ -158,13 +154,7 @@ class MapRun:
         except StopIteration:
             self._exhausted = True
             return None
-        primary = self._primary
-        try:
-            data = protocol.encode_message(primary._codec, message, primary._transport.max_frame_size,
-                                           overhead=protocol.REQUEST_OVERHEAD + protocol.BATCH_ITEM_OVERHEAD)
-        except EncodeError as error:
-            raise MapError(f'message {index} of the map could not be sent: {error}', index=index) from error
-        return (index, data)
+        return (index, message)
 
     def _dispatch(self) -> None:
         while self._has_work():
@@ -177,31 +167,44 @@ class MapRun:
             self._send(worker, chunk)
 
     def _next_chunk(self) -> list[Task]:
-        primary = self._primary
-        limit = primary._transport.max_frame_size
         chunk: list[Task] = []
-        size = 1 + protocol.REQUEST_OVERHEAD
         while len(chunk) < self._chunksize:
             task, self._carry = self._carry, None
             if task is None:
                 task = self._pull()
                 if task is None:
                     break
-            item = len(task[1]) + protocol.BATCH_ITEM_OVERHEAD
-            if chunk and size + item > limit:
-                self._carry = task  # the frame is full: it opens the next chunk
-                break
             chunk.append(task)
-            size += item
         return chunk
+
+    def _encode(self, chunk: list[Task]) -> tuple[str, bytes]:
+        """The chunk's frame kind and body. Too large for one frame: the second half goes back
+        to the front of the queue. A message that cannot be encoded fails the map, by index."""
+        primary = self._primary
+        codec, limit = primary._codec, primary._transport.max_frame_size
+        while True:
+            try:
+                if len(chunk) == 1:
+                    return protocol.REQUEST, protocol.encode_message(codec, chunk[0][1], limit, overhead=protocol.REQUEST_OVERHEAD)
+                return protocol.REQUEST_BATCH, protocol.encode_message(
+                    codec, [message for _index, message in chunk], limit, overhead=protocol.REQUEST_OVERHEAD)
+            except EncodeError as error:
+                if len(chunk) == 1:
+                    raise MapError(f'message {chunk[0][0]} of the map could not be sent: {error}', index=chunk[0][0]) from error
+                for index, message in chunk:  # which one? (or the chunk is just too large)
+                    try:
+                        protocol.encode_message(codec, message, limit, overhead=protocol.REQUEST_OVERHEAD)
+                    except EncodeError as item_error:
+                        raise MapError(f'message {index} of the map could not be sent: {item_error}',
+                                       index=index) from item_error
+                half = len(chunk) // 2
+                self._again.appendleft(chunk[half:])
+                del chunk[half:]
 
     def _send(self, worker: 'WorkerHandle', chunk: list[Task]) -> None:
         primary = self._primary
         requests = primary._requests
-        if len(chunk) == 1:
-            kind, body = protocol.REQUEST, chunk[0][1]
-        else:
-            kind, body = protocol.REQUEST_BATCH, [data for _index, data in chunk]
+        kind, body = self._encode(chunk)
         request_id, future = requests.open(primary._pubsub_loop(), worker, self._timeout,
                                            f'the map request to worker {worker.id}')
         try:
@@ -233,20 +236,21 @@ class MapRun:
                            index=first, worker_id=worker.id) from error
         if len(chunk) == 1:
             return self._store(chunk[0][0], future.result())
-        answers = future.result()
-        if type(answers) is not list or len(answers) != len(chunk):
+        answer = future.result()
+        try:
+            results, failures = answer
+            if type(results) is not list or len(results) != len(chunk) or type(failures) is not list:
+                raise ValueError
+            failed = {position: description for position, description in failures}
+        except (TypeError, ValueError):
             raise MapError(f'worker {worker.id} answered a chunk of {len(chunk)} messages with something else',
                            index=chunk[0][0], worker_id=worker.id) from ProtocolError('malformed REPLY_BATCH')
-        codec = self._primary._codec
-        for (index, _data), (ok, data) in zip(chunk, answers):
-            try:
-                if not ok:
-                    raise remote_error(data, worker.id)
-                value = protocol.decode_message(codec, data, worker.id)
-            except (RemoteError, DecodeError) as failure:
+        for position, (index, _message) in enumerate(chunk):
+            if position in failed:
+                failure = remote_error(failed[position], worker.id)
                 raise MapError(f'message {index} of the map failed on worker {worker.id}: {failure}',
                                index=index, worker_id=worker.id) from failure
-            self._store(index, value)
+            self._store(index, results[position])
 
     def _store(self, index: int, value: Any) -> None:
         if self._ordered:
@@ -269,9 +273,9 @@ class MapRun:
 
 
 def settle_batch(primary: 'ClusterPrimary', payload: Any, worker_id: int) -> None:
-    """A REPLY_BATCH: its items, undecoded, become the result of the pending batch request."""
-    request_id, answers = payload
-    primary._requests.settle((request_id, True, answers), ITEMS_AS_IS, worker_id)
+    """A REPLY_BATCH settles its chunk's request with the decoded `[results, failures]`."""
+    request_id, data = payload
+    primary._requests.settle((request_id, True, data), primary._codec, worker_id)
 
 
 def map_replies(primary: 'ClusterPrimary', messages: Iterable[Any], *, ordered: bool = True,

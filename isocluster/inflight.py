@@ -14,20 +14,6 @@ from .routing import PendingRequests
 _NO_PEER: Any = object()
 
 
-class _ItemsAsIs:
-    """A codec for `settle()` that hands a batch reply's items over undecoded: the map
-    decodes each item itself, so one failed item does not fail its whole chunk."""
-
-    name = 'batch'
-
-    @staticmethod
-    def decode(data: Any) -> Any:
-        return data
-
-
-ITEMS_AS_IS = _ItemsAsIs()
-
-
 class CountingRequests(PendingRequests):
     """PendingRequests that also counts, per peer, the requests still awaiting an answer.
 

@@ -7,12 +7,14 @@ and runs its messages one after the other, each starting once the previous one i
 
 from __future__ import annotations
 
+import traceback
 from collections import deque
 from typing import Any, Callable
 
 from . import protocol
-from .errors import TransportError
-from .routing import Request
+from .errors import EncodeError, TransportError
+from .pubsub import Event
+from .routing import Request, route
 
 Job = Callable[[Callable[[], None]], None]  # starts serving; calls its argument once answered
 
@@ -63,58 +65,143 @@ def _once(function: Callable[[], None]) -> Callable[[], None]:
     return call
 
 
-class BatchAnswer:
-    """Serves the messages of one chunk in order and sends their answers as one REPLY_BATCH."""
+class ChunkItem(Request):
+    """One message of a chunk: its answer is kept as a value, encoded later with the others."""
 
-    def __init__(self, link: Any, request_id: int, items: list[bytes], publish: Callable[[bytes, Request], None],
+    __slots__ = ('_keep',)
+
+    def __init__(self, index: int, keep: Callable[[int, bool, Any], None], spawn: Callable[[Any], Any]) -> None:
+        super().__init__(index, _no_write, None, spawn)  # type: ignore[arg-type]
+        self._keep = keep
+
+    def answer_with(self, result: Any) -> None:
+        if type(result) in _PLAIN_VALUES and not self.answered:  # never awaitable: skip the costly check
+            self.reply(result)
+        else:
+            super().answer_with(result)
+
+    def reply(self, value: Any = None) -> None:
+        if self.answered:
+            raise RuntimeError(f'message {self.id} of the chunk has already been answered')
+        self.answered, self.pending = True, False
+        self._keep(self.id, True, value)
+
+    def fail(self, error: BaseException) -> None:
+        if self.answered:
+            raise RuntimeError(f'message {self.id} of the chunk has already been answered')
+        self.answered, self.pending = True, False
+        self._keep(self.id, False, describe(error))
+
+
+_PLAIN_VALUES = frozenset({int, float, str, bool, bytes, list, dict, tuple, type(None)})
+
+
+def _no_write(reply: Any) -> None:  # pragma: no cover - ChunkItem never writes
+    raise AssertionError('a chunk item is answered through its chunk')
+
+
+def describe(error: BaseException) -> dict[str, str]:
+    """What the primary learns of a failed message: the RemoteError's parts."""
+    return {'type': type(error).__qualname__, 'message': str(error),
+            'traceback': ''.join(traceback.format_exception(error))}
+
+
+class BatchAnswer:
+    """Serves the messages of one chunk in order (each starts once the previous one is
+    answered) and sends their answers as one REPLY_BATCH: the codec's bytes of
+    `[results, failures]`, `failures` a list of `[index, {type, message, traceback}]` and
+    `results[index]` None for those."""
+
+    def __init__(self, link: Any, request_id: int, messages: list[Any], publish: Callable[[Any, Request], None],
                  spawn: Callable[[Any], Any], done: Callable[[], None]) -> None:
         self._link = link
         self._request_id = request_id
-        self._items = items
+        self._messages = messages
         self._publish = publish
         self._spawn = spawn
         self._done = done
-        self._answers: list[tuple[bool, bytes]] = []
+        self._results: list[Any] = []
+        self._failures: list[list[Any]] = []
         self._suspended = False
 
     def start(self) -> None:
-        link = self._link
-        while len(self._answers) < len(self._items):
-            index = len(self._answers)
-            request = Request(index, self._answer, link.codec, self._spawn, link.max_frame_size)
-            self._publish(self._items[index], request)
-            if len(self._answers) == index:  # answered later, by an awaitable: resume then
+        messages, results = self._messages, self._results
+        while len(results) < len(messages):
+            index = len(results)
+            self._publish(messages[index], ChunkItem(index, self._keep, self._spawn))
+            if len(results) == index:  # an awaitable answers it later: resume then
                 self._suspended = True
                 return
         self._send()
 
-    def _answer(self, reply: tuple[int, bool, bytes]) -> None:
-        _index, ok, data = reply
-        self._answers.append((ok, data))
+    def _keep(self, index: int, ok: bool, value: Any) -> None:
+        if ok:
+            self._results.append(value)
+        else:
+            self._results.append(None)
+            self._failures.append([index, value])
         if self._suspended:
             self._suspended = False
             self.start()
 
     def _send(self) -> None:
-        answers = self._answers
-        size = 1 + protocol.REQUEST_OVERHEAD + sum(len(data) + protocol.BATCH_ITEM_OVERHEAD for _ok, data in answers)
-        if size > self._link.max_frame_size:
-            # Each answer fitted a frame, together they do not: say so for each message.
-            problem = Request(0, lambda reply: None, self._link.codec, self._spawn, self._link.max_frame_size)
-            failure = _description(problem, ValueError(
-                f'the answers of this chunk add up to {size} bytes, over the maximum frame size of '
-                f'{self._link.max_frame_size} bytes; use a smaller chunksize'))
-            answers = [(False, failure)] * len(answers)
+        link = self._link
         try:
-            self._link.write(protocol.REPLY_BATCH, (self._request_id, answers))
+            data = self._encode()
+            link.write(protocol.REPLY_BATCH, (self._request_id, data))
         except TransportError:
             pass  # the primary is gone; its side settles the request as lost
         finally:
             self._done()
 
+    def _encode(self) -> bytes:
+        link = self._link
+        encode = protocol.encode_message
+        try:
+            return encode(link.codec, [self._results, self._failures], link.max_frame_size, link.worker_id,
+                          protocol.REQUEST_OVERHEAD)
+        except EncodeError as error:
+            whole = error
+        # Name the results that cannot travel; if they all can, the chunk's answers are too big together.
+        results, failures = self._results, self._failures
+        for index, value in enumerate(results):
+            try:
+                encode(link.codec, value, link.max_frame_size, link.worker_id, protocol.REQUEST_OVERHEAD)
+            except EncodeError as item_error:
+                results[index] = None
+                failures.append([index, describe(EncodeError(f'the reply could not be sent: {item_error}'))])
+        try:
+            return encode(link.codec, [results, failures], link.max_frame_size, link.worker_id, protocol.REQUEST_OVERHEAD)
+        except EncodeError:
+            failure = describe(EncodeError(f'the answers of this chunk could not be sent together ({whole}); '
+                                           'use a smaller chunksize'))
+            failure['traceback'] = ''
+            return encode(link.codec, [[None] * len(results), [[index, failure] for index in range(len(results))]],
+                          link.max_frame_size, link.worker_id, protocol.REQUEST_OVERHEAD)
 
-def _description(request: Request, error: BaseException) -> bytes:
-    written: list[bytes] = []
-    request._write = lambda reply: written.append(reply[2])  # type: ignore[method-assign]
-    request.fail(error)
-    return written[0]
+
+def chunk_publisher(worker: Any, default_action: Any) -> Callable[[Any, Request], None]:
+    """How a chunk hands each message to the worker's handlers. While nobody subscribed to
+    `primary_message` and its default action is the library's routing, the publish would
+    only route: the message is routed straight away (same handler, same event data), which
+    takes a tiny task's cost from several microseconds of publishing to one call."""
+    config = worker._ps_config['primary_message']
+    subscriptions = worker._ps_subs
+    publish = worker._publish_request
+    direct = type(worker)._event_primary_message is default_action and config.complete == '_event_primary_message'
+
+    def hand_over(message: Any, request: Request) -> None:
+        subs = subscriptions.get('primary_message')
+        if not direct or (subs is not None and (subs[0] or subs[1] or subs[2])):
+            return publish(message, request)
+        event = Event(worker, 'primary_message', {'message': message, 'request': request}, config.preventable)
+        event._si = 2  # the complete stage, where routing runs in a publish
+        try:
+            route(worker, '_event_primary_message_', event)
+        except Exception as error:
+            if request.answered:
+                raise
+            request.fail(error)
+        request.settle_unanswered(message.get('type') if type(message) is dict else None)
+
+    return hand_over

@@ -13,7 +13,7 @@ from . import protocol
 from .errors import EncodeError, ListenError, NotAWorkerError, PrimaryLost, ProtocolError, SendError, TransportError
 from .lifecycle import Initializable
 from .routing import PendingRequests, Request, route
-from .serving import BatchAnswer, RequestGate
+from .serving import BatchAnswer, RequestGate, chunk_publisher
 from .checks import check_seconds
 from .transport.base import PrimaryLink, current_link
 
@@ -259,23 +259,25 @@ class ClusterWorker(Initializable):
                     link.write(protocol.REPLY, reply)
                 finally:
                     done()  # its place in the gate is free: the next request may start
-        self._answer_request(data, Request(request_id, write, link.codec, self._spawn, link.max_frame_size))
+        message = protocol.decode_message(link.codec, data, link.worker_id)
+        self._publish_request(message, Request(request_id, write, link.codec, self._spawn, link.max_frame_size))
 
     def _serve_batch(self, link: PrimaryLink, payload: Any) -> None:
-        request_id, items = payload
+        request_id, data = payload
+        messages = protocol.decode_message(link.codec, data, link.worker_id)
+        if type(messages) is not list or not messages:
+            raise ProtocolError(f'worker {link.worker_id} received a REQUEST_BATCH that is not a list of messages')
 
         def job(done: Any) -> None:
-            BatchAnswer(link, request_id, items, self._answer_request, self._spawn, done).start()
+            BatchAnswer(link, request_id, messages, chunk_publisher(self, ClusterWorker._event_primary_message),
+                        self._spawn, done).start()
 
         if self._gate is None:
             job(lambda: None)
         else:
             self._gate.submit(job)
 
-    def _answer_request(self, data: bytes, request: Request) -> None:
-        link = self._link
-        assert link is not None
-        message = protocol.decode_message(link.codec, data, link.worker_id)
+    def _publish_request(self, message: Any, request: Request) -> None:
         try:
             self._publish('primary_message', {'message': message, 'request': request})
         except Exception as error:
