@@ -37,13 +37,15 @@ def least_busy_id(pool_ids: Iterable[int], in_flight: Callable[[int], int], hist
     return chosen
 
 
-def pick(primary: 'ClusterPrimary', tag: Any, limit: int | None = None) -> 'WorkerHandle | None':
+def pick(primary: 'ClusterPrimary', tag: Any, limit: int | None = None,
+         avoid: 'set[int] | frozenset[int]' = frozenset()) -> 'WorkerHandle | None':
     """The least busy ready worker (None: none ready, or all at `limit`); recorded as the tag's
     round-robin pick, so round_robin(tag) and least_busy(tag) share one order."""
     pool = primary._pool
     in_flight = primary._requests.in_flight
+    ids = [worker_id for worker_id in primary._pool_ids if worker_id not in avoid] if avoid else primary._pool_ids
     chosen = least_busy_id(
-        primary._pool_ids, lambda worker_id: in_flight(pool[worker_id]), primary._round_robin_history.get(tag, {}), limit,
+        ids, lambda worker_id: in_flight(pool[worker_id]), primary._round_robin_history.get(tag, {}), limit,
     )
     if chosen is None:
         return None
@@ -74,9 +76,9 @@ def remote_error(description: Any, worker_id: int | None) -> RemoteError:
 Task = tuple[int, Any]  # a message's index in the input, and the message
 
 
-def _lost(error: BaseException) -> bool:
-    """The worker went away with the request: a re-send to another worker may succeed."""
-    return isinstance(error, WorkerLost) or (isinstance(error, SendError) and not isinstance(error, EncodeError))
+def _unsent(error: BaseException) -> bool:
+    """The request could not even be written: no worker saw it, so sending it elsewhere is free."""
+    return isinstance(error, SendError) and not isinstance(error, EncodeError)
 
 
 class MapRun:
@@ -103,6 +105,7 @@ class MapRun:
         self._retries = retries
         self._tag = object()  # the map's own tie-break order, not the user's tags
         self._wake = asyncio.Event()
+        self._broken: set[int] = set()  # workers a write failed to: gone, though not yet out of the pool
 
     async def run(self) -> AsyncIterator[Any]:
         primary = self._primary
@@ -158,7 +161,7 @@ class MapRun:
 
     def _dispatch(self) -> None:
         while self._has_work():
-            worker = pick(self._primary, self._tag, self._limit)
+            worker = pick(self._primary, self._tag, self._limit, self._broken)
             if worker is None:
                 return
             chunk = self._again.popleft() if self._again else self._next_chunk()
@@ -228,7 +231,11 @@ class MapRun:
         self._outstanding -= 1
         error = future.exception() if not future.cancelled() else WorkerLost('the request was cancelled')
         if error is not None:
-            if _lost(error):
+            if _unsent(error):
+                self._broken.add(worker.id)
+                self._again.appendleft(chunk)
+                return None
+            if isinstance(error, WorkerLost):
                 return self._resend(chunk, worker, error)
             first = chunk[0][0]
             which = f'message {first}' if len(chunk) == 1 else f'the chunk of messages {first}..{chunk[-1][0]}'
