@@ -929,7 +929,8 @@ async def _iso_task_queue(p):
         if p['work'] == 'rtt':
             results = [await primary.request(task) for task in tasks]
         else:
-            results = [reply async for reply in primary.map(tasks, chunksize=p.get('chunksize', 1))]
+            results = [reply async for reply in primary.map(
+                tasks, chunksize=p.get('chunksize', 1), max_in_flight=p.get('max_in_flight', 2))]
         elapsed = now() - start
     finally:
         await cluster.close()

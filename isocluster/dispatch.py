@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Mapping
+from itertools import islice
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Mapping, NamedTuple
 
 from . import protocol
 from .errors import (
-    DecodeError, EncodeError, MapError, ProtocolError, RemoteError, SendError, TransportError, WorkerLost,
+    EncodeError, MapError, ProtocolError, RemoteError, SendError, TransportError, WorkerLost,
 )
 
 if TYPE_CHECKING:
@@ -73,12 +74,20 @@ def remote_error(description: Any, worker_id: int | None) -> RemoteError:
     )
 
 
-Task = tuple[int, Any]  # a message's index in the input, and the message
-
-
 def _unsent(error: BaseException) -> bool:
     """The request could not even be written: no worker saw it, so sending it elsewhere is free."""
     return isinstance(error, SendError) and not isinstance(error, EncodeError)
+
+
+class Chunk(NamedTuple):
+    """Messages `start`, `start + 1`, ... of the input, sent as one request."""
+
+    start: int
+    messages: list[Any]
+
+    def describe(self) -> str:
+        last = self.start + len(self.messages) - 1
+        return f'message {self.start}' if last == self.start else f'the chunk of messages {self.start}..{last}'
 
 
 class MapRun:
@@ -88,15 +97,16 @@ class MapRun:
     def __init__(self, primary: 'ClusterPrimary', messages: Iterable[Any], ordered: bool, max_in_flight: int,
                  chunksize: int, timeout: float | None, retries: int) -> None:
         self._primary = primary
-        self._source = iter(enumerate(messages))
+        self._source = iter(messages)
+        self._pulled = 0  # messages read from the input so far
         self._exhausted = False
-        self._carry: Task | None = None  # encoded, but did not fit in the previous chunk's frame
-        self._again: deque[list[Task]] = deque()  # chunks of a lost worker, to send elsewhere
-        self._attempts: dict[int, int] = {}
-        self._finished: deque[tuple[list[Task], Any, asyncio.Future[Any]]] = deque()
+        self._carry: Chunk | None = None  # read ahead (to know whether the input is done), not sent
+        self._again: deque[Chunk] = deque()  # chunks of a lost worker, or halves of a too large one
+        self._attempts: dict[int, int] = {}  # by message index: sends lost with their worker
+        self._finished: deque[tuple[Chunk, Any, asyncio.Future[Any]]] = deque()
         self._outstanding = 0
         self._ordered = ordered
-        self._results: dict[int, Any] = {}
+        self._results: dict[int, list[Any]] = {}  # by a chunk's start: its replies, until their turn
         self._ready: deque[Any] = deque()
         self._next_index = 0
         self._limit = max_in_flight
@@ -119,9 +129,10 @@ class MapRun:
                 self._dispatch()
                 if self._ordered:
                     while self._next_index in self._results:
-                        value = self._results.pop(self._next_index)
-                        self._next_index += 1
-                        yield value
+                        values = self._results.pop(self._next_index)
+                        self._next_index += len(values)
+                        for value in values:
+                            yield value
                 else:
                     while self._ready:
                         yield self._ready.popleft()
@@ -130,7 +141,7 @@ class MapRun:
                 if self._outstanding == 0 and not self._has_work():
                     return
                 if self._outstanding == 0 and not primary._pool_ids and primary._state != 'active':
-                    index = self._again[0][0][0] if self._again else (self._carry[0] if self._carry else None)
+                    index = self._again[0].start if self._again else (self._carry.start if self._carry else None)
                     raise MapError(
                         f'the primary is {primary._state.replace("_", " ")} and no worker is left to send '
                         f'message {index} of the map to', index=index,
@@ -146,65 +157,64 @@ class MapRun:
     def _has_work(self) -> bool:
         if self._again or self._carry is not None:
             return True
-        self._carry = self._pull()  # looked at now: an empty input ends the map without a worker
+        self._carry = self._read(1)  # looked at now: an empty input ends the map without a worker
         return self._carry is not None
 
-    def _pull(self) -> Task | None:
+    def _read(self, count: int) -> Chunk | None:
         if self._exhausted:
             return None
-        try:
-            index, message = next(self._source)
-        except StopIteration:
+        messages = list(islice(self._source, count))
+        if len(messages) < count:
             self._exhausted = True
+        if not messages:
             return None
-        return (index, message)
+        start = self._pulled
+        self._pulled += len(messages)
+        return Chunk(start, messages)
 
     def _dispatch(self) -> None:
         while self._has_work():
             worker = pick(self._primary, self._tag, self._limit, self._broken)
             if worker is None:
                 return
-            chunk = self._again.popleft() if self._again else self._next_chunk()
-            if not chunk:
-                return
-            self._send(worker, chunk)
+            self._send(worker, self._again.popleft() if self._again else self._next_chunk())
 
-    def _next_chunk(self) -> list[Task]:
-        chunk: list[Task] = []
-        while len(chunk) < self._chunksize:
-            task, self._carry = self._carry, None
-            if task is None:
-                task = self._pull()
-                if task is None:
-                    break
-            chunk.append(task)
+    def _next_chunk(self) -> Chunk:
+        chunk, self._carry = self._carry, None
+        assert chunk is not None  # _has_work() read it
+        more = self._chunksize - len(chunk.messages)
+        if more > 0:
+            rest = self._read(more)
+            if rest is not None:
+                chunk.messages.extend(rest.messages)
         return chunk
 
-    def _encode(self, chunk: list[Task]) -> tuple[str, bytes]:
+    def _encode(self, chunk: Chunk) -> tuple[str, bytes]:
         """The chunk's frame kind and body. Too large for one frame: the second half goes back
         to the front of the queue. A message that cannot be encoded fails the map, by index."""
         primary = self._primary
         codec, limit = primary._codec, primary._transport.max_frame_size
+        messages = chunk.messages
         while True:
             try:
-                if len(chunk) == 1:
-                    return protocol.REQUEST, protocol.encode_message(codec, chunk[0][1], limit, overhead=protocol.REQUEST_OVERHEAD)
-                return protocol.REQUEST_BATCH, protocol.encode_message(
-                    codec, [message for _index, message in chunk], limit, overhead=protocol.REQUEST_OVERHEAD)
+                if len(messages) == 1:
+                    return protocol.REQUEST, protocol.encode_message(codec, messages[0], limit, overhead=protocol.REQUEST_OVERHEAD)
+                return protocol.REQUEST_BATCH, protocol.encode_message(codec, messages, limit, overhead=protocol.REQUEST_OVERHEAD)
             except EncodeError as error:
-                if len(chunk) == 1:
-                    raise MapError(f'message {chunk[0][0]} of the map could not be sent: {error}', index=chunk[0][0]) from error
-                for index, message in chunk:  # which one? (or the chunk is just too large)
+                if len(messages) == 1:
+                    raise MapError(f'message {chunk.start} of the map could not be sent: {error}', index=chunk.start) from error
+                for offset, message in enumerate(messages):  # which one? (or the chunk is just too large)
                     try:
                         protocol.encode_message(codec, message, limit, overhead=protocol.REQUEST_OVERHEAD)
                     except EncodeError as item_error:
+                        index = chunk.start + offset
                         raise MapError(f'message {index} of the map could not be sent: {item_error}',
                                        index=index) from item_error
-                half = len(chunk) // 2
-                self._again.appendleft(chunk[half:])
-                del chunk[half:]
+                half = len(messages) // 2
+                self._again.appendleft(Chunk(chunk.start + half, messages[half:]))
+                del messages[half:]
 
-    def _send(self, worker: 'WorkerHandle', chunk: list[Task]) -> None:
+    def _send(self, worker: 'WorkerHandle', chunk: Chunk) -> None:
         primary = self._primary
         requests = primary._requests
         kind, body = self._encode(chunk)
@@ -221,13 +231,13 @@ class MapRun:
         self._outstanding += 1
         future.add_done_callback(lambda done: self._done(chunk, worker, done))
 
-    def _done(self, chunk: list[Task], worker: 'WorkerHandle', future: 'asyncio.Future[Any]') -> None:
+    def _done(self, chunk: Chunk, worker: 'WorkerHandle', future: 'asyncio.Future[Any]') -> None:
         if not future.cancelled():
             future.exception()  # retrieved here: a map that already ended must not log it
         self._finished.append((chunk, worker, future))
         self._wake.set()
 
-    def _take(self, chunk: list[Task], worker: 'WorkerHandle', future: 'asyncio.Future[Any]') -> None:
+    def _take(self, chunk: Chunk, worker: 'WorkerHandle', future: 'asyncio.Future[Any]') -> None:
         self._outstanding -= 1
         error = future.exception() if not future.cancelled() else WorkerLost('the request was cancelled')
         if error is not None:
@@ -237,36 +247,33 @@ class MapRun:
                 return None
             if isinstance(error, WorkerLost):
                 return self._resend(chunk, worker, error)
-            first = chunk[0][0]
-            which = f'message {first}' if len(chunk) == 1 else f'the chunk of messages {first}..{chunk[-1][0]}'
-            raise MapError(f'{which} of the map failed on worker {worker.id}: {error}',
-                           index=first, worker_id=worker.id) from error
-        if len(chunk) == 1:
-            return self._store(chunk[0][0], future.result())
-        answer = future.result()
+            raise MapError(f'{chunk.describe()} of the map failed on worker {worker.id}: {error}',
+                           index=chunk.start, worker_id=worker.id) from error
+        if len(chunk.messages) == 1:
+            return self._store(chunk.start, [future.result()])
         try:
-            results, failures = answer
-            if type(results) is not list or len(results) != len(chunk) or type(failures) is not list:
+            results, failures = future.result()
+            if type(results) is not list or len(results) != len(chunk.messages) or type(failures) is not list:
                 raise ValueError
             failed = {position: description for position, description in failures}
         except (TypeError, ValueError):
-            raise MapError(f'worker {worker.id} answered a chunk of {len(chunk)} messages with something else',
-                           index=chunk[0][0], worker_id=worker.id) from ProtocolError('malformed REPLY_BATCH')
-        for position, (index, _message) in enumerate(chunk):
-            if position in failed:
-                failure = remote_error(failed[position], worker.id)
-                raise MapError(f'message {index} of the map failed on worker {worker.id}: {failure}',
-                               index=index, worker_id=worker.id) from failure
-            self._store(index, results[position])
+            raise MapError(f'worker {worker.id} answered {chunk.describe()} with something else',
+                           index=chunk.start, worker_id=worker.id) from ProtocolError('malformed REPLY_BATCH')
+        if failed:
+            position = min(failed)
+            failure = remote_error(failed[position], worker.id)
+            raise MapError(f'message {chunk.start + position} of the map failed on worker {worker.id}: {failure}',
+                           index=chunk.start + position, worker_id=worker.id) from failure
+        self._store(chunk.start, results)
 
-    def _store(self, index: int, value: Any) -> None:
+    def _store(self, start: int, values: list[Any]) -> None:
         if self._ordered:
-            self._results[index] = value
+            self._results[start] = values
         else:
-            self._ready.append(value)
+            self._ready.extend(values)
 
-    def _resend(self, chunk: list[Task], worker: 'WorkerHandle', error: BaseException) -> None:
-        for index, _data in chunk:
+    def _resend(self, chunk: Chunk, worker: 'WorkerHandle', error: BaseException) -> None:
+        for index in range(chunk.start, chunk.start + len(chunk.messages)):
             attempts = self._attempts.get(index, 0) + 1
             if attempts > self._retries:
                 raise MapError(
@@ -294,4 +301,4 @@ def map_replies(primary: 'ClusterPrimary', messages: Iterable[Any], *, ordered: 
     return MapRun(primary, messages, bool(ordered), max_in_flight, chunksize, timeout, retries).run()
 
 
-__all__ = ['MapRun', 'least_busy_id', 'map_replies', 'pick']
+__all__ = ['Chunk', 'MapRun', 'least_busy_id', 'map_replies', 'pick']

@@ -300,6 +300,39 @@ def test_map_options_are_checked_when_called() -> None:
 
 # -- the worker side (R145) ------------------------------------------------------------
 
+class WatchedWorker(TaskWorker):
+    """Subscribed to primary_message: a chunk's messages must still be published to it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.on('primary_message', self._seen)
+
+    def _seen(self, event: Any) -> None:
+        message = event.data['message']
+        if message.get('type') == 'seen':
+            event.reply(f"seen {message['value']} in stage {event.stage}")
+
+
+def watched_worker() -> None:
+    WatchedWorker()
+
+
+def test_a_chunk_publishes_each_message_to_subscribers_and_routes_the_rest() -> None:
+    tasks = [{'type': 'seen', 'value': 1}, {'type': 'square', 'value': 3}, {'type': ['unhashable']},
+             {'type': 'seen', 'value': 2}]
+
+    async def scenario(primary: ClusterPrimary) -> Any:
+        await started(primary, 1)
+        answered = [reply async for reply in primary.map(tasks[:2] + tasks[3:], chunksize=3)]
+        with pytest.raises(MapError) as error:
+            async for _reply in primary.map(tasks, chunksize=4):
+                pass
+        return answered, error.value
+
+    answered, error = run_cluster('memory', scenario, worker_target=watched_worker)
+    assert answered == ['seen 1 in stage on', 9, 'seen 2 in stage on']
+    assert error.index == 2 and 'no handler answered' in str(error)
+
 def test_max_concurrency_serves_requests_one_at_a_time_in_arrival_order() -> None:
     _busy.clear()
 
@@ -358,3 +391,15 @@ def test_map_sync_runs_the_loop_until_every_reply_is_in() -> None:
     assert primary.map_sync(squares(7), chunksize=2) == [value ** 2 for value in range(7)]
     primary.destroy()
     sim.run_until(lambda: primary.closed)
+
+
+def test_a_chunk_message_nobody_routes_fails_clearly() -> None:
+    async def scenario(primary: ClusterPrimary) -> Any:
+        await started(primary, 1)
+        with pytest.raises(MapError) as error:
+            async for _reply in primary.map(squares(2) + [{'type': 'nobody_handles_this'}], chunksize=3):
+                pass
+        return error.value
+
+    error = run_cluster('memory', scenario, worker_target=task_worker)
+    assert error.index == 2 and "no handler answered the request (message type 'nobody_handles_this')" in str(error)
