@@ -29,9 +29,6 @@ class CountingRequests(PendingRequests):
     def in_flight(self, peer: Any) -> int:
         return self._counts.get(peer, 0)
 
-    def total_in_flight(self) -> int:
-        return len(self._peer_of)
-
     def open(self, loop: Any, peer: Any, timeout: float | None, describe: str) -> tuple[int, Any]:
         request_id, future = super().open(loop, peer, timeout, describe)
         self._peer_of[request_id] = peer
@@ -66,5 +63,6 @@ class CountingRequests(PendingRequests):
             self._counts[peer] = left
         else:
             del self._counts[peer]
-        for callback in list(self.on_end):
-            callback()
+        if self.on_end:
+            for callback in list(self.on_end):
+                callback()
