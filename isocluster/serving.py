@@ -68,11 +68,11 @@ def _once(function: Callable[[], None]) -> Callable[[], None]:
 class ChunkItem(Request):
     """One message of a chunk: its answer is kept as a value, encoded later with the others."""
 
-    __slots__ = ('_keep',)
+    __slots__ = ('_batch',)
 
-    def __init__(self, index: int, keep: Callable[[int, bool, Any], None], spawn: Callable[[Any], Any]) -> None:
+    def __init__(self, index: int, batch: 'BatchAnswer', spawn: Callable[[Any], Any]) -> None:
         super().__init__(index, _no_write, None, spawn)  # type: ignore[arg-type]
-        self._keep = keep
+        self._batch = batch
 
     def answer_with(self, result: Any) -> None:
         if type(result) in _PLAIN_VALUES and not self.answered:  # never awaitable: skip the costly check
@@ -83,14 +83,23 @@ class ChunkItem(Request):
     def reply(self, value: Any = None) -> None:
         if self.answered:
             raise RuntimeError(f'message {self.id} of the chunk has already been answered')
-        self.answered, self.pending = True, False
-        self._keep(self.id, True, value)
+        self.answered = True
+        self.pending = False
+        batch = self._batch
+        batch._results.append(value)
+        if batch._suspended:
+            batch.resume()
 
     def fail(self, error: BaseException) -> None:
         if self.answered:
             raise RuntimeError(f'message {self.id} of the chunk has already been answered')
-        self.answered, self.pending = True, False
-        self._keep(self.id, False, describe(error))
+        self.answered = True
+        self.pending = False
+        batch = self._batch
+        batch._results.append(None)
+        batch._failures.append([self.id, describe(error)])
+        if batch._suspended:
+            batch.resume()
 
 
 _PLAIN_VALUES = frozenset({int, float, str, bool, bytes, list, dict, tuple, type(None)})
@@ -125,24 +134,17 @@ class BatchAnswer:
         self._suspended = False
 
     def start(self) -> None:
-        messages, results = self._messages, self._results
-        while len(results) < len(messages):
-            index = len(results)
-            self._publish(messages[index], ChunkItem(index, self._keep, self._spawn))
+        messages, results, publish, spawn = self._messages, self._results, self._publish, self._spawn
+        for index in range(len(results), len(messages)):
+            publish(messages[index], ChunkItem(index, self, spawn))
             if len(results) == index:  # an awaitable answers it later: resume then
                 self._suspended = True
                 return
         self._send()
 
-    def _keep(self, index: int, ok: bool, value: Any) -> None:
-        if ok:
-            self._results.append(value)
-        else:
-            self._results.append(None)
-            self._failures.append([index, value])
-        if self._suspended:
-            self._suspended = False
-            self.start()
+    def resume(self) -> None:
+        self._suspended = False
+        self.start()
 
     def _send(self) -> None:
         link = self._link
