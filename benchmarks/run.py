@@ -246,7 +246,10 @@ def task_queue_scenarios() -> list[Scenario]:
         base(f'{pool} chunksize=1', 'pool_task_queue', {'work': 'even', 'n': 200, 'chunksize': 1},
              {'work': 'even', 'n': 6, 'chunksize': 1}),
         base(f'{ppe} default chunking', 'ppe_task_queue', {'work': 'even', 'n': 200}, {'work': 'even', 'n': 6}),
-    ], [Target(f'<= 1.05 x {pool} (default chunking)', 'isocluster map', f'{pool} default chunking', '<=', 1.05)]))
+    ], [
+        Target(f'<= 1.05 x {pool} chunksize=1 (its best setting here)', 'isocluster map', f'{pool} chunksize=1', '<=', 1.05),
+        Target(f'<= 1.05 x {pool} default chunking', 'isocluster map', f'{pool} default chunking', '<=', 1.05),
+    ]))
     S.append(Scenario('tq_rtt', 'task queue: 2,000 one-at-a-time round trips (request() to the least busy)', 'ms',
                       'lower', [
         iso('isocluster request()', 'iso_task_queue', {'work': 'rtt', 'n': 2000}, {'work': 'rtt', 'n': 20}),
