@@ -20,13 +20,21 @@ Job = Callable[[Callable[[], None]], None]  # starts serving; calls its argument
 
 
 class RequestGate:
-    """Admits requests up to `limit` (None: no limit); the rest wait, in order."""
+    """Admits requests up to `limit` (None: no limit); the rest wait, in order.
 
-    def __init__(self, limit: int | None) -> None:
+    After a request finishes, the next one starts on a later loop turn, not at once, even
+    one that arrives in the same read: the process transport sends the frames written while
+    it delivers a read when the delivery ends, so a CPU-bound handler started at once would
+    hold the finished request's reply back for its whole run (the primary would hear of
+    every second reply one task late, and the worker would idle for a round trip)."""
+
+    def __init__(self, limit: int | None, call_soon: Callable[[Callable[[], None]], Any]) -> None:
         self.limit = limit
         self.active = 0
         self._waiting: deque[Job] = deque()
         self._admitting = False
+        self._call_soon = call_soon
+        self._scheduled = False
 
     @property
     def waiting(self) -> int:
@@ -34,7 +42,8 @@ class RequestGate:
 
     def submit(self, job: Job) -> None:
         self._waiting.append(job)
-        self._admit()
+        if not self._scheduled:
+            self._admit()
 
     def _admit(self) -> None:
         if self._admitting:  # a job answered while being started: the loop below goes on
@@ -50,6 +59,12 @@ class RequestGate:
 
     def _finished(self) -> None:
         self.active -= 1
+        if not self._scheduled:
+            self._scheduled = True
+            self._call_soon(self._admit_next_turn)
+
+    def _admit_next_turn(self) -> None:
+        self._scheduled = False
         self._admit()
 
 

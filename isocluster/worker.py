@@ -66,7 +66,7 @@ class ClusterWorker(Initializable):
         if max_concurrency is not None and (type(max_concurrency) is not int or max_concurrency < 1):
             raise ValueError(f'max_concurrency: expected an int >= 1 or None, got {max_concurrency!r}')
         # Requests beyond max_concurrency wait their turn here, in order (serving.py).
-        self._gate = RequestGate(max_concurrency) if max_concurrency is not None else None
+        self._gate = RequestGate(max_concurrency, self._call_soon) if max_concurrency is not None else None
         self._link: PrimaryLink | None = current_link()
         self._receiving = False
         self._disconnected = False

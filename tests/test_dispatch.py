@@ -403,3 +403,28 @@ def test_a_chunk_message_nobody_routes_fails_clearly() -> None:
 
     error = run_cluster('memory', scenario, worker_target=task_worker)
     assert error.index == 2 and "no handler answered the request (message type 'nobody_handles_this')" in str(error)
+
+
+def test_after_a_request_finishes_the_next_starts_on_a_later_loop_turn() -> None:
+    """A request that arrives in the same read as the one that just finished must not start
+    at once: the finished one's reply would wait for its whole run (R145)."""
+    from isocluster.serving import RequestGate
+
+    turns: list[Any] = []
+    gate = RequestGate(1, turns.append)
+    started: list[str] = []
+    finish: dict[str, Any] = {}
+
+    def job(name: str) -> Any:
+        def start(done: Any) -> None:
+            started.append(name)
+            finish[name] = done
+        return start
+
+    gate.submit(job('first'))
+    assert started == ['first']
+    finish['first']()
+    gate.submit(job('second'))  # in the same loop turn
+    assert started == ['first'] and len(turns) == 1
+    turns.pop()()  # the next loop turn
+    assert started == ['first', 'second']
