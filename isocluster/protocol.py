@@ -6,9 +6,6 @@ bytes as payload; `'request'` carries `(request_id, bytes)` and `'reply'` carrie
 A chunk of a map is one `'request_batch'` `(request_id, bytes)`: the codec's bytes of the
 list of its messages; the worker answers it with one `'reply_batch'` `(request_id, bytes)`:
 the codec's bytes of `[results, failures]` (see `serving.py`). Both are laid out as a REQUEST.
-A chunk of a map travels as one `'request_batch'` `(request_id, [bytes, ...])` and comes
-back as one `'reply_batch'` `(request_id, [(ok, bytes), ...])`, one answer per message, in
-order.
 Every other kind is a control frame whose payload is a small dict of plain data (or
 None), always encoded with the standard `json` module whatever the user codec is, so no
 user message can ever be read as a control frame.
@@ -68,9 +65,6 @@ REQUEST_OVERHEAD = _REQUEST_ID.size  # a REQUEST frame's request id, besides the
 REPLY_OVERHEAD = _REPLY_ID.size  # a REPLY frame's request id and ok flag
 _REQUEST_HEADER = struct.Struct('>IBQ')
 _REPLY_HEADER = struct.Struct('>IBQB')
-_ITEM_LENGTH = struct.Struct('>I')
-_REPLY_ITEM = struct.Struct('>BI')
-BATCH_ITEM_OVERHEAD = _REPLY_ITEM.size  # what each message or answer adds to a batch frame
 
 
 @runtime_checkable
@@ -228,52 +222,7 @@ def decode_body(kind: str, body: bytes) -> Any:
             raise ProtocolError('truncated REPLY frame')
         request_id, ok = _REPLY_ID.unpack_from(body)
         return (request_id, bool(ok), body[_REPLY_ID.size:])
-    if kind == REQUEST_BATCH:
-        return _decode_batch(body, False)
-    if kind == REPLY_BATCH:
-        return _decode_batch(body, True)
     return decode_control(body)
-
-
-def _encode_batch(kind: str, payload: Any) -> bytes:
-    request_id, items = payload
-    parts = [_REQUEST_ID.pack(request_id)]
-    if kind == REQUEST_BATCH:
-        for data in items:
-            parts.append(_ITEM_LENGTH.pack(len(data)))
-            parts.append(data)
-    else:
-        for ok, data in items:
-            parts.append(_REPLY_ITEM.pack(1 if ok else 0, len(data)))
-            parts.append(data)
-    return b''.join(parts)
-
-
-def _decode_batch(body: bytes, replies: bool) -> tuple[int, list[Any]]:
-    """A batch frame's items; a length that runs past the frame is a ProtocolError."""
-    name = 'REPLY_BATCH' if replies else 'REQUEST_BATCH'
-    if len(body) < _REQUEST_ID.size:
-        raise ProtocolError(f'truncated {name} frame')
-    (request_id,) = _REQUEST_ID.unpack_from(body)
-    item_header = _REPLY_ITEM if replies else _ITEM_LENGTH
-    items: list[Any] = []
-    offset, end = _REQUEST_ID.size, len(body)
-    while offset < end:
-        if end - offset < item_header.size:
-            raise ProtocolError(f'truncated item header in a {name} frame')
-        if replies:
-            ok, length = item_header.unpack_from(body, offset)
-        else:
-            (length,) = item_header.unpack_from(body, offset)
-        offset += item_header.size
-        if length > end - offset:
-            raise ProtocolError(f'an item of {length} bytes runs past the end of a {name} frame')
-        data = body[offset:offset + length]
-        offset += length
-        items.append((bool(ok), data) if replies else data)
-    if not items:
-        raise ProtocolError(f'empty {name} frame')
-    return request_id, items
 
 
 def frame_parts(kind: str, payload: Any) -> tuple[bytes, bytes]:
@@ -288,10 +237,7 @@ def frame_parts(kind: str, payload: Any) -> tuple[bytes, bytes]:
     if kind == REPLY:
         request_id, ok, data = payload
         return _REPLY_HEADER.pack(len(data) + 1 + _REPLY_ID.size, _REPLY_CODE, request_id, 1 if ok else 0), data
-    if kind == REQUEST_BATCH or kind == REPLY_BATCH:
-        body = _encode_batch(kind, payload)
-    else:
-        body = encode_control(payload)
+    body = encode_control(payload)
     return _HEADER.pack(len(body) + 1, _KIND_CODE[kind]), body
 
 
