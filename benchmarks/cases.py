@@ -873,6 +873,112 @@ def ppe_pipeline(p):
     return {'value': n / elapsed, 'unit': 'req/s', 'n': n, 'window': WINDOW}
 
 
+# --- task queues (issue 15): the same four workloads on isocluster, Pool and the executor ---
+
+TASK_WORKERS = 2
+
+
+def task_messages(work, n):
+    """The workload's messages: plain dicts, so every contender gets the same input."""
+    if work == 'tiny':
+        return [{'type': 'run', 'op': 'sum', 'values': [i, 1, 2, 3, 4]} for i in range(n)]
+    if work == 'even':
+        return [{'type': 'run', 'op': 'spin', 'ms': 7.0} for _ in range(n)]
+    if work == 'uneven':
+        return [{'type': 'run', 'op': 'spin', 'ms': 15.0 if i % 2 == 0 else 0.4} for i in range(n)]
+    if work == 'rtt':
+        return [{'type': 'run', 'op': 'sum', 'values': [i]} for i in range(n)]
+    raise ValueError(work)
+
+
+def task_run(task):
+    """The work itself, the same function in every contender (CPU spin: sleeping would let
+    a worker take more than its share of the two cores)."""
+    if task['op'] == 'sum':
+        return sum(task['values'])
+    end = time.perf_counter() + task['ms'] / 1000
+    while time.perf_counter() < end:
+        pass
+    return task['ms']
+
+
+class TaskQueueWorker(ClusterWorker):
+    def _event_primary_message_run(self, event):
+        return task_run(event.data['message'])
+
+
+def task_queue_target():
+    TaskQueueWorker(max_concurrency=1)
+
+
+def _task_result(p, elapsed, results, tasks):
+    expected = [task_run(task) if task['op'] == 'sum' else task['ms'] for task in tasks]
+    if results != expected:
+        raise AssertionError(f"{p['work']}: wrong results")
+    return {'value': elapsed * 1e3, 'unit': 'ms', 'n': len(tasks), 'work': p['work']}
+
+
+async def _iso_task_queue(p):
+    tasks = task_messages(p['work'], p['n'])
+    cluster = Cluster(task_queue_target, codec=p.get('codec', 'json'))
+    try:
+        await cluster.start(TASK_WORKERS)
+        primary = cluster.primary
+        await primary.request(tasks[0])  # warm both sides' code paths, as the pools are
+        start = now()
+        if p['work'] == 'rtt':
+            results = [await primary.request(task) for task in tasks]
+        else:
+            results = [reply async for reply in primary.map(
+                tasks, chunksize=p.get('chunksize', 1), max_in_flight=p.get('max_in_flight', 2))]
+        elapsed = now() - start
+    finally:
+        await cluster.close()
+    return _task_result(p, elapsed, results, tasks)
+
+
+def _pool_chunksize(p, tasks):
+    chunksize = p.get('chunksize')
+    if chunksize is None:  # multiprocessing.Pool.map's own default
+        chunksize, extra = divmod(len(tasks), TASK_WORKERS * 4)
+        chunksize += bool(extra)
+    return chunksize
+
+
+def pool_task_queue(p):
+    tasks = task_messages(p['work'], p['n'])
+    pool = multiprocessing.get_context('fork').Pool(TASK_WORKERS)
+    try:
+        for pid in [worker.pid for worker in pool._pool]:
+            track(pid)
+        pool.map(task_run, tasks[:TASK_WORKERS * 2], chunksize=1)  # warm up
+        start = now()
+        if p['work'] == 'rtt':
+            results = [pool.apply(task_run, (task,)) for task in tasks]
+        else:
+            results = pool.map(task_run, tasks, chunksize=_pool_chunksize(p, tasks))
+        elapsed = now() - start
+    finally:
+        pool.terminate()
+        pool.join()
+    return _task_result(p, elapsed, results, tasks)
+
+
+def ppe_task_queue(p):
+    tasks = task_messages(p['work'], p['n'])
+    executor = _ppe(TASK_WORKERS)
+    try:
+        start = now()
+        if p['work'] == 'rtt':
+            results = [executor.submit(task_run, task).result() for task in tasks]
+        else:
+            results = list(executor.map(task_run, tasks, chunksize=_pool_chunksize(p, tasks)))
+        elapsed = now() - start
+    finally:
+        _ppe_stop(executor)
+    return _task_result(p, elapsed, results, tasks)
+
+
 # --- the Ray column (run.py's last pass) ------------------------------------------------
 
 
@@ -895,14 +1001,14 @@ def ray_all(p):
 ASYNC_CASES = {
     'iso_rtt': _iso_rtt, 'iso_stream_p2w': _iso_stream_p2w, 'iso_stream_w2p': _iso_stream_w2p,
     'iso_pipeline': _iso_pipeline, 'iso_broadcast': _iso_broadcast, 'iso_startup': _iso_startup,
-    'iso_crash': _iso_crash, 'iso_many': _iso_many,
+    'iso_crash': _iso_crash, 'iso_many': _iso_many, 'iso_task_queue': _iso_task_queue,
 }
 SYNC_CASES = {
     'raw_rtt': raw_rtt, 'aio_rtt': aio_rtt, 'raw_stream_p2w': raw_stream_p2w, 'raw_stream_w2p': raw_stream_w2p,
     'raw_startup': raw_startup, 'raw_exec_startup': raw_exec_startup, 'raw_crash': raw_crash,
     'raw_many': raw_many, 'mp_rtt': mp_rtt, 'mp_stream_p2w': mp_stream_p2w, 'mp_stream_w2p': mp_stream_w2p,
     'mp_startup': mp_startup, 'mp_crash': mp_crash, 'ppe_rtt': ppe_rtt, 'ppe_pipeline': ppe_pipeline,
-    'ray_all': ray_all,
+    'ray_all': ray_all, 'pool_task_queue': pool_task_queue, 'ppe_task_queue': ppe_task_queue,
 }
 
 

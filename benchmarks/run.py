@@ -206,6 +206,56 @@ def build_scenarios() -> list[Scenario]:
     ], [
         Target('256 workers: completes (every repetition)', 'isocluster 256', None, '>=', 0.0),
     ], timeout=150))
+    S.extend(task_queue_scenarios())
+    return S
+
+
+def task_queue_scenarios() -> list[Scenario]:
+    """Issue 15's four workloads over 2 workers: primary.map() (round trips: request() with
+    no `to`) against multiprocessing.Pool and ProcessPoolExecutor at their best settings."""
+    S = []
+    pool, ppe = 'multiprocessing.Pool', 'ProcessPoolExecutor'
+    S.append(Scenario('tq_uneven', 'task queue: 68 tasks alternating ~15 ms and ~0.4 ms CPU', 'ms', 'lower', [
+        iso('isocluster map max_in_flight=1', 'iso_task_queue', {'work': 'uneven', 'n': 68, 'max_in_flight': 1},
+            {'work': 'uneven', 'n': 6, 'max_in_flight': 1}),
+        iso('isocluster map (default max_in_flight=2)', 'iso_task_queue', {'work': 'uneven', 'n': 68},
+            {'work': 'uneven', 'n': 6}),
+        base(f'{pool} chunksize=1', 'pool_task_queue', {'work': 'uneven', 'n': 68, 'chunksize': 1},
+             {'work': 'uneven', 'n': 6, 'chunksize': 1}),
+        base(f'{ppe} chunksize=1', 'ppe_task_queue', {'work': 'uneven', 'n': 68, 'chunksize': 1},
+             {'work': 'uneven', 'n': 6, 'chunksize': 1}),
+    ], [Target(f'<= 1.05 x {pool}(chunksize=1)', 'isocluster map max_in_flight=1', f'{pool} chunksize=1', '<=', 1.05)]))
+    S.append(Scenario('tq_tiny', 'task queue: 10,000 tiny tasks (sum of a small list)', 'ms', 'lower', [
+        iso('isocluster map json chunksize=1250', 'iso_task_queue', {'work': 'tiny', 'n': 10000, 'chunksize': 1250},
+            {'work': 'tiny', 'n': 100, 'chunksize': 13}),
+        iso('isocluster map pickle chunksize=1250', 'iso_task_queue',
+            {'work': 'tiny', 'n': 10000, 'chunksize': 1250, 'codec': 'pickle'},
+            {'work': 'tiny', 'n': 100, 'chunksize': 13, 'codec': 'pickle'}),
+        base(f'{pool} default chunking', 'pool_task_queue', {'work': 'tiny', 'n': 10000}, {'work': 'tiny', 'n': 100}),
+        base(f'{ppe} chunksize=1250', 'ppe_task_queue', {'work': 'tiny', 'n': 10000, 'chunksize': 1250},
+             {'work': 'tiny', 'n': 100, 'chunksize': 13}),
+    ], [
+        Target(f'pickle (as Pool) <= 2 x {pool} default chunking', 'isocluster map pickle chunksize=1250',
+               f'{pool} default chunking', '<=', 2.0),
+        Target(f'default codec json <= 2 x {pool} default chunking (informational: Pool pickles)',
+               'isocluster map json chunksize=1250', f'{pool} default chunking', '<=', 2.0, note='info'),
+    ]))
+    S.append(Scenario('tq_even', 'task queue: 200 tasks of ~7 ms CPU', 'ms', 'lower', [
+        iso('isocluster map', 'iso_task_queue', {'work': 'even', 'n': 200}, {'work': 'even', 'n': 6}),
+        base(f'{pool} default chunking', 'pool_task_queue', {'work': 'even', 'n': 200}, {'work': 'even', 'n': 6}),
+        base(f'{pool} chunksize=1', 'pool_task_queue', {'work': 'even', 'n': 200, 'chunksize': 1},
+             {'work': 'even', 'n': 6, 'chunksize': 1}),
+        base(f'{ppe} default chunking', 'ppe_task_queue', {'work': 'even', 'n': 200}, {'work': 'even', 'n': 6}),
+    ], [
+        Target(f'<= 1.05 x {pool} chunksize=1 (its best setting here)', 'isocluster map', f'{pool} chunksize=1', '<=', 1.05),
+        Target(f'<= 1.05 x {pool} default chunking', 'isocluster map', f'{pool} default chunking', '<=', 1.05),
+    ]))
+    S.append(Scenario('tq_rtt', 'task queue: 2,000 one-at-a-time round trips (request() to the least busy)', 'ms',
+                      'lower', [
+        iso('isocluster request()', 'iso_task_queue', {'work': 'rtt', 'n': 2000}, {'work': 'rtt', 'n': 20}),
+        base(f'{ppe} submit().result()', 'ppe_task_queue', {'work': 'rtt', 'n': 2000}, {'work': 'rtt', 'n': 20}),
+        base(f'{pool} apply()', 'pool_task_queue', {'work': 'rtt', 'n': 2000}, {'work': 'rtt', 'n': 20}),
+    ], [Target(f'>= 2 x faster than {ppe}', 'isocluster request()', f'{ppe} submit().result()', '<=', 0.5)]))
     return S
 
 

@@ -102,3 +102,12 @@ class RemoteError(ClusterError):
         self.remote_type = remote_type
         self.remote_message = remote_message
         self.remote_traceback = remote_traceback
+
+
+class MapError(ClusterError):
+    """A message of `primary.map()` failed; `index` is its position in the input and
+    `__cause__` the failure (RemoteError, RequestTimeout, WorkerLost, EncodeError, ...)."""
+
+    def __init__(self, message: str = '', *, worker_id: int | None = None, index: int | None = None) -> None:
+        super().__init__(message, worker_id=worker_id)
+        self.index = index

@@ -28,6 +28,7 @@ _ALLOWED_IN: dict[str, frozenset[str]] = {
     protocol.HEARTBEAT_ACK: frozenset(('forked',)) | _AFTER_ONLINE,
     protocol.REQUEST: _AFTER_ONLINE,
     protocol.REPLY: _AFTER_ONLINE,
+    protocol.REPLY_BATCH: _AFTER_ONLINE,
 }
 
 
@@ -52,7 +53,7 @@ def check_payload(kind: str, payload: Any) -> Any:
         if not (type(payload) is tuple and len(payload) == 3 and type(payload[0]) is int
                 and 0 <= payload[0] < _ID_LIMIT and type(payload[1]) is bool and type(payload[2]) is bytes):
             _reject(kind, 'a request id, an ok flag and a body', payload)
-    elif kind == protocol.REQUEST:
+    elif kind == protocol.REQUEST or kind == protocol.REPLY_BATCH:
         if not (type(payload) is tuple and len(payload) == 2 and type(payload[0]) is int
                 and 0 <= payload[0] < _ID_LIMIT and type(payload[1]) is bytes):
             _reject(kind, 'a request id and a body', payload)

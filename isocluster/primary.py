@@ -21,7 +21,9 @@ from .errors import (
 )
 from .handle import WorkerHandle
 from .lifecycle import Initializable
-from .routing import PendingRequests, Request, route
+from . import dispatch
+from .inflight import CountingRequests
+from .routing import Request, route
 from .checks import check_seconds
 from .supervision import Backoff, RestartPolicy, Supervision, _Reload
 from .transport.base import SIGKILL, SIGTERM, Signals, Transport, WorkerLink, WorkerSpec
@@ -125,7 +127,7 @@ class ClusterPrimary(Supervision, Initializable):
         self._last_forked: list[WorkerHandle] = []
         self._reload: _Reload | None = None
         self._heartbeat_timer: asyncio.TimerHandle | None = None
-        self._requests = PendingRequests()
+        self._requests = CountingRequests()
         self._destroy_deferred = False
         self._fatal_error: BaseException | None = None
         self._closed = False
@@ -342,13 +344,20 @@ class ClusterPrimary(Supervision, Initializable):
             failures=failures,
         ))
 
-    def request(self, message: Any, to: 'WorkerHandle | int', *, timeout: float | None = None) -> 'asyncio.Future[Any]':
-        """Send `message` to one worker and await its reply (the routed handler's return value).
+    def request(self, message: Any, to: 'WorkerHandle | int | None' = None, *,
+                timeout: float | None = None) -> 'asyncio.Future[Any]':
+        """Send `message` to one worker (None: the least busy) and await its reply (the routed
+        handler's return value).
 
         Fails with RequestTimeout, WorkerLost (the worker left first) or RemoteError (its handler raised).
         """
         check_seconds('timeout', timeout, allow_none=True, allow_zero=False)
-        if isinstance(to, (list, tuple)) or to is None:
+        if to is None:
+            to = self.least_busy()
+            if to is None:
+                return self._rejected(InvalidDestinationError(
+                    'request(): no ready worker to send to; wait for worker_ready, or name a worker with to='))
+        if isinstance(to, (list, tuple)):
             return self._rejected(InvalidDestinationError(f'request(): to must name one worker, got {to!r}'))
         try:
             data = protocol.encode_message(self._codec, message, self._transport.max_frame_size,
@@ -366,6 +375,36 @@ class ClusterPrimary(Supervision, Initializable):
             return self._rejected(_write_failure(target, error))
         self._stats['messages_out'] += 1
         return reply
+
+    def least_busy(self, tag: Any = '') -> WorkerHandle | None:
+        """The ready worker with the fewest requests in flight; ties go in round_robin(tag) order."""
+        hash(tag)  # an unhashable tag raises TypeError here, as in round_robin (R69)
+        return dispatch.pick(self, tag)
+
+    def in_flight(self, worker: 'WorkerHandle | int') -> int:
+        """How many requests sent to `worker` await their answer (0 for an unknown worker)."""
+        handle = self._live.get(worker) if type(worker) is int else worker
+        return self._requests.in_flight(handle)
+
+    def map(self, messages: Iterable[Any], *, ordered: bool = True, max_in_flight: int = dispatch.DEFAULT_MAX_IN_FLIGHT,
+            chunksize: int = 1, timeout: float | None = None, retries: int = 0) -> Any:
+        """An async iterator of the replies to `messages`, each sent as a request to the least busy
+        worker; see dispatch.MapRun and the README's "Task queues"."""
+        check_seconds('timeout', timeout, allow_none=True, allow_zero=False)
+        return dispatch.map_replies(self, messages, ordered=ordered, max_in_flight=max_in_flight,
+                                    chunksize=chunksize, timeout=timeout, retries=retries)
+
+    def map_sync(self, messages: Iterable[Any], **options: Any) -> list[Any]:
+        """`map()` for a script without its own loop: runs the primary's loop until every reply is in."""
+        loop = self._pubsub_loop()
+        if loop.is_running():
+            raise RuntimeError("map_sync(): the primary's loop is already running; use `async for reply in primary.map(...)`")
+        replies = self.map(messages, **options)
+
+        async def collect() -> list[Any]:
+            return [reply async for reply in replies]
+
+        return loop.run_until_complete(collect())
 
     def _resolve_destinations(self, to: Any) -> list[tuple[Any, Any]]:
         if to is None:
@@ -594,11 +633,13 @@ class ClusterPrimary(Supervision, Initializable):
             return self._protocol_violation(handle, why, kind)
         if kind == protocol.HEARTBEAT_ACK:
             handle._last_beat = self._pubsub_loop().time()
-        elif kind == protocol.REPLY:
+        elif kind == protocol.REPLY or kind == protocol.REPLY_BATCH:
+            if kind == protocol.REPLY_BATCH:  # a chunk's answer settles its request like a REPLY
+                payload = (payload[0], True, payload[1])
             try:
                 why = self._requests.settle(payload, self._codec, handle.id, handle)
             except Exception as error:
-                why = f'a REPLY that could not be read ({error!r})'
+                why = f'a {kind.upper()} that could not be read ({error!r})'
             if why is not None:
                 self._protocol_violation(handle, why, kind)
         elif kind == protocol.REQUEST:

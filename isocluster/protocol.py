@@ -3,6 +3,9 @@
 A frame is `(kind, payload)`. User messages travel as kind `'message'` with the codec's
 bytes as payload; `'request'` carries `(request_id, bytes)` and `'reply'` carries
 `(request_id, ok, bytes)` (the codec's bytes when ok, else a JSON error description).
+A chunk of a map is one `'request_batch'` `(request_id, bytes)`: the codec's bytes of the
+list of its messages; the worker answers it with one `'reply_batch'` `(request_id, bytes)`:
+the codec's bytes of `[results, failures]` (see `request_gate.py`). Both are laid out as a REQUEST.
 Every other kind is a control frame whose payload is a small dict of plain data (or
 None), always encoded with the standard `json` module whatever the user codec is, so no
 user message can ever be read as a control frame.
@@ -36,15 +39,18 @@ HEARTBEAT = 'heartbeat'
 HEARTBEAT_ACK = 'heartbeat_ack'
 REQUEST = 'request'
 REPLY = 'reply'
+REQUEST_BATCH = 'request_batch'
+REPLY_BATCH = 'reply_batch'
 
 KINDS: tuple[str, ...] = (
     MESSAGE, ONLINE, READY, EXITING, LISTEN, LISTENING, DISCONNECT, HEARTBEAT, HEARTBEAT_ACK,
-    REQUEST, REPLY,
+    REQUEST, REPLY, REQUEST_BATCH, REPLY_BATCH,
 )
 _KIND_CODE = {kind: code for code, kind in enumerate(KINDS)}
 _MESSAGE_CODE = _KIND_CODE[MESSAGE]
 _REQUEST_CODE = _KIND_CODE[REQUEST]
 _REPLY_CODE = _KIND_CODE[REPLY]
+_ID_AND_BYTES = {REQUEST: _REQUEST_CODE, REQUEST_BATCH: _KIND_CODE[REQUEST_BATCH], REPLY_BATCH: _KIND_CODE[REPLY_BATCH]}
 
 DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024
 
@@ -221,9 +227,9 @@ def encode_body(kind: str, payload: Any) -> bytes:
 def decode_body(kind: str, body: bytes) -> Any:
     if kind == MESSAGE:
         return body
-    if kind == REQUEST:
+    if kind in _ID_AND_BYTES:
         if len(body) < _REQUEST_ID.size:
-            raise ProtocolError('truncated REQUEST frame')
+            raise ProtocolError(f'truncated {kind.upper()} frame')
         return (_REQUEST_ID.unpack_from(body)[0], body[_REQUEST_ID.size:])
     if kind == REPLY:
         if len(body) < _REPLY_ID.size:
@@ -239,9 +245,9 @@ def frame_parts(kind: str, payload: Any) -> tuple[bytes, bytes]:
     be framed."""
     if kind == MESSAGE:
         return _HEADER.pack(len(payload) + 1, _MESSAGE_CODE), payload
-    if kind == REQUEST:
+    if kind in _ID_AND_BYTES:
         request_id, data = payload
-        return _REQUEST_HEADER.pack(len(data) + 1 + _REQUEST_ID.size, _REQUEST_CODE, request_id), data
+        return _REQUEST_HEADER.pack(len(data) + 1 + _REQUEST_ID.size, _ID_AND_BYTES[kind], request_id), data
     if kind == REPLY:
         request_id, ok, data = payload
         return _REPLY_HEADER.pack(len(data) + 1 + _REPLY_ID.size, _REPLY_CODE, request_id, 1 if ok else 0), data

@@ -9,10 +9,11 @@ from __future__ import annotations
 import asyncio
 from typing import Any, ClassVar
 
-from . import protocol, serving
+from . import drain, protocol
 from .errors import EncodeError, ListenError, NotAWorkerError, PrimaryLost, ProtocolError, SendError, TransportError
 from .lifecycle import Initializable
 from .routing import PendingRequests, Request, route
+from .request_gate import BatchAnswer, RequestGate, chunk_publisher
 from .checks import check_seconds
 from .transport.base import PrimaryLink, current_link
 
@@ -74,7 +75,11 @@ class ClusterWorker(Initializable):
         """True inside a worker started by a ClusterPrimary."""
         return current_link() is not None
 
-    def __init__(self, *, initialize: bool = True) -> None:
+    def __init__(self, *, initialize: bool = True, max_concurrency: int | None = None) -> None:
+        if max_concurrency is not None and (type(max_concurrency) is not int or max_concurrency < 1):
+            raise ValueError(f'max_concurrency: expected an int >= 1 or None, got {max_concurrency!r}')
+        # Requests beyond max_concurrency wait their turn here, in order (request_gate.py).
+        self._gate = RequestGate(max_concurrency, self._call_soon) if max_concurrency is not None else None
         self._link: PrimaryLink | None = current_link()
         self._receiving = False
         self._disconnected = False
@@ -238,7 +243,13 @@ class ClusterWorker(Initializable):
                 self._publish('primary_message', {'message': message})
         elif kind == protocol.REQUEST:
             if not self._disconnected and link is not None:
-                self._serve_request(link, payload)
+                if self._gate is None:
+                    self._serve_request(link, payload)
+                else:
+                    self._gate.submit(lambda done: self._serve_request(link, payload, done))
+        elif kind == protocol.REQUEST_BATCH:
+            if not self._disconnected and link is not None:
+                self._serve_batch(link, payload)
         elif kind == protocol.REPLY:
             if link is not None:
                 self._requests.settle(payload, link.codec, link.worker_id)
@@ -259,11 +270,36 @@ class ClusterWorker(Initializable):
         else:
             raise ProtocolError(f'worker received an unexpected {kind.upper()} frame from the primary')
 
-    def _serve_request(self, link: PrimaryLink, payload: Any) -> None:
+    def _serve_request(self, link: PrimaryLink, payload: Any, done: Any = None) -> None:
         request_id, data = payload
+        if done is None:
+            def write(reply: Any) -> None:
+                link.write(protocol.REPLY, reply)
+        else:
+            def write(reply: Any) -> None:
+                try:
+                    link.write(protocol.REPLY, reply)
+                finally:
+                    done()  # its place in the gate is free: the next request may start
         message = protocol.decode_message(link.codec, data, link.worker_id)
-        request = Request(request_id, lambda reply: link.write(protocol.REPLY, reply), link.codec, self._spawn,
-                          link.max_frame_size)
+        self._publish_request(message, Request(request_id, write, link.codec, self._spawn, link.max_frame_size))
+
+    def _serve_batch(self, link: PrimaryLink, payload: Any) -> None:
+        request_id, data = payload
+        messages = protocol.decode_message(link.codec, data, link.worker_id)
+        if type(messages) is not list or not messages:
+            raise ProtocolError(f'worker {link.worker_id} received a REQUEST_BATCH that is not a list of messages')
+
+        def job(done: Any) -> None:
+            BatchAnswer(link, request_id, messages, chunk_publisher(self, ClusterWorker._event_primary_message),
+                        self._spawn, done).start()
+
+        if self._gate is None:
+            job(lambda: None)
+        else:
+            self._gate.submit(job)
+
+    def _publish_request(self, message: Any, request: Request) -> None:
         try:
             self._publish('primary_message', {'message': message, 'request': request})
         except Exception as error:
@@ -287,7 +323,7 @@ class ClusterWorker(Initializable):
                 link.draining = True
                 self._drain_timeout = drain_timeout
                 # Found now: a primary_disconnect handler may close its server before the default action.
-                self._drain_servers = serving.servers_on(link.loop, self._listen_sockets)
+                self._drain_servers = drain.servers_on(link.loop, self._listen_sockets)
                 self._tasks_before_drain = set(self._ps_tasks)
             link.arm_kill_timer(max(self._kill_timeout, drain_timeout + DRAIN_CLEANUP))
         for future in self._listen_requests.values():
@@ -310,7 +346,7 @@ class ClusterWorker(Initializable):
             server.close()  # stops accepting and closes this worker's dup of the listening socket
         held: list[Any] = []
         if self._drain_timeout > 0:  # else R111 as ever: destroy on the next loop turn
-            held += [serving.connections_closed(server) for server in servers if serving.has_connections(server)]
+            held += [drain.connections_closed(server) for server in servers if drain.has_connections(server)]
             held += [task for task in self._ps_tasks - self._tasks_before_drain if not task.done()]
         if held:
             self._spawn(self._drain_then_destroy(held))

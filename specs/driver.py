@@ -80,6 +80,13 @@ class SpecWorker(ClusterWorker):
     def _event_primary_message_leave(self, event: Any) -> None:
         self.destroy()
 
+    def _event_primary_message_task(self, event: Any) -> int:
+        """A map's task (R142): twice its value; the worker `die_on` names exits instead."""
+        message = event.data['message']
+        if message.get('die_on') == ClusterWorker.worker_id:
+            raise SystemExit(1)
+        return 2 * message['value']
+
 
 def spec_worker_main() -> None:
     worker = SpecWorker()
@@ -255,6 +262,64 @@ class Driver:
             else:
                 outcomes.append('ok')
         return ('error', labels, outcomes, type(error).__name__, index == len(failures))
+
+    # -- task queues (R140-R146) -------------------------------------------------------------
+
+    def in_flight(self) -> dict[int, int]:
+        """Requests in flight per known worker, as the primary counts them (R140)."""
+        handles = {**self.handles, **self.primary._live}
+        return {worker_id: self.primary.in_flight(handle) for worker_id, handle in sorted(handles.items())}
+
+    def op_least_busy(self, tag: str) -> tuple[int | None, dict[int, int]]:
+        """The pick and the in-flight counts of the ready workers just before it (R141)."""
+        counts = {handle.id: self.primary.in_flight(handle) for handle in self.primary.workers}
+        picked = self.primary.least_busy(tag)
+        return (picked.id if picked is not None else None, counts)
+
+    def op_request(self, values: list[int]) -> list[tuple[Any, ...]]:
+        """request() without `to`, once per value, back to back and not awaited: each sees the
+        requests before it in flight. Per request: (the worker picked, the in-flight counts of
+        the ready workers just before, the error it was rejected with at once or None)."""
+        results = []
+        for value in values:
+            counts = {handle.id: self.primary.in_flight(handle) for handle in self.primary.workers}
+            before = dict(self.primary._round_robin_history.get('', {}))
+            future = self.primary.request({'type': 'task', 'value': value})
+            future.add_done_callback(lambda done: done.cancelled() or done.exception())
+            after = self.primary._round_robin_history.get('', {})
+            picked = [worker_id for worker_id, when in after.items() if before.get(worker_id) != when]
+            results.append((picked[0] if picked else None, counts,
+                            type(future.exception()).__name__ if future.done() else None))
+        return results
+
+    def op_map(self, count: int, die_on: int | None, chunksize: int, max_in_flight: int, retries: int,
+               bound: float) -> tuple[Any, ...]:
+        """One map of `count` tasks, run until it ends or `bound` seconds pass; then
+        ('done', replies) | ('error', replies, index, cause) | ('unfinished', replies)."""
+        tasks = [{'type': 'task', 'value': value, 'die_on': die_on} for value in range(count)]
+        replies: list[Any] = []
+        outcome: list[Any] = []
+
+        async def consume() -> None:
+            try:
+                async for reply in self.primary.map(tasks, chunksize=chunksize, max_in_flight=max_in_flight,
+                                                    retries=retries):
+                    replies.append(reply)
+            except Exception as error:
+                cause = type(error.__cause__).__name__ if error.__cause__ is not None else None
+                outcome.append(('error', getattr(error, 'index', None), cause, type(error).__name__))
+            else:
+                outcome.append(('done',))
+
+        task = self.loop.create_task(consume())
+        self.run_until(task.done, bound)
+        if not task.done():
+            task.cancel()
+            self.run_until(task.done, 1.0)
+            return ('unfinished', replies)
+        if outcome[0][0] == 'done':
+            return ('done', replies)
+        return ('error', replies, *outcome[0][1:])
 
     def alive(self, worker_id: int) -> bool:
         if self.sim is not None:

@@ -183,6 +183,21 @@ class ClusterModel:
         history[chosen] = self.rr_counter
         return chosen
 
+    def least_busy(self, tag: Any, in_flight: dict[int, int]) -> int | None:
+        """R141: the ready worker with the fewest requests in flight; ties in round-robin order
+        (R67), and the pick counts as the tag's round-robin pick."""
+        pool = self.pool()
+        if not pool:
+            return None
+        fewest = min(in_flight.get(worker_id, 0) for worker_id in pool)
+        tied = [worker_id for worker_id in pool if in_flight.get(worker_id, 0) == fewest]
+        history = self.rr_history.setdefault(tag, {})
+        never = [worker_id for worker_id in tied if worker_id not in history]
+        chosen = never[0] if never else min(tied, key=lambda worker_id: history[worker_id])
+        self.rr_counter += 1
+        history[chosen] = self.rr_counter
+        return chosen
+
     def destination(self, kind: str, value: Any) -> bool:
         """R70: is this single destination valid right now?"""
         if kind == 'id':

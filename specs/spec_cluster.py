@@ -532,6 +532,78 @@ class ClusterMachine(RuleBasedStateMachine):
         alive = [worker_id for worker_id in sorted(self.model.workers) if self.driver.alive(worker_id)]
         require(not alive, 'R118', f'workers {alive} outlived their primary by {WORKER_KILL_TIMER}s')
 
+    # -- task queues (README "Task queues", R140-R146) -------------------------------------------
+
+    def quiet_links(self) -> bool:
+        """No fault is armed that the model ties to the next write of its own sends."""
+        return not any(w.fail_to_worker or w.held or w.hung for w in self.model.workers.values())
+
+    @precondition(lambda self: self.usable() and self.model.phase == 'active')
+    @rule(tag=st.sampled_from(['', 'a']))
+    def least_busy(self, tag: str) -> None:
+        """R141: a ready worker with the fewest requests in flight, ties in round-robin order."""
+        got, counts = self.step('least_busy', tag=tag)
+        expected = self.model.least_busy(tag, counts)
+        require(got == expected, 'R141', f'least_busy({tag!r}) picked {got}, the model says {expected} '
+                f'(pool {self.model.pool()}, in flight {counts})')
+
+    @precondition(lambda self: self.usable() and self.model.phase == 'active' and self.quiet_links())
+    @rule(count=st.integers(1, 4))
+    def request_least_busy(self, count: int) -> None:
+        """R141: request() without `to` goes to least_busy(); no ready worker: InvalidDestinationError."""
+        for got, counts, error in self.step('request', values=[self.next_seq() for _ in range(count)]):
+            expected = self.model.least_busy('', counts)
+            require(got == expected, 'R141', f'request() went to {got}, least_busy says {expected} (in flight {counts})')
+            if expected is None:
+                require(error == 'InvalidDestinationError', 'R141', f'request() with no ready worker: {error}')
+
+    @precondition(lambda self: self.usable() and self.model.phase == 'active' and bool(self.model.pool())
+                  and self.quiet_links())
+    @rule(count=st.integers(0, 9), victim=st.one_of(st.none(), WORKER_INDEX), chunksize=st.sampled_from([1, 3]),
+          max_in_flight=st.sampled_from([1, 2]), retries=st.sampled_from([0, 1, 3]))
+    def map(self, count: int, victim: int | None, chunksize: int, max_in_flight: int, retries: int) -> None:
+        """R142, R143: every message of a map is answered or failed exactly once, even when the
+        worker named `victim` exits on the first message it is given, mid-map."""
+        die_on = self.pick(victim, self.model.pool()) if victim is not None else None
+        if die_on is not None:
+            self.model.workers[die_on].may_exit_by_itself = True
+        start = self.cursor
+        bound = 60.0 if self.memory else 15.0
+        result = self.step('map', count=count, die_on=die_on, chunksize=chunksize, max_in_flight=max_in_flight,
+                           retries=retries, bound=bound)
+        lost = sum(1 for stage, name, *_rest in self.driver.trace[start:] if stage == 'on' and name == 'worker_disconnect')
+        event(f'map: {result[0]}' + (f' ({result[3]})' if result[0] == 'error' else '')
+              + (', a worker lost' if lost else ''))
+        expected = [2 * value for value in range(count)]
+        replies = result[1]
+        require(replies == expected[:len(replies)], 'R142', f'map yielded {replies}, expected a prefix of {expected}')
+        if result[0] == 'done':
+            require(replies == expected, 'R142', f'map ended after {len(replies)} of {count} replies')
+        elif result[0] == 'error':
+            _status, _replies, index, cause, kind = result
+            require(kind == 'MapError' and index is not None and len(replies) <= index < count, 'R142',
+                    f'map failed with {kind} index {index} after {len(replies)} replies')
+            require(cause == 'WorkerLost' and lost >= retries + 1, 'R143',
+                    f'map failed ({cause}) at message {index} with retries={retries} after {lost} workers were lost')
+        else:
+            require(not self.model.pool() or not self.memory, 'R142',
+                    f'map unfinished within {bound}s with ready workers {self.model.pool()}')
+
+    @invariant()
+    def r140_in_flight_counts(self) -> None:
+        """R140: per worker, the requests in flight are never negative, none once it disconnected,
+        and together they are the requests awaiting an answer."""
+        if self.driver is None or self.model.phase == 'vanished':
+            return
+        counts = self.driver.in_flight()
+        for worker_id, count in counts.items():
+            require(count >= 0, 'R140', f'worker {worker_id} has {count} requests in flight')
+            if self.model.workers[worker_id].state in (DISCONNECTED, DEAD):
+                require(count == 0, 'R140', f'worker {worker_id} ({self.model.workers[worker_id].state}) '
+                        f'still counts {count} requests in flight')
+        pending = len(self.driver.primary._requests._pending)
+        require(sum(counts.values()) == pending, 'R140', f'in-flight counts {counts} but {pending} requests pending')
+
     # -- invariants ---------------------------------------------------------------------------
 
     @invariant()

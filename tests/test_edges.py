@@ -290,11 +290,15 @@ def test_request_whose_write_fails_rejects_with_send_error_and_leaves_nothing_pe
     close(sim, p)
 
 
-def test_request_to_a_list_or_none_rejects_with_invalid_destination():
+def test_request_to_a_list_rejects_with_invalid_destination():
     sim, p, rec = started(1, answering)
-    for to in ([1], (1,), None):
+    for to in ([1], (1,)):
         future = p.request({'type': 'echo', 'value': 1}, to=to)
         assert 'to must name one worker' in str(future.exception())
+    # to=None is the least busy ready worker (issue 15, R141), not an error any more
+    future = p.request({'type': 'echo', 'value': 1}, to=None)
+    sim.run_until(future.done)
+    assert future.exception() is None
     close(sim, p)
 
 

@@ -125,6 +125,18 @@ def test_tagged_distribution_keeps_one_round_robin_per_queue():
     assert len(lines_matching(r'^Worker \d \(pid \d+\) exited$', out)) == 6
 
 
+def test_task_queue_spreads_uneven_tasks_over_both_workers():
+    out, _ = run_example('task_queue')
+    done = {int(m.group(1)): int(m.group(2)) for m in lines_matching(r'^Task (\d+) done by worker (\d+)$', out)}
+    assert sorted(done) == list(range(10)) and len(lines_matching(r'^Task ', out)) == 10
+    assert {done[task] for task in range(0, 10, 2)} == {1, 2}  # the slow ones too: not all on one worker
+
+
+def test_task_queue_script_maps_without_a_loop_of_its_own():
+    out, _ = run_example('task_queue_script')
+    assert out.strip() == '1000 totals, the last 2997, together 1498500'
+
+
 def test_type_routing_calls_the_handler_method_of_each_type():
     out, _ = run_example('type_routing')
     for worker in (1, 2):
@@ -180,7 +192,7 @@ def test_ray_cluster_runs_on_ray_or_says_it_needs_it():
 
 # Programs with a test above; `http_worker.py` is the worker script of `http_server.py`.
 EXPLICIT = {'basic', 'http_server', 'http_worker', 'round_robin', 'tagged_distribution', 'type_routing',
-            'custom_init', 'health_monitoring', 'ray_cluster'}
+            'custom_init', 'health_monitoring', 'ray_cluster', 'task_queue', 'task_queue_script'}
 OTHERS = sorted(path.stem for path in EXAMPLES.glob('*.py') if path.stem not in EXPLICIT)
 
 

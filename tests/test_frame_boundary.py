@@ -98,6 +98,16 @@ def test_a_reply_settles_only_a_request_sent_to_its_sender() -> None:
     close(sim, primary)
 
 
+def test_a_chunk_reply_settles_only_a_request_sent_to_its_sender() -> None:
+    """A REPLY_BATCH (a map chunk's answer) passes the same boundary as a REPLY."""
+    sim, primary, recorder = two_workers()
+    honest = primary.request({'type': 'slow'}, to=1)  # request id 1
+    sim.inject_bytes(2, frame(protocol.REPLY_BATCH, struct.pack('>Q', 1) + b'[["forged"], []]'))
+    error = assert_violation(sim, primary, recorder, 2, honest, 1, names='REPLY')
+    assert 'sent to another worker' in str(error) and error.frame_kind == protocol.REPLY_BATCH
+    close(sim, primary)
+
+
 def test_a_reply_to_a_request_never_sent_is_a_protocol_violation() -> None:
     sim, primary, recorder = two_workers()
     honest = primary.request({'type': 'slow'}, to=1)

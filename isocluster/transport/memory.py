@@ -27,7 +27,7 @@ from .partial import DEFAULT_FRAME_TIMEOUT, PartialFrameDeadline, check_frame_ti
 from .base import SIGTERM, LinkListener, PrimaryLink, Signals, Transport, WorkerLink, WorkerSpec
 
 # Frames that carry user bytes, and so can exceed the maximum frame size (R120).
-_SIZED_KINDS = frozenset({protocol.MESSAGE, protocol.REQUEST, protocol.REPLY})
+_SIZED_KINDS = frozenset({protocol.MESSAGE, protocol.REQUEST, protocol.REPLY, protocol.REQUEST_BATCH, protocol.REPLY_BATCH})
 
 # Which simulated process a callback belongs to: None is the primary (and the test driving
 # it); _KERNEL marks the transport's own timers, which run even when a process hangs.

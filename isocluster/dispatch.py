@@ -1,0 +1,300 @@
+"""Which worker gets the next request, and `primary.map()`: a task queue over the workers.
+
+Decide, then do: `least_busy_id` is a pure choice over facts (the ready ids, their requests
+in flight, the tag's round-robin history); `MapRun` carries a map out on the primary.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from itertools import islice
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Mapping, NamedTuple
+
+from . import protocol
+from .errors import (
+    EncodeError, MapError, ProtocolError, RemoteError, SendError, TransportError, WorkerLost,
+)
+
+if TYPE_CHECKING:
+    from .handle import WorkerHandle
+    from .primary import ClusterPrimary
+
+DEFAULT_MAX_IN_FLIGHT = 2  # one request running, one waiting on the worker: it never idles for a round trip
+
+
+def least_busy_id(pool_ids: Iterable[int], in_flight: Callable[[int], int], history: Mapping[int, int],
+                  limit: int | None = None) -> int | None:
+    """The id with the fewest requests in flight, below `limit` if given; ties go to the one
+    the tag's round-robin would pick (never picked first, in id order; else least recently)."""
+    chosen, best = None, None
+    for worker_id in pool_ids:
+        count = in_flight(worker_id)
+        if limit is not None and count >= limit:
+            continue
+        key = (count, history.get(worker_id, 0))  # round-robin picks count from 1: 0 is never picked
+        if best is None or key < best:
+            chosen, best = worker_id, key
+    return chosen
+
+
+def pick(primary: 'ClusterPrimary', tag: Any, limit: int | None = None,
+         avoid: 'set[int] | frozenset[int]' = frozenset()) -> 'WorkerHandle | None':
+    """The least busy ready worker (None: none ready, or all at `limit`); recorded as the tag's
+    round-robin pick, so round_robin(tag) and least_busy(tag) share one order."""
+    pool = primary._pool
+    in_flight = primary._requests.in_flight
+    ids = [worker_id for worker_id in primary._pool_ids if worker_id not in avoid] if avoid else primary._pool_ids
+    chosen = least_busy_id(
+        ids, lambda worker_id: in_flight(pool[worker_id]), primary._round_robin_history.get(tag, {}), limit,
+    )
+    if chosen is None:
+        return None
+    primary._round_robin_counter += 1
+    primary._round_robin_history.setdefault(tag, {})[chosen] = primary._round_robin_counter
+    return pool[chosen]
+
+
+def check_map_options(max_in_flight: Any, chunksize: Any, retries: Any) -> None:
+    for name, value in (('max_in_flight', max_in_flight), ('chunksize', chunksize)):
+        if type(value) is not int or value < 1:
+            raise ValueError(f'{name}: expected an int >= 1, got {value!r}')
+    if type(retries) is not int or retries < 0:
+        raise ValueError(f'retries: expected an int >= 0, got {retries!r}')
+
+
+def remote_error(description: Any, worker_id: int | None) -> RemoteError:
+    """The RemoteError a failed message of a chunk describes (request_gate.describe wrote it)."""
+    if type(description) is not dict:
+        description = {'type': 'unknown', 'message': repr(description)[:200], 'traceback': ''}
+    return RemoteError(
+        f"the request handler raised {description.get('type')}: {description.get('message')}",
+        worker_id=worker_id, remote_type=str(description.get('type', '')),
+        remote_message=str(description.get('message', '')), remote_traceback=str(description.get('traceback', '')),
+    )
+
+
+def _unsent(error: BaseException) -> bool:
+    """The request could not even be written: no worker saw it, so sending it elsewhere is free."""
+    return isinstance(error, SendError) and not isinstance(error, EncodeError)
+
+
+class Chunk(NamedTuple):
+    """Messages `start`, `start + 1`, ... of the input, sent as one request."""
+
+    start: int
+    messages: list[Any]
+
+    def describe(self) -> str:
+        last = self.start + len(self.messages) - 1
+        return f'message {self.start}' if last == self.start else f'the chunk of messages {self.start}..{last}'
+
+
+class MapRun:
+    """One `primary.map()`: sends chunks to the least busy workers, at most `max_in_flight`
+    requests on each, and hands the replies out in input order (or as they come)."""
+
+    def __init__(self, primary: 'ClusterPrimary', messages: Iterable[Any], ordered: bool, max_in_flight: int,
+                 chunksize: int, timeout: float | None, retries: int) -> None:
+        self._primary = primary
+        self._source = iter(messages)
+        self._pulled = 0  # messages read from the input so far
+        self._exhausted = False
+        self._carry: Chunk | None = None  # read ahead (to know whether the input is done), not sent
+        self._again: deque[Chunk] = deque()  # chunks of a lost worker, or halves of a too large one
+        self._attempts: dict[int, int] = {}  # by message index: sends lost with their worker
+        self._finished: deque[tuple[Chunk, Any, asyncio.Future[Any]]] = deque()
+        self._outstanding = 0
+        self._ordered = ordered
+        self._results: dict[int, list[Any]] = {}  # by a chunk's start: its replies, until their turn
+        self._ready: deque[Any] = deque()
+        self._next_index = 0
+        self._limit = max_in_flight
+        self._chunksize = chunksize
+        self._timeout = timeout
+        self._retries = retries
+        self._tag = object()  # the map's own tie-break order, not the user's tags
+        self._wake = asyncio.Event()
+        self._broken: set[int] = set()  # workers a write failed to: gone, though not yet out of the pool
+
+    async def run(self) -> AsyncIterator[Any]:
+        primary = self._primary
+        wake = self._wake.set
+        subscriptions = [primary.after('add_worker', lambda event: wake()), primary.after('shut_down', lambda event: wake())]
+        primary._requests.on_end.add(wake)
+        try:
+            while True:
+                while self._finished:
+                    self._take(*self._finished.popleft())
+                self._dispatch()
+                if self._ordered:
+                    while self._next_index in self._results:
+                        values = self._results.pop(self._next_index)
+                        self._next_index += len(values)
+                        for value in values:
+                            yield value
+                else:
+                    while self._ready:
+                        yield self._ready.popleft()
+                if self._finished:
+                    continue
+                if self._outstanding == 0 and not self._has_work():
+                    return
+                if self._outstanding == 0 and not primary._pool_ids and primary._state != 'active':
+                    index = self._again[0].start if self._again else (self._carry.start if self._carry else None)
+                    raise MapError(
+                        f'the primary is {primary._state.replace("_", " ")} and no worker is left to send '
+                        f'message {index} of the map to', index=index,
+                    )
+                self._wake.clear()
+                await self._wake.wait()
+        finally:
+            primary._requests.on_end.discard(wake)
+            for subscription in subscriptions:
+                subscription.unsubscribe()
+            primary._round_robin_history.pop(self._tag, None)
+
+    def _has_work(self) -> bool:
+        if self._again or self._carry is not None:
+            return True
+        self._carry = self._read(1)  # looked at now: an empty input ends the map without a worker
+        return self._carry is not None
+
+    def _read(self, count: int) -> Chunk | None:
+        if self._exhausted:
+            return None
+        messages = list(islice(self._source, count))
+        if len(messages) < count:
+            self._exhausted = True
+        if not messages:
+            return None
+        start = self._pulled
+        self._pulled += len(messages)
+        return Chunk(start, messages)
+
+    def _dispatch(self) -> None:
+        while self._has_work():
+            worker = pick(self._primary, self._tag, self._limit, self._broken)
+            if worker is None:
+                return
+            self._send(worker, self._again.popleft() if self._again else self._next_chunk())
+
+    def _next_chunk(self) -> Chunk:
+        chunk, self._carry = self._carry, None
+        assert chunk is not None  # _has_work() read it
+        more = self._chunksize - len(chunk.messages)
+        if more > 0:
+            rest = self._read(more)
+            if rest is not None:
+                chunk.messages.extend(rest.messages)
+        return chunk
+
+    def _encode(self, chunk: Chunk) -> tuple[str, bytes]:
+        """The chunk's frame kind and body. Too large for one frame: the second half goes back
+        to the front of the queue. A message that cannot be encoded fails the map, by index."""
+        primary = self._primary
+        codec, limit = primary._codec, primary._transport.max_frame_size
+        messages = chunk.messages
+        while True:
+            try:
+                if len(messages) == 1:
+                    return protocol.REQUEST, protocol.encode_message(codec, messages[0], limit, overhead=protocol.REQUEST_OVERHEAD)
+                return protocol.REQUEST_BATCH, protocol.encode_message(codec, messages, limit, overhead=protocol.REQUEST_OVERHEAD)
+            except EncodeError as error:
+                if len(messages) == 1:
+                    raise MapError(f'message {chunk.start} of the map could not be sent: {error}', index=chunk.start) from error
+                for offset, message in enumerate(messages):  # which one? (or the chunk is just too large)
+                    try:
+                        protocol.encode_message(codec, message, limit, overhead=protocol.REQUEST_OVERHEAD)
+                    except EncodeError as item_error:
+                        index = chunk.start + offset
+                        raise MapError(f'message {index} of the map could not be sent: {item_error}',
+                                       index=index) from item_error
+                half = len(messages) // 2
+                self._again.appendleft(Chunk(chunk.start + half, messages[half:]))
+                del messages[half:]
+
+    def _send(self, worker: 'WorkerHandle', chunk: Chunk) -> None:
+        primary = self._primary
+        requests = primary._requests
+        kind, body = self._encode(chunk)
+        request_id, future = requests.open(primary._pubsub_loop(), worker, self._timeout,
+                                           f'the map request to worker {worker.id}')
+        try:
+            worker._link.write(kind, (request_id, body))
+        except TransportError as error:
+            requests.cancel(request_id)
+            future = primary._rejected(SendError(
+                f'could not write to worker {worker.id}: {error}', worker_id=worker.id))
+        else:
+            primary._stats['messages_out'] += 1
+        self._outstanding += 1
+        future.add_done_callback(lambda done: self._done(chunk, worker, done))
+
+    def _done(self, chunk: Chunk, worker: 'WorkerHandle', future: 'asyncio.Future[Any]') -> None:
+        if not future.cancelled():
+            future.exception()  # retrieved here: a map that already ended must not log it
+        self._finished.append((chunk, worker, future))
+        self._wake.set()
+
+    def _take(self, chunk: Chunk, worker: 'WorkerHandle', future: 'asyncio.Future[Any]') -> None:
+        self._outstanding -= 1
+        error = future.exception() if not future.cancelled() else WorkerLost('the request was cancelled')
+        if error is not None:
+            if _unsent(error):
+                self._broken.add(worker.id)
+                self._again.appendleft(chunk)
+                return None
+            if isinstance(error, WorkerLost):
+                return self._resend(chunk, worker, error)
+            raise MapError(f'{chunk.describe()} of the map failed on worker {worker.id}: {error}',
+                           index=chunk.start, worker_id=worker.id) from error
+        if len(chunk.messages) == 1:
+            return self._store(chunk.start, [future.result()])
+        try:
+            results, failures = future.result()
+            if type(results) is not list or len(results) != len(chunk.messages) or type(failures) is not list:
+                raise ValueError
+            failed = {position: description for position, description in failures}
+            if not all(type(position) is int and 0 <= position < len(results) for position in failed):
+                raise ValueError
+        except (TypeError, ValueError):
+            raise MapError(f'worker {worker.id} answered {chunk.describe()} with something else',
+                           index=chunk.start, worker_id=worker.id) from ProtocolError('malformed REPLY_BATCH')
+        if failed:
+            position = min(failed)
+            failure = remote_error(failed[position], worker.id)
+            raise MapError(f'message {chunk.start + position} of the map failed on worker {worker.id}: {failure}',
+                           index=chunk.start + position, worker_id=worker.id) from failure
+        self._store(chunk.start, results)
+
+    def _store(self, start: int, values: list[Any]) -> None:
+        if self._ordered:
+            self._results[start] = values
+        else:
+            self._ready.extend(values)
+
+    def _resend(self, chunk: Chunk, worker: 'WorkerHandle', error: BaseException) -> None:
+        for index in range(chunk.start, chunk.start + len(chunk.messages)):
+            attempts = self._attempts.get(index, 0) + 1
+            if attempts > self._retries:
+                raise MapError(
+                    f'message {index} of the map was lost with worker {worker.id} ({error}) and retries={self._retries} '
+                    'allows no more re-sends; pass retries=N to re-send lost messages to another worker '
+                    '(at-least-once: a handler may then run twice for one message)',
+                    index=index, worker_id=worker.id,
+                ) from error
+            self._attempts[index] = attempts
+        self._again.append(chunk)
+
+
+def map_replies(primary: 'ClusterPrimary', messages: Iterable[Any], *, ordered: bool = True,
+                max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, chunksize: int = 1, timeout: float | None = None,
+                retries: int = 0) -> AsyncIterator[Any]:
+    check_map_options(max_in_flight, chunksize, retries)
+    if isinstance(messages, (str, bytes, dict)):
+        raise TypeError(f'messages: expected an iterable of messages (a list, a generator), got {type(messages).__name__}')
+    return MapRun(primary, messages, bool(ordered), max_in_flight, chunksize, timeout, retries).run()
+
+
+__all__ = ['Chunk', 'MapRun', 'least_busy_id', 'map_replies', 'pick']
