@@ -16,6 +16,7 @@ import os
 import sys
 from typing import Any, Callable, Sequence, TextIO
 
+from .checks import MAX_WORKERS
 from .primary import ClusterPrimary
 from .transport.base import LOOP_ENV
 from .worker import ClusterWorker
@@ -119,6 +120,8 @@ def _worker_count(text: str) -> int:
         raise argparse.ArgumentTypeError(f'expected a number of workers or "auto", got {text!r}') from None
     if count < 1:
         raise argparse.ArgumentTypeError(f'expected at least 1 worker, got {count}')
+    if count > MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f'expected at most {MAX_WORKERS} workers, got {count}')
     return count
 
 

@@ -22,8 +22,8 @@ from .errors import (
 from .handle import WorkerHandle
 from .lifecycle import Initializable
 from .routing import PendingRequests, Request, route
-from .checks import check_seconds
-from .supervision import Backoff, RestartPolicy, Supervision, _Reload
+from .checks import MIN_HEARTBEAT_INTERVAL, check_bool, check_seconds, check_worker_count
+from .supervision import Backoff, RestartPolicy, Supervision, _Reload, _warn_inactive
 from .transport.base import SIGKILL, SIGTERM, Signals, Transport, WorkerLink, WorkerSpec
 
 logger = logging.getLogger('isocluster')
@@ -161,6 +161,12 @@ class ClusterPrimary(Supervision, Initializable):
             raise ValueError(
                 f'heartbeat_timeout ({timeout}) must be greater than heartbeat_interval ({interval})'
             )
+        if interval is not None and interval < MIN_HEARTBEAT_INTERVAL:
+            name = 'heartbeat_interval' if heartbeat_interval is not None else 'heartbeat_timeout'
+            raise ValueError(
+                f'{name}: heartbeats every {interval}s are below the minimum interval of '
+                f'{MIN_HEARTBEAT_INTERVAL}s (heartbeat_timeout must be at least {3 * MIN_HEARTBEAT_INTERVAL}s)'
+            )
         self._heartbeat_interval, self._heartbeat_timeout = interval, timeout
         if restart_policy is not None:
             if not isinstance(restart_policy, RestartPolicy):
@@ -174,7 +180,7 @@ class ClusterPrimary(Supervision, Initializable):
         self._worker_target = worker_target
         self._worker_script = worker_script
         self._worker_args = worker_args
-        self._worker_silent = bool(worker_silent)
+        self._worker_silent = check_bool('worker_silent', worker_silent)
         self._worker_stdio = dict(worker_stdio) if worker_stdio is not None else None
         self._owns_transport = transport is None
         if transport is None:
@@ -247,11 +253,11 @@ class ClusterPrimary(Supervision, Initializable):
         return types.MappingProxyType(dict(self._pool))
 
     def fork(self, worker_count: int = 1) -> 'ClusterPrimary':
-        if type(worker_count) is not int or worker_count < 0:
-            raise ValueError(f'worker_count: expected an int >= 0, got {worker_count!r}')
+        check_worker_count('worker_count', worker_count, already=self._staying_count())
         if self._state == 'new':
             raise NotInitializedError('fork(): the primary has not finished initializing; call initialize() first')
         if self._state != 'active':
+            _warn_inactive('fork', worker_count, self._state)
             return self
         self._transport.check_spec(self._spec(0))
         self._publish('fork', {'worker_count': worker_count})

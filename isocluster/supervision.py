@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Self
 
 from . import protocol
-from .checks import check_seconds
+from .checks import check_bool, check_finite, check_seconds, check_worker_count
 from .errors import HeartbeatTimeout, TransportError
 
 if TYPE_CHECKING:
@@ -22,6 +22,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger('isocluster')
 
 RESTART_MODES = ('always', 'on-failure', 'never')
+
+
+def _warn_inactive(method: str, worker_count: int, state: str) -> None:
+    # SPEC R92 makes it a no-op; silently ignoring it hid bugs (a fork racing a shutdown).
+    logger.warning(
+        '%s(worker_count=%s) ignored: the primary is %s and starts no more workers',
+        method, worker_count, state.replace('_', ' '), extra={'reason': f'{method}_when_{state}'},
+    )
 
 
 @dataclass(frozen=True)
@@ -38,14 +46,17 @@ class Backoff:
     def __post_init__(self) -> None:
         check_seconds('Backoff.initial', self.initial)
         check_seconds('Backoff.maximum', self.maximum)
-        if isinstance(self.factor, bool) or not isinstance(self.factor, (int, float)) or self.factor < 1:
-            raise ValueError(f'Backoff.factor: expected a number >= 1, got {self.factor!r}')
+        check_finite('Backoff.factor', self.factor, minimum=1)
         if isinstance(self.jitter, bool) or not isinstance(self.jitter, (int, float)) or not 0 <= self.jitter < 1:
             raise ValueError(f'Backoff.jitter: expected a number in [0, 1), got {self.jitter!r}')
 
     def delay(self, attempt: int, draw: float) -> float:
         """`attempt` counts from 1; `draw` is uniform in [0, 1)."""
-        base = min(self.maximum, self.initial * self.factor ** (attempt - 1))
+        try:
+            grown = self.initial * self.factor ** (attempt - 1)
+        except OverflowError:  # a long crash loop: factor ** k leaves the float range
+            grown = self.maximum
+        base = min(self.maximum, grown)
         return base * (1 - self.jitter + 2 * self.jitter * draw)
 
 
@@ -104,6 +115,7 @@ class Supervision:
     def stop_worker(self, worker: 'WorkerHandle | int', replace: bool = False) -> Self:
         """Retire one live worker (never replaced), or with `replace=True` swap it for a new
         one as a reload step (R135)."""
+        check_bool('replace', replace)
         handle = self._live_handle(worker, 'stop_worker')
         if not replace:
             handle._retired = True
@@ -120,9 +132,9 @@ class Supervision:
     def scale(self, worker_count: int) -> Self:
         """Fork or retire workers to reach `worker_count` live ones; re-enables replacement
         after `restart_limit` (R136)."""
-        if type(worker_count) is not int or worker_count < 0:
-            raise ValueError(f'worker_count: expected an int >= 0, got {worker_count!r}')
+        check_worker_count('worker_count', worker_count)
         if self._state != 'active':
+            _warn_inactive('scale', worker_count, self._state)
             return self
         self._restart_times.clear()
         self._replacement_stopped = False
@@ -153,6 +165,10 @@ class Supervision:
         replaced = self._decide_replacement(handle, code, signal)
         if not replaced and reload is not None and self._reload is reload and handle is reload.new:
             self._abandon_reload()  # the step's new worker died and nothing replaces it (R133)
+
+    def _staying_count(self) -> int:
+        """Live workers that are not leaving: what fork() adds to."""
+        return sum(1 for handle in self._live.values() if not handle._retired)
 
     def _decide_replacement(self, handle: WorkerHandle, code: int | None, signal: Signals | None) -> bool:
         """Replace `handle` now, later (backoff), or not at all; True when replaced now."""
