@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import (
     ClusterError, DecodeError, DestroyedError, EncodeError, HeartbeatTimeout, InvalidDestinationError,
-    ListenError, NotAWorkerError, NotInitializedError, NotSupportedError, PrimaryLost, ProtocolError,
+    ListenError, NoWorkersError, NotAWorkerError, NotInitializedError, NotSupportedError, PrimaryLost, ProtocolError,
     ReadyTimeout, RemoteError, RequestTimeout, SendError, TransportError, WorkerLost,
 )
 from .handle import WorkerHandle
@@ -47,6 +47,6 @@ def __dir__() -> list[str]:
 __all__ = [
     'Backoff', 'ClusterError', 'ClusterPrimary', 'ClusterWorker', 'DecodeError', 'DestroyedError',
     'EncodeError', 'Event', 'HeartbeatTimeout', 'Initializable', 'InvalidDestinationError', 'ListenError',
-    'NotAWorkerError', 'NotInitializedError', 'NotSupportedError', 'PrimaryLost', 'ProtocolError', 'Publisher',
+    'NoWorkersError', 'NotAWorkerError', 'NotInitializedError', 'NotSupportedError', 'PrimaryLost', 'ProtocolError', 'Publisher',
     'ReadyTimeout', 'RemoteError', 'RequestTimeout', 'RestartPolicy', 'SendError', 'Subscription', 'TransportError', 'WorkerHandle', 'WorkerLost',
 ]

@@ -12,17 +12,20 @@ import asyncio
 import functools
 import importlib
 import inspect
+import logging
 import os
 import sys
 from typing import Any, Callable, Sequence, TextIO
 
 from .checks import MAX_WORKERS
+from .errors import NoWorkersError
 from .primary import ClusterPrimary
 from .transport.base import LOOP_ENV
 from .worker import ClusterWorker
 
 PREFIX = 'isocluster: '
 LISTEN_ENV = 'ISOCLUSTER_LISTEN'
+NO_WORKERS_REASONS = ('boot_failure', 'restart_limit', 'no_restart')
 
 RUN_DESCRIPTION = """\
 Start a primary that supervises --workers worker processes, each running FUNCTION from
@@ -48,8 +51,10 @@ worker at once; SIGHUP: rolling reload (each worker replaced by a new one, new r
 old leaves).
 
 Exit status: 0 after a shutdown asked for by a signal (or once every worker has ended
-cleanly and none is replaced); 1 when the cluster ended because workers kept failing or the
-primary failed; 2 for a bad command line."""
+cleanly and none is replaced); 1, with one line saying why, when the cluster stopped
+because no worker is left and none will be started (3 failed starts before any worker was
+ready, the restart limit, or failed workers --restart does not replace) or the primary
+failed; 2 for a bad command line."""
 
 RUN_EPILOG = """\
 examples:
@@ -236,8 +241,6 @@ class Reporter:
         self.reload_ready = 0
         self.progress_shown = False
         self.addresses: set[str] = set()
-        self.failed_exit = False
-        self.restart_limited = False
         self.shutting_down = False
         primary.after({
             'worker_fork': self._worker_fork,
@@ -248,6 +251,7 @@ class Reporter:
             'worker_exit': self._worker_exit,
             'worker_error': self._worker_error,
             'restart_limit': self._restart_limit,
+            'no_workers': self._no_workers,
             'reload': self._reload,
             'reload_complete': self._reload_complete,
             'shut_down': self._shut_down,
@@ -314,8 +318,6 @@ class Reporter:
         how = f'signal {signal.name}' if signal is not None else f'code {code}'
         if worker.exited_after_disconnect:
             how += ', after disconnect'
-        else:
-            self.failed_exit = signal is not None or code != 0
         self.line(f'worker {worker.id} exited ({how})')
 
     def _worker_error(self, event: Any) -> None:
@@ -323,9 +325,12 @@ class Reporter:
         self.line(f"worker {event.data['worker'].id} error: {type(error).__name__}: {error}")
 
     def _restart_limit(self, event: Any) -> None:
-        self.restart_limited = True
         self.line(f"restart limit reached: workers that exit are no longer replaced "
                   f"({event.data['worker_count']} live)")
+
+    def _no_workers(self, event: Any) -> None:
+        if event.data['error'] is None:  # otherwise run() raises it and the command prints it once
+            self.line('no worker left and none will be started; exiting')
 
     def _shut_down(self, event: Any) -> None:
         self.shutting_down = True
@@ -400,18 +405,8 @@ def run(parser: argparse.ArgumentParser, arguments: argparse.Namespace, stream: 
     stream = stream or sys.stdout
     primary, what = _build_primary(parser, arguments)
     reporter = Reporter(primary, arguments.workers, stream)
-    state = {'shutting_down': False, 'empty': False}
-
-    def check_empty() -> None:
-        # With restart 'never' / 'on-failure', or past the restart limit, every worker may be
-        # gone with none coming: then there is nothing left to supervise.
-        if not state['shutting_down'] and not primary.closed and primary.stats()['live'] == 0:
-            reporter.line('no worker left and none will be started; exiting')
-            state['empty'] = True
-            primary.shut_down()
-
-    primary.on('shut_down', lambda event: state.update(shutting_down=True))
-    primary.after('worker_exit', lambda event: primary.transport.loop.call_soon(check_empty))
+    # The command prints the end-state error itself, once, as its last line.
+    logging.getLogger('isocluster').addFilter(lambda record: getattr(record, 'reason', None) not in NO_WORKERS_REASONS)
     reporter.line(
         f'primary pid {os.getpid()}: {arguments.workers} worker(s) running {what} '
         f'(restart={arguments.restart}); SIGTERM/SIGINT: shut down, SIGHUP: reload'
@@ -419,11 +414,12 @@ def run(parser: argparse.ArgumentParser, arguments: argparse.Namespace, stream: 
     primary.fork(worker_count=arguments.workers)
     try:
         primary.run()
+    except NoWorkersError as error:  # the library's end state: no worker left, none to come
+        reporter.line(f'stopped: {error}')
+        return 1
     except Exception as error:
         reporter.line(f'fatal: {type(error).__name__}: {error}')
         return 1
-    if state['empty']:
-        return 1 if reporter.failed_exit or reporter.restart_limited else 0
     return 0
 
 

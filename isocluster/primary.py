@@ -17,7 +17,7 @@ from typing import Any, Callable, ClassVar, Iterable, Mapping
 from . import protocol
 from .errors import (
     ClusterError, DecodeError, DestroyedError, EncodeError, HeartbeatTimeout, InvalidDestinationError,
-    NotInitializedError, ProtocolError, ReadyTimeout, SendError, TransportError, WorkerLost,
+    NoWorkersError, NotInitializedError, ProtocolError, ReadyTimeout, SendError, TransportError, WorkerLost,
 )
 from .handle import WorkerHandle
 from .lifecycle import Initializable
@@ -33,7 +33,7 @@ _MISSING: Any = object()
 _EVENTS = (
     'fork', 'worker_fork', 'worker_online', 'worker_ready', 'add_worker', 'remove_worker',
     'worker_message', 'worker_listening', 'worker_disconnect', 'worker_error', 'worker_exit',
-    'restart_limit', 'reload', 'reload_complete',
+    'restart_limit', 'reload', 'reload_complete', 'no_workers',
 )
 
 
@@ -110,6 +110,11 @@ class ClusterPrimary(Supervision, Initializable):
         self._requests = PendingRequests()
         self._destroy_deferred = False
         self._fatal_error: BaseException | None = None
+        self._end_error: NoWorkersError | None = None
+        self._any_ever_ready = False
+        self._boot_failures = 0
+        self._unreplaced_failure: WorkerHandle | None = None
+        self._no_workers_ran = False
         self._closed = False
         self._closed_future: asyncio.Future[None] | None = None
         self._stats = dict.fromkeys(
@@ -455,6 +460,8 @@ class ClusterPrimary(Supervision, Initializable):
             await asyncio.shield(self._closed_future)
         if self._fatal_error is not None:
             raise self._fatal_error
+        if self._end_error is not None:
+            raise self._end_error
 
     @property
     def closed(self) -> bool:
@@ -623,6 +630,8 @@ class ClusterPrimary(Supervision, Initializable):
     def _worker_fault(self, handle: WorkerHandle, error: BaseException) -> None:
         """A fault on a worker: read nothing more from it, publish worker_error once (R85)."""
         handle._faulted = True
+        if handle._error is None:
+            handle._error = error
         if handle._error_published or handle.state == 'dead':
             return
         handle._error_published = True
@@ -679,6 +688,7 @@ class ClusterPrimary(Supervision, Initializable):
             return
         handle._move('ready')
         handle._ever_ready = True
+        self._any_ever_ready = True
         handle._cancel_timer('ready')
         if self._heartbeat_interval is not None and self._state == 'active':
             self._start_heartbeat(handle)

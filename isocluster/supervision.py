@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Self
 
 from . import protocol
 from .checks import check_bool, check_finite, check_seconds, check_worker_count
-from .errors import HeartbeatTimeout, TransportError
+from .errors import HeartbeatTimeout, NoWorkersError, TransportError
 
 if TYPE_CHECKING:
     from .handle import WorkerHandle
@@ -88,6 +88,63 @@ class RestartPolicy:
         return signal is not None or code != 0 or not ever_ready
 
 
+def is_failure(code: int | None, signal: Any, ever_ready: bool) -> bool:
+    """A crash, a non-zero exit, or an exit before the worker was ever ready (R126)."""
+    return signal is not None or code != 0 or not ever_ready
+
+
+# Failed starts in a row, before any worker was ever ready, that stop the cluster. One could be
+# bad luck (a port still in use, a primary-side worker_error); three mean the workers' code or
+# environment is broken and every replacement would fail the same way.
+BOOT_FAILURE_LIMIT = 3
+
+
+def halts_at_boot(boot_failures: int) -> bool:
+    """`boot_failures`: failed starts so far while no worker of the primary was ever ready.
+    gunicorn halts on a worker's boot error for the same reason: stop, instead of forking a
+    storm of failing workers until the restart limit."""
+    return boot_failures >= BOOT_FAILURE_LIMIT
+
+
+def is_drained(live: int, pending_restarts: int) -> bool:
+    """After an exit the policy did not replace: no worker is live and none is about to be
+    started. (An exit of a retired worker, from scale(0) or stop_worker, is never asked: an
+    empty pool the user made on purpose is not an end.)"""
+    return live == 0 and pending_restarts == 0
+
+
+def describe_exit(handle: 'WorkerHandle') -> str:
+    """How one worker ended, for an error message: its worker_error if any, else its exit."""
+    if handle._error is not None:
+        how = f'{type(handle._error).__name__}: {handle._error}'
+    elif handle.exit_signal is not None:
+        how = f'killed by {handle.exit_signal.name}'
+    else:
+        how = f'exit code {handle.exit_code}'
+    when = '' if handle._ever_ready else ' before it became ready'
+    return f'worker {handle.id} ended{when} ({how})'
+
+
+def no_workers_error(reason: str, last: 'WorkerHandle | None', policy: 'RestartPolicy') -> 'NoWorkersError | None':
+    """The error run()/wait_closed() raise for an end with no worker left; None for a clean one
+    (every worker that was not replaced exited successfully)."""
+    if reason == 'no_restart' and last is None:
+        return None
+    failure = describe_exit(last) if last is not None else 'no worker left'
+    if reason == 'boot_failure':
+        advice = (f"{BOOT_FAILURE_LIMIT} workers failed to start and none ever became ready, so every "
+                  "replacement would fail the same way; fix the "
+                  "worker's start-up (its traceback is on the worker's stderr) and start the cluster again")
+    elif reason == 'restart_limit':
+        advice = (f'the restart limit was reached (more than {policy.intensity} restarts within '
+                  f'{policy.period}s) and the last workers exited; fix the crash, raise restart_intensity, '
+                  'or prevent no_workers and call scale() to keep the primary up')
+    else:
+        advice = f"restart={policy.restart!r} replaces none of the workers that exited; use restart='always' to keep them running"
+    return NoWorkersError(f'the cluster stopped with no worker left: {failure}; {advice}',
+                          worker_id=last.id if last is not None else None, reason=reason)
+
+
 class _Reload:
     """One rolling reload (or one `stop_worker(replace=True)` step, when not announced)."""
 
@@ -139,6 +196,7 @@ class Supervision:
         self._restart_times.clear()
         self._replacement_stopped = False
         self._backoff_attempt = 0
+        self._unreplaced_failure = None
         reload = self._reload
         # A reload step's old worker is leaving: its new worker takes its place.
         leaving = reload.old if reload is not None and reload.new is not None else None
@@ -162,9 +220,41 @@ class Supervision:
         reload = self._reload
         if reload is not None and handle is reload.old and reload.new is not None:
             return  # the step's new worker replaces it (R133)
+        supervised = self._state == 'active' and not handle._retired  # retired: an empty pool on purpose
+        if supervised and is_failure(code, signal, handle._ever_ready):
+            self._unreplaced_failure = handle  # until a replacement is made
+        wants = supervised and not self._replacement_stopped and self._policy.wants_restart(code, signal, handle._ever_ready)
+        if wants and not handle._ever_ready and not self._any_ever_ready:
+            self._boot_failures += 1
+            if halts_at_boot(self._boot_failures) and self._publish_no_workers('boot_failure'):
+                return
         replaced = self._decide_replacement(handle, code, signal)
+        if replaced:
+            self._unreplaced_failure = None
         if not replaced and reload is not None and self._reload is reload and handle is reload.new:
             self._abandon_reload()  # the step's new worker died and nothing replaces it (R133)
+        if not replaced and supervised and self._state == 'active' and is_drained(len(self._live), len(self._pending_restarts)):
+            self._publish_no_workers('restart_limit' if self._replacement_stopped else 'no_restart')
+
+    def _publish_no_workers(self, reason: str) -> bool:
+        """Publish no_workers; True unless it was prevented (then supervision goes on)."""
+        self._no_workers_ran = False
+        error = no_workers_error(reason, self._unreplaced_failure, self._policy)
+        self._publish('no_workers', {'reason': reason, 'error': error})
+        return self._no_workers_ran
+
+    def _event_no_workers(self, event: Any) -> None:
+        self._no_workers_ran = True
+        error = event.data['error']
+        if self._state != 'active':
+            return
+        if error is not None:
+            self._end_error = error
+            logger.error('%s', error, extra={'reason': event.data['reason'], 'worker_id': error.worker_id})
+        else:
+            logger.info('every worker has exited and none is replaced (restart=%r); shutting down',
+                        self._policy.restart, extra={'reason': event.data['reason']})
+        self.shut_down()
 
     def _staying_count(self) -> int:
         """Live workers that are not leaving: what fork() adds to."""
