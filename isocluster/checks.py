@@ -48,6 +48,12 @@ def check_worker_count(name: str, value: Any, *, already: int = 0) -> int:
     return value
 
 
+def check_positive_int(name: str, value: Any) -> int:
+    if type(value) is not int or value < 1:
+        raise ValueError(f'{name}: expected an int >= 1, got {value!r}')
+    return value
+
+
 def check_finite(name: str, value: Any, *, minimum: float) -> float:
     """A finite real number >= minimum (ValueError otherwise, as Backoff always raised)."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < minimum:

@@ -16,13 +16,14 @@ from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 from . import protocol
 from .errors import (
-    ClusterError, DecodeError, DestroyedError, EncodeError, HeartbeatTimeout, InvalidDestinationError,
+    ClusterError, DecodeError, DestroyedError, EncodeError, HeartbeatTimeout, InvalidDestinationError, ListenError,
     NoWorkersError, NotInitializedError, ProtocolError, ReadyTimeout, SendError, TransportError, WorkerLost,
 )
 from .handle import WorkerHandle
 from .lifecycle import Initializable
 from .routing import PendingRequests, Request, route
-from .checks import MIN_HEARTBEAT_INTERVAL, check_bool, check_seconds, check_worker_count
+from .checks import MIN_HEARTBEAT_INTERVAL, check_bool, check_positive_int, check_seconds, check_worker_count
+from .shared_sockets import DEFAULT_MAX_SHARED_SOCKETS, SharedSockets, address_key
 from .supervision import Backoff, RestartPolicy, Supervision, _Reload, _warn_inactive
 from .transport.base import SIGKILL, SIGTERM, Signals, Transport, WorkerLink, WorkerSpec
 
@@ -85,12 +86,14 @@ class ClusterPrimary(Supervision, Initializable):
         kill_timeout: float = 5.0,
         heartbeat_interval: float | None = None,
         heartbeat_timeout: float | None = None,
+        max_shared_sockets: int = DEFAULT_MAX_SHARED_SOCKETS,
     ) -> None:
         self._configure(
             worker_target, worker_script, worker_args, worker_silent, worker_stdio, transport, codec,
             restart, restart_intensity, restart_period, restart_backoff, restart_policy,
             ready_timeout, shutdown_timeout, kill_timeout, heartbeat_interval, heartbeat_timeout,
         )
+        self._shared = SharedSockets(check_positive_int('max_shared_sockets', max_shared_sockets))
         self._state = 'new'
         self._next_id = 1
         self._live: dict[int, WorkerHandle] = {}
@@ -98,7 +101,7 @@ class ClusterPrimary(Supervision, Initializable):
         self._pool_ids: list[int] = []
         self._round_robin_history: dict[Any, dict[int, int]] = {}
         self._round_robin_counter = 0
-        self._sockets: dict[Any, Any] = {}
+        self._sockets: dict[Any, Any] = self._shared.sockets  # address key -> shared listening socket
         self._restart_times: deque[float] = deque()
         self._replacement_stopped = False
         self._backoff_attempt = 0
@@ -217,9 +220,7 @@ class ClusterPrimary(Supervision, Initializable):
         self._pool.clear()
         self._pool_ids.clear()
         self._round_robin_history.clear()
-        for sock in self._sockets.values():
-            sock.close()
-        self._sockets.clear()
+        self._shared.close_all()
         super()._destroy(*args, **kwargs)
         if self._owns_transport:
             self._transport.close()
@@ -667,6 +668,7 @@ class ClusterPrimary(Supervision, Initializable):
             self._after_worker_exit(handle)
 
     def _after_worker_exit(self, handle: WorkerHandle) -> None:
+        self._shared.release(handle.id)  # after the replacement decision: a replacement inherits
         reload = self._reload
         if reload is not None and handle is reload.old:
             reload.old = None
@@ -840,27 +842,38 @@ class ClusterPrimary(Supervision, Initializable):
     def _listen(self, handle: WorkerHandle, payload: Any) -> None:
         if not isinstance(payload, dict) or 'id' not in payload or 'address' not in payload:
             return self._protocol_violation(handle, 'a malformed LISTEN frame')
-        address = payload['address']
-        key = tuple(address) if isinstance(address, list) else address
-        sock = self._sockets.get(key)
-        if sock is None:
-            try:
-                sock = self._transport.bind(key)
-            except (OSError, ValueError, TypeError) as error:
-                try:
-                    handle._link.write(protocol.LISTENING, {
-                        'id': payload['id'], 'error': f'{type(error).__name__}: {error}',
-                        'errno': getattr(error, 'errno', None), 'strerror': getattr(error, 'strerror', None),
-                    })
-                except TransportError:
-                    pass
-                return
-            self._sockets[key] = sock
-        bound = sock.getsockname()
+        key = address_key(payload['address'])
+        if key is None:
+            return self._protocol_violation(handle, 'a LISTEN frame whose address is neither (host, port) nor a path')
+        shared = self._shared
         try:
+            sock = shared.get(key)
+            if sock is None:
+                if shared.full():
+                    raise ListenError(
+                        f'the primary already shares {shared.limit} listening sockets (max_shared_sockets='
+                        f'{shared.limit}); reuse an address, or raise max_shared_sockets', worker_id=handle.id,
+                    )
+                sock = self._transport.bind(key)
+                shared.add(key, sock)
+            bound = sock.getsockname()
             handle._link.send_socket(sock, {'id': payload['id'], 'address': bound})
-        except TransportError:
+        except TransportError:  # the link is gone: nobody to answer
+            shared.close_unclaimed()
             return
+        except (OSError, ValueError, TypeError, ClusterError) as error:
+            # Any bind or descriptor failure (EADDRINUSE, EACCES, EMFILE, an unsupported transport)
+            # is this worker's failed listen(), never the primary's.
+            shared.close_unclaimed()
+            try:
+                handle._link.write(protocol.LISTENING, {
+                    'id': payload['id'], 'error': f'{type(error).__name__}: {error}',
+                    'errno': getattr(error, 'errno', None), 'strerror': getattr(error, 'strerror', None),
+                })
+            except TransportError:
+                pass
+            return
+        shared.claim(key, handle.id)
         self._publish('worker_listening', {'worker': handle, 'address': bound})
 
     # -- logging ---------------------------------------------------------------------

@@ -294,6 +294,8 @@ class Supervision:
         self._stats['restarts'] += 1
         self._last_forked = []
         self._publish('fork', {'worker_count': 1})
+        if self._last_forked:
+            self._shared.inherit(handle.id, self._last_forked[0].id)
         reload = self._reload
         if reload is not None and handle is reload.new:
             reload.new = self._last_forked[0] if self._last_forked else None
@@ -344,6 +346,7 @@ class Supervision:
         self._publish('fork', {'worker_count': 1})
         if self._reload is reload and self._last_forked:
             reload.new = self._last_forked[0]
+            self._shared.inherit(reload.old.id, reload.new.id)  # it re-listens on the open sockets
         elif self._reload is reload:
             self._abandon_reload()
 
