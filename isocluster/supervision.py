@@ -85,7 +85,7 @@ class RestartPolicy:
             return True
         if self.restart == 'never':
             return False
-        return signal is not None or code != 0 or not ever_ready
+        return is_failure(code, signal, ever_ready)
 
 
 def is_failure(code: int | None, signal: Any, ever_ready: bool) -> bool:
@@ -126,11 +126,12 @@ def describe_exit(handle: 'WorkerHandle') -> str:
 
 
 def no_workers_error(reason: str, last: 'WorkerHandle | None', policy: 'RestartPolicy') -> 'NoWorkersError | None':
-    """The error run()/wait_closed() raise for an end with no worker left; None for a clean one
-    (every worker that was not replaced exited successfully)."""
-    if reason == 'no_restart' and last is None:
+    """The error run()/wait_closed() raise for an end with no worker left, naming `last` (the
+    last unreplaced failure, else the last exit); None for a clean end (`last` None: every
+    worker that was not replaced exited successfully and the policy asked for no more)."""
+    if last is None:
         return None
-    failure = describe_exit(last) if last is not None else 'no worker left'
+    failure = describe_exit(last)
     if reason == 'boot_failure':
         advice = (f"{BOOT_FAILURE_LIMIT} workers failed to start and none ever became ready, so every "
                   "replacement would fail the same way; fix the "
@@ -226,7 +227,7 @@ class Supervision:
         wants = supervised and not self._replacement_stopped and self._policy.wants_restart(code, signal, handle._ever_ready)
         if wants and not handle._ever_ready and not self._any_ever_ready:
             self._boot_failures += 1
-            if halts_at_boot(self._boot_failures) and self._publish_no_workers('boot_failure'):
+            if halts_at_boot(self._boot_failures) and self._publish_no_workers('boot_failure', handle):
                 return
         replaced = self._decide_replacement(handle, code, signal)
         if replaced:
@@ -234,12 +235,13 @@ class Supervision:
         if not replaced and reload is not None and self._reload is reload and handle is reload.new:
             self._abandon_reload()  # the step's new worker died and nothing replaces it (R133)
         if not replaced and supervised and self._state == 'active' and is_drained(len(self._live), len(self._pending_restarts)):
-            self._publish_no_workers('restart_limit' if self._replacement_stopped else 'no_restart')
+            self._publish_no_workers('restart_limit' if self._replacement_stopped else 'no_restart', handle)
 
-    def _publish_no_workers(self, reason: str) -> bool:
+    def _publish_no_workers(self, reason: str, handle: 'WorkerHandle') -> bool:
         """Publish no_workers; True unless it was prevented (then supervision goes on)."""
         self._no_workers_ran = False
-        error = no_workers_error(reason, self._unreplaced_failure, self._policy)
+        last = self._unreplaced_failure if reason == 'no_restart' else self._unreplaced_failure or handle
+        error = no_workers_error(reason, last, self._policy)
         self._publish('no_workers', {'reason': reason, 'error': error})
         return self._no_workers_ran
 
