@@ -25,7 +25,6 @@ from .worker import ClusterWorker
 
 PREFIX = 'isocluster: '
 LISTEN_ENV = 'ISOCLUSTER_LISTEN'
-NO_WORKERS_REASONS = ('boot_failure', 'restart_limit', 'no_restart')
 
 RUN_DESCRIPTION = """\
 Start a primary that supervises --workers worker processes, each running FUNCTION from
@@ -406,7 +405,7 @@ def run(parser: argparse.ArgumentParser, arguments: argparse.Namespace, stream: 
     primary, what = _build_primary(parser, arguments)
     reporter = Reporter(primary, arguments.workers, stream)
     # The command prints the end-state error itself, once, as its last line.
-    logging.getLogger('isocluster').addFilter(lambda record: getattr(record, 'reason', None) not in NO_WORKERS_REASONS)
+    logging.getLogger('isocluster').addFilter(lambda record: getattr(record, 'reason', None) != 'no_workers')
     reporter.line(
         f'primary pid {os.getpid()}: {arguments.workers} worker(s) running {what} '
         f'(restart={arguments.restart}); SIGTERM/SIGINT: shut down, SIGHUP: reload'

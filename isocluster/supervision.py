@@ -252,10 +252,11 @@ class Supervision:
             return
         if error is not None:
             self._end_error = error
-            logger.error('%s', error, extra={'reason': event.data['reason'], 'worker_id': error.worker_id})
+            logger.error('%s', error, extra={'reason': 'no_workers', 'end': event.data['reason'],
+                                             'worker_id': error.worker_id})
         else:
             logger.info('every worker has exited and none is replaced (restart=%r); shutting down',
-                        self._policy.restart, extra={'reason': event.data['reason']})
+                        self._policy.restart, extra={'reason': 'no_workers', 'end': event.data['reason']})
         self.shut_down()
 
     def _staying_count(self) -> int:
