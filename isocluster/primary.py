@@ -828,6 +828,7 @@ class ClusterPrimary(Supervision, Initializable):
         for timer in self._pending_restarts:
             timer.cancel()
         self._pending_restarts.clear()
+        self._shared.drop_reservations()  # the delayed replacements will not come
         if self._heartbeat_timer is not None:
             self._heartbeat_timer.cancel()
             self._heartbeat_timer = None

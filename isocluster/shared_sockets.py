@@ -3,7 +3,8 @@
 A socket is bound once per address and kept while a live worker *claims* it: a worker that
 received it, or a worker started to replace one that did (a crash replacement or a reload
 step's new worker inherits its predecessor's claims when it is forked, so it re-listens on
-the still-open socket without a gap). When the last claimant exits the socket is closed. The
+the still-open socket without a gap; a replacement delayed by backoff holds a reservation
+until then). When the last claimant exits the socket is closed. The
 number of distinct sockets is capped, so a worker cannot exhaust the primary's descriptors.
 
 No I/O here beyond closing sockets: binding is the transport's, answering the worker the
@@ -54,6 +55,24 @@ class SharedSockets:
         for claimants in self._claims.values():
             if predecessor in claimants:
                 claimants.add(successor)
+
+    # A reservation keeps an exited worker's claims for a replacement forked later (after a
+    # backoff delay); it is the worker's id negated, so it never collides with a live worker.
+
+    def reserve(self, worker_id: int) -> None:
+        self.inherit(worker_id, -worker_id)
+
+    def inherit_reserved(self, worker_id: int, successor: int) -> None:
+        self.inherit(-worker_id, successor)
+
+    def unreserve(self, worker_id: int) -> list[Any]:
+        return self.release(-worker_id)
+
+    def drop_reservations(self) -> list[Any]:
+        """No delayed replacement will come (shutdown): close what only reservations held."""
+        for claimants in self._claims.values():
+            claimants.difference_update([claimant for claimant in claimants if claimant < 0])
+        return self.close_unclaimed()
 
     def release(self, worker_id: int) -> list[Any]:
         """`worker_id` exited: close every socket nobody claims any more; returns their keys."""

@@ -289,7 +289,8 @@ class Supervision:
         self._backoff_attempt += 1
         backoff = self._policy.backoff
         delay = backoff.delay(self._backoff_attempt, self._transport.random()) if backoff is not None else 0.0
-        timer: asyncio.TimerHandle = self._call_later(delay, self._delayed_replacement, lambda: timer)
+        self._shared.reserve(handle.id)  # its sockets stay open for the delayed replacement
+        timer: asyncio.TimerHandle = self._call_later(delay, self._delayed_replacement, lambda: timer, handle.id)
         self._pending_restarts.add(timer)
         return False
 
@@ -303,11 +304,15 @@ class Supervision:
         if reload is not None and handle is reload.new:
             reload.new = self._last_forked[0] if self._last_forked else None
 
-    def _delayed_replacement(self, timer_of: Callable[[], asyncio.TimerHandle]) -> None:
+    def _delayed_replacement(self, timer_of: Callable[[], asyncio.TimerHandle], predecessor: int) -> None:
         self._pending_restarts.discard(timer_of())
         if self._state == 'active':
             self._stats['restarts'] += 1
+            self._last_forked = []
             self._publish('fork', {'worker_count': 1})
+            if self._last_forked:
+                self._shared.inherit_reserved(predecessor, self._last_forked[0].id)
+        self._shared.unreserve(predecessor)
 
     def _event_restart_limit(self, event: Any) -> None:
         self._restart_limit_ran = True

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from isocluster import ClusterPrimary, ClusterWorker, ListenError, NotSupportedError
+from isocluster import Backoff, ClusterPrimary, ClusterWorker, ListenError, NotSupportedError
 from isocluster.shared_sockets import DEFAULT_MAX_SHARED_SOCKETS
 
 from cluster_helpers import ready_waiter, run_cluster
@@ -177,3 +177,21 @@ def test_a_worker_cannot_make_the_primary_unlink_a_served_unix_socket_on_real_pr
         assert still_serves(path)
     finally:
         server.close()
+
+
+def test_a_socket_stays_open_for_a_replacement_delayed_by_backoff_until_shutdown():
+    backoff = Backoff(initial=5.0, factor=2.0, maximum=5.0, jitter=0.0)
+    sim, p, rec = started(1, listening_worker, restart_intensity=0, restart_backoff=backoff)
+    p.on('restart_limit', lambda event: event.prevent())  # beyond the budget: replaced after 5 s
+    got = answers(p)
+    port = listen(sim, p, got, 1, ('127.0.0.1', 0))['address'][1]
+    shared = p._sockets[('127.0.0.1', 0)]
+    crash_and_wait(sim, p, rec, 1, code=1)
+    assert p.stats()['live'] == 0 and shared.fileno() != -1  # nobody holds it, a replacement will
+    sim.run_until(lambda: len(p.workers) == 1, timeout=30)
+    assert listen(sim, p, got, 2, ('127.0.0.1', 0))['address'][1] == port
+    crash_and_wait(sim, p, rec, 2, code=1)  # delayed again; shutting down cancels it
+    p.shut_down()
+    sim.run_until(lambda: p.closed)
+    assert shared.fileno() == -1 and p._sockets == {}
+    close(sim, p)
