@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import (
     ClusterError, DecodeError, DestroyedError, EncodeError, HeartbeatTimeout, InvalidDestinationError,
-    ListenError, MapError, NotAWorkerError, NotInitializedError, NotSupportedError, PrimaryLost, ProtocolError,
+    ListenError, MapError, NoWorkersError, NotAWorkerError, NotInitializedError, NotSupportedError, PrimaryLost,
+    ProtocolError,
     ReadyTimeout, RemoteError, RequestTimeout, SendError, TransportError, WorkerLost,
 )
 from .handle import WorkerHandle
@@ -47,6 +48,6 @@ def __dir__() -> list[str]:
 __all__ = [
     'Backoff', 'ClusterError', 'ClusterPrimary', 'ClusterWorker', 'DecodeError', 'DestroyedError',
     'EncodeError', 'Event', 'HeartbeatTimeout', 'Initializable', 'InvalidDestinationError', 'ListenError', 'MapError',
-    'NotAWorkerError', 'NotInitializedError', 'NotSupportedError', 'PrimaryLost', 'ProtocolError', 'Publisher',
+    'NoWorkersError', 'NotAWorkerError', 'NotInitializedError', 'NotSupportedError', 'PrimaryLost', 'ProtocolError', 'Publisher',
     'ReadyTimeout', 'RemoteError', 'RequestTimeout', 'RestartPolicy', 'SendError', 'Subscription', 'TransportError', 'WorkerHandle', 'WorkerLost',
 ]

@@ -17,6 +17,8 @@ import os
 import sys
 from typing import Any, Callable, Sequence, TextIO
 
+from .checks import MAX_WORKERS
+from .errors import NoWorkersError
 from .primary import ClusterPrimary
 from .transport.base import LOOP_ENV
 from .worker import ClusterWorker
@@ -49,8 +51,10 @@ rolling reload (each worker replaced by a new one, new ready before old leaves);
 one worker more; SIGTTOU: one worker less (never below one).
 
 Exit status: 0 after a shutdown asked for by a signal (or once every worker has ended
-cleanly and none is replaced); 1 when the cluster ended because workers kept failing or the
-primary failed; 2 for a bad command line."""
+cleanly and none is replaced); 1, with one line saying why, when the cluster stopped
+because no worker is left and none will be started (3 failed starts before any worker was
+ready, the restart limit, or failed workers --restart does not replace) or the primary
+failed; 2 for a bad command line."""
 
 RUN_EPILOG = """\
 examples:
@@ -124,6 +128,8 @@ def _worker_count(text: str) -> int:
         raise argparse.ArgumentTypeError(f'expected a number of workers or "auto", got {text!r}') from None
     if count < 1:
         raise argparse.ArgumentTypeError(f'expected at least 1 worker, got {count}')
+    if count > MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f'expected at most {MAX_WORKERS} workers, got {count}')
     return count
 
 
@@ -238,8 +244,6 @@ class Reporter:
         self.reload_ready = 0
         self.progress_shown = False
         self.addresses: set[str] = set()
-        self.failed_exit = False
-        self.restart_limited = False
         self.shutting_down = False
         primary.after({
             'worker_fork': self._worker_fork,
@@ -250,6 +254,7 @@ class Reporter:
             'worker_exit': self._worker_exit,
             'worker_error': self._worker_error,
             'restart_limit': self._restart_limit,
+            'no_workers': self._no_workers,
             'reload': self._reload,
             'reload_complete': self._reload_complete,
             'shut_down': self._shut_down,
@@ -316,8 +321,6 @@ class Reporter:
         how = f'signal {signal.name}' if signal is not None else f'code {code}'
         if worker.exited_after_disconnect:
             how += ', after disconnect'
-        else:
-            self.failed_exit = signal is not None or code != 0
         self.line(f'worker {worker.id} exited ({how})')
 
     def _worker_error(self, event: Any) -> None:
@@ -325,9 +328,12 @@ class Reporter:
         self.line(f"worker {event.data['worker'].id} error: {type(error).__name__}: {error}")
 
     def _restart_limit(self, event: Any) -> None:
-        self.restart_limited = True
         self.line(f"restart limit reached: workers that exit are no longer replaced "
                   f"({event.data['worker_count']} live)")
+
+    def _no_workers(self, event: Any) -> None:
+        if event.data['error'] is None:  # otherwise run() raises it and the command prints it once
+            self.line('no worker left and none will be started; exiting')
 
     def _shut_down(self, event: Any) -> None:
         self.shutting_down = True
@@ -411,8 +417,8 @@ class _LibraryLog(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         reason = getattr(record, 'reason', None)
-        if hasattr(record, 'exit_code') or reason == 'restart_limit':
-            return
+        if hasattr(record, 'exit_code') or reason in ('restart_limit', 'no_workers'):
+            return  # the Reporter prints these, the end state as the command's last line
         if hasattr(record, 'worker_id') and reason not in self.ESCALATIONS:
             return  # a worker error
         text = record.getMessage()
@@ -445,18 +451,6 @@ def run(parser: argparse.ArgumentParser, arguments: argparse.Namespace, stream: 
     log_handler, propagate = _LibraryLog(reporter), library_log.propagate
     library_log.addHandler(log_handler)
     library_log.propagate = False
-    state = {'shutting_down': False, 'empty': False}
-
-    def check_empty() -> None:
-        # With restart 'never' / 'on-failure', or past the restart limit, every worker may be
-        # gone with none coming: then there is nothing left to supervise.
-        if not state['shutting_down'] and not primary.closed and primary.stats()['live'] == 0:
-            reporter.line('no worker left and none will be started; exiting')
-            state['empty'] = True
-            primary.shut_down()
-
-    primary.on('shut_down', lambda event: state.update(shutting_down=True))
-    primary.after('worker_exit', lambda event: primary.transport.loop.call_soon(check_empty))
     reporter.line(
         f'primary pid {os.getpid()}: {arguments.workers} worker(s) running {what} '
         f'(restart={arguments.restart}); SIGTERM/SIGINT: shut down, SIGHUP: reload, SIGTTIN/SIGTTOU: one worker more/less'
@@ -464,14 +458,15 @@ def run(parser: argparse.ArgumentParser, arguments: argparse.Namespace, stream: 
     primary.fork(worker_count=arguments.workers)
     try:
         primary.run()
+    except NoWorkersError as error:  # the library's end state: no worker left, none to come
+        reporter.line(f'stopped: {error}')
+        return 1
     except Exception as error:
         reporter.line(f'fatal: {type(error).__name__}: {error}')
         return 1
     finally:
         library_log.removeHandler(log_handler)
         library_log.propagate = propagate
-    if state['empty']:
-        return 1 if reporter.failed_exit or reporter.restart_limited else 0
     return 0
 
 

@@ -74,6 +74,17 @@ class ListenError(ClusterError):
     """`ClusterWorker.listen()` failed; the cause is the primary's `OSError`."""
 
 
+class NoWorkersError(ClusterError):
+    """The cluster stopped because no worker is running and none will be started: `reason` is
+    `'boot_failure'` (a worker failed to start before any became ready), `'restart_limit'` or
+    `'no_restart'` (the restart policy replaces none of the workers that exited). `worker_id`
+    names the last worker that failed."""
+
+    def __init__(self, message: str = '', *, worker_id: int | None = None, reason: str = '') -> None:
+        super().__init__(message, worker_id=worker_id)
+        self.reason = reason
+
+
 class NotSupportedError(ClusterError):
     """The transport cannot do what was asked."""
 

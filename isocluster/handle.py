@@ -32,6 +32,7 @@ class WorkerHandle:
         self._primary = primary
         self._link: WorkerLink | None = None
         self._start_error: BaseException | None = None
+        self._error: BaseException | None = None  # what its worker_error carried, if any
         # supervision bookkeeping, owned by the primary
         self._online_accepted = False
         self._ready_received = False

@@ -6,6 +6,7 @@ import asyncio
 import inspect
 from typing import Any, Callable, ClassVar
 
+from .checks import check_bool
 from .pubsub import Publisher
 
 _initializer_cache: dict[type, tuple[Callable[..., Any], ...]] = {}
@@ -43,6 +44,7 @@ class Initializable(Publisher):
     }
 
     def __init__(self, *, initialize: bool = True) -> None:
+        check_bool('initialize', initialize)
         super().__init__()
         self.initialized = False
         self.destroyed = False

@@ -16,16 +16,17 @@ from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 from . import frames, protocol
 from .errors import (
-    ClusterError, DecodeError, DestroyedError, EncodeError, HeartbeatTimeout, InvalidDestinationError,
-    NotInitializedError, ProtocolError, ReadyTimeout, SendError, TransportError, WorkerLost,
+    ClusterError, DecodeError, DestroyedError, EncodeError, HeartbeatTimeout, InvalidDestinationError, ListenError,
+    NoWorkersError, NotInitializedError, ProtocolError, ReadyTimeout, SendError, TransportError, WorkerLost,
 )
 from .handle import WorkerHandle
 from .lifecycle import Initializable
 from . import dispatch
 from .inflight import CountingRequests
 from .routing import Request, route
-from .checks import check_seconds
-from .supervision import Backoff, RestartPolicy, Supervision, _Reload
+from .checks import MIN_HEARTBEAT_INTERVAL, check_bool, check_positive_int, check_seconds, check_worker_count
+from .shared_sockets import DEFAULT_MAX_SHARED_SOCKETS, SharedSockets, address_key
+from .supervision import Backoff, RestartPolicy, Supervision, _Reload, _warn_inactive
 from .transport.base import SIGKILL, SIGTERM, Signals, Transport, WorkerLink, WorkerSpec
 
 logger = logging.getLogger('isocluster')
@@ -35,7 +36,7 @@ _MISSING: Any = object()
 _EVENTS = (
     'fork', 'worker_fork', 'worker_online', 'worker_ready', 'add_worker', 'remove_worker',
     'worker_message', 'worker_listening', 'worker_disconnect', 'worker_error', 'worker_exit',
-    'restart_limit', 'reload', 'reload_complete',
+    'restart_limit', 'reload', 'reload_complete', 'no_workers',
 )
 
 
@@ -103,6 +104,7 @@ class ClusterPrimary(Supervision, Initializable):
         heartbeat_interval: float | None = None,
         heartbeat_timeout: float | None = None,
         drain_timeout: float | None = None,
+        max_shared_sockets: int = DEFAULT_MAX_SHARED_SOCKETS,
     ) -> None:
         self._configure(
             worker_target, worker_script, worker_args, worker_silent, worker_stdio, transport, codec,
@@ -110,6 +112,7 @@ class ClusterPrimary(Supervision, Initializable):
             ready_timeout, shutdown_timeout, kill_timeout, heartbeat_interval, heartbeat_timeout,
         )
         self._drain_timeout = _check_drain_timeout(drain_timeout, self._shutdown_timeout)
+        self._shared = SharedSockets(check_positive_int('max_shared_sockets', max_shared_sockets))
         self._state = 'new'
         self._next_id = 1
         self._live: dict[int, WorkerHandle] = {}
@@ -117,7 +120,7 @@ class ClusterPrimary(Supervision, Initializable):
         self._pool_ids: list[int] = []
         self._round_robin_history: dict[Any, dict[int, int]] = {}
         self._round_robin_counter = 0
-        self._sockets: dict[Any, Any] = {}
+        self._sockets: dict[Any, Any] = self._shared.sockets  # address key -> shared listening socket
         self._reuse_port_addresses: dict[Any, Any] = {}  # asked address -> the one the first socket got
         self._restart_times: deque[float] = deque()
         self._replacement_stopped = False
@@ -130,6 +133,11 @@ class ClusterPrimary(Supervision, Initializable):
         self._requests = CountingRequests()
         self._destroy_deferred = False
         self._fatal_error: BaseException | None = None
+        self._end_error: NoWorkersError | None = None
+        self._any_ever_ready = False
+        self._boot_failures = 0
+        self._unreplaced_failure: WorkerHandle | None = None
+        self._no_workers_ran = False
         self._closed = False
         self._closed_future: asyncio.Future[None] | None = None
         self._stats = dict.fromkeys(
@@ -181,6 +189,12 @@ class ClusterPrimary(Supervision, Initializable):
             raise ValueError(
                 f'heartbeat_timeout ({timeout}) must be greater than heartbeat_interval ({interval})'
             )
+        if interval is not None and interval < MIN_HEARTBEAT_INTERVAL:
+            name = 'heartbeat_interval' if heartbeat_interval is not None else 'heartbeat_timeout'
+            raise ValueError(
+                f'{name}: heartbeats every {interval}s are below the minimum interval of '
+                f'{MIN_HEARTBEAT_INTERVAL}s (heartbeat_timeout must be at least {3 * MIN_HEARTBEAT_INTERVAL}s)'
+            )
         self._heartbeat_interval, self._heartbeat_timeout = interval, timeout
         if restart_policy is not None:
             if not isinstance(restart_policy, RestartPolicy):
@@ -194,7 +208,7 @@ class ClusterPrimary(Supervision, Initializable):
         self._worker_target = worker_target
         self._worker_script = worker_script
         self._worker_args = worker_args
-        self._worker_silent = bool(worker_silent)
+        self._worker_silent = check_bool('worker_silent', worker_silent)
         self._worker_stdio = dict(worker_stdio) if worker_stdio is not None else None
         self._owns_transport = transport is None
         if transport is None:
@@ -226,9 +240,7 @@ class ClusterPrimary(Supervision, Initializable):
         self._pool.clear()
         self._pool_ids.clear()
         self._round_robin_history.clear()
-        for sock in self._sockets.values():
-            sock.close()
-        self._sockets.clear()
+        self._shared.close_all()
         super()._destroy(*args, **kwargs)
         if self._owns_transport:
             self._transport.close()
@@ -267,11 +279,11 @@ class ClusterPrimary(Supervision, Initializable):
         return types.MappingProxyType(dict(self._pool))
 
     def fork(self, worker_count: int = 1) -> 'ClusterPrimary':
-        if type(worker_count) is not int or worker_count < 0:
-            raise ValueError(f'worker_count: expected an int >= 0, got {worker_count!r}')
+        check_worker_count('worker_count', worker_count, already=self._staying_count())
         if self._state == 'new':
             raise NotInitializedError('fork(): the primary has not finished initializing; call initialize() first')
         if self._state != 'active':
+            _warn_inactive('fork', worker_count, self._state)
             return self
         self._transport.check_spec(self._spec(0))
         self._publish('fork', {'worker_count': worker_count})
@@ -522,6 +534,8 @@ class ClusterPrimary(Supervision, Initializable):
             await asyncio.shield(self._closed_future)
         if self._fatal_error is not None:
             raise self._fatal_error
+        if self._end_error is not None:
+            raise self._end_error
 
     @property
     def closed(self) -> bool:
@@ -713,6 +727,8 @@ class ClusterPrimary(Supervision, Initializable):
     def _worker_fault(self, handle: WorkerHandle, error: BaseException) -> None:
         """A fault on a worker: read nothing more from it, publish worker_error once (R85)."""
         handle._faulted = True
+        if handle._error is None:
+            handle._error = error
         if handle._error_published or handle.state == 'dead':
             return
         handle._error_published = True
@@ -748,6 +764,7 @@ class ClusterPrimary(Supervision, Initializable):
             self._after_worker_exit(handle)
 
     def _after_worker_exit(self, handle: WorkerHandle) -> None:
+        self._shared.release(handle.id)  # after the replacement decision: a replacement inherits
         reload = self._reload
         if reload is not None and handle is reload.old:
             reload.old = None
@@ -769,6 +786,7 @@ class ClusterPrimary(Supervision, Initializable):
             return
         handle._move('ready')
         handle._ever_ready = True
+        self._any_ever_ready = True
         handle._cancel_timer('ready')
         if self._heartbeat_interval is not None and self._state == 'active':
             self._start_heartbeat(handle)
@@ -907,6 +925,7 @@ class ClusterPrimary(Supervision, Initializable):
         for timer in self._pending_restarts:
             timer.cancel()
         self._pending_restarts.clear()
+        self._shared.drop_reservations()  # the delayed replacements will not come
         if self._heartbeat_timer is not None:
             self._heartbeat_timer.cancel()
             self._heartbeat_timer = None
@@ -922,53 +941,71 @@ class ClusterPrimary(Supervision, Initializable):
         """Bind a shared address now, for the workers that will `listen()` on it: a busy or
         forbidden address fails here (OSError), before any worker is forked. Returns the bound
         address (the chosen port for port 0)."""
-        key = tuple(address) if isinstance(address, list) else address
-        sock = self._sockets.get(key)
+        key = address_key(address)
+        if key is None:
+            raise ValueError(f'address: expected a (host, port) tuple or a Unix socket path, got {address!r}')
+        sock = self._shared.get(key)
         if sock is None:
+            if self._shared.full():
+                raise ListenError(f'the primary already shares {self._shared.limit} listening sockets '
+                                  f'(max_shared_sockets={self._shared.limit}); raise max_shared_sockets')
             sock = self._transport.bind(key)
-            self._sockets[key] = sock
+            self._shared.add(key, sock)
+        self._shared.pin(key)  # bound by the application: kept until shutdown, worker or not
         return sock.getsockname()
 
     def _close_shared_sockets(self) -> None:
         # Shutting down: new clients are refused while the draining workers still accept the
         # ones queued, instead of waiting in the backlog to be reset at the last close.
-        for sock in self._sockets.values():
-            self._transport.close_listening(sock)
-        self._sockets.clear()
+        self._shared.close_all(self._transport.close_listening)
 
     def _listen(self, handle: WorkerHandle, payload: Any) -> None:
         if not isinstance(payload, dict) or 'id' not in payload or 'address' not in payload:
             return self._protocol_violation(handle, 'a malformed LISTEN frame')
-        address = payload['address']
-        key = tuple(address) if isinstance(address, list) else address
+        key = address_key(payload['address'])
+        if key is None:
+            return self._protocol_violation(handle, 'a LISTEN frame whose address is neither (host, port) nor a path')
         reuse_port = payload.get('reuse_port') is True
-        sock = None if reuse_port else self._sockets.get(key)
-        if sock is None:
-            try:
-                sock = self._bind_for(key, reuse_port)
-            except (OSError, ValueError, TypeError) as error:
-                try:
-                    handle._link.write(protocol.LISTENING, {
-                        'id': payload['id'], 'error': f'{type(error).__name__}: {error}',
-                        'errno': getattr(error, 'errno', None), 'strerror': getattr(error, 'strerror', None),
-                    })
-                except TransportError:
-                    pass
-                return
-        bound = sock.getsockname()
+        shared = self._shared
+        sock = None
         try:
+            if reuse_port:  # the worker's own SO_REUSEPORT socket: it ends with its worker
+                sock = self._bind_reuse_port(key)
+            else:
+                sock = shared.get(key)
+                if sock is None:
+                    if shared.full():
+                        raise ListenError(
+                            f'the primary already shares {shared.limit} listening sockets (max_shared_sockets='
+                            f'{shared.limit}); reuse an address, or raise max_shared_sockets', worker_id=handle.id,
+                        )
+                    sock = self._transport.bind(key)
+                    shared.add(key, sock)
+            bound = sock.getsockname()
             handle._link.send_socket(sock, {'id': payload['id'], 'address': bound, **({'reuse_port': True} if reuse_port else {})})
-        except TransportError:
+        except TransportError:  # the link is gone: nobody to answer
+            shared.close_unclaimed()
+            return
+        except (OSError, ValueError, TypeError, ClusterError) as error:
+            # Any bind or descriptor failure (EADDRINUSE, EACCES, EMFILE, an unsupported transport)
+            # is this worker's failed listen(), never the primary's.
+            shared.close_unclaimed()
+            try:
+                handle._link.write(protocol.LISTENING, {
+                    'id': payload['id'], 'error': f'{type(error).__name__}: {error}',
+                    'errno': getattr(error, 'errno', None), 'strerror': getattr(error, 'strerror', None),
+                })
+            except TransportError:
+                pass
             return
         finally:
-            if reuse_port:
-                sock.close()  # the worker's copy is the only one: the socket ends with its worker
+            if reuse_port and sock is not None:
+                sock.close()  # the worker's copy is the only one
+        if not reuse_port:
+            shared.claim(key, handle.id)
         self._publish('worker_listening', {'worker': handle, 'address': bound})
 
-    def _bind_for(self, key: Any, reuse_port: bool) -> Any:
-        if not reuse_port:
-            sock = self._sockets[key] = self._transport.bind(key)
-            return sock
+    def _bind_reuse_port(self, key: Any) -> Any:
         # Each worker gets a SO_REUSEPORT socket of its own; port 0 is the port the first one got.
         sock = self._transport.bind(self._reuse_port_addresses.get(key, key), reuse_port=True)
         self._reuse_port_addresses[key] = sock.getsockname()

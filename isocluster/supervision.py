@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Self
 
 from . import protocol
-from .checks import check_seconds
-from .errors import HeartbeatTimeout, TransportError
+from .checks import check_bool, check_finite, check_seconds, check_worker_count
+from .errors import HeartbeatTimeout, NoWorkersError, TransportError
 
 if TYPE_CHECKING:
     from .handle import WorkerHandle
@@ -22,6 +22,14 @@ if TYPE_CHECKING:
 logger = logging.getLogger('isocluster')
 
 RESTART_MODES = ('always', 'on-failure', 'never')
+
+
+def _warn_inactive(method: str, worker_count: int, state: str) -> None:
+    # SPEC R92 makes it a no-op; silently ignoring it hid bugs (a fork racing a shutdown).
+    logger.warning(
+        '%s(worker_count=%s) ignored: the primary is %s and starts no more workers',
+        method, worker_count, state.replace('_', ' '), extra={'reason': f'{method}_when_{state}'},
+    )
 
 
 @dataclass(frozen=True)
@@ -38,14 +46,17 @@ class Backoff:
     def __post_init__(self) -> None:
         check_seconds('Backoff.initial', self.initial)
         check_seconds('Backoff.maximum', self.maximum)
-        if isinstance(self.factor, bool) or not isinstance(self.factor, (int, float)) or self.factor < 1:
-            raise ValueError(f'Backoff.factor: expected a number >= 1, got {self.factor!r}')
+        check_finite('Backoff.factor', self.factor, minimum=1)
         if isinstance(self.jitter, bool) or not isinstance(self.jitter, (int, float)) or not 0 <= self.jitter < 1:
             raise ValueError(f'Backoff.jitter: expected a number in [0, 1), got {self.jitter!r}')
 
     def delay(self, attempt: int, draw: float) -> float:
         """`attempt` counts from 1; `draw` is uniform in [0, 1)."""
-        base = min(self.maximum, self.initial * self.factor ** (attempt - 1))
+        try:
+            grown = self.initial * self.factor ** (attempt - 1)
+        except OverflowError:  # a long crash loop: factor ** k leaves the float range
+            grown = self.maximum
+        base = min(self.maximum, grown)
         return base * (1 - self.jitter + 2 * self.jitter * draw)
 
 
@@ -74,7 +85,65 @@ class RestartPolicy:
             return True
         if self.restart == 'never':
             return False
-        return signal is not None or code != 0 or not ever_ready
+        return is_failure(code, signal, ever_ready)
+
+
+def is_failure(code: int | None, signal: Any, ever_ready: bool) -> bool:
+    """A crash, a non-zero exit, or an exit before the worker was ever ready (R126)."""
+    return signal is not None or code != 0 or not ever_ready
+
+
+# Failed starts in a row, before any worker was ever ready, that stop the cluster. One could be
+# bad luck (a port still in use, a primary-side worker_error); three mean the workers' code or
+# environment is broken and every replacement would fail the same way.
+BOOT_FAILURE_LIMIT = 3
+
+
+def halts_at_boot(boot_failures: int) -> bool:
+    """`boot_failures`: failed starts so far while no worker of the primary was ever ready.
+    gunicorn halts on a worker's boot error for the same reason: stop, instead of forking a
+    storm of failing workers until the restart limit."""
+    return boot_failures >= BOOT_FAILURE_LIMIT
+
+
+def is_drained(live: int, pending_restarts: int) -> bool:
+    """After an exit the policy did not replace: no worker is live and none is about to be
+    started. (An exit of a retired worker, from scale(0) or stop_worker, is never asked: an
+    empty pool the user made on purpose is not an end.)"""
+    return live == 0 and pending_restarts == 0
+
+
+def describe_exit(handle: 'WorkerHandle') -> str:
+    """How one worker ended, for an error message: its worker_error if any, else its exit."""
+    if handle._error is not None:
+        how = f'{type(handle._error).__name__}: {handle._error}'
+    elif handle.exit_signal is not None:
+        how = f'killed by {handle.exit_signal.name}'
+    else:
+        how = f'exit code {handle.exit_code}'
+    when = '' if handle._ever_ready else ' before it became ready'
+    return f'worker {handle.id} ended{when} ({how})'
+
+
+def no_workers_error(reason: str, last: 'WorkerHandle | None', policy: 'RestartPolicy') -> 'NoWorkersError | None':
+    """The error run()/wait_closed() raise for an end with no worker left, naming `last` (the
+    last unreplaced failure, else the last exit); None for a clean end (`last` None: every
+    worker that was not replaced exited successfully and the policy asked for no more)."""
+    if last is None:
+        return None
+    failure = describe_exit(last)
+    if reason == 'boot_failure':
+        advice = (f"{BOOT_FAILURE_LIMIT} workers failed to start and none ever became ready, so every "
+                  "replacement would fail the same way; fix the "
+                  "worker's start-up (its traceback is on the worker's stderr) and start the cluster again")
+    elif reason == 'restart_limit':
+        advice = (f'the restart limit was reached (more than {policy.intensity} restarts within '
+                  f'{policy.period}s) and the last workers exited; fix the crash, raise restart_intensity, '
+                  'or prevent no_workers and call scale() to keep the primary up')
+    else:
+        advice = f"restart={policy.restart!r} replaces none of the workers that exited; use restart='always' to keep them running"
+    return NoWorkersError(f'the cluster stopped with no worker left: {failure}; {advice}',
+                          worker_id=last.id if last is not None else None, reason=reason)
 
 
 class _Reload:
@@ -104,6 +173,7 @@ class Supervision:
     def stop_worker(self, worker: 'WorkerHandle | int', replace: bool = False) -> Self:
         """Retire one live worker (never replaced), or with `replace=True` swap it for a new
         one as a reload step (R135)."""
+        check_bool('replace', replace)
         handle = self._live_handle(worker, 'stop_worker')
         if not replace:
             handle._retired = True
@@ -120,13 +190,14 @@ class Supervision:
     def scale(self, worker_count: int) -> Self:
         """Fork or retire workers to reach `worker_count` live ones; re-enables replacement
         after `restart_limit` (R136)."""
-        if type(worker_count) is not int or worker_count < 0:
-            raise ValueError(f'worker_count: expected an int >= 0, got {worker_count!r}')
+        check_worker_count('worker_count', worker_count)
         if self._state != 'active':
+            _warn_inactive('scale', worker_count, self._state)
             return self
         self._restart_times.clear()
         self._replacement_stopped = False
         self._backoff_attempt = 0
+        self._unreplaced_failure = None
         reload = self._reload
         # A reload step's old worker is leaving: its new worker takes its place.
         leaving = reload.old if reload is not None and reload.new is not None else None
@@ -150,9 +221,47 @@ class Supervision:
         reload = self._reload
         if reload is not None and handle is reload.old and reload.new is not None:
             return  # the step's new worker replaces it (R133)
+        supervised = self._state == 'active' and not handle._retired  # retired: an empty pool on purpose
+        if supervised and is_failure(code, signal, handle._ever_ready):
+            self._unreplaced_failure = handle  # until a replacement is made
+        wants = supervised and not self._replacement_stopped and self._policy.wants_restart(code, signal, handle._ever_ready)
+        if wants and not handle._ever_ready and not self._any_ever_ready:
+            self._boot_failures += 1
+            if halts_at_boot(self._boot_failures) and self._publish_no_workers('boot_failure', handle):
+                return
         replaced = self._decide_replacement(handle, code, signal)
+        if replaced:
+            self._unreplaced_failure = None
         if not replaced and reload is not None and self._reload is reload and handle is reload.new:
             self._abandon_reload()  # the step's new worker died and nothing replaces it (R133)
+        if not replaced and supervised and self._state == 'active' and is_drained(len(self._live), len(self._pending_restarts)):
+            self._publish_no_workers('restart_limit' if self._replacement_stopped else 'no_restart', handle)
+
+    def _publish_no_workers(self, reason: str, handle: 'WorkerHandle') -> bool:
+        """Publish no_workers; True unless it was prevented (then supervision goes on)."""
+        self._no_workers_ran = False
+        last = self._unreplaced_failure if reason == 'no_restart' else self._unreplaced_failure or handle
+        error = no_workers_error(reason, last, self._policy)
+        self._publish('no_workers', {'reason': reason, 'error': error})
+        return self._no_workers_ran
+
+    def _event_no_workers(self, event: Any) -> None:
+        self._no_workers_ran = True
+        error = event.data['error']
+        if self._state != 'active':
+            return
+        if error is not None:
+            self._end_error = error
+            logger.error('%s', error, extra={'reason': 'no_workers', 'end': event.data['reason'],
+                                             'worker_id': error.worker_id})
+        else:
+            logger.info('every worker has exited and none is replaced (restart=%r); shutting down',
+                        self._policy.restart, extra={'reason': 'no_workers', 'end': event.data['reason']})
+        self.shut_down()
+
+    def _staying_count(self) -> int:
+        """Live workers that are not leaving: what fork() adds to."""
+        return sum(1 for handle in self._live.values() if not handle._retired)
 
     def _decide_replacement(self, handle: WorkerHandle, code: int | None, signal: Signals | None) -> bool:
         """Replace `handle` now, later (backoff), or not at all; True when replaced now."""
@@ -180,7 +289,8 @@ class Supervision:
         self._backoff_attempt += 1
         backoff = self._policy.backoff
         delay = backoff.delay(self._backoff_attempt, self._transport.random()) if backoff is not None else 0.0
-        timer: asyncio.TimerHandle = self._call_later(delay, self._delayed_replacement, lambda: timer)
+        self._shared.reserve(handle.id)  # its sockets stay open for the delayed replacement
+        timer: asyncio.TimerHandle = self._call_later(delay, self._delayed_replacement, lambda: timer, handle.id)
         self._pending_restarts.add(timer)
         return False
 
@@ -188,15 +298,21 @@ class Supervision:
         self._stats['restarts'] += 1
         self._last_forked = []
         self._publish('fork', {'worker_count': 1})
+        if self._last_forked:
+            self._shared.inherit(handle.id, self._last_forked[0].id)
         reload = self._reload
         if reload is not None and handle is reload.new:
             reload.new = self._last_forked[0] if self._last_forked else None
 
-    def _delayed_replacement(self, timer_of: Callable[[], asyncio.TimerHandle]) -> None:
+    def _delayed_replacement(self, timer_of: Callable[[], asyncio.TimerHandle], predecessor: int) -> None:
         self._pending_restarts.discard(timer_of())
         if self._state == 'active':
             self._stats['restarts'] += 1
+            self._last_forked = []
             self._publish('fork', {'worker_count': 1})
+            if self._last_forked:
+                self._shared.inherit_reserved(predecessor, self._last_forked[0].id)
+        self._shared.unreserve(predecessor)
 
     def _event_restart_limit(self, event: Any) -> None:
         self._restart_limit_ran = True
@@ -238,6 +354,7 @@ class Supervision:
         self._publish('fork', {'worker_count': 1})
         if self._reload is reload and self._last_forked:
             reload.new = self._last_forked[0]
+            self._shared.inherit(reload.old.id, reload.new.id)  # it re-listens on the open sockets
         elif self._reload is reload:
             self._abandon_reload()
 

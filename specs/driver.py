@@ -27,7 +27,7 @@ PRIMARY_EVENTS = (
     'fork', 'worker_fork', 'worker_online', 'worker_ready', 'add_worker', 'remove_worker',
     'worker_message', 'worker_listening', 'worker_disconnect', 'worker_error', 'worker_exit',
     'shut_down', 'shut_down_complete', 'restart_limit', 'reload', 'reload_complete',
-    'destroy', 'destroy_complete',
+    'destroy', 'destroy_complete', 'no_workers',
 )
 
 READY_TIMEOUT = 5.0
@@ -126,6 +126,8 @@ def _summary(name: str, data: dict[str, Any]) -> dict[str, Any]:
         return {'worker_count': data['worker_count']}
     if name == 'reload':
         return {'worker_count': data['worker_count']}
+    if name == 'no_workers':
+        return {'reason': data['reason'], 'error': type(data['error']).__name__}
     if name == 'reload_complete':
         return {'worker_count': data['worker_count'], 'aborted': data['aborted']}
     return {}

@@ -24,6 +24,7 @@ from typing import Any
 
 FORKED, ONLINE, READY, DISCONNECTED, DEAD = 'forked', 'online', 'ready', 'disconnected', 'dead'
 LIVE_STATES = (FORKED, ONLINE, READY, DISCONNECTED)
+BOOT_FAILURE_LIMIT = 3  # README: failed starts in a row, before any worker was ready, stop the cluster
 
 
 class SpecViolation(AssertionError):
@@ -81,6 +82,7 @@ class Frame:
     name: str
     worker: int | None
     expect_nested: str | None = None  # 'fork' | 'restart_limit' | None
+    expect_end: str | None = None  # reason of a no_workers published after it (issue 13), if any
     nested_seen: list[str] = field(default_factory=list)
 
 
@@ -103,6 +105,9 @@ class ClusterModel:
         self.restart_times: deque[float] = deque()
         self.replacement_stopped = False
         self.restart_limit_seen = False  # since the last scale()
+        self.any_ever_ready = False
+        self.boot_failures = 0  # failed starts while no worker was ever ready
+        self.no_workers_seen: str | None = None
         self.target = 0  # slots: workers the cluster should keep ready
         self.reload: ReloadModel | None = None
         self.reloads_started = 0
@@ -368,6 +373,7 @@ class ClusterModel:
         require(frame.nested_seen == ['add_worker'], 'R64', f'worker_ready nests {frame.nested_seen}, not add_worker')
         worker.state = READY
         worker.ever_ready = True
+        self.any_ever_ready = True
         self._pool.add(worker_id)
         reload = self.reload
         if reload is not None and worker_id == reload.new and not worker.retired:
@@ -464,7 +470,19 @@ class ClusterModel:
                     f'disconnect requested by the primary: {worker.disconnect_requested}')
         worker.state = DEAD
         worker.process_alive = False
+        supervised = self.phase == 'active' and not worker.retired
+        reload = self.reload
+        if reload is not None and worker.id == reload.old and reload.new is not None:
+            supervised = False  # the step's new worker replaces it (R133)
+        if supervised and not self.replacement_stopped and not worker.ever_ready and not self.any_ever_ready:
+            self.boot_failures += 1
+            if self.boot_failures >= BOOT_FAILURE_LIMIT:
+                frame.expect_end = 'boot_failure'
+                return
         frame.expect_nested = self._replacement_decision(worker, code, signal)
+        if supervised and frame.expect_nested != 'fork' and not self.live():
+            frame.expect_end = 'restart_limit' if frame.expect_nested == 'restart_limit' or self.replacement_stopped \
+                else 'no_restart'
 
     def _replacement_decision(self, worker: WorkerModel, code: Any, signal: Any) -> str | None:
         """R82, R83, R126-R128, R133: what the complete stage of worker_exit publishes nested."""
@@ -482,6 +500,7 @@ class ClusterModel:
 
     def _after_worker_exit(self, frame: Frame, worker_id: int, data: dict[str, Any]) -> None:
         expected = {'fork': ['fork'], 'restart_limit': ['restart_limit'], None: []}[frame.expect_nested]
+        expected = expected + (['no_workers'] if frame.expect_end else [])
         require(frame.nested_seen == expected, 'R82/R128',
                 f'worker_exit {worker_id} nests {frame.nested_seen}; expected {expected} '
                 f'(phase {self.phase}, budget {list(self.restart_times)} at t={self.now})')
@@ -510,6 +529,20 @@ class ClusterModel:
         self.replacement_stopped = True
         self.restart_limit_seen = True
         self._end_reload(aborted=True)
+
+    def _on_no_workers(self, frame: Frame, worker_id: Any, data: dict[str, Any], parent: Frame | None) -> None:
+        """Issue 13: no worker live and none to be started: published nested in that last exit,
+        its default action shuts the cluster down."""
+        require(parent is not None and parent.name == 'worker_exit' and parent.expect_end is not None,
+                'no_workers', f'no_workers published outside an exit that leaves nobody ({parent and parent.name})')
+        require(data['reason'] == parent.expect_end, 'no_workers',
+                f"no_workers reason {data['reason']}, expected {parent.expect_end}")
+        if data['reason'] != 'boot_failure':  # a boot failure stops the workers still starting
+            require(not self.live(), 'no_workers', f'no_workers with live workers {self.live()}')
+        self.no_workers_seen = data['reason']
+
+    def _after_no_workers(self, frame: Frame, worker_id: Any, data: dict[str, Any]) -> None:
+        require(frame.nested_seen == ['shut_down'], 'no_workers', f'no_workers nests {frame.nested_seen}, not shut_down')
 
     def _on_reload(self, frame: Frame, worker_id: Any, data: dict[str, Any], parent: Frame | None) -> None:
         require(self.phase == 'active' and self.reload is None, 'R132', 'reload published while not allowed')

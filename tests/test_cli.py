@@ -309,7 +309,11 @@ def test_workers_that_are_not_replaced_end_the_command_with_status_1(isocluster)
     output = command.output()
     assert 'isocluster: worker 1 exited (code 3)' in output
     assert 'isocluster: worker 2 exited (code 3)' in output
-    assert 'no worker left and none will be started; exiting' in output
+    stopped = [line for line in output.splitlines() if line.startswith('isocluster: stopped: ')]
+    assert len(stopped) == 1, output
+    assert re.fullmatch(r"isocluster: stopped: the cluster stopped with no worker left: worker [12] ended before it "
+                        r"became ready \(exit code 3\); restart='never' replaces none .*", stopped[0]), stopped
+    assert 'Traceback' not in output.split('isocluster: stopped: ')[1]
     assert process_group_members(command.process.pid) == []
 
 

@@ -61,7 +61,9 @@ def test_listen_on_a_path_that_cannot_be_bound_fails_once_with_exit_2(tmp_path):
 def test_each_worker_exit_is_printed_once(tmp_path):
     result = isocluster(tmp_path, 'app:crash', '--workers', '1', '--restart', 'never')
     output = result.stdout + result.stderr
-    assert [line for line in output.splitlines() if 'exited' in line] == ['isocluster: worker 1 exited (code 3)']
+    assert [line for line in output.splitlines() if 'worker 1 exited' in line] == ['isocluster: worker 1 exited (code 3)']
+    # and the end state is said once, as the last line (issue 13)
+    assert [line for line in output.splitlines() if 'stopped:' in line] == [output.splitlines()[-1]]
 
 
 def test_a_drain_timeout_not_below_shutdown_timeout_is_a_bad_argument(tmp_path):

@@ -797,6 +797,7 @@ def self_destroying_worker():
 @pytest.mark.parametrize('how', ['crash_code', 'crash_signal', 'kill', 'disconnect', 'worker_destroy', 'error'])
 def test_r79_worker_disconnect_always_precedes_worker_exit(how):
     sim, p, rec = started(1, self_destroying_worker, restart='never')
+    p.on('no_workers', lambda e: e.prevent())  # keep the primary up once no worker is left
     handle = p.workers[0]
     if how == 'crash_code':
         sim.crash(handle, code=5)
@@ -1401,6 +1402,7 @@ def test_r126_restart_policy_decides_replacement(restart, how, replaced):
 
 def test_r126_on_failure_replaces_a_failed_start_with_code_0():
     sim, p, rec = make(exit_at_boot_worker, restart='on-failure', restart_intensity=2)
+    p.on('no_workers', lambda e: e.prevent())  # keep the primary up once no worker is left
     p.fork(1)
     sim.run_until(lambda: rec.count('restart_limit') == 1)
     assert [d['code'] for d in rec.of('worker_exit')] == [0, 0, 0]
@@ -1448,6 +1450,7 @@ def test_r127_forks_by_fork_and_scale_do_not_count():
 
 def test_r128_restart_limit_after_budget_and_no_more_replacement():
     sim, p, rec = make(exit_at_boot_worker, restart_intensity=5)
+    p.on('no_workers', lambda e: e.prevent())  # keep the primary up once no worker is left
     p.fork(1)
     sim.run_until(lambda: rec.count('restart_limit') == 1)
     sim.run_until_idle()
@@ -1457,12 +1460,13 @@ def test_r128_restart_limit_after_budget_and_no_more_replacement():
     texts = rec.texts()
     i = texts.index('on restart_limit')
     assert texts[i - 1] == 'on worker_exit' and texts[i + 1:i + 3] == ['after restart_limit', 'after worker_exit']
-    assert not p.closed and p.workers == []  # neither crashes nor shuts down
+    assert not p.closed and p.workers == []  # no_workers prevented: neither crashes nor shuts down
     close(sim, p)
 
 
 def test_r128_scale_re_enables_replacement_after_restart_limit():
     sim, p, rec = started(2, restart_intensity=1)
+    p.on('no_workers', lambda e: e.prevent())  # keep the primary up once no worker is left
     sim.crash(1, code=1)
     sim.run_until(lambda: rec.count('worker_exit') == 1)
     sim.crash(2, code=1)
@@ -1487,6 +1491,7 @@ def test_r129_prevented_restart_limit_replaces_after_backoff_delays():
     backoff = Backoff(initial=1.0, factor=2.0, maximum=3.0, jitter=0.0)
     sim, p, rec = make(exit_at_boot_worker, restart_intensity=1, restart_period=1000.0, restart_backoff=backoff)
     p.on('restart_limit', lambda e: e.prevent())
+    p.on('no_workers', lambda e: e.prevent())  # keep the primary up once no worker is left
     p.fork(1)
     sim.run_until(lambda: rec.count('worker_fork') == 6)
     exits = rec.times('worker_exit')
@@ -1507,6 +1512,7 @@ def test_r129_backoff_jitter_uses_the_seeded_random_source():
         backoff = Backoff(initial=1.0, factor=2.0, maximum=30.0, jitter=0.5)
         sim, p, rec = make(exit_at_boot_worker, seed=seed, restart_intensity=0, restart_backoff=backoff)
         p.on('restart_limit', lambda e: e.prevent())
+        p.on('no_workers', lambda e: e.prevent())  # failed starts only: keep retrying
         p.fork(1)
         sim.run_until(lambda: rec.count('fork') == 4)
         exits, forks = rec.times('worker_exit'), rec.times('fork')

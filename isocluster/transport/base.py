@@ -92,6 +92,22 @@ def signal_of(value: 'int | Signals | None') -> 'Signals | None':
         raise ValueError(f'signal: {value!r} is not a signal number') from None
 
 
+def _nobody_listens_on(path: str) -> bool:
+    """True only when connecting to the Unix socket at `path` is refused: nobody serves on it.
+    Whoever asks (a worker's listen()) must never make the primary unlink a live server's
+    socket; any other outcome (accepted, backlog full, no permission) leaves the file alone
+    and the bind then fails with EADDRINUSE."""
+    import errno
+    import socket
+
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        probe.setblocking(False)
+        return probe.connect_ex(path) == errno.ECONNREFUSED
+    finally:
+        probe.close()
+
+
 def bind_listening(address: Any, reuse_port: bool = False) -> Any:
     """A listening socket for a `(host, port)` tuple or a Unix socket path (the one way both
     transports bind shared addresses); `reuse_port`: with SO_REUSEPORT, one of several sockets on
@@ -104,16 +120,21 @@ def bind_listening(address: Any, reuse_port: bool = False) -> Any:
         raise ValueError(f'reuse_port: only for a (host, port) address, not the Unix socket {address!r}')
     if isinstance(address, str):
         try:
-            if stat.S_ISSOCK(os.stat(address).st_mode):
-                os.unlink(address)  # a stale socket file of an earlier run
+            if stat.S_ISSOCK(os.stat(address).st_mode) and _nobody_listens_on(address):
+                os.unlink(address)  # a stale socket file of an earlier run (or of ours, closed)
         except FileNotFoundError:
             pass
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             sock.bind(address)
+        except BaseException:
+            sock.close()
+            raise
+        try:
             sock.listen(128)
         except BaseException:
             sock.close()
+            os.unlink(address)  # the file this call just created
             raise
         return sock
     if isinstance(address, tuple) and len(address) == 2 and isinstance(address[0], str) and type(address[1]) is int:
