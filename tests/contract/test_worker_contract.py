@@ -124,6 +124,7 @@ def run_on(kind: str, scenario: Callable[[ClusterPrimary, Trace], Awaitable[Any]
 
         sim = MemoryTransport(seed=1, **limits)
         primary = ClusterPrimary(transport=sim, **options)
+        _keep_up_when_empty(primary)
         task = sim.loop.create_task(scenario(primary, Trace(primary)))
         task.add_done_callback(lambda _task: primary.destroy())
         sim.run_until(lambda: task.done() and primary.closed, timeout=600)
@@ -139,6 +140,7 @@ def run_on(kind: str, scenario: Callable[[ClusterPrimary, Trace], Awaitable[Any]
 
             transport = ProcessTransport(**limits)
         primary = ClusterPrimary(transport=transport, **options)
+        _keep_up_when_empty(primary)
         trace = Trace(primary)
         pids: set[int] = set()
         if kind != 'ray':
@@ -158,6 +160,12 @@ def run_on(kind: str, scenario: Callable[[ClusterPrimary, Trace], Awaitable[Any]
                         pass
 
     return asyncio.run(main())
+
+
+def _keep_up_when_empty(primary: ClusterPrimary) -> None:
+    # The contract is the worker end's: a worker that exits leaves the primary up (no_workers
+    # prevented), so the scenario observes its exit and the primary is destroyed as usual.
+    primary.on('no_workers', lambda event: event.prevent())
 
 
 async def _ready(primary: ClusterPrimary, trace: Trace, count: int) -> None:
