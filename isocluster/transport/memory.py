@@ -24,6 +24,7 @@ from .. import protocol
 from ..errors import ProtocolError, TransportError
 from . import base
 from .base import SIGTERM, LinkListener, PrimaryLink, Signals, Transport, WorkerLink, WorkerSpec
+from .flow import LinkFlow
 
 # Frames that carry user bytes, and so can exceed the maximum frame size (R120).
 _SIZED_KINDS = frozenset({protocol.MESSAGE, protocol.REQUEST, protocol.REPLY})
@@ -146,10 +147,18 @@ class _Pipe:
         self.held = False
         self.scheduled = False
         self.fail_next = False
+        # A frame counts as queued until it is delivered: a held or slow link congests as a
+        # socket would, so backpressure and the queued-bytes cap behave as on real links.
+        self.flow = LinkFlow(transport.loop)
 
     def push(self, item: Any) -> None:
         self.queue.append(item)
+        self.flow.queued(_frame_bytes(item))
         self.schedule()
+
+    def clear(self) -> None:
+        self.queue.clear()
+        self.flow.discarded()
 
     def schedule(self) -> None:
         if self.scheduled or self.held or not self.queue:
@@ -163,6 +172,7 @@ class _Pipe:
         if self.held or not self.queue:
             return
         item = self.queue.popleft()
+        self.flow.flushed(_frame_bytes(item))
         self.schedule()
         self.deliver(item)
 
@@ -187,6 +197,8 @@ class MemoryWorkerLink(WorkerLink):
         self.kill_deadline_at = float('inf')
         self.to_worker = _Pipe(transport, self.primary_link._receive, self.process.context)
         self.to_primary = _Pipe(transport, self._receive, transport._primary.context)
+        self.flow = self.to_worker.flow
+        self.primary_link.flow = self.to_primary.flow
 
     @property
     def is_open(self) -> bool:
@@ -338,6 +350,19 @@ class MemoryPrimaryLink(PrimaryLink):
                 receiver.link_closed()
             else:
                 receiver.link_frame(*frame)
+
+
+def _frame_bytes(item: Any) -> int:
+    """What a frame would take in a socket's buffer (control frames: their header only, they
+    are a few bytes and encoding them twice would cost every simulated write)."""
+    if item is _EOF:
+        return 0
+    kind, payload = item
+    if kind == protocol.MESSAGE:
+        return protocol.HEADER_SIZE + len(payload)
+    if kind in (protocol.REQUEST, protocol.REPLY):
+        return protocol.HEADER_SIZE + len(payload[-1])
+    return protocol.HEADER_SIZE
 
 
 def _roundtrip_control(kind: str, payload: Any) -> Any:
@@ -610,7 +635,7 @@ class MemoryTransport(Transport):
         if link.kill_deadline is not None:
             link.kill_deadline.cancel()
         link.worker_open = False
-        link.to_worker.queue.clear()
+        link.to_worker.clear()
         link.exit_status = (code, signal)
         self.exits[link.id] = (code, signal)
         for receiver_frame in link.primary_link._early:

@@ -34,6 +34,7 @@ from typing import Any
 from .. import protocol
 from ..errors import ProtocolError, TransportError
 from . import base
+from .flow import LinkFlow
 
 output_logger = logging.getLogger('isocluster.worker')
 
@@ -50,7 +51,6 @@ _IOV_MAX = 64
 # Small frames are coalesced into chunks of about this size: a backlog is a queue of chunks,
 # so appending never reallocates (copies) a buffer the socket is still draining.
 _CHUNK_SIZE = 256 * 1024
-_HIGH_WATER = base.HIGH_WATER
 _ANCILLARY_SIZE = socket.CMSG_SPACE(16 * array.array('i').itemsize)
 _SEND_FLAGS = getattr(socket, 'MSG_NOSIGNAL', 0)
 _RECV_FLAGS = getattr(socket, 'MSG_CMSG_CLOEXEC', 0)
@@ -156,11 +156,10 @@ class _FrameWriter:
 
     def _init_writer(self) -> None:
         self._queue: collections.deque[Any] = collections.deque()  # bytes-like, or (bytes, fd)
-        self._queued = 0
+        self.flow = LinkFlow(self._loop)
         self._corked = False
         self._writing = False
         self._write_broken = False
-        self._drain_waiters: list[asyncio.Future[None]] = []
 
     def _write_frame(self, kind: str, payload: Any, fd: int | None = None) -> None:
         """Queue one frame (with `fd` passed alongside it), then send at once, or at the end
@@ -187,7 +186,7 @@ class _FrameWriter:
             tail = bytearray(header)
             tail += body
             queue.append(tail)
-        self._queued += len(header) + len(body)
+        self.flow.queued(len(header) + len(body))
         if self._corked or self._writing:
             return
         if self._batch.active:
@@ -214,7 +213,7 @@ class _FrameWriter:
             raise TransportError(f'{self._describe()}: write failed ({exc})', worker_id=self._worker_id()) from exc
         if sent < len(data):
             self._queue.append(memoryview(data)[sent:])
-            self._queued += len(data) - sent
+            self.flow.queued(len(data) - sent)
             self._start_writing()
         else:
             self._batch.hold_turn(self._loop)
@@ -231,7 +230,7 @@ class _FrameWriter:
                     sent = socket.send_fds(sock, [data], [fd], _SEND_FLAGS)
                     os.close(fd)
                     queue[0] = memoryview(data)[sent:]
-                    self._queued -= sent
+                    self.flow.flushed(sent)
                     if sent < len(data):
                         return
                     queue.popleft()
@@ -245,7 +244,7 @@ class _FrameWriter:
                             del buffers[i:]
                             break
                     sent = sock.sendmsg(buffers, (), _SEND_FLAGS)
-                self._queued -= sent
+                self.flow.flushed(sent)
                 while sent:
                     item = queue[0]
                     size = len(item)
@@ -277,8 +276,6 @@ class _FrameWriter:
         else:
             self._stop_writing()
             self._flushed()
-        if self._drain_waiters and self._queued <= _HIGH_WATER // 4:
-            self._wake_drainers()
 
     def _start_writing(self) -> None:
         if not self._writing:
@@ -295,28 +292,12 @@ class _FrameWriter:
             if isinstance(item, tuple):
                 os.close(item[1])
         self._queue.clear()
-        self._queued = 0
-        self._wake_drainers()
+        self.flow.discarded()
 
     def _write_failed(self, exc: OSError) -> None:
         self._write_broken = True
         self._stop_writing()
         self._discard_queue()
-
-    def _wake_drainers(self) -> None:
-        waiters, self._drain_waiters = self._drain_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    async def drain(self) -> None:
-        if self._queued > _HIGH_WATER and not self._write_broken:
-            waiter = self._loop.create_future()
-            self._drain_waiters.append(waiter)
-            await waiter
-
-    def pending_writes(self) -> int:
-        return self._queued
 
     # hooks
     def _describe(self) -> str:
