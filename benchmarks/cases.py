@@ -79,13 +79,43 @@ class ProducerWorker(ClusterWorker):
 
     async def _event_primary_message_produce(self, event):
         n = event.data['message']['n']
+        fire = event.data['message'].get('fire', False)
         send = self.send
         for i in range(n):
             sent = send(message(i))
-            if not sent.done():  # backpressure: the link is over its high-water mark
+            if not fire and not sent.done():  # backpressure: the link is over its high-water mark
                 await sent
             elif i % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)
+
+
+class SlowWorker(ClusterWorker):
+    """The slow consumer of the flood: `delay` seconds per task message; or, told to flood,
+    the producer that sends fire-and-forget for `seconds` and notes its figures in `report`."""
+
+    delay = 0.001
+
+    def _event_primary_message_task(self, event):
+        time.sleep(self.delay)
+
+    async def _event_primary_message_flood(self, event):
+        spec = event.data['message']
+        send, end, i, refused = self.send, now() + spec['seconds'], 0, 0
+        while now() < end:
+            for _ in range(YIELD_EVERY):
+                sent = send(message(i))
+                i += 1
+                if sent.done() and sent.exception() is not None:
+                    refused += 1
+            await asyncio.sleep(0)
+        link = self._link
+        with open(spec['report'], 'w') as f:
+            json.dump({'sent': i, 'refused': refused, 'queued_bytes': link.pending_writes(),
+                       'tasks': len(asyncio.all_tasks()), 'rss_kib': current_rss_kib()}, f)
+
+
+def slow_target():
+    SlowWorker()
 
 
 def echo_target():
@@ -243,10 +273,11 @@ async def _iso_stream_p2w(p):
         cluster.primary.on('worker_message', lambda e: done.done() or done.set_result(e.data['message']))
         send = cluster.primary.send
         await send({'type': 'expect', 'n': n}, to=handle)
+        fire = p.get('pattern') == 'fire'  # fire and forget: no future awaited, as most users send
         start = now()
         for i in range(n):
             sent = send(message(i), to=handle)
-            if not sent.done():  # backpressure: the link is over its high-water mark
+            if not fire and not sent.done():  # backpressure: the link is over its high-water mark
                 await sent
             elif i % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)
@@ -275,12 +306,68 @@ async def _iso_stream_w2p(p):
 
         cluster.primary.on('worker_message', on_message)
         start = now()
-        cluster.primary.send({'type': 'produce', 'n': n}, to=handle)
+        cluster.primary.send({'type': 'produce', 'n': n, 'fire': p.get('pattern') == 'fire'}, to=handle)
         await asyncio.wait_for(done, 120)
         elapsed = now() - start
     finally:
         await cluster.close()
     return {'value': n / elapsed, 'unit': 'msg/s', 'n': n, 'primary_peak_rss_kib': peak_rss_kib()}
+
+
+def _worker_peak_rss_kib(pid):
+    with open(f'/proc/{pid}/status') as f:
+        for line in f:
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1])
+    return 0
+
+
+async def _iso_flood(p):
+    """A fire-and-forget flood against a consumer that takes `delay` s a message, for
+    `seconds`; then shut_down(), timed against its bound (shutdown_timeout + kill_timeout)."""
+    seconds, direction = p['seconds'], p['direction']
+    bound = p['shutdown_timeout'] + p['kill_timeout']
+    cluster = Cluster(slow_target, codec=p['codec'], shutdown_timeout=p['shutdown_timeout'],
+                      kill_timeout=p['kill_timeout'])
+    primary = cluster.primary
+    report_path = f'/tmp/isocluster-flood-{os.getpid()}.json'
+    result = {}
+    try:
+        (handle,) = await cluster.start(1)
+        pid = handle.pid
+        if direction == 'p2w':
+            send, end, i, refused = primary.send, now() + seconds, 0, 0
+            while now() < end:
+                for _ in range(YIELD_EVERY):
+                    sent = send(message(i), to=handle)
+                    i += 1
+                    if sent.done() and sent.exception() is not None:
+                        refused += 1
+                await asyncio.sleep(0)
+            result.update(sent=i, refused=refused, queued_bytes=handle._link.pending_writes(),
+                          tasks=len(asyncio.all_tasks()))
+        else:
+            primary.on('worker_message', lambda event: time.sleep(SlowWorker.delay))  # the slow consumer
+            primary.send({'type': 'flood', 'seconds': seconds, 'report': report_path}, to=handle)
+            deadline = now() + seconds + 30
+            while not os.path.exists(report_path) and now() < deadline:
+                await asyncio.sleep(0.05)  # the primary's loop keeps reading, slowly, meanwhile
+            await asyncio.sleep(0.1)
+            with open(report_path) as f:
+                result.update(json.load(f))
+        result.update(primary_rss_kib=current_rss_kib(), primary_peak_rss_kib=peak_rss_kib(),
+                      worker_peak_rss_kib=_worker_peak_rss_kib(pid))
+        start = now()
+        primary.shut_down()
+        await asyncio.wait_for(primary.wait_closed(), bound + 30)
+        result.update(shutdown_s=now() - start, bound_s=bound)
+    finally:
+        await cluster.close()
+        if os.path.exists(report_path):
+            os.unlink(report_path)
+    queued_mib = result['queued_bytes'] / 2**20
+    result.update(value=result['shutdown_s'], unit='s', queued_mib=queued_mib)
+    return result
 
 
 async def _iso_pipeline(p):
@@ -895,7 +982,7 @@ def ray_all(p):
 ASYNC_CASES = {
     'iso_rtt': _iso_rtt, 'iso_stream_p2w': _iso_stream_p2w, 'iso_stream_w2p': _iso_stream_w2p,
     'iso_pipeline': _iso_pipeline, 'iso_broadcast': _iso_broadcast, 'iso_startup': _iso_startup,
-    'iso_crash': _iso_crash, 'iso_many': _iso_many,
+    'iso_crash': _iso_crash, 'iso_many': _iso_many, 'iso_flood': _iso_flood,
 }
 SYNC_CASES = {
     'raw_rtt': raw_rtt, 'aio_rtt': aio_rtt, 'raw_stream_p2w': raw_stream_p2w, 'raw_stream_w2p': raw_stream_w2p,

@@ -6,8 +6,10 @@ queued (`queued`) and bytes left the queue (`flushed`, or `discarded` when the q
 thrown away). The core decides whether a frame still fits under its cap (`pending`) and,
 after a write that left the link congested, asks for a future (`completion`).
 
-Waiting sends cost one future and one FIFO entry each: no task, no coroutine, and one
-`flushed` call resolves every future whose bytes are out, in send order. A future
+Waiting sends cost one future each (~150 bytes) and a slot in a FIFO of buckets: no task, no
+coroutine, and one `flushed` call resolves every future whose bytes are out, in send order.
+The sends of a bucket (up to BUCKET bytes apart) resolve together, at the mark of its last
+send: a FIFO entry per send would cost ~100 bytes more than a ~100-byte message. A future
 resolves once the link holds at most LOW_WATER bytes that were queued before it, which
 is when the drain a sender awaited before resolved it, so an awaiting sender keeps the
 socket busy while its queue stays under HIGH_WATER plus one message.
@@ -22,16 +24,18 @@ from typing import Any
 # Bytes a link may buffer before send() futures wait for it to drain (backpressure).
 HIGH_WATER = 1024 * 1024
 LOW_WATER = HIGH_WATER // 4
+BUCKET = 16 * 1024
 
 
 class LinkFlow:
-    __slots__ = ('loop', 'pending', '_flushed', '_waiters')
+    __slots__ = ('loop', 'pending', '_flushed', '_waiters', '_bucket_start')
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.pending = 0  # bytes queued and not yet written
         self._flushed = 0  # bytes written since the link opened: the FIFO's clock
-        self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self._waiters: deque[list[Any]] = deque()  # [mark, [future, ...]]: in send order
+        self._bucket_start = 0  # the mark of the first send in the last bucket
 
     # -- the transport's side ----------------------------------------------------------
 
@@ -54,9 +58,9 @@ class LinkFlow:
     def _release(self, upto: int | None) -> None:
         waiters = self._waiters
         while waiters and (upto is None or waiters[0][0] <= upto):
-            future = waiters.popleft()[1]
-            if not future.done():
-                future.set_result(None)
+            for future in waiters.popleft()[1]:
+                if not future.done():
+                    future.set_result(None)
 
     # -- the core's side ---------------------------------------------------------------
 
@@ -66,7 +70,15 @@ class LinkFlow:
     def completion(self) -> 'asyncio.Future[None]':
         """A future that resolves once at most LOW_WATER of the bytes queued so far remain."""
         future: asyncio.Future[None] = self.loop.create_future()
-        self._waiters.append((self._flushed + self.pending - LOW_WATER, future))
+        mark = self._flushed + self.pending - LOW_WATER
+        waiters = self._waiters
+        if waiters and mark - self._bucket_start < BUCKET:
+            last = waiters[-1]
+            last[0] = mark
+            last[1].append(future)
+        else:
+            self._bucket_start = mark
+            waiters.append([mark, [future]])
         return future
 
     async def drain(self) -> None:
@@ -75,7 +87,7 @@ class LinkFlow:
 
     def waiting(self) -> int:
         """Send futures still waiting on this link."""
-        return len(self._waiters)
+        return sum(len(futures) for _, futures in self._waiters)
 
 
 def all_resolved(loop: asyncio.AbstractEventLoop, futures: list['asyncio.Future[None]']) -> 'asyncio.Future[None]':
