@@ -291,3 +291,48 @@ def test_max_queued_bytes_is_validated(value: Any, error: type[Exception]) -> No
         ClusterPrimary(worker_target=GatedConsumer, max_queued_bytes=value, initialize=False)
     with pytest.raises(error, match='max_queued_bytes: expected'):
         ClusterWorker(max_queued_bytes=value, initialize=False)
+
+
+# -- a slow primary stays responsive -------------------------------------------------------
+
+SLOW_HANDLER = 0.0005  # seconds per message: slow work, so 64 frames outlast the delivery slice
+BURST = 3000  # ~300 KB: more than one 256 KiB read of the primary
+
+
+class Burster(ClusterWorker):
+    def _event_primary_message_burst(self, event: Any) -> None:
+        for i in range(BURST):
+            self.send(item(i))
+
+
+def test_a_primary_with_slow_handlers_gives_its_loop_turns_during_a_flood() -> None:
+    import time
+
+    async def scenario(primary: ClusterPrimary) -> Any:
+        primary.fork(1)
+        await ready_waiter(primary, 1)
+        loop = asyncio.get_running_loop()
+        received = InOrder()
+        done = loop.create_future()
+        between_turns: list[int] = []  # frames delivered since the previous loop turn
+
+        def on_message(event: Any) -> None:
+            time.sleep(SLOW_HANDLER)
+            received.take(event.data['message'])
+            if received.count == BURST:
+                done.set_result(None)
+
+        def turn(last: int) -> None:
+            between_turns.append(received.count - last)
+            if not done.done():
+                loop.call_soon(turn, received.count)
+
+        primary.on('worker_message', on_message)
+        primary.send({'type': 'burst'}, to=primary.workers[0])
+        turn(0)
+        await done
+        return max(between_turns), received
+
+    most, received = run_cluster('process', scenario, worker_target=Burster)
+    assert (received.count, received.first_wrong) == (BURST, None)
+    assert most <= 128  # a slice of frames at a time, not a whole read (~2,600 frames)

@@ -51,6 +51,10 @@ _IOV_MAX = 64
 # Small frames are coalesced into chunks of about this size: a backlog is a queue of chunks,
 # so appending never reallocates (copies) a buffer the socket is still draining.
 _CHUNK_SIZE = 256 * 1024
+# Seconds of the primary's handlers per loop pass while a worker's frames pile up: a flood
+# read 256 KiB at a time into 1 ms handlers would hold the loop for seconds, and the
+# shutdown, kill and heartbeat timers with it.
+_DELIVERY_SLICE = 0.02
 _ANCILLARY_SIZE = socket.CMSG_SPACE(16 * array.array('i').itemsize)
 _SEND_FLAGS = getattr(socket, 'MSG_NOSIGNAL', 0)
 _RECV_FLAGS = getattr(socket, 'MSG_CMSG_CLOEXEC', 0)
@@ -379,6 +383,7 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
         self._view = transport._read_view
         self._inbox: collections.deque[protocol.Frame] = collections.deque()
         self._reading = True
+        self._paused = False  # reading waits for the inbox to be delivered
         self._closing = False
         self._eof = False
         self._closed_reported = False
@@ -491,6 +496,17 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
             self._reading = False
             self._loop.remove_reader(self._sock.fileno())
 
+    def _pause_reading(self) -> None:
+        if self._reading and not self._paused:
+            self._paused = True
+            self._loop.remove_reader(self._sock.fileno())
+
+    def _resume_reading(self) -> None:
+        if self._paused:
+            self._paused = False
+            if self._reading:
+                self._loop.add_reader(self._sock.fileno(), self._on_readable)
+
     def _drain_socket(self) -> None:
         """The worker is dead: read what it wrote before dying, without waiting."""
         while self._reading:
@@ -518,7 +534,15 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
     def _deliver(self) -> None:
         inbox = self._inbox
         listener = self._listener
+        loop = self._loop
+        deadline = loop.time() + _DELIVERY_SLICE
+        delivered = 0
         while inbox:
+            delivered += 1
+            if not delivered & 63 and loop.time() > deadline:
+                self._pause_reading()
+                loop.call_soon(self._deliver)
+                return
             kind, payload = inbox.popleft()
             try:
                 listener.link_frame(self, kind, payload)
@@ -526,6 +550,7 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
                 if inbox:
                     self._loop.call_soon(self._deliver)
                 raise
+        self._resume_reading()
         if self._eof and not self._closed_reported:
             self._closed_reported = True
             try:
