@@ -118,6 +118,28 @@ def slow_target():
     SlowWorker()
 
 
+def large_payload(codec_name, size):
+    """`size` bytes of payload: bytes for pickle, a list of 1000-character strings for json."""
+    if codec_name == 'pickle':
+        return os.urandom(1024) * (size // 1024)  # ~size: a multiple of 1 KiB
+    return ['x' * 1000] * (size // 1000)
+
+
+class LargeWorker(ClusterWorker):
+    """Acknowledges each blob; on `produce_blob` [size, codec] sends one blob back."""
+
+    def _event_primary_message_blob(self, event):
+        self.send({'type': 'ack'})
+
+    def _event_primary_message_produce_blob(self, event):
+        spec = event.data['message']
+        self.send({'type': 'blob', 'data': large_payload(spec['codec'], spec['size'])})
+
+
+def large_target():
+    LargeWorker()
+
+
 def echo_target():
     EchoWorker()
 
@@ -324,7 +346,9 @@ def _worker_peak_rss_kib(pid):
 
 async def _iso_flood(p):
     """A fire-and-forget flood against a consumer that takes `delay` s a message, for
-    `seconds`; then shut_down(), timed against its bound (shutdown_timeout + kill_timeout)."""
+    `seconds`; then shut_down(). value: seconds until the worker process is gone (R89 bounds
+    it by shutdown_timeout + kill_timeout); shutdown_s: until shut_down_complete, which also
+    waits for the primary's handlers of the frames the worker wrote before it ended (R117)."""
     seconds, direction = p['seconds'], p['direction']
     bound = p['shutdown_timeout'] + p['kill_timeout']
     cluster = Cluster(slow_target, codec=p['codec'], shutdown_timeout=p['shutdown_timeout'],
@@ -335,6 +359,7 @@ async def _iso_flood(p):
     try:
         (handle,) = await cluster.start(1)
         pid = handle.pid
+        sender_rss_before = current_rss_kib() if direction == 'p2w' else current_rss_kib(pid)
         if direction == 'p2w':
             send, end, i, refused = primary.send, now() + seconds, 0, 0
             while now() < end:
@@ -358,16 +383,56 @@ async def _iso_flood(p):
         result.update(primary_rss_kib=current_rss_kib(), primary_peak_rss_kib=peak_rss_kib(),
                       worker_peak_rss_kib=_worker_peak_rss_kib(pid))
         start = now()
+        gone = [None]
+
+        async def watch_worker():  # R89's bound is on the worker being gone
+            while os.path.exists(f'/proc/{pid}'):
+                await asyncio.sleep(0.01)
+            gone[0] = now() - start
+
+        watcher = asyncio.ensure_future(watch_worker())
         primary.shut_down()
         await asyncio.wait_for(primary.wait_closed(), bound + 30)
-        result.update(shutdown_s=now() - start, bound_s=bound)
+        await asyncio.wait_for(watcher, 5)
+        result.update(shutdown_s=now() - start, worker_gone_s=gone[0], bound_s=bound)
     finally:
         await cluster.close()
         if os.path.exists(report_path):
             os.unlink(report_path)
-    queued_mib = result['queued_bytes'] / 2**20
-    result.update(value=result['shutdown_s'], unit='s', queued_mib=queued_mib)
+    sender_peak = result['primary_peak_rss_kib'] if direction == 'p2w' else result['worker_peak_rss_kib']
+    # What the flood cost the sender's memory, per byte it held queued (the fixed overhead is
+    # its RSS before the flood).
+    growth = (sender_peak - sender_rss_before) * 1024 / max(result['queued_bytes'], 1)
+    result.update(value=result['worker_gone_s'], unit='s', queued_mib=result['queued_bytes'] / 2**20,
+                  sender_rss_before_kib=sender_rss_before, sender_growth_per_queued_byte=growth)
     return result
+
+
+async def _iso_large(p):
+    """One payload of `size` bytes at a time, `reps` times: MB/s (10^6 bytes) primary→worker
+    (until the worker's ack) or worker→primary (from the request to the blob's arrival)."""
+    size, reps, codec = p['size'], p['reps'], p['codec']
+    cluster = Cluster(large_target, codec=codec)
+    try:
+        (handle,) = await cluster.start(1)
+        loop = asyncio.get_running_loop()
+        box = [None]
+        cluster.primary.on('worker_message', lambda e: box[0].set_result(None))
+        payload = large_payload(codec, size) if p['direction'] == 'p2w' else None
+        times = []
+        for _ in range(reps + 1):  # the first warms up
+            box[0] = loop.create_future()
+            start = now()
+            if payload is not None:
+                cluster.primary.send({'type': 'blob', 'data': payload}, to=handle)
+            else:
+                cluster.primary.send({'type': 'produce_blob', 'size': size, 'codec': codec}, to=handle)
+            await asyncio.wait_for(box[0], 60)
+            times.append(now() - start)
+    finally:
+        await cluster.close()
+    best = _median(times[1:])
+    return {'value': size / best / 1e6, 'unit': 'MB/s', 'size': size, 'primary_peak_rss_kib': peak_rss_kib()}
 
 
 async def _iso_pipeline(p):
@@ -720,6 +785,35 @@ def raw_stream_w2p(p):
     return {'value': n / elapsed, 'unit': 'msg/s', 'n': n}
 
 
+def raw_large(p):
+    """The wire's bandwidth for one `size`-byte payload: sendall, recv_into a sized buffer,
+    a one-byte ack (bytes, no codec)."""
+    reps = p['reps']
+    data = os.urandom(1024) * (p['size'] // 1024)
+    size = len(data)
+
+    def receive(sock):
+        buffer = memoryview(bytearray(size))
+        got = 0
+        while got < size:
+            got += sock.recv_into(buffer[got:])
+
+    def child(sock):
+        for _ in range(reps + 1):
+            receive(sock)
+            sock.sendall(b'k')
+
+    pid, sock, reader = _raw_fork(child)
+    times = []
+    for _ in range(reps + 1):
+        start = now()
+        sock.sendall(data)
+        sock.recv(1)
+        times.append(now() - start)
+    _raw_close(pid, sock, reader)
+    return {'value': size / _median(times[1:]) / 1e6, 'unit': 'MB/s', 'size': size}
+
+
 def _ready_child(sock):
     write_frame(sock, b'{"kind":"ready"}')
     sock.recv(1)  # EOF: the parent closed the link
@@ -982,12 +1076,12 @@ def ray_all(p):
 ASYNC_CASES = {
     'iso_rtt': _iso_rtt, 'iso_stream_p2w': _iso_stream_p2w, 'iso_stream_w2p': _iso_stream_w2p,
     'iso_pipeline': _iso_pipeline, 'iso_broadcast': _iso_broadcast, 'iso_startup': _iso_startup,
-    'iso_crash': _iso_crash, 'iso_many': _iso_many, 'iso_flood': _iso_flood,
+    'iso_crash': _iso_crash, 'iso_many': _iso_many, 'iso_flood': _iso_flood, 'iso_large': _iso_large,
 }
 SYNC_CASES = {
     'raw_rtt': raw_rtt, 'aio_rtt': aio_rtt, 'raw_stream_p2w': raw_stream_p2w, 'raw_stream_w2p': raw_stream_w2p,
     'raw_startup': raw_startup, 'raw_exec_startup': raw_exec_startup, 'raw_crash': raw_crash,
-    'raw_many': raw_many, 'mp_rtt': mp_rtt, 'mp_stream_p2w': mp_stream_p2w, 'mp_stream_w2p': mp_stream_w2p,
+    'raw_many': raw_many, 'raw_large': raw_large, 'mp_rtt': mp_rtt, 'mp_stream_p2w': mp_stream_p2w, 'mp_stream_w2p': mp_stream_w2p,
     'mp_startup': mp_startup, 'mp_crash': mp_crash, 'ppe_rtt': ppe_rtt, 'ppe_pipeline': ppe_pipeline,
     'ray_all': ray_all,
 }
