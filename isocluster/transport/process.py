@@ -450,8 +450,9 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
     # reading
 
     def _on_readable(self) -> None:
+        direct = self._decoder.gather_target()  # the rest of a large frame: read straight in
         try:
-            count = self._sock.recv_into(self._buffer)
+            count = self._sock.recv_into(self._buffer if direct is None else direct)
         except (BlockingIOError, InterruptedError):
             return
         except ConnectionResetError:
@@ -464,16 +465,16 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
             return
         batch = self._batch
         if not batch.begin():
-            self._feed(count)
+            self._feed(count, direct is not None)
             return
         try:
-            self._feed(count)
+            self._feed(count, direct is not None)
         finally:
             batch.end()
 
-    def _feed(self, count: int) -> None:
+    def _feed(self, count: int, direct: bool = False) -> None:
         try:
-            frames = self._decoder.feed(self._view[:count])
+            frames = self._decoder.gathered(count) if direct else self._decoder.feed(self._view[:count])
         except ProtocolError:
             frames = []
         self._inbox.extend(frames)
@@ -510,15 +511,16 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
     def _drain_socket(self) -> None:
         """The worker is dead: read what it wrote before dying, without waiting."""
         while self._reading:
+            direct = self._decoder.gather_target()
             try:
-                count = self._sock.recv_into(self._buffer)
+                count = self._sock.recv_into(self._buffer if direct is None else direct)
             except (BlockingIOError, InterruptedError):
                 return  # a process the worker forked still holds its end
             except OSError:
                 count = 0
             if count == 0:
                 return
-            self._feed(count)
+            self._feed(count, direct is not None)
 
     def _on_eof(self) -> None:
         if self._eof:
@@ -890,8 +892,10 @@ class _ChildLink(_FrameWriter, base.ThreadedPrimaryLink):
     # receiving
 
     def _on_readable(self) -> None:
+        direct = self._decoder.gather_target()  # the rest of a large frame: read straight in
         try:
-            count, ancillary, _, _ = self._sock.recvmsg_into([self._buffer], _ANCILLARY_SIZE, _RECV_FLAGS)
+            count, ancillary, _, _ = self._sock.recvmsg_into(
+                [self._buffer if direct is None else direct], _ANCILLARY_SIZE, _RECV_FLAGS)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -909,20 +913,21 @@ class _ChildLink(_FrameWriter, base.ThreadedPrimaryLink):
             elif not self._backlog:
                 self._deliver_eof()
             return
-        data = self._view[:count]
-        if count == len(self._buffer) and count < _CHILD_READ_SIZE:  # a stream: read more at once
+        data = None if direct is not None else self._view[:count]
+        if direct is None and count == len(self._buffer) and count < _CHILD_READ_SIZE:  # a stream: read more at once
             self._buffer = bytearray(_CHILD_READ_SIZE)
             self._view = memoryview(self._buffer)
         batch = self._batch
         batch.begin()
         try:
-            self._dispatch(data)
+            self._dispatch(data, count)
         finally:
             batch.end()
 
-    def _dispatch(self, data: memoryview) -> None:
+    def _dispatch(self, data: memoryview | None, count: int) -> None:
         # A ProtocolError here is fatal to the worker (R120): it reaches the loop's handler.
-        for kind, payload in self._decoder.feed(data):
+        frames = self._decoder.gathered(count) if data is None else self._decoder.feed(data)
+        for kind, payload in frames:
             if kind == protocol.LISTENING:
                 payload = dict(payload or {})
                 if self._fds:
