@@ -349,7 +349,6 @@ class FrameDecoder:
             view.release()
         return frames
 
-
     def gather_target(self) -> memoryview | None:
         """Where the rest of a large frame can be read straight into (`recv_into`), skipping
         the read buffer; None when no large frame is being gathered."""

@@ -7,6 +7,9 @@ nothing of events, tags, routing or restart policy.
 Frames are `(kind, payload)` pairs (see `protocol.py`); user messages arrive already
 encoded as bytes, so a transport never sees a Python object it has to serialise.
 
+Each end of a link has a `flow` (`flow.LinkFlow`): its transport reports the bytes it
+queues and the bytes it writes (or throws away), and the core paces and caps sends with it.
+
 Primary side
     `Transport.start_worker(spec, listener)` returns a `WorkerLink`. The transport then
     calls, always from its loop and never from inside a call the core made:

@@ -10,9 +10,9 @@ Waiting sends cost one future each (~150 bytes) and a slot in a FIFO of buckets:
 coroutine, and one `flushed` call resolves every future whose bytes are out, in send order.
 The sends of a bucket (up to BUCKET bytes apart) resolve together, at the mark of its last
 send: a FIFO entry per send would cost ~100 bytes more than a ~100-byte message. A future
-resolves once the link holds at most LOW_WATER bytes that were queued before it, which
-is when the drain a sender awaited before resolved it, so an awaiting sender keeps the
-socket busy while its queue stays under HIGH_WATER plus one message.
+resolves once at most LOW_WATER of the bytes queued before it remain unwritten, as the
+awaited `drain()` of earlier versions did: an awaiting sender keeps the socket busy and its
+queue under HIGH_WATER plus one message.
 """
 
 from __future__ import annotations
@@ -84,10 +84,6 @@ class LinkFlow:
     async def drain(self) -> None:
         if self.pending > HIGH_WATER:
             await self.completion()
-
-    def waiting(self) -> int:
-        """Send futures still waiting on this link."""
-        return sum(len(futures) for _, futures in self._waiters)
 
 
 def all_resolved(loop: asyncio.AbstractEventLoop, futures: list['asyncio.Future[None]']) -> 'asyncio.Future[None]':
