@@ -79,13 +79,65 @@ class ProducerWorker(ClusterWorker):
 
     async def _event_primary_message_produce(self, event):
         n = event.data['message']['n']
+        fire = event.data['message'].get('fire', False)
         send = self.send
         for i in range(n):
             sent = send(message(i))
-            if not sent.done():  # backpressure: the link is over its high-water mark
+            if not fire and not sent.done():  # backpressure: the link is over its high-water mark
                 await sent
             elif i % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)
+
+
+class SlowWorker(ClusterWorker):
+    """The slow consumer of the flood: `delay` seconds per task message; or, told to flood,
+    the producer that sends fire-and-forget for `seconds` and notes its figures in `report`."""
+
+    delay = 0.001
+
+    def _event_primary_message_task(self, event):
+        time.sleep(self.delay)
+
+    async def _event_primary_message_flood(self, event):
+        spec = event.data['message']
+        send, end, i, refused = self.send, now() + spec['seconds'], 0, 0
+        while now() < end:
+            for _ in range(YIELD_EVERY):
+                sent = send(message(i))
+                i += 1
+                if sent.done() and sent.exception() is not None:
+                    refused += 1
+            await asyncio.sleep(0)
+        link = self._link
+        with open(spec['report'], 'w') as f:
+            json.dump({'sent': i, 'refused': refused, 'queued_bytes': link.pending_writes(),
+                       'tasks': len(asyncio.all_tasks()), 'rss_kib': current_rss_kib()}, f)
+
+
+def slow_target():
+    SlowWorker()
+
+
+def large_payload(codec_name, size):
+    """`size` bytes of payload: bytes for pickle, a list of 1000-character strings for json."""
+    if codec_name == 'pickle':
+        return os.urandom(1024) * (size // 1024)  # ~size: a multiple of 1 KiB
+    return ['x' * 1000] * (size // 1000)
+
+
+class LargeWorker(ClusterWorker):
+    """Acknowledges each blob; on `produce_blob` [size, codec] sends one blob back."""
+
+    def _event_primary_message_blob(self, event):
+        self.send({'type': 'ack'})
+
+    def _event_primary_message_produce_blob(self, event):
+        spec = event.data['message']
+        self.send({'type': 'blob', 'data': large_payload(spec['codec'], spec['size'])})
+
+
+def large_target():
+    LargeWorker()
 
 
 def echo_target():
@@ -243,10 +295,11 @@ async def _iso_stream_p2w(p):
         cluster.primary.on('worker_message', lambda e: done.done() or done.set_result(e.data['message']))
         send = cluster.primary.send
         await send({'type': 'expect', 'n': n}, to=handle)
+        fire = p.get('pattern') == 'fire'  # fire and forget: no future awaited, as most users send
         start = now()
         for i in range(n):
             sent = send(message(i), to=handle)
-            if not sent.done():  # backpressure: the link is over its high-water mark
+            if not fire and not sent.done():  # backpressure: the link is over its high-water mark
                 await sent
             elif i % YIELD_EVERY == YIELD_EVERY - 1:
                 await asyncio.sleep(0)
@@ -275,12 +328,111 @@ async def _iso_stream_w2p(p):
 
         cluster.primary.on('worker_message', on_message)
         start = now()
-        cluster.primary.send({'type': 'produce', 'n': n}, to=handle)
+        cluster.primary.send({'type': 'produce', 'n': n, 'fire': p.get('pattern') == 'fire'}, to=handle)
         await asyncio.wait_for(done, 120)
         elapsed = now() - start
     finally:
         await cluster.close()
     return {'value': n / elapsed, 'unit': 'msg/s', 'n': n, 'primary_peak_rss_kib': peak_rss_kib()}
+
+
+def _worker_peak_rss_kib(pid):
+    with open(f'/proc/{pid}/status') as f:
+        for line in f:
+            if line.startswith('VmHWM:'):
+                return int(line.split()[1])
+    return 0
+
+
+async def _iso_flood(p):
+    """A fire-and-forget flood against a consumer that takes `delay` s a message, for
+    `seconds`; then shut_down(). value: seconds until the worker process is gone (R89 bounds
+    it by shutdown_timeout + kill_timeout); shutdown_s: until shut_down_complete, which also
+    waits for the primary's handlers of the frames the worker wrote before it ended (R117)."""
+    seconds, direction = p['seconds'], p['direction']
+    bound = p['shutdown_timeout'] + p['kill_timeout']
+    cluster = Cluster(slow_target, codec=p['codec'], shutdown_timeout=p['shutdown_timeout'],
+                      kill_timeout=p['kill_timeout'])
+    primary = cluster.primary
+    report_path = f'/tmp/isocluster-flood-{os.getpid()}.json'
+    result = {}
+    try:
+        (handle,) = await cluster.start(1)
+        pid = handle.pid
+        sender_rss_before = current_rss_kib() if direction == 'p2w' else current_rss_kib(pid)
+        if direction == 'p2w':
+            send, end, i, refused = primary.send, now() + seconds, 0, 0
+            while now() < end:
+                for _ in range(YIELD_EVERY):
+                    sent = send(message(i), to=handle)
+                    i += 1
+                    if sent.done() and sent.exception() is not None:
+                        refused += 1
+                await asyncio.sleep(0)
+            result.update(sent=i, refused=refused, queued_bytes=handle._link.pending_writes(),
+                          tasks=len(asyncio.all_tasks()))
+        else:
+            primary.on('worker_message', lambda event: time.sleep(SlowWorker.delay))  # the slow consumer
+            primary.send({'type': 'flood', 'seconds': seconds, 'report': report_path}, to=handle)
+            deadline = now() + seconds + 30
+            while not os.path.exists(report_path) and now() < deadline:
+                await asyncio.sleep(0.05)  # the primary's loop keeps reading, slowly, meanwhile
+            await asyncio.sleep(0.1)
+            with open(report_path) as f:
+                result.update(json.load(f))
+        result.update(primary_rss_kib=current_rss_kib(), primary_peak_rss_kib=peak_rss_kib(),
+                      worker_peak_rss_kib=_worker_peak_rss_kib(pid))
+        start = now()
+        gone = [None]
+
+        async def watch_worker():  # R89's bound is on the worker being gone
+            while os.path.exists(f'/proc/{pid}'):
+                await asyncio.sleep(0.01)
+            gone[0] = now() - start
+
+        watcher = asyncio.ensure_future(watch_worker())
+        primary.shut_down()
+        await asyncio.wait_for(primary.wait_closed(), bound + 30)
+        await asyncio.wait_for(watcher, 5)
+        result.update(shutdown_s=now() - start, worker_gone_s=gone[0], bound_s=bound)
+    finally:
+        await cluster.close()
+        if os.path.exists(report_path):
+            os.unlink(report_path)
+    sender_peak = result['primary_peak_rss_kib'] if direction == 'p2w' else result['worker_peak_rss_kib']
+    # What the flood cost the sender's memory, per byte it held queued (the fixed overhead is
+    # its RSS before the flood).
+    growth = (sender_peak - sender_rss_before) * 1024 / max(result['queued_bytes'], 1)
+    result.update(value=result['worker_gone_s'], unit='s', queued_mib=result['queued_bytes'] / 2**20,
+                  sender_rss_before_kib=sender_rss_before, sender_growth_per_queued_byte=growth)
+    return result
+
+
+async def _iso_large(p):
+    """One payload of `size` bytes at a time, `reps` times: MB/s (10^6 bytes) primary→worker
+    (until the worker's ack) or worker→primary (from the request to the blob's arrival)."""
+    size, reps, codec = p['size'], p['reps'], p['codec']
+    cluster = Cluster(large_target, codec=codec)
+    try:
+        (handle,) = await cluster.start(1)
+        loop = asyncio.get_running_loop()
+        box = [None]
+        cluster.primary.on('worker_message', lambda e: box[0].set_result(None))
+        payload = large_payload(codec, size) if p['direction'] == 'p2w' else None
+        times = []
+        for _ in range(reps + 1):  # the first warms up
+            box[0] = loop.create_future()
+            start = now()
+            if payload is not None:
+                cluster.primary.send({'type': 'blob', 'data': payload}, to=handle)
+            else:
+                cluster.primary.send({'type': 'produce_blob', 'size': size, 'codec': codec}, to=handle)
+            await asyncio.wait_for(box[0], 60)
+            times.append(now() - start)
+    finally:
+        await cluster.close()
+    best = _median(times[1:])
+    return {'value': size / best / 1e6, 'unit': 'MB/s', 'size': size, 'primary_peak_rss_kib': peak_rss_kib()}
 
 
 async def _iso_pipeline(p):
@@ -631,6 +783,35 @@ def raw_stream_w2p(p):
     elapsed = now() - start
     _raw_close(pid, sock, reader)
     return {'value': n / elapsed, 'unit': 'msg/s', 'n': n}
+
+
+def raw_large(p):
+    """The wire's bandwidth for one `size`-byte payload: sendall, recv_into a sized buffer,
+    a one-byte ack (bytes, no codec)."""
+    reps = p['reps']
+    data = os.urandom(1024) * (p['size'] // 1024)
+    size = len(data)
+
+    def receive(sock):
+        buffer = memoryview(bytearray(size))
+        got = 0
+        while got < size:
+            got += sock.recv_into(buffer[got:])
+
+    def child(sock):
+        for _ in range(reps + 1):
+            receive(sock)
+            sock.sendall(b'k')
+
+    pid, sock, reader = _raw_fork(child)
+    times = []
+    for _ in range(reps + 1):
+        start = now()
+        sock.sendall(data)
+        sock.recv(1)
+        times.append(now() - start)
+    _raw_close(pid, sock, reader)
+    return {'value': size / _median(times[1:]) / 1e6, 'unit': 'MB/s', 'size': size}
 
 
 def _ready_child(sock):
@@ -1001,12 +1182,13 @@ def ray_all(p):
 ASYNC_CASES = {
     'iso_rtt': _iso_rtt, 'iso_stream_p2w': _iso_stream_p2w, 'iso_stream_w2p': _iso_stream_w2p,
     'iso_pipeline': _iso_pipeline, 'iso_broadcast': _iso_broadcast, 'iso_startup': _iso_startup,
-    'iso_crash': _iso_crash, 'iso_many': _iso_many, 'iso_task_queue': _iso_task_queue,
+    'iso_crash': _iso_crash, 'iso_many': _iso_many, 'iso_task_queue': _iso_task_queue, 'iso_flood': _iso_flood,
+    'iso_large': _iso_large,
 }
 SYNC_CASES = {
     'raw_rtt': raw_rtt, 'aio_rtt': aio_rtt, 'raw_stream_p2w': raw_stream_p2w, 'raw_stream_w2p': raw_stream_w2p,
     'raw_startup': raw_startup, 'raw_exec_startup': raw_exec_startup, 'raw_crash': raw_crash,
-    'raw_many': raw_many, 'mp_rtt': mp_rtt, 'mp_stream_p2w': mp_stream_p2w, 'mp_stream_w2p': mp_stream_w2p,
+    'raw_many': raw_many, 'raw_large': raw_large, 'mp_rtt': mp_rtt, 'mp_stream_p2w': mp_stream_p2w, 'mp_stream_w2p': mp_stream_w2p,
     'mp_startup': mp_startup, 'mp_crash': mp_crash, 'ppe_rtt': ppe_rtt, 'ppe_pipeline': ppe_pipeline,
     'ray_all': ray_all, 'pool_task_queue': pool_task_queue, 'ppe_task_queue': ppe_task_queue,
 }

@@ -130,6 +130,10 @@ def build_scenarios() -> list[Scenario]:
                   needs=need(c)) for c in codecs]
         vs.append(iso('isocluster pickle+uvloop', f'iso_{case}', {'n': full_n, 'codec': 'pickle', 'loop': 'uvloop'},
                       {'n': quick_n, 'codec': 'pickle', 'loop': 'uvloop'}, needs='uvloop'))
+        # Fire and forget: no send() future awaited, as most users send (the others await
+        # the futures that are not already resolved: backpressure honoured).
+        vs += [iso(f'isocluster {c} fire-and-forget', f'iso_{case}', {'n': full_n, 'codec': c, 'pattern': 'fire'},
+                   {'n': quick_n, 'codec': c, 'pattern': 'fire'}) for c in ('json', 'pickle')]
         vs += [base(f'raw fork+socketpair {c}', f'raw_{case}', {'n': full_n, 'codec': c}, {'n': quick_n, 'codec': c},
                     needs=need(c)) for c in ('json', 'pickle', 'orjson')]
         vs += [
@@ -140,7 +144,42 @@ def build_scenarios() -> list[Scenario]:
             Target('default codec >= 1.5 x multiprocessing.Pipe', 'isocluster json', 'multiprocessing.Pipe', '>=', 1.5),
             Target('default codec >= 1.5 x node cluster (json)', 'isocluster json', 'node cluster (json)', '>=', 1.5),
             Target('pickle codec >= 3 x multiprocessing.Pipe', 'isocluster pickle', 'multiprocessing.Pipe', '>=', 3.0),
+            Target('fire-and-forget >= 0.9 x backpressure honoured (json)', 'isocluster json fire-and-forget',
+                   'isocluster json', '>=', 0.9),
+            Target('fire-and-forget json >= 1.5 x multiprocessing.Pipe', 'isocluster json fire-and-forget',
+                   'multiprocessing.Pipe', '>=', 1.5),
+            Target('fire-and-forget pickle >= 2.5 x multiprocessing.Pipe', 'isocluster pickle fire-and-forget',
+                   'multiprocessing.Pipe', '>=', 2.5),
         ]))
+
+    # -- a fire-and-forget flood against a slow consumer, then shut_down()
+    flood = {'codec': 'json', 'shutdown_timeout': 1.0, 'kill_timeout': 2.0}
+    S.append(Scenario('flood', 'fire-and-forget flood for 3 s into a 1 ms/message consumer, then shut_down(): '
+                      'seconds until the worker is gone', 's', 'lower', [
+        iso(f'isocluster flood {label}', 'iso_flood', {**flood, 'seconds': 3.0, 'direction': direction},
+            {**flood, 'seconds': 0.3, 'direction': direction})
+        for direction, label in (('p2w', 'primary->worker'), ('w2p', 'worker->primary'))
+    ], [
+        Target(f'flood {label}: worker gone <= shutdown_timeout + kill_timeout (3 s)',
+               f'isocluster flood {label}', 'value', '<=', 3.0)
+        for label in ('primary->worker', 'worker->primary')
+    ], timeout=60))
+
+    # -- large messages, each way, against the raw socketpair's bandwidth in the same run
+    large = []
+    for size, label, reps in ((1_000_000, '1 MB', 5), (16_000_000, '16 MB', 2), (60_000_000, '60 MB', 1)):
+        for codec, what in (('pickle', 'bytes'), ('json', 'list of str')):
+            for direction, arrow in (('p2w', 'primary->worker'), ('w2p', 'worker->primary')):
+                large.append(iso(f'isocluster {label} {codec} {what} {arrow}', 'iso_large',
+                                 {'size': size, 'reps': reps, 'codec': codec, 'direction': direction},
+                                 {'size': 100_000, 'reps': 1, 'codec': codec, 'direction': direction}))
+        large.append(base(f'raw socketpair {label}', 'raw_large', {'size': size, 'reps': reps},
+                          {'size': 100_000, 'reps': 1}))
+    S.append(Scenario('large', 'one large message at a time (MB/s of payload)', 'MB/s', 'higher', large, [
+        Target(f'{label} pickle bytes {arrow} >= 0.5 x raw socketpair', f'isocluster {label} pickle bytes {arrow}',
+               f'raw socketpair {label}', '>=', 0.5)
+        for label in ('1 MB', '16 MB', '60 MB') for arrow in ('primary->worker', 'worker->primary')
+    ], timeout=120))
 
     # -- pipelined request/response over 2 workers
     S.append(Scenario('pipeline', 'pipelined request/response over 2 workers (64 in flight)', 'req/s', 'higher', [
@@ -471,6 +510,12 @@ def evaluate(sc, t: Target, variants, extras, reps, errors) -> dict:
             out['ratio'] = max(counts)
             out['status'] = 'PASS' if max(counts) <= t.bound else 'MISS'
         return _info(out)
+    if t.den == 'value':  # an absolute bound on the median itself
+        if t.num in variants:
+            out['ratio'] = variants[t.num]['median']
+            ok = out['ratio'] <= t.bound if t.op == '<=' else out['ratio'] >= t.bound
+            out['status'] = 'PASS' if ok else 'MISS'
+        return out
     if t.den is None:  # completes
         ok = t.num in variants and variants[t.num]['runs'] > 0 and not errors.get(t.num)
         out['ratio'] = variants[t.num]['runs'] if t.num in variants else 0
@@ -494,6 +539,8 @@ def _info(out):
 
 
 def derive(sc: Scenario, variants) -> dict:
+    if sc.key == 'flood':
+        return {name: {'text': _flood_text(info['extras'])} for name, info in variants.items() if info['extras']}
     if sc.key != 'many':
         return {}
     out = {}
@@ -511,6 +558,16 @@ def derive(sc: Scenario, variants) -> dict:
                 'shutdown_ms_256': statistics.median(e['shutdown_ms'] for e in big['extras']),
             }
     return out
+
+
+def _flood_text(extras) -> str:
+    def med(key):
+        return statistics.median(e[key] for e in extras)
+
+    return (f"sent {med('sent'):.0f}, refused {med('refused'):.0f}, queued {med('queued_mib'):.1f} MiB, "
+            f"tasks {med('tasks'):.0f}; shut_down_complete after {med('shutdown_s'):.2f} s; sender RSS {med('sender_rss_before_kib') / 1024:.0f} MiB before, "
+            f"+{med('sender_growth_per_queued_byte'):.2f} bytes per queued byte; peak RSS primary "
+            f"{med('primary_peak_rss_kib') / 1024:.0f} MiB, worker {med('worker_peak_rss_kib') / 1024:.0f} MiB")
 
 
 def print_scenario(sc_key: str, res: dict, out) -> None:
@@ -538,6 +595,9 @@ def print_scenario(sc_key: str, res: dict, out) -> None:
     for name, d in res.get('derived', {}).items():
         if name == 'ray':
             print(f"  Ray / process transport (json, medians of this run): {d['ray_over_process_json']:.2f}", file=out)
+            continue
+        if 'text' in d:
+            print(f"  {name}: {d['text']}", file=out)
             continue
         print(f"  {name}: slope {d['slope_ms_per_worker']:.2f} ms/worker (64->256), "
               f"{d['ms_per_worker_at_64']:.2f} ms/worker at 64, {d['ms_per_worker_at_256']:.2f} at 256; "

@@ -31,6 +31,11 @@ class InvalidDestinationError(SendError):
     """`to` names no connected worker of this primary."""
 
 
+class BackpressureError(SendError):
+    """The link already holds `max_queued_bytes` of unwritten messages: this one was not
+    queued (nothing of it was written). Await send()'s futures to pace the sender."""
+
+
 class EncodeError(SendError):
     """The codec cannot encode the message, or the frame is too large; nothing was sent."""
 

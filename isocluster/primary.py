@@ -25,9 +25,11 @@ from . import dispatch
 from .inflight import CountingRequests
 from .routing import Request, route
 from .checks import MIN_HEARTBEAT_INTERVAL, check_bool, check_positive_int, check_seconds, check_worker_count
+from .pacing import DEFAULT_MAX_QUEUED_BYTES, admits, check_max_queued_bytes, over_cap
 from .shared_sockets import DEFAULT_MAX_SHARED_SOCKETS, SharedSockets, address_key
 from .supervision import Backoff, RestartPolicy, Supervision, _Reload, _warn_inactive
 from .transport.base import SIGKILL, SIGTERM, Signals, Transport, WorkerLink, WorkerSpec
+from .transport.flow import HIGH_WATER, all_resolved
 
 logger = logging.getLogger('isocluster')
 
@@ -53,10 +55,8 @@ def _write_failure(target: WorkerHandle, error: TransportError) -> SendError:
     return failure
 
 
-async def _resolve_after_drain(future: 'asyncio.Future[None]', links: Iterable[Any]) -> None:
-    await asyncio.gather(*(link.drain() for link in links))
-    if not future.done():
-        future.set_result(None)
+def _over_cap(target: WorkerHandle, pending: int, cap: float) -> SendError:
+    return over_cap(f'the link to worker {target.id}', target.id, pending, cap)
 
 
 def _check_drain_timeout(drain_timeout: Any, shutdown_timeout: float) -> float:
@@ -105,7 +105,9 @@ class ClusterPrimary(Supervision, Initializable):
         heartbeat_timeout: float | None = None,
         drain_timeout: float | None = None,
         max_shared_sockets: int = DEFAULT_MAX_SHARED_SOCKETS,
+        max_queued_bytes: int | None = DEFAULT_MAX_QUEUED_BYTES,
     ) -> None:
+        self._queue_cap = check_max_queued_bytes(max_queued_bytes)
         self._configure(
             worker_target, worker_script, worker_args, worker_silent, worker_stdio, transport, codec,
             restart, restart_intensity, restart_period, restart_backoff, restart_policy,
@@ -317,23 +319,29 @@ class ClusterPrimary(Supervision, Initializable):
         if type(to) is WorkerHandle and to._primary is self and to.state in _CONNECTED:
             # One connected worker, the common case: no destination lists.
             link = to._link
+            flow = link.flow
+            if flow.pending and flow.pending + len(data) > self._queue_cap:
+                return self._rejected(_over_cap(to, flow.pending, self._queue_cap))
             try:
                 link.write(protocol.MESSAGE, data)
             except TransportError as error:
                 return self._rejected(_write_failure(to, error))
             self._stats['messages_out'] += 1
-            if link.congested():  # backpressure: resolve once the link has drained
-                future: asyncio.Future[None] = self._pubsub_loop().create_future()
-                self._spawn(_resolve_after_drain(future, {link}))
-                return future
+            if flow.pending > HIGH_WATER:  # backpressure: resolves once the link has drained
+                return flow.completion()
             return self._resolved_future()
         destinations = self._resolve_destinations(to)
         if not destinations:
             return self._resolved_future()
         failures: list[tuple[Any, BaseException]] = []
+        waiting: dict[Any, asyncio.Future[None]] = {}
         for destination, target in destinations:
             if isinstance(target, BaseException):
                 failures.append((destination, target))
+                continue
+            flow = target._link.flow
+            if not admits(flow.pending, len(data), self._queue_cap):
+                failures.append((destination, _over_cap(target, flow.pending, self._queue_cap)))
                 continue
             try:
                 target._link.write(protocol.MESSAGE, data)
@@ -341,13 +349,12 @@ class ClusterPrimary(Supervision, Initializable):
                 failures.append((destination, _write_failure(target, error)))
             else:
                 self._stats['messages_out'] += 1
+                if flow.pending > HIGH_WATER:  # the same link twice waits for its later mark
+                    waiting[flow] = flow.completion()
         if not failures:
-            congested = {target._link for _, target in destinations if target._link.congested()}
-            if not congested:
+            if not waiting:
                 return self._resolved_future()
-            future = self._pubsub_loop().create_future()
-            self._spawn(_resolve_after_drain(future, congested))  # backpressure: once they drained
-            return future
+            return all_resolved(self._pubsub_loop(), list(waiting.values()))  # backpressure
         if len(destinations) == 1:
             return self._rejected(failures[0][1])
         return self._rejected(SendError(

@@ -58,6 +58,9 @@ Frame = tuple[str, Any]
 
 _HEADER = struct.Struct('>IB')
 _LENGTH = struct.Struct('>I')
+# A frame at least this large that arrives in pieces is gathered into a buffer of its exact
+# size: appending its pieces to the decoder's buffer would reallocate (copy) it again and again.
+_LARGE_FRAME = 1024 * 1024
 HEADER_SIZE = _HEADER.size
 _REQUEST_ID = struct.Struct('>Q')
 _REPLY_ID = struct.Struct('>QB')
@@ -275,6 +278,9 @@ class FrameDecoder:
         self.max_frame_size = max_frame_size
         self._buffer = bytearray()
         self._error: ProtocolError | None = None
+        self._large: bytearray | None = None  # the body of a large frame being gathered
+        self._large_code = 0
+        self._large_filled = 0
 
     @property
     def error(self) -> ProtocolError | None:
@@ -284,6 +290,8 @@ class FrameDecoder:
     @property
     def pending(self) -> int:
         """Bytes received that do not yet make a whole frame."""
+        if self._large is not None:
+            return len(self._buffer) + 5 + self._large_filled
         return len(self._buffer)
 
     def discard(self) -> None:
@@ -291,12 +299,19 @@ class FrameDecoder:
         if self._error is None:
             self._error = ProtocolError('the stream was abandoned')
         self._buffer = bytearray()
+        self._large = None
 
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """The whole frames received so far. A fault raises ProtocolError, but only after the
         good frames before it were returned: it is raised by the next call."""
         if self._error is not None:
             raise self._error
+        frames: list[Frame] = []
+        if self._large is not None:
+            used = self._gather(data, frames)
+            if used == len(data):
+                return frames
+            data = memoryview(data)[used:]
         buffer = self._buffer
         # Frames are cut straight out of `data` (one copy each); only a partial frame at the
         # end is kept, so a large read is never copied whole into the buffer first.
@@ -305,7 +320,6 @@ class FrameDecoder:
             view = memoryview(buffer)
         else:
             view = memoryview(data)
-        frames: list[Frame] = []
         append = frames.append
         unpack_length = _LENGTH.unpack_from
         limit = self.max_frame_size
@@ -325,7 +339,17 @@ class FrameDecoder:
                 start = offset + 4
                 offset = start + length
                 if offset > end:
-                    offset = start - 4
+                    if length > _LARGE_FRAME and end > start:
+                        code = view[start]
+                        if code >= len(kinds):
+                            raise ProtocolError(f'unknown frame kind code {code}')
+                        self._large = bytearray(length - 1)
+                        self._large_code = code
+                        self._large_filled = 0
+                        self._gather(view[start + 1:end], frames)
+                        offset = end
+                    else:
+                        offset = start - 4
                     break
                 code = view[start]
                 if code == _MESSAGE_CODE:  # by far the commonest
@@ -360,6 +384,51 @@ class FrameDecoder:
         else:
             view.release()
         return frames
+
+    def gather_target(self) -> memoryview | None:
+        """Where the rest of a large frame can be read straight into (`recv_into`), skipping
+        the read buffer; None when no large frame is being gathered."""
+        if self._large is None:
+            return None
+        return memoryview(self._large)[self._large_filled:]
+
+    def gathered(self, count: int) -> list[Frame]:
+        """`count` bytes were read into `gather_target()`: the large frame, once it is whole."""
+        large = self._large
+        assert large is not None
+        self._large_filled += count
+        if self._large_filled < len(large):
+            return []
+        self._large = None
+        return [self._large_frame(large)]
+
+    def _large_frame(self, body_buffer: bytearray) -> Frame:
+        body = bytes(body_buffer)
+        kind = KINDS[self._large_code]
+        if kind == MESSAGE:
+            return (kind, body)
+        try:
+            return (kind, decode_body(kind, body))
+        except Exception as failure:  # the stream ends as its sender's fault, as in feed()
+            error = failure if isinstance(failure, ProtocolError) else ProtocolError(
+                f'could not read a {kind.upper()} frame: {failure!r}')
+            error.frame_kind = kind
+            self._error = error
+            raise error from None
+
+    def _gather(self, data: Any, frames: list[Frame]) -> int:
+        """Copy the next piece of the large frame in, and append the frame to `frames` once
+        it is whole; returns how many bytes of `data` it took."""
+        large = self._large
+        assert large is not None
+        filled = self._large_filled
+        count = min(len(large) - filled, len(data))
+        large[filled:filled + count] = data[:count] if count < len(data) else data
+        self._large_filled = filled + count
+        if self._large_filled == len(large):
+            self._large = None
+            frames.append(self._large_frame(large))
+        return count
 
 
 def decode_message(codec: Codec, data: bytes, worker_id: int | None = None) -> Any:

@@ -15,19 +15,15 @@ from .lifecycle import Initializable
 from .routing import PendingRequests, Request, route
 from .request_gate import BatchAnswer, RequestGate, chunk_publisher
 from .checks import check_seconds
+from .pacing import DEFAULT_MAX_QUEUED_BYTES, check_max_queued_bytes, over_cap
 from .transport.base import PrimaryLink, current_link
+from .transport.flow import HIGH_WATER
 
 DEFAULT_KILL_TIMEOUT = 6.765
 # After a drain the worker still needs time to destroy itself: its kill timer is armed this
 # long past drain_timeout (never shorter than the kill timeout; with the default 5 s drain both are 6.765 s).
 DRAIN_CLEANUP = 1.765
 _MISSING: Any = object()
-
-
-async def _resolve_after_drain(future: 'asyncio.Future[None]', link: PrimaryLink) -> None:
-    await link.drain()
-    if not future.done():
-        future.set_result(None)
 
 
 def _link_closed(link: PrimaryLink, error: TransportError) -> SendError:
@@ -75,7 +71,9 @@ class ClusterWorker(Initializable):
         """True inside a worker started by a ClusterPrimary."""
         return current_link() is not None
 
-    def __init__(self, *, initialize: bool = True, max_concurrency: int | None = None) -> None:
+    def __init__(self, *, initialize: bool = True, max_concurrency: int | None = None,
+                 max_queued_bytes: int | None = DEFAULT_MAX_QUEUED_BYTES) -> None:
+        self._queue_cap = check_max_queued_bytes(max_queued_bytes)
         if max_concurrency is not None and (type(max_concurrency) is not int or max_concurrency < 1):
             raise ValueError(f'max_concurrency: expected an int >= 1 or None, got {max_concurrency!r}')
         # Requests beyond max_concurrency wait their turn here, in order (request_gate.py).
@@ -162,17 +160,20 @@ class ClusterWorker(Initializable):
         link = self._link  # inline, not _prepare(): this is the hot path
         if link is None:
             return self._rejected(_not_a_worker('send'))
+        flow = link.flow
         try:
             data = protocol.encode_message(link.codec, message, link.max_frame_size, link.worker_id)
+            if flow.pending and flow.pending + len(data) > self._queue_cap:
+                return self._rejected(over_cap(
+                    f'the link of worker {link.worker_id} to the primary', link.worker_id, flow.pending, self._queue_cap,
+                ))
             link.write(protocol.MESSAGE, data)
         except EncodeError as error:
             return self._rejected(error)
         except TransportError as error:
             return self._rejected(_link_closed(link, error))
-        if link.congested():  # backpressure: resolve once the link has drained
-            future: asyncio.Future[None] = self._pubsub_loop().create_future()
-            self._spawn(_resolve_after_drain(future, link))
-            return future
+        if flow.pending > HIGH_WATER:  # backpressure: resolves once the link has drained
+            return flow.completion()
         return self._resolved_future()
 
     def request(self, message: Any, *, timeout: float | None = None) -> 'asyncio.Future[Any]':

@@ -47,6 +47,6 @@ def test_quick_bench_writes_every_scenario(tmp_path):
             assert variant['runs'] >= 1 and variant['median'] is not None, (key, name)
         for target in scenario['targets']:
             assert target['status'] in ('PASS', 'MISS', 'SKIP', '(PASS)', '(MISS)'), target
-        if key != 'broadcast':
+        if key not in ('broadcast', 'flood'):  # flood is measured against its documented bound
             assert any(not v['isocluster'] for v in scenario['variants'].values()), f'{key}: no baseline'
     assert 'targets' in stdout and 'results:' in stdout

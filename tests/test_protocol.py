@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import struct
 import sys
 
 import pytest
@@ -241,3 +242,25 @@ def test_orjson_codec_names_the_extra_when_missing(monkeypatch):
     monkeypatch.setattr(builtins, '__import__', no_orjson)
     with pytest.raises(ValueError, match=r'isocluster\[orjson\]'):
         get_codec('orjson')
+
+
+@pytest.mark.parametrize('direct', [False, True], ids=['fed', 'read-into'])
+def test_a_malformed_large_control_frame_ends_the_stream_as_a_protocol_error(direct: bool) -> None:
+    """A control frame over the large-frame threshold is gathered in a buffer of its own; a
+    body that does not decode is still its sender's fault (never dropped silently, never a
+    jam), exactly as for a small frame."""
+    body = b'{' * 2 + b'x' * (2 * 1024 * 1024)  # not JSON
+    data = struct.pack('>IB', len(body) + 1, protocol.KINDS.index(protocol.LISTEN)) + body
+    decoder = protocol.FrameDecoder()
+    head, rest = data[:4096], data[4096:]
+    assert decoder.feed(head) == []
+    with pytest.raises(protocol.ProtocolError):
+        if direct:
+            target = decoder.gather_target()
+            target[:len(rest)] = rest
+            decoder.gathered(len(rest))
+        else:
+            decoder.feed(rest)
+    assert decoder.error is not None and decoder.error.frame_kind == protocol.LISTEN
+    with pytest.raises(protocol.ProtocolError):
+        decoder.feed(b'\x00\x00\x00\x01\x00')  # the stream stays ended, not jammed

@@ -7,6 +7,9 @@ nothing of events, tags, routing or restart policy.
 Frames are `(kind, payload)` pairs (see `protocol.py`); user messages arrive already
 encoded as bytes, so a transport never sees a Python object it has to serialise.
 
+Each end of a link has a `flow` (`flow.LinkFlow`): its transport reports the bytes it
+queues and the bytes it writes (or throws away), and the core paces and caps sends with it.
+
 Primary side
     `Transport.start_worker(spec, listener)` returns a `WorkerLink`. The transport then
     calls, always from its loop and never from inside a call the core made:
@@ -41,13 +44,11 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
 
 from ..protocol import DEFAULT_MAX_FRAME_SIZE, Codec
+from .flow import HIGH_WATER, LinkFlow
 
 SIGTERM = _signal.Signals.SIGTERM
 SIGKILL = _signal.Signals.SIGKILL
 Signals = _signal.Signals
-
-# Bytes a link may buffer before send() futures wait for it to drain (backpressure).
-HIGH_WATER = 1024 * 1024
 
 WORKER_ID_ENV = 'ISOCLUSTER_WORKER_ID'
 WORKER_FD_ENV = 'ISOCLUSTER_WORKER_FD'
@@ -230,30 +231,38 @@ class WorkerLink(abc.ABC):
     def kill(self, signal: 'Signals') -> None:
         """Send `signal` to the worker; a no-op once it has ended (never a reused pid)."""
 
+    # The flow control of what this end writes (see flow.py): the transport keeps it
+    # current; the core reads it to pace and cap sends.
+    flow: LinkFlow
+
     def pending_writes(self) -> int:
         """Bytes queued for the worker and not yet written (for backpressure)."""
-        return 0
+        return self.flow.pending
 
     def congested(self) -> bool:
         """True while the write buffer is over its high-water mark: senders should wait."""
-        return self.pending_writes() > HIGH_WATER
+        return self.flow.congested()
 
     async def drain(self) -> None:
         """Wait until the write buffer is well below its high-water mark."""
+        await self.flow.drain()
 
 
 class PrimaryLink(abc.ABC):
     """A worker's end of its link to the primary."""
 
+    flow: LinkFlow  # as WorkerLink.flow, for what the worker writes
+
     def pending_writes(self) -> int:
         """Bytes queued for the primary and not yet written (for backpressure)."""
-        return 0
+        return self.flow.pending
 
     def congested(self) -> bool:
-        return self.pending_writes() > HIGH_WATER
+        return self.flow.congested()
 
     async def drain(self) -> None:
         """Wait until the write buffer is well below its high-water mark."""
+        await self.flow.drain()
 
     worker_id: int
     codec: Codec

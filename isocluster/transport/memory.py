@@ -25,6 +25,7 @@ from ..errors import ProtocolError, TransportError
 from . import base
 from .partial import DEFAULT_FRAME_TIMEOUT, PartialFrameDeadline, check_frame_timeout
 from .base import SIGTERM, LinkListener, PrimaryLink, Signals, Transport, WorkerLink, WorkerSpec
+from .flow import LinkFlow
 
 # Frames that carry user bytes, and so can exceed the maximum frame size (R120).
 _SIZED_KINDS = frozenset({protocol.MESSAGE, protocol.REQUEST, protocol.REPLY, protocol.REQUEST_BATCH, protocol.REPLY_BATCH})
@@ -156,10 +157,18 @@ class _Pipe:
         self.held = False
         self.scheduled = False
         self.fail_next = False
+        # A frame counts as queued until it is delivered: a held or slow link congests as a
+        # socket would, so backpressure and the queued-bytes cap behave as on real links.
+        self.flow = LinkFlow(transport.loop)
 
     def push(self, item: Any) -> None:
         self.queue.append(item)
+        self.flow.queued(_frame_bytes(item))
         self.schedule()
+
+    def clear(self) -> None:
+        self.queue.clear()
+        self.flow.discarded()
 
     def schedule(self) -> None:
         if self.scheduled or self.held or not self.queue:
@@ -173,6 +182,7 @@ class _Pipe:
         if self.held or not self.queue:
             return
         item = self.queue.popleft()
+        self.flow.flushed(_frame_bytes(item))
         self.schedule()
         self.deliver(item)
 
@@ -199,6 +209,8 @@ class MemoryWorkerLink(WorkerLink):
         self.to_primary = _Pipe(transport, self._receive, transport._primary.context)
         self.decoder: protocol.FrameDecoder | None = None  # made by the first inject_bytes()
         self.partial_deadline = PartialFrameDeadline(transport.loop, transport.frame_timeout, self._partial_frame_expired)
+        self.flow = self.to_worker.flow
+        self.primary_link.flow = self.to_primary.flow
 
     @property
     def is_open(self) -> bool:
@@ -395,6 +407,19 @@ class MemoryPrimaryLink(PrimaryLink):
                 receiver.link_closed()
             else:
                 receiver.link_frame(*frame)
+
+
+def _frame_bytes(item: Any) -> int:
+    """What a frame would take in a socket's buffer (control frames: their header only, they
+    are a few bytes and encoding them twice would cost every simulated write)."""
+    if item is _EOF:
+        return 0
+    kind, payload = item
+    if kind == protocol.MESSAGE:
+        return protocol.HEADER_SIZE + len(payload)
+    if kind in (protocol.REQUEST, protocol.REPLY):
+        return protocol.HEADER_SIZE + len(payload[-1])
+    return protocol.HEADER_SIZE
 
 
 def _roundtrip_control(kind: str, payload: Any) -> Any:
@@ -679,7 +704,7 @@ class MemoryTransport(Transport):
         if link.kill_deadline is not None:
             link.kill_deadline.cancel()
         link.worker_open = False
-        link.to_worker.queue.clear()
+        link.to_worker.clear()
         link.exit_status = (code, signal)
         self.exits[link.id] = (code, signal)
         for receiver_frame in link.primary_link._early:

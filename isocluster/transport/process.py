@@ -35,6 +35,7 @@ from .. import protocol
 from ..errors import ProtocolError, TransportError
 from . import base, bootstrap, watchdog
 from .partial import DEFAULT_FRAME_TIMEOUT, PartialFrameDeadline, check_frame_timeout
+from .flow import LinkFlow
 
 output_logger = logging.getLogger('isocluster.worker')
 
@@ -51,7 +52,10 @@ _IOV_MAX = 64
 # Small frames are coalesced into chunks of about this size: a backlog is a queue of chunks,
 # so appending never reallocates (copies) a buffer the socket is still draining.
 _CHUNK_SIZE = 256 * 1024
-_HIGH_WATER = base.HIGH_WATER
+# Seconds of the primary's handlers per loop pass while a worker's frames pile up: a flood
+# read 256 KiB at a time into 1 ms handlers would hold the loop for seconds, and the
+# shutdown, kill and heartbeat timers with it.
+_DELIVERY_SLICE = 0.02
 _ANCILLARY_SIZE = socket.CMSG_SPACE(16 * array.array('i').itemsize)
 _SEND_FLAGS = getattr(socket, 'MSG_NOSIGNAL', 0)
 _RECV_FLAGS = getattr(socket, 'MSG_CMSG_CLOEXEC', 0)
@@ -157,11 +161,10 @@ class _FrameWriter:
 
     def _init_writer(self) -> None:
         self._queue: collections.deque[Any] = collections.deque()  # bytes-like, or (bytes, fd)
-        self._queued = 0
+        self.flow = LinkFlow(self._loop)
         self._corked = False
         self._writing = False
         self._write_broken = False
-        self._drain_waiters: list[asyncio.Future[None]] = []
 
     def _write_frame(self, kind: str, payload: Any, fd: int | None = None) -> None:
         """Queue one frame (with `fd` passed alongside it), then send at once, or at the end
@@ -188,7 +191,7 @@ class _FrameWriter:
             tail = bytearray(header)
             tail += body
             queue.append(tail)
-        self._queued += len(header) + len(body)
+        self.flow.queued(len(header) + len(body))
         if self._corked or self._writing:
             return
         if self._batch.active:
@@ -215,7 +218,7 @@ class _FrameWriter:
             raise TransportError(f'{self._describe()}: write failed ({exc})', worker_id=self._worker_id()) from exc
         if sent < len(data):
             self._queue.append(memoryview(data)[sent:])
-            self._queued += len(data) - sent
+            self.flow.queued(len(data) - sent)
             self._start_writing()
         else:
             self._batch.hold_turn(self._loop)
@@ -232,7 +235,7 @@ class _FrameWriter:
                     sent = socket.send_fds(sock, [data], [fd], _SEND_FLAGS)
                     os.close(fd)
                     queue[0] = memoryview(data)[sent:]
-                    self._queued -= sent
+                    self.flow.flushed(sent)
                     if sent < len(data):
                         return
                     queue.popleft()
@@ -246,7 +249,7 @@ class _FrameWriter:
                             del buffers[i:]
                             break
                     sent = sock.sendmsg(buffers, (), _SEND_FLAGS)
-                self._queued -= sent
+                self.flow.flushed(sent)
                 while sent:
                     item = queue[0]
                     size = len(item)
@@ -278,8 +281,6 @@ class _FrameWriter:
         else:
             self._stop_writing()
             self._flushed()
-        if self._drain_waiters and self._queued <= _HIGH_WATER // 4:
-            self._wake_drainers()
 
     def _start_writing(self) -> None:
         if not self._writing:
@@ -296,28 +297,12 @@ class _FrameWriter:
             if isinstance(item, tuple):
                 os.close(item[1])
         self._queue.clear()
-        self._queued = 0
-        self._wake_drainers()
+        self.flow.discarded()
 
     def _write_failed(self, exc: OSError) -> None:
         self._write_broken = True
         self._stop_writing()
         self._discard_queue()
-
-    def _wake_drainers(self) -> None:
-        waiters, self._drain_waiters = self._drain_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
-
-    async def drain(self) -> None:
-        if self._queued > _HIGH_WATER and not self._write_broken:
-            waiter = self._loop.create_future()
-            self._drain_waiters.append(waiter)
-            await waiter
-
-    def pending_writes(self) -> int:
-        return self._queued
 
     # hooks
     def _describe(self) -> str:
@@ -401,6 +386,7 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
         self._view = transport._read_view
         self._inbox: collections.deque[protocol.Frame] = collections.deque()
         self._reading = True
+        self._paused = False  # reading waits for the inbox to be delivered
         self._closing = False
         self._eof = False
         self._closed_reported = False
@@ -467,8 +453,9 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
     # reading
 
     def _on_readable(self) -> None:
+        direct = self._decoder.gather_target()  # the rest of a large frame: read straight in
         try:
-            count = self._sock.recv_into(self._buffer)
+            count = self._sock.recv_into(self._buffer if direct is None else direct)
         except (BlockingIOError, InterruptedError):
             return
         except ConnectionResetError:
@@ -481,17 +468,17 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
             return
         batch = self._batch
         if not batch.begin():
-            self._feed(count)
+            self._feed(count, direct is not None)
             return
         try:
-            self._feed(count)
+            self._feed(count, direct is not None)
         finally:
             batch.end()
 
-    def _feed(self, count: int) -> None:
+    def _feed(self, count: int, direct: bool = False) -> None:
         self._last_read_at = self._loop.time()
         try:
-            frames = self._decoder.feed(self._view[:count])
+            frames = self._decoder.gathered(count) if direct else self._decoder.feed(self._view[:count])
         except ProtocolError:
             frames = []
         self._inbox.extend(frames)
@@ -534,18 +521,30 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
             self._partial_deadline.cancel()
             self._loop.remove_reader(self._sock.fileno())
 
+    def _pause_reading(self) -> None:
+        if self._reading and not self._paused:
+            self._paused = True
+            self._loop.remove_reader(self._sock.fileno())
+
+    def _resume_reading(self) -> None:
+        if self._paused:
+            self._paused = False
+            if self._reading:
+                self._loop.add_reader(self._sock.fileno(), self._on_readable)
+
     def _drain_socket(self) -> None:
         """The worker is dead: read what it wrote before dying, without waiting."""
         while self._reading:
+            direct = self._decoder.gather_target()
             try:
-                count = self._sock.recv_into(self._buffer)
+                count = self._sock.recv_into(self._buffer if direct is None else direct)
             except (BlockingIOError, InterruptedError):
                 return  # a process the worker forked still holds its end
             except OSError:
                 count = 0
             if count == 0:
                 return
-            self._feed(count)
+            self._feed(count, direct is not None)
 
     def _on_eof(self) -> None:
         if self._eof:
@@ -567,7 +566,15 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
     def _deliver(self) -> None:
         inbox = self._inbox
         listener = self._listener
+        loop = self._loop
+        deadline = loop.time() + _DELIVERY_SLICE
+        delivered = 0
         while inbox:
+            delivered += 1
+            if not delivered & 63 and loop.time() > deadline:
+                self._pause_reading()
+                loop.call_soon(self._deliver)
+                return
             kind, payload = inbox.popleft()
             try:
                 listener.link_frame(self, kind, payload)
@@ -575,6 +582,7 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
                 if inbox:
                     self._loop.call_soon(self._deliver)
                 raise
+        self._resume_reading()
         if self._eof and not self._closed_reported:
             self._closed_reported = True
             try:
@@ -932,8 +940,10 @@ class _ChildLink(_FrameWriter, base.ThreadedPrimaryLink):
     # receiving
 
     def _on_readable(self) -> None:
+        direct = self._decoder.gather_target()  # the rest of a large frame: read straight in
         try:
-            count, ancillary, _, _ = self._sock.recvmsg_into([self._buffer], _ANCILLARY_SIZE, _RECV_FLAGS)
+            count, ancillary, _, _ = self._sock.recvmsg_into(
+                [self._buffer if direct is None else direct], _ANCILLARY_SIZE, _RECV_FLAGS)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -952,20 +962,21 @@ class _ChildLink(_FrameWriter, base.ThreadedPrimaryLink):
             elif not self._backlog:
                 self._deliver_eof()
             return
-        data = self._view[:count]
-        if count == len(self._buffer) and count < _CHILD_READ_SIZE:  # a stream: read more at once
+        data = None if direct is not None else self._view[:count]
+        if direct is None and count == len(self._buffer) and count < _CHILD_READ_SIZE:  # a stream: read more at once
             self._buffer = bytearray(_CHILD_READ_SIZE)
             self._view = memoryview(self._buffer)
         batch = self._batch
         batch.begin()
         try:
-            self._dispatch(data)
+            self._dispatch(data, count)
         finally:
             batch.end()
 
-    def _dispatch(self, data: memoryview) -> None:
+    def _dispatch(self, data: memoryview | None, count: int) -> None:
         # A ProtocolError here is fatal to the worker (R120): it reaches the loop's handler.
-        for kind, payload in self._decoder.feed(data):
+        frames = self._decoder.gathered(count) if data is None else self._decoder.feed(data)
+        for kind, payload in frames:
             if kind == protocol.LISTENING:
                 payload = dict(payload or {})
                 if self._fds:

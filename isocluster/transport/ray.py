@@ -95,8 +95,8 @@ from typing import Any, Callable, Mapping
 from .. import protocol
 from ..errors import NotSupportedError, ProtocolError, TransportError
 from . import base
+from .flow import LinkFlow
 
-_HIGH_WATER = 1024 * 1024
 _CONFIRM_DEATH_TIMEOUT = 10.0  # seconds to wait for Ray to confirm a killed actor is gone
 _STREAMS = ('stdin', 'stdout', 'stderr')
 _DISCARD_WORDS = ('devnull', 'pipe')
@@ -153,7 +153,7 @@ class RayWorkerLink(base.WorkerLink):
         self._closing = False  # close() was called: EOF goes after what was written
         self._eof_sent = False
         self._broken = False  # the actor is gone: writes fail
-        self._drain_waiters: list[asyncio.Future[None]] = []
+        self.flow = LinkFlow(self._loop)
         # reading and ending
         self._inbox: collections.deque[protocol.Frame] = collections.deque()
         self._reading = True
@@ -185,6 +185,7 @@ class RayWorkerLink(base.WorkerLink):
         data = protocol.encode_frame(kind, payload)
         self._out.append(data)
         self._out_bytes += len(data)
+        self.flow.queued(len(data))
         self._schedule_flush()
 
     def send_socket(self, sock: Any, payload: Any) -> None:
@@ -227,7 +228,7 @@ class RayWorkerLink(base.WorkerLink):
 
     def _delivered(self, future: Any) -> None:
         self._sending = False
-        self._in_flight = 0
+        delivered, self._in_flight = self._in_flight, 0
         try:
             future.result()
         except Exception:
@@ -235,10 +236,9 @@ class RayWorkerLink(base.WorkerLink):
             # flight is lost, which a resolved send allows (R116).
             self._delivery_failed()
             return
+        self.flow.flushed(delivered)
         if self._out or (self._closing and not self._eof_sent):
             self._flush()
-        if self._drain_waiters and self.pending_writes() <= _HIGH_WATER // 4:
-            self._wake_drainers()
 
     def _delivery_failed(self) -> None:
         self._sending = False
@@ -246,22 +246,7 @@ class RayWorkerLink(base.WorkerLink):
         self._out.clear()
         self._out_bytes = 0
         self._in_flight = 0
-        self._wake_drainers()
-
-    def pending_writes(self) -> int:
-        return self._out_bytes + self._in_flight
-
-    async def drain(self) -> None:
-        if self.pending_writes() > _HIGH_WATER and not self._broken:
-            waiter = self._loop.create_future()
-            self._drain_waiters.append(waiter)
-            await waiter
-
-    def _wake_drainers(self) -> None:
-        waiters, self._drain_waiters = self._drain_waiters, []
-        for waiter in waiters:
-            if not waiter.done():
-                waiter.set_result(None)
+        self.flow.discarded()
 
     # -- killing ---------------------------------------------------------------------------
 
@@ -394,7 +379,7 @@ class RayWorkerLink(base.WorkerLink):
         self._dead = True
         self._broken = True
         self._out.clear()
-        self._wake_drainers()
+        self.flow.discarded()
         if not self._exit_reported:
             self._kill_actor()
 
@@ -558,6 +543,9 @@ class _RayPrimaryLink(base.ThreadedPrimaryLink):
         self._finished = False
         self._kill_deadline: float | None = None
         self._kill_timer: threading.Timer | None = None
+        # Never congested: the runtime's outbox is pulled by the primary from another thread
+        # and is not accounted here (sends resolve at once, as before).
+        self.flow = LinkFlow(loop)
 
     def _describe(self) -> str:
         return f'link of worker {self.worker_id} to its primary'
