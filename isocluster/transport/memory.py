@@ -414,10 +414,12 @@ def _frame_bytes(item: Any) -> int:
     are a few bytes and encoding them twice would cost every simulated write)."""
     if item is _EOF:
         return 0
+    if type(item) is _RawBytes:
+        return len(item.data)
     kind, payload = item
     if kind == protocol.MESSAGE:
         return protocol.HEADER_SIZE + len(payload)
-    if kind in (protocol.REQUEST, protocol.REPLY):
+    if kind in (protocol.REQUEST, protocol.REPLY, protocol.REQUEST_BATCH, protocol.REPLY_BATCH):
         return protocol.HEADER_SIZE + len(payload[-1])
     return protocol.HEADER_SIZE
 

@@ -22,6 +22,7 @@ never signals anything.
 
 from __future__ import annotations
 
+import atexit
 import os
 import select
 import signal
@@ -66,6 +67,16 @@ def primary_fd() -> int | None:
         except OSError:
             _primary_socket = None
     return _primary_socket.fileno() if _primary_socket is not None else None
+
+
+def _close_at_exit() -> None:
+    # The watchdog learns of the primary's end from its pidfd, not from this socket: closing
+    # it as the interpreter ends only spares a ResourceWarning for a socket held on purpose.
+    if _primary_socket is not None and _primary_owner == os.getpid():
+        _primary_socket.close()
+
+
+atexit.register(_close_at_exit)
 
 
 def register(pid: int, pidfd: int) -> None:
