@@ -231,6 +231,14 @@ class WorkerLink(abc.ABC):
     def kill(self, signal: 'Signals') -> None:
         """Send `signal` to the worker; a no-op once it has ended (never a reused pid)."""
 
+    def resident_bytes(self) -> int | None:
+        """The worker's resident memory in bytes, or None where the transport cannot tell."""
+        return None
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU seconds the worker has used, or None where the transport cannot tell."""
+        return None
+
     # The flow control of what this end writes (see flow.py): the transport keeps it
     # current; the core reads it to pace and cap sends.
     flow: LinkFlow

@@ -211,6 +211,14 @@ class MemoryWorkerLink(WorkerLink):
         self.partial_deadline = PartialFrameDeadline(transport.loop, transport.frame_timeout, self._partial_frame_expired)
         self.flow = self.to_worker.flow
         self.primary_link.flow = self.to_primary.flow
+        self.resident: int | None = None  # set_resident_bytes(): a simulated worker has no real memory
+        self.cpu: float | None = None
+
+    def resident_bytes(self) -> int | None:
+        return self.resident if self.process.alive else None
+
+    def cpu_seconds(self) -> float | None:
+        return self.cpu if self.process.alive else None
 
     @property
     def is_open(self) -> bool:
@@ -625,6 +633,12 @@ class MemoryTransport(Transport):
         if delay < 0 or count < 1:
             raise ValueError('slow_boot(): delay must be >= 0 and count >= 1')
         self._slow_boots.extend([float(delay)] * count)
+
+    def set_resident_bytes(self, worker: Any, resident: int | None, cpu_seconds: float | None = None) -> None:
+        """What the primary reads as the worker's resident memory (and CPU seconds); None: unknown."""
+        link = self._link(worker)
+        link.resident = resident
+        link.cpu = cpu_seconds
 
     def alive(self, worker: Any) -> bool:
         return self._link(worker).process.alive
