@@ -28,6 +28,7 @@ from .checks import MIN_HEARTBEAT_INTERVAL, check_bool, check_positive_int, chec
 from .pacing import DEFAULT_MAX_QUEUED_BYTES, admits, check_max_queued_bytes, over_cap
 from .shared_sockets import DEFAULT_MAX_SHARED_SOCKETS, SharedSockets, address_key
 from .supervision import Backoff, RestartPolicy, Supervision, _Reload, _warn_inactive
+from .readiness import Readiness
 from .recycler import Recycler
 from .recycling import RecyclePolicy
 from .transport.base import SIGKILL, SIGTERM, Signals, Transport, WorkerLink, WorkerSpec
@@ -75,7 +76,7 @@ def _check_drain_timeout(drain_timeout: Any, shutdown_timeout: float) -> float:
     return seconds
 
 
-class ClusterPrimary(Supervision, Recycler, Initializable):
+class ClusterPrimary(Supervision, Recycler, Readiness, Initializable):
     """The primary of a local cluster of workers. See DESIGN.md for the API."""
 
     _pubsub: ClassVar[dict[str, dict[str, Any]]] = {
@@ -244,6 +245,7 @@ class ClusterPrimary(Supervision, Recycler, Initializable):
     def _on_initialized(self) -> None:
         if self._state == 'new':
             self._state = 'active'
+            self._readiness_start()
 
     def _destroy(self, *args: Any, **kwargs: Any) -> None:
         self._state = 'destroyed'
@@ -817,6 +819,7 @@ class ClusterPrimary(Supervision, Recycler, Initializable):
             self._start_heartbeat(handle)
         self._add_worker(handle)
         self._recycle_start(handle)
+        self._tell_ready_once()
         reload = self._reload
         if reload is not None and handle is reload.new and not handle._retired:
             reload.new = None
@@ -866,6 +869,7 @@ class ClusterPrimary(Supervision, Recycler, Initializable):
         self._supervise_exit(handle, event.data['code'], event.data['signal'])
 
     def _event_shut_down(self, event: Any) -> None:
+        self._tell('STOPPING=1', when_active=True)
         self._state = 'shutting_down'
         self._cancel_all_timers()
         reload, self._reload = self._reload, None
@@ -893,6 +897,7 @@ class ClusterPrimary(Supervision, Recycler, Initializable):
         # destroy runs inside shut_down_complete's after stage, so it is complete by now.
         if self._state in ('shut_down', 'destroyed') and not self._closed:
             self._closed = True
+            self._readiness_stop()
             future = self._closed_future
             if future is not None and not future.done():
                 future.set_result(None)

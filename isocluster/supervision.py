@@ -337,6 +337,7 @@ class Supervision:
             self._reload.olds.extend(handle for handle in olds if handle not in self._reload.olds and handle is not self._reload.old)
             return
         self._reload = _Reload(olds, announced=True)
+        self._tell('RELOADING=1')
         self._reload_next_step()
 
     def _reload_next_step(self) -> None:
@@ -369,6 +370,7 @@ class Supervision:
 
     def _publish_reload_complete(self, count: int, aborted: bool) -> None:
         if self._state != 'destroyed':
+            self._tell('READY=1', when_active=True)
             self._publish('reload_complete', {'worker_count': count, 'aborted': aborted})
 
     # -- supervision: heartbeats -----------------------------------------------------

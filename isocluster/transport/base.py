@@ -40,6 +40,7 @@ import contextvars
 import os
 import signal as _signal
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
 
@@ -363,6 +364,13 @@ class Transport(abc.ABC):
         previous ones. Transports without signals install nothing."""
         return lambda: None
 
+    def notify(self, state: str) -> None:
+        """Tell the service manager `state` ('READY=1', 'WATCHDOG=1', ...); most transports have none."""
+
+    def watchdog_interval(self) -> float | None:
+        """Seconds between the primary's WATCHDOG=1, or None when no watchdog expects them."""
+        return None
+
     def close(self) -> None:
         """Release what the transport holds. Called by a primary that created it."""
 
@@ -413,6 +421,18 @@ class RealLoopTransport(Transport):
                     _signal.signal(sig, old)
 
         return restore
+
+    def notify(self, state: str) -> None:
+        from . import systemd
+
+        if state.startswith('RELOADING=1'):  # systemd's Type=notify-reload asks for the time too
+            state += f'\nMONOTONIC_USEC={time.monotonic_ns() // 1000}'
+        systemd.notify(state)
+
+    def watchdog_interval(self) -> float | None:
+        from . import systemd
+
+        return systemd.watchdog_interval()
 
     def _close_owned_loop(self) -> None:
         loop = self._loop

@@ -459,6 +459,10 @@ class MemoryTransport(Transport):
         self._captured: BaseException | None = None
         self.tracebacks: dict[int, str] = {}
         self.exits: dict[int, tuple[int | None, Signals | None]] = {}
+        # The service manager, simulated: what the primary told it, (virtual time, state); set
+        # `watchdog` (seconds between WATCHDOG=1) before the primary is built to expect pings.
+        self.notifications: list[tuple[float, str]] = []
+        self.watchdog: float | None = None
 
     # -- Transport -------------------------------------------------------------------
 
@@ -491,6 +495,12 @@ class MemoryTransport(Transport):
 
     def random(self) -> float:
         return self._random.random()
+
+    def notify(self, state: str) -> None:
+        self.notifications.append((self._loop.time(), state))
+
+    def watchdog_interval(self) -> float | None:
+        return self.watchdog
 
     def capture_fatal(self, error: BaseException) -> bool:
         self._capture(error)

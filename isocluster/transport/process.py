@@ -33,7 +33,7 @@ from typing import Any
 
 from .. import protocol
 from ..errors import ProtocolError, TransportError
-from . import base, bootstrap, procfs, watchdog
+from . import base, bootstrap, procfs, systemd, watchdog
 from .partial import DEFAULT_FRAME_TIMEOUT, PartialFrameDeadline, check_frame_timeout
 from .flow import LinkFlow
 
@@ -822,7 +822,9 @@ class ProcessTransport(base.RealLoopTransport):
         return None
 
     def bind(self, address: Any, reuse_port: bool = False) -> socket.socket:
-        sock = base.bind_listening(address, reuse_port)
+        sock = None if reuse_port else systemd.take_passed(address)  # socket activation
+        if sock is None:
+            sock = base.bind_listening(address, reuse_port)
         self._sockets.add(sock)
         return sock
 
