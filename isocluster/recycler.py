@@ -1,5 +1,5 @@
 """Recycling healthy workers (issue 16), as a mixin of ClusterPrimary: it gathers each ready
-worker's facts, asks `recycling.decide`, publishes `worker_recycle` [worker, reason, value],
+worker's facts, asks `recycling.decide`, publishes `worker_recycle` [worker, reason, value, limit],
 whose default action is one reload step (`stop_worker(worker, replace=True)`): the new worker
 is ready before the old one drains, and no restart is counted.
 
@@ -53,7 +53,8 @@ class Recycler:
                           resident=resident)
         if decision is not None:
             handle._recycle_reason = decision.reason
-            self._publish('worker_recycle', {'worker': handle, 'reason': decision.reason, 'value': decision.value})
+            self._publish('worker_recycle', {'worker': handle, 'reason': decision.reason, 'value': decision.value,
+                                             'limit': decision.limit})
 
     def _recycle_age_reached(self, handle: 'WorkerHandle') -> None:
         handle._timers.pop('recycle_age', None)

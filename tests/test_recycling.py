@@ -159,3 +159,18 @@ def test_no_recycling_while_shutting_down():
     sim.run_until(lambda: primary.closed)
     assert recycled == []
     finish(sim, primary)
+
+
+def test_the_recycling_example_recycles_for_each_reason_and_counts_no_restart():
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    result = subprocess.run([sys.executable, str(root / 'examples' / 'recycling.py')], capture_output=True, text=True,
+                            timeout=60, env={**os.environ, 'PYTHONPATH': str(root)})
+    assert result.returncode == 0, result.stderr
+    reasons = [line.split()[3] for line in result.stdout.splitlines() if 'recycled' in line]
+    assert reasons == ['max_requests', 'max_memory', 'max_age', 'max_age']
+    assert 'restarts counted: 0' in result.stdout.splitlines()
