@@ -339,7 +339,9 @@ class ClusterPrimary(Supervision, Recycler, Readiness, Initializable):
             except TransportError as error:
                 return self._rejected(_write_failure(to, error))
             self._stats['messages_out'] += 1
-            self._handled(to)
+            to._messages_out += 1
+            if to._recycle_limits is not None:
+                self._recycle_counted(to, 1)
             if flow.pending > HIGH_WATER:  # backpressure: resolves once the link has drained
                 return flow.completion()
             return self._resolved_future()

@@ -29,18 +29,23 @@ class Recycler:
         limits = policy.limits(self._transport.random(), self._transport.random())
         handle._recycle_limits = limits
         handle._ready_at = self._pubsub_loop().time()
+        if limits.requests is not None and handle._messages_out >= limits.requests:  # sent to before it was ready
+            self._call_soon(self._recycle_check, handle)
         if limits.age is not None:
             handle._timers['recycle_age'] = self._call_later(limits.age, self._recycle_age_reached, handle)
         if limits.memory is not None and self._memory_timer is None:
             self._memory_timer = self._call_later(policy.memory_check_interval, self._recycle_memory_tick)
 
     def _handled(self, handle: 'WorkerHandle', count: int = 1) -> None:
-        """`count` more messages written to `handle`; the check runs on the next loop turn, so
-        that worker_recycle's handlers never run inside send()."""
-        before = handle._messages_out
-        handle._messages_out = before + count
-        limits = handle._recycle_limits
-        if limits is not None and limits.requests is not None and before < limits.requests <= before + count:
+        """`count` more messages written to `handle`."""
+        handle._messages_out += count
+        if handle._recycle_limits is not None:
+            self._recycle_counted(handle, count)
+
+    def _recycle_counted(self, handle: 'WorkerHandle', count: int) -> None:
+        # On the next loop turn, so that worker_recycle's handlers never run inside send().
+        limit, now = handle._recycle_limits.requests, handle._messages_out
+        if limit is not None and now - count < limit <= now:
             self._call_soon(self._recycle_check, handle)
 
     def _recycle_check(self, handle: 'WorkerHandle', resident: int | None = None) -> None:
