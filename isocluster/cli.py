@@ -469,6 +469,7 @@ def run(parser: argparse.ArgumentParser, arguments: argparse.Namespace, stream: 
         failure = _bind_listen_address(primary, arguments.listen)
         if failure is not None:
             primary.destroy()
+            primary.run()  # no worker: the destroy completes on the next turn, closing the loop it made
             print(PREFIX + failure, file=sys.stderr)
             return 2
     reporter = Reporter(primary, arguments.workers, stream)
