@@ -290,8 +290,8 @@ class Supervision:
         backoff = self._policy.backoff
         delay = backoff.delay(self._backoff_attempt, self._transport.random()) if backoff is not None else 0.0
         self._shared.reserve(handle.id)  # its sockets stay open for the delayed replacement
-        timer: asyncio.TimerHandle = self._call_later(delay, self._delayed_replacement, lambda: timer, handle.id,
-                                                          handle._slot_restarts)
+        timer: asyncio.TimerHandle = self._call_later(
+            delay, self._delayed_replacement, lambda: timer, handle.id, handle._slot_restarts)
         self._pending_restarts.add(timer)
         return False
 
@@ -334,6 +334,7 @@ class Supervision:
         olds = self.workers
         if self._reload is not None:  # a stop_worker(replace=True) step is running: join it
             self._reload.announced = True
+            self._tell('RELOADING=1')
             self._reload.olds.extend(handle for handle in olds if handle not in self._reload.olds and handle is not self._reload.old)
             return
         self._reload = _Reload(olds, announced=True)

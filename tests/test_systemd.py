@@ -200,3 +200,18 @@ def test_listen_systemd_without_a_passed_socket_fails_once_with_exit_2(tmp_path)
     assert result.stderr.splitlines() == [
         'isocluster: --listen systemd: systemd passed no socket to this process (LISTEN_FDS/LISTEN_PID unset or '
         'not for this pid); run it from a .socket unit, or give --listen HOST:PORT']
+
+
+def test_a_reload_that_joins_a_recycling_step_is_announced_too():
+    sim = MemoryTransport(seed=4)
+    primary = ClusterPrimary(worker_target=ready_worker, transport=sim)
+    primary.fork(worker_count=2)
+    sim.run_until(lambda: len(primary.workers) == 2)
+    done = []
+    primary.on('reload_complete', lambda event: done.append(True))
+    primary.stop_worker(primary.workers[0], replace=True)  # the step recycling takes
+    primary.reload()
+    sim.run_until(lambda: done)
+    assert states(sim) == ['READY=1', 'RELOADING=1', 'READY=1']
+    primary.destroy()
+    sim.run_until(lambda: primary.closed)
