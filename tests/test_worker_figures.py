@@ -62,3 +62,16 @@ def test_a_dead_workers_uptime_stops_at_its_exit():
     assert first.stats()['resident_bytes'] is None
     primary.destroy()
     sim.run_until(lambda: primary.closed)
+
+
+def test_a_replacement_delayed_by_backoff_counts_a_restart_of_the_slot_too():
+    sim = MemoryTransport(seed=2)
+    primary = ClusterPrimary(worker_target=echo_worker, transport=sim, restart_intensity=0)
+    primary.on('restart_limit', lambda event: event.prevent())  # replacements go on, after a backoff delay
+    primary.fork(worker_count=1)
+    sim.run_until(lambda: len(primary.workers) == 1)
+    sim.crash(primary.workers[0], code=1)
+    sim.run_until(lambda: 2 in primary.worker_by_id)
+    assert primary.worker_by_id[2].stats()['restarts'] == 1
+    primary.destroy()
+    sim.run_until(lambda: primary.closed)
