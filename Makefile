@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST := $(BIN)/python -m pytest
 
-.PHONY: install test spec demo bench coverage clean
+.PHONY: install test spec demo bench bench-http coverage clean
 
 install: $(VENV)/.installed
 
@@ -27,6 +27,12 @@ demo: install
 bench: install
 	-$(BIN)/python -m pip install -q msgpack orjson uvloop || echo 'bench: msgpack/orjson/uvloop not installed; their rows are skipped'
 	$(BIN)/python benchmarks/run.py
+
+# HTTP under load (issue 16): isocluster vs SO_REUSEPORT processes vs gunicorn, and failed
+# requests while workers are killed, reloaded, scaled down, recycled, shut down (~3 min).
+bench-http: install
+	$(BIN)/python -m pip install -q gunicorn
+	$(BIN)/python benchmarks/http_load.py
 
 coverage: install
 	$(BIN)/python -m coverage erase
