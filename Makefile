@@ -46,4 +46,4 @@ clean:
 .PHONY: test-ray
 test-ray: install
 	$(BIN)/python -m pip install -q -e '.[test,ray]'
-	$(PYTEST) -q tests/test_ray_transport.py specs/spec_ray.py
+	$(PYTEST) -q tests/test_ray_transport.py tests/test_ray_flow.py specs/spec_ray.py
