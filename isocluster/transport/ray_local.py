@@ -50,7 +50,9 @@ def _runtime_env(paths: Iterable[str]) -> dict[str, Any]:
 
 
 def init_kwargs(paths: Iterable[str] = (), **overrides: Any) -> dict[str, Any]:
-    """`ray.init` options of a driver on loopback (a local instance unless `address=` is given)."""
+    """`ray.init` options of a driver on loopback (a local instance unless `address=` is given);
+    prepares the environment, so call it before `ray` is imported."""
+    prepare_environment()
     kwargs: dict[str, Any] = {
         '_node_ip_address': LOOPBACK,
         'include_dashboard': False,
