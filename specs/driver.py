@@ -33,6 +33,7 @@ READY_TIMEOUT = 5.0
 SHUTDOWN_TIMEOUT = 2.0
 KILL_TIMEOUT = 1.0
 WORKER_KILL_TIMER = 6.765  # R111
+RAY_WORKER_OPTIONS: dict[str, Any] | None = None  # spec_ray spreads the actors over its nodes
 RAY_READY_TIMEOUT = 30.0  # a Ray worker is a new actor process: its start is slower than a fork
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -143,7 +144,7 @@ class Driver:
             from isocluster.transport.ray import RayTransport
 
             start_ray()
-            chosen = RayTransport(loop=asyncio.new_event_loop())
+            chosen = RayTransport(loop=asyncio.new_event_loop(), worker_options=RAY_WORKER_OPTIONS)
         else:
             raise ValueError(f"transport: expected 'memory', 'process' or 'ray', got {transport!r}")
         self.transport = chosen
