@@ -45,13 +45,14 @@ from hypothesis import strategies as st  # noqa: E402
 from hypothesis.stateful import precondition, rule, run_state_machine_as_test  # noqa: E402
 
 from . import driver  # noqa: E402
-from .spec_cluster import _COMMON, FULL, PROCESS_STEPS, STATS, ClusterMachine, event  # noqa: E402
+from .spec_cluster import _COMMON, FULL, STATS, ClusterMachine, event  # noqa: E402
 
-RAY_EXAMPLES = 20 if FULL else 8
+RAY_EXAMPLES = 30 if FULL else 15
+RAY_STEPS = 15
 # Each Ray worker is an actor process (~90 MB) that Ray starts two at a time on 2 CPUs: the
 # liveness check's 20 s of real time (spec_cluster.run_until) holds for about this many slots.
 RAY_MAX_TARGET = 8
-RAY_STATS: dict[str, float] = {'examples': 0, 'seconds': 0.0}
+RAY_STATS: dict[str, float] = {'examples': 0, 'seconds': 0.0, 'nodes_lost': 0, 'workers_lost': 0}
 
 
 NODE = {'spec_node': 1000}
@@ -124,6 +125,8 @@ class RayClusterMachine(ClusterMachine):
         for worker_id in lost['unknown']:
             if worker_id in model.workers:
                 model.workers[worker_id].may_exit_by_itself = True
+        RAY_STATS['nodes_lost'] += 1
+        RAY_STATS['workers_lost'] += len(lost['on_node'])
         if lost['on_node']:
             event(f"lose_node: {len(lost['on_node'])} workers lost")
 
@@ -138,7 +141,7 @@ class RayClusterMachine(ClusterMachine):
             STATS['process_examples'], STATS['process_seconds'] = examples, seconds
 
 
-RAY_SETTINGS = settings(max_examples=RAY_EXAMPLES, stateful_step_count=PROCESS_STEPS, **_COMMON)
+RAY_SETTINGS = settings(max_examples=RAY_EXAMPLES, stateful_step_count=RAY_STEPS, **_COMMON)
 
 
 def test_ray_cluster_spec() -> None:

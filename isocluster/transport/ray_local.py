@@ -22,6 +22,7 @@ Ray processes it started), for a test to check that none is on another address.
 from __future__ import annotations
 
 import os
+import secrets
 import sys
 from typing import Any, Iterable, Mapping
 
@@ -34,6 +35,11 @@ ENVIRONMENT = {'RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER': '0', 'RAY_USAGE_STATS_ENABLE
 
 def prepare_environment() -> None:
     os.environ.update(ENVIRONMENT)
+    # Ray's token authentication reads ~/.ray/auth_token, which every Ray of this machine's user
+    # shares (and a new one may replace): a token of our own, inherited by the Ray processes we
+    # start and by their workers, keeps our clusters apart from the others.
+    if not os.environ.get('RAY_AUTH_TOKEN'):
+        os.environ.update(RAY_AUTH_MODE='token', RAY_AUTH_TOKEN=secrets.token_hex(32))
     constants = sys.modules.get('ray._private.ray_constants')
     if constants is not None and getattr(constants, 'ENABLE_RAY_CLUSTER', False):
         # Too late: this Ray would put its GCS on the machine's network address.
