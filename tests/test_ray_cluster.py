@@ -267,7 +267,7 @@ def test_node_loss_fails_requests_and_replaces_workers_on_the_live_nodes(ray_clu
 def test_node_loss_without_room_for_replacements_is_reported_and_the_rest_keeps_serving(ray_cluster):
     async def main() -> None:
         node, name = doomed_node(ray_cluster)
-        ready_timeout = 5.0
+        ready_timeout = READY_TIMEOUT  # also the first workers' start: a loaded machine needs it
         # the replacement of worker 1 asks for the lost node's resource: no live node has it
         options = placed({1: name, 2: 'node_a'}, otherwise=name)
         cluster = Cluster(node_worker, transport=RayTransport(worker_options=options),

@@ -1,7 +1,8 @@
 """The Ray transport (issue 8): each worker is a Ray actor.
 
-Skipped when `ray` is not installed (`make test` stays ray-free); `make test-ray` installs the
-extra and runs this file. One local Ray instance serves the module (`ray.init(num_cpus=2)`);
+Skipped when `ray` is not installed and under xdist (`make test` stays ray-free); `make test-ray`
+installs the extra and runs this file. One local Ray instance on 127.0.0.1 serves the module
+(`ray_local.start_local`: 2 CPUs, 80 MB object store);
 its workers import the targets below (and `scenario_workers`) through PYTHONPATH, as a real
 cluster would import them from an installed package.
 
