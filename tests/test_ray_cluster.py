@@ -284,11 +284,15 @@ def test_node_loss_without_room_for_replacements_is_reported_and_the_rest_keeps_
         ray_cluster.remove_node(node, allow_graceful=False)
         with pytest.raises(WorkerLost):
             await asyncio.wait_for(in_flight, WAIT)
-        # worker 3 is forked but cannot be placed: the ready timeout reports it ...
-        await cluster.until(lambda: any(isinstance(e, ReadyTimeout) for _, e in reported), ready_timeout + WAIT)
-        assert [i for i, e in reported if isinstance(e, ReadyTimeout)] == [3]
-        # ... the budget (1) is spent, so replacing it again stops with restart_limit ...
-        await cluster.until(lambda: ('restart_limit', 1) in reported, WAIT)
+        # Worker 3, its replacement, is never ready: it waits for a node that offers its resource
+        # until ready_timeout (worker_error ReadyTimeout), or, when Ray placed it on the lost node
+        # before noticing the loss, it dies at once (SIGKILL). Either way the budget (1) is spent,
+        # and replacing it again stops with restart_limit ...
+        await cluster.until(lambda: ('restart_limit', 1) in reported, ready_timeout + WAIT)
+        assert 'worker_ready' not in cluster.events(3)
+        timed_out = [i for i, e in reported if isinstance(e, ReadyTimeout)]
+        assert timed_out == [3] or (timed_out == [] and cluster.exit_of(3) == (None, signal.SIGKILL)), cluster.log
+        print(f"the replacement without room: {'ReadyTimeout' if timed_out else 'died with the lost node'}")
         # ... and the primary keeps serving with the worker it has
         assert [w.id for w in primary.workers] == [2]
         assert await primary.request({'type': 'double', 'n': 4}, to=primary.round_robin()) == 8

@@ -66,7 +66,9 @@ def init_kwargs(paths: Iterable[str] = (), **overrides: Any) -> dict[str, Any]:
         'runtime_env': _runtime_env(paths),
     }
     if 'address' not in overrides:
-        kwargs.update(num_cpus=2, object_store_memory=OBJECT_STORE_BYTES)
+        # 'local': a new instance, always. Without it ray.init() joins the cluster named by
+        # RAY_ADDRESS or /tmp/ray/ray_current_cluster (which any Ray of this machine may write).
+        kwargs.update(address='local', num_cpus=2, object_store_memory=OBJECT_STORE_BYTES)
     kwargs.update(overrides)
     return kwargs
 
