@@ -140,10 +140,10 @@ class MapRun:
                     continue
                 if self._outstanding == 0 and not self._has_work():
                     return
-                if self._outstanding == 0 and not primary._pool_ids and primary._state != 'active':
+                if self._outstanding == 0 and not primary._pool_ids and primary._phase.name != 'active':
                     index = self._again[0].start if self._again else (self._carry.start if self._carry else None)
                     raise MapError(
-                        f'the primary is {primary._state.replace("_", " ")} and no worker is left to send '
+                        f'the primary is {primary._phase.name.replace("_", " ")} and no worker is left to send '
                         f'message {index} of the map to', index=index,
                     )
                 self._wake.clear()
@@ -221,7 +221,7 @@ class MapRun:
         request_id, future = requests.open(primary._pubsub_loop(), worker, self._timeout,
                                            f'the map request to worker {worker.id}')
         try:
-            worker._link.write(kind, (request_id, body))
+            worker.life.link.write(kind, (request_id, body))
         except TransportError as error:
             requests.cancel(request_id)
             future = primary._rejected(SendError(

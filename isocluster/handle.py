@@ -3,88 +3,81 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, Protocol
 
-from .transport.base import SIGTERM, Signals, WorkerLink
+from .states import CONNECTED, WORKER_TRANSITIONS, WorkerLife
+from .transport.base import SIGTERM, Signals
 
-if TYPE_CHECKING:
-    from .primary import ClusterPrimary
+TRANSITIONS = WORKER_TRANSITIONS  # the table lives in states.py
 
-# state -> states it may move to (SPEC §4.13); 'disconnected' is reachable from any live state.
-TRANSITIONS: dict[str, tuple[str, ...]] = {
-    'forked': ('online', 'disconnected'),
-    'online': ('ready', 'disconnected'),
-    'ready': ('disconnected',),
-    'disconnected': ('dead',),
-    'dead': (),
-}
+
+class _Sender(Protocol):
+    def send(self, message: Any, to: Any = None) -> 'asyncio.Future[None]': ...
+
+
+def _stays(handle: 'WorkerHandle') -> None:
+    """A handle no primary registered has nobody to ask to leave."""
 
 
 class WorkerHandle:
-    """One worker as the primary sees it. Created by the primary; never construct one."""
+    """One worker as the primary sees it. Created by the primary; never construct one.
 
-    def __init__(self, primary: 'ClusterPrimary', worker_id: int) -> None:
+    The primary's bookkeeping is `life` (a `states.WorkerLife`). The handle reaches its primary
+    only through its public `send(message, to=)` and the `leave` callable it was given (ask this
+    worker to leave); nothing else of the primary.
+    """
+
+
+
+    def __init__(self, sender: _Sender, worker_id: int, leave: Callable[['WorkerHandle'], None] = _stays) -> None:
         self.id = worker_id
-        self.state = 'forked'
         self.exit_code: int | None = None
         self.exit_signal: Signals | None = None
         self.exited_after_disconnect = False
-        self._primary = primary
-        self._link: WorkerLink | None = None
-        self._start_error: BaseException | None = None
-        self._error: BaseException | None = None  # what its worker_error carried, if any
-        # supervision bookkeeping, owned by the primary
-        self._online_accepted = False
-        self._ready_received = False
-        self._ever_ready = False
-        self._faulted = False
-        self._error_published = False
-        self._retired = False
-        self._disconnect_requested = False
-        self._last_beat = 0.0
-        self._heartbeating = False
-        self._timers: dict[str, asyncio.TimerHandle] = {}
+        self.life = WorkerLife(worker_id)
+        self._sender = sender
+        self._leave = leave
+
+    @property
+    def state(self) -> str:
+        """'forked' | 'online' | 'ready' | 'disconnected' | 'dead'."""
+        return self.life.state
 
     @property
     def pid(self) -> int | None:
         """The OS process id, or None where the transport has no OS process."""
-        return self._link.pid if self._link is not None else None
+        link = self.life.link
+        return link.pid if link is not None else None
 
-    def _move(self, state: str) -> None:
-        if state not in TRANSITIONS[self.state]:  # pragma: no cover - a library bug, not user input
-            raise AssertionError(f'worker {self.id}: illegal state change {self.state} -> {state}')
-        self.state = state
+    @property
+    def _link(self) -> Any:  # the transport's link (tests inject faults through it)
+        return self.life.link
+
+    @property
+    def _timers(self) -> dict[str, Any]:
+        return self.life.timers
 
     def send(self, message: Any) -> 'asyncio.Future[None]':
         """Same as `primary.send(message, to=self)`."""
-        return self._primary.send(message, to=self)
+        return self._sender.send(message, to=self)
 
     def disconnect(self) -> 'WorkerHandle':
         """Ask the worker to leave (DISCONNECT, then SIGTERM and SIGKILL on timeouts)."""
-        self._primary._disconnect_worker(self)
+        self._leave(self)
         return self
 
     def kill(self, signal: Signals | int = SIGTERM) -> 'WorkerHandle':
         """Send `signal`; a no-op once the worker is dead (never signals a reused pid)."""
-        if self.state != 'dead' and self._link is not None:
-            self._link.kill(Signals(signal))
+        link = self.life.link
+        if self.life.state != 'dead' and link is not None:
+            link.kill(Signals(signal))
         return self
 
     def is_connected(self) -> bool:
-        return self.state in ('online', 'ready')
+        return self.life.state in CONNECTED
 
     def is_dead(self) -> bool:
-        return self.state == 'dead'
-
-    def _cancel_timer(self, name: str) -> None:
-        timer = self._timers.pop(name, None)
-        if timer is not None:
-            timer.cancel()
-
-    def _cancel_timers(self) -> None:
-        for timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
+        return self.life.state == 'dead'
 
     def __repr__(self) -> str:
         pid = f' pid={self.pid}' if self.pid is not None else ''

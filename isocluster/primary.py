@@ -20,6 +20,7 @@ from .errors import (
     NoWorkersError, NotInitializedError, ProtocolError, ReadyTimeout, SendError, TransportError, WorkerLost,
 )
 from .handle import WorkerHandle
+from .states import CONNECTED, PrimaryState
 from .lifecycle import Initializable
 from . import dispatch
 from .inflight import CountingRequests
@@ -42,7 +43,6 @@ _EVENTS = (
 )
 
 
-_CONNECTED = frozenset(('online', 'ready'))
 DEFAULT_DRAIN_TIMEOUT = 5.0  # drain_timeout=None: this, or half of shutdown_timeout when that is shorter
 
 
@@ -115,7 +115,7 @@ class ClusterPrimary(Supervision, Initializable):
         )
         self._drain_timeout = _check_drain_timeout(drain_timeout, self._shutdown_timeout)
         self._shared = SharedSockets(check_positive_int('max_shared_sockets', max_shared_sockets))
-        self._state = 'new'
+        self._phase = PrimaryState()  # the one place the primary's state changes (states.py)
         self._next_id = 1
         self._live: dict[int, WorkerHandle] = {}
         self._pool: dict[int, WorkerHandle] = {}
@@ -232,11 +232,10 @@ class ClusterPrimary(Supervision, Initializable):
         self._pubsub_loop()  # bind to the transport's loop now (R57)
 
     def _on_initialized(self) -> None:
-        if self._state == 'new':
-            self._state = 'active'
+        self._phase.initialized()
 
     def _destroy(self, *args: Any, **kwargs: Any) -> None:
-        self._state = 'destroyed'
+        self._phase.destroyed()
         self._cancel_all_timers()
         self._requests.lose(None, lambda: WorkerLost('the primary was destroyed before the reply arrived'))
         self._pool.clear()
@@ -257,12 +256,12 @@ class ClusterPrimary(Supervision, Initializable):
             self._fatal_error = error
         elif error is not self._fatal_error:
             self._fatal_error.add_note(f'also during shutdown: {error!r}')
-        if self._state == 'active':
+        if self._phase.active:
             try:
                 self.shut_down()
             except Exception as again:
                 self._fatal_error.add_note(f'also during shutdown: {again!r}')
-            if self._state == 'active':
+            if self._phase.active:
                 # A shut_down handler raised before the default action ran: shut down anyway,
                 # without the handlers, so that a fatal error always ends in a closed cluster.
                 self._event_shut_down(None)
@@ -282,10 +281,10 @@ class ClusterPrimary(Supervision, Initializable):
 
     def fork(self, worker_count: int = 1) -> 'ClusterPrimary':
         check_worker_count('worker_count', worker_count, already=self._staying_count())
-        if self._state == 'new':
+        if self._phase.name == 'new':
             raise NotInitializedError('fork(): the primary has not finished initializing; call initialize() first')
-        if self._state != 'active':
-            _warn_inactive('fork', worker_count, self._state)
+        if not self._phase.active:
+            _warn_inactive('fork', worker_count, self._phase.name)
             return self
         self._transport.check_spec(self._spec(0))
         self._publish('fork', {'worker_count': worker_count})
@@ -316,9 +315,9 @@ class ClusterPrimary(Supervision, Initializable):
             data = protocol.encode_message(self._codec, message, self._transport.max_frame_size)
         except EncodeError as error:
             return self._rejected(error)
-        if type(to) is WorkerHandle and to._primary is self and to.state in _CONNECTED:
+        if type(to) is WorkerHandle and to.life.state in CONNECTED and self._live.get(to.id) is to:
             # One connected worker, the common case: no destination lists.
-            link = to._link
+            link = to.life.link
             flow = link.flow
             if flow.pending and flow.pending + len(data) > self._queue_cap:
                 return self._rejected(_over_cap(to, flow.pending, self._queue_cap))
@@ -339,12 +338,12 @@ class ClusterPrimary(Supervision, Initializable):
             if isinstance(target, BaseException):
                 failures.append((destination, target))
                 continue
-            flow = target._link.flow
+            flow = target.life.link.flow
             if not admits(flow.pending, len(data), self._queue_cap):
                 failures.append((destination, _over_cap(target, flow.pending, self._queue_cap)))
                 continue
             try:
-                target._link.write(protocol.MESSAGE, data)
+                target.life.link.write(protocol.MESSAGE, data)
             except TransportError as error:
                 failures.append((destination, _write_failure(target, error)))
             else:
@@ -388,7 +387,7 @@ class ClusterPrimary(Supervision, Initializable):
             return self._rejected(target)
         request_id, reply = self._requests.open(self._pubsub_loop(), target, timeout, f'the request to worker {target.id}')
         try:
-            target._link.write(protocol.REQUEST, (request_id, data))
+            target.life.link.write(protocol.REQUEST, (request_id, data))
         except TransportError as error:
             self._requests.cancel(request_id)
             return self._rejected(_write_failure(target, error))
@@ -434,7 +433,7 @@ class ClusterPrimary(Supervision, Initializable):
 
     def _resolve_one(self, destination: Any) -> Any:
         if isinstance(destination, WorkerHandle):
-            if destination._primary is self and destination.state in _CONNECTED:
+            if destination.life.state in CONNECTED and self._live.get(destination.id) is destination:
                 return destination
             return InvalidDestinationError(
                 f'invalid message destination {destination!r}: not a connected worker of this primary',
@@ -453,13 +452,13 @@ class ClusterPrimary(Supervision, Initializable):
         )
 
     def shut_down(self) -> 'ClusterPrimary':
-        if self._state == 'destroyed':
+        if self._phase.name == 'destroyed':
             raise DestroyedError('shut_down(): this ClusterPrimary has been destroyed')
         self._publish('shut_down', {})
         return self
 
     def destroy(self, *args: Any, **kwargs: Any) -> 'ClusterPrimary':
-        if self._state == 'shut_down' and self._destroy_deferred:
+        if self._phase.name == 'shut_down' and self._destroy_deferred:
             # The deferred destroy was cancelled by a prevented shut_down_complete (R94); the
             # destroy event is complete_once, so a later destroy() destroys directly.
             self._destroy(*args, **kwargs)
@@ -469,11 +468,11 @@ class ClusterPrimary(Supervision, Initializable):
 
     def _event_destroy(self, event: Any) -> None:
         args, kwargs = event.data['args'], event.data['kwargs']
-        if self._state in ('active', 'shutting_down'):
+        if self._phase.running:
             self._destroy_deferred = True
             # R93/R94: subscribed now, so it runs after every earlier after-handler.
             self._once_after('shut_down_complete', lambda _event: self._destroy(*args, **kwargs))
-            if self._state == 'active':
+            if self._phase.active:
                 self.shut_down()
         else:
             self._destroy(*args, **kwargs)
@@ -501,11 +500,11 @@ class ClusterPrimary(Supervision, Initializable):
             interrupts += 1
             if interrupts > 1:
                 self._kill_all()
-            elif self._state != 'destroyed':
+            elif self._phase.name != 'destroyed':
                 self.shut_down()
 
         def terminated() -> None:
-            if self._state != 'destroyed':
+            if self._phase.name != 'destroyed':
                 self.shut_down()
 
         restore = self._transport.install_signal_handlers({
@@ -527,7 +526,7 @@ class ClusterPrimary(Supervision, Initializable):
         gunicorn). A reload step's leaving worker is not counted: its new one takes its place."""
         reload = self._reload
         leaving = reload.old if reload is not None and reload.new is not None else None
-        staying = sum(1 for handle in self._live.values() if not handle._retired and handle is not leaving)
+        staying = sum(1 for handle in self._live.values() if not handle.life.retired and handle is not leaving)
         if staying + step < 1:
             logger.warning('SIGTTOU: the last worker is not retired; SIGTERM shuts the cluster down',
                            extra={'reason': 'scale_by_signal'})
@@ -554,12 +553,12 @@ class ClusterPrimary(Supervision, Initializable):
     async def __aexit__(self, *exc_info: Any) -> None:
         """Leaving `async with`: a graceful shutdown, awaited (bounded by the shutdown timeouts),
         then destroy() releases the shared sockets and a transport the primary created."""
-        if self._state in ('new', 'active'):
+        if self._phase.name in ('new', 'active'):
             self.shut_down()
         try:
             await self.wait_closed()
         finally:
-            if self._state != 'destroyed':
+            if self._phase.name != 'destroyed':
                 self.destroy()
 
     # -- forking ---------------------------------------------------------------------
@@ -579,7 +578,7 @@ class ClusterPrimary(Supervision, Initializable):
         count = event.data['worker_count']
         if type(count) is not int or count < 0:
             raise ValueError(f'fork: worker_count must be an int >= 0, got {count!r}')
-        if self._state != 'active':
+        if not self._phase.active:
             self._last_forked = []
             return
         handles = [self._start_worker() for _ in range(count)]
@@ -588,33 +587,34 @@ class ClusterPrimary(Supervision, Initializable):
             self._call_soon(self._publish_worker_forks, handles)
 
     def _start_worker(self) -> WorkerHandle:
-        handle = WorkerHandle(self, self._next_id)
+        # Late-bound: a subclass's (or a test's) _disconnect_worker is the one disconnect() runs.
+        handle = WorkerHandle(self, self._next_id, lambda worker: self._disconnect_worker(worker))
         self._next_id += 1
         self._live[handle.id] = handle
         self._stats['forked'] += 1
         try:
-            handle._link = self._transport.start_worker(self._spec(handle.id), self)
+            handle.life.link = self._transport.start_worker(self._spec(handle.id), self)
         except TransportError as error:
             error.worker_id = handle.id
-            handle._start_error = error
+            handle.life.start_error = error
         return handle
 
     def _publish_worker_forks(self, handles: list[WorkerHandle]) -> None:
         for handle in handles:
             self._publish('worker_fork', {'worker': handle})
         for handle in handles:
-            if handle._start_error is not None:
-                self._worker_fault(handle, handle._start_error)
+            if handle.life.start_error is not None:
+                self._worker_fault(handle, handle.life.start_error)
                 self._worker_closed(handle)
                 self._worker_exited(handle, None, None)
 
     def _event_worker_fork(self, event: Any) -> None:
         handle = event.data['worker']
-        if self._ready_timeout is not None and handle.state in ('forked', 'online') and self._state == 'active':
-            handle._timers['ready'] = self._call_later(self._ready_timeout, self._ready_timed_out, handle)
+        if self._ready_timeout is not None and handle.state in ('forked', 'online') and self._phase.active:
+            handle.life.timers['ready'] = self._call_later(self._ready_timeout, self._ready_timed_out, handle)
 
     def _ready_timed_out(self, handle: WorkerHandle) -> None:
-        handle._timers.pop('ready', None)
+        handle.life.timers.pop('ready', None)
         if handle.state in ('forked', 'online'):
             self._stats['killed_by_timeout'] += 1
             self._worker_fault(handle, ReadyTimeout(
@@ -626,7 +626,7 @@ class ClusterPrimary(Supervision, Initializable):
 
     def link_frame(self, link: WorkerLink, kind: str, payload: Any) -> None:
         handle = self._live.get(link.id)
-        if handle is None or handle._faulted or self._state == 'destroyed':
+        if handle is None or handle.life.faulted or self._phase.name == 'destroyed':
             return
         try:
             if kind == protocol.MESSAGE and handle.state != 'forked':  # the hot path, inline
@@ -643,7 +643,7 @@ class ClusterPrimary(Supervision, Initializable):
 
     def _dispatch_frame(self, handle: WorkerHandle, kind: str, payload: Any) -> None:
         try:
-            why = frames.refusal(kind, handle.state, handle._ready_received)
+            why = frames.refusal(kind, handle.state, handle.life.ready_received)
             if why is None:
                 frames.check_payload(kind, payload)
         except ProtocolError as error:
@@ -653,7 +653,7 @@ class ClusterPrimary(Supervision, Initializable):
         if why is not None:
             return self._protocol_violation(handle, why, kind)
         if kind == protocol.HEARTBEAT_ACK:
-            handle._last_beat = self._pubsub_loop().time()
+            handle.life.last_beat = self._pubsub_loop().time()
         elif kind == protocol.REPLY or kind == protocol.REPLY_BATCH:
             if kind == protocol.REPLY_BATCH:  # a chunk's answer settles its request like a REPLY
                 payload = (payload[0], True, payload[1])
@@ -670,7 +670,7 @@ class ClusterPrimary(Supervision, Initializable):
             except DecodeError as error:
                 return self._worker_fault(handle, error)
             self._stats['messages_in'] += 1
-            link = handle._link
+            link = handle.life.link
             request = Request(request_id, lambda reply: link.write(protocol.REPLY, reply), self._codec, self._spawn,
                               self._transport.max_frame_size)
             try:
@@ -681,14 +681,14 @@ class ClusterPrimary(Supervision, Initializable):
                 request.fail(error)
             request.settle_unanswered(message.get('type') if type(message) is dict else None)
         elif kind == protocol.ONLINE:
-            handle._move('online')
+            handle.life.move('online')
             self._publish('worker_online', {'worker': handle})
         elif kind == protocol.READY:
-            handle._ready_received = True
-            if handle._online_accepted and handle.state == 'online':
+            handle.life.ready_received = True
+            if handle.life.online_accepted and handle.state == 'online':
                 self._publish('worker_ready', {'worker': handle})
         elif kind == protocol.EXITING:
-            handle._disconnect_requested = True
+            handle.life.said_exiting = True
         elif kind == protocol.LISTEN:
             self._listen(handle, payload)
 
@@ -702,7 +702,7 @@ class ClusterPrimary(Supervision, Initializable):
 
     def link_error(self, link: WorkerLink, error: BaseException) -> None:
         handle = self._live.get(link.id)
-        if handle is None or self._state == 'destroyed':
+        if handle is None or self._phase.name == 'destroyed':
             return
         if isinstance(error, ClusterError) and error.worker_id is None:
             error.worker_id = handle.id
@@ -713,7 +713,7 @@ class ClusterPrimary(Supervision, Initializable):
 
     def link_closed(self, link: WorkerLink) -> None:
         handle = self._live.get(link.id)
-        if handle is None or self._state == 'destroyed':
+        if handle is None or self._phase.name == 'destroyed':
             return
         try:
             self._worker_closed(handle)
@@ -722,7 +722,7 @@ class ClusterPrimary(Supervision, Initializable):
 
     def link_exit(self, link: WorkerLink, code: int | None, signal: Signals | None) -> None:
         handle = self._live.get(link.id)
-        if handle is None or self._state == 'destroyed':
+        if handle is None or self._phase.name == 'destroyed':
             return
         if handle.state != 'disconnected':  # the transport promises closed first; stay robust
             self.link_closed(link)
@@ -733,33 +733,31 @@ class ClusterPrimary(Supervision, Initializable):
 
     def _worker_fault(self, handle: WorkerHandle, error: BaseException) -> None:
         """A fault on a worker: read nothing more from it, publish worker_error once (R85)."""
-        handle._faulted = True
-        if handle._error is None:
-            handle._error = error
-        if handle._error_published or handle.state == 'dead':
-            return
-        handle._error_published = True
-        handle._cancel_timer('ready')
-        self._stop_heartbeat(handle)
+        life = handle.life
+        first = life.error is None
+        if first:
+            life.error = error
+        if not first or life.state == 'dead':
+            return  # published already, or nothing left to publish it for
+        handle.life.cancel_timer('ready')
         self._log_worker_error(handle, error)
         self._publish('worker_error', {'worker': handle, 'error': error})
 
     def _worker_closed(self, handle: WorkerHandle) -> None:
         if handle.state in ('disconnected', 'dead'):
             return
-        handle._move('disconnected')
-        handle._cancel_timer('ready')
-        self._stop_heartbeat(handle)
+        handle.life.move('disconnected')
+        handle.life.cancel_timer('ready')
         self._requests.lose(handle, lambda: WorkerLost(
             f'worker {handle.id} disconnected before it replied', worker_id=handle.id,
         ))
         self._publish('worker_disconnect', {'worker': handle})
 
     def _worker_exited(self, handle: WorkerHandle, code: int | None, signal: Signals | None) -> None:
-        handle._move('dead')
-        handle._cancel_timers()
+        handle.life.move('dead')
+        handle.life.cancel_timers()
         handle.exit_code, handle.exit_signal = code, signal
-        handle.exited_after_disconnect = handle._disconnect_requested
+        handle.exited_after_disconnect = handle.life.disconnect_requested
         del self._live[handle.id]
         self._stats['exited'] += 1
         self._log_worker_exit(handle)
@@ -779,27 +777,26 @@ class ClusterPrimary(Supervision, Initializable):
                 reload.replaced += 1
                 self._reload_next_step()
             # else it left early; the step completes when its new worker is ready
-        if self._state == 'shutting_down' and not self._live:
+        if self._phase.name == 'shutting_down' and not self._live:
             self._call_soon(self._publish_shut_down_complete)
 
     # -- default actions -------------------------------------------------------------
 
     def _event_worker_online(self, event: Any) -> None:
-        event.data['worker']._online_accepted = True
+        event.data['worker'].life.online_accepted = True
 
     def _event_worker_ready(self, event: Any) -> None:
         handle = event.data['worker']
         if handle.state != 'online':
             return
-        handle._move('ready')
-        handle._ever_ready = True
+        handle.life.move('ready')
         self._any_ever_ready = True
-        handle._cancel_timer('ready')
-        if self._heartbeat_interval is not None and self._state == 'active':
+        handle.life.cancel_timer('ready')
+        if self._heartbeat_interval is not None and self._phase.active:
             self._start_heartbeat(handle)
         self._add_worker(handle)
         reload = self._reload
-        if reload is not None and handle is reload.new and not handle._retired:
+        if reload is not None and handle is reload.new and not handle.life.retired:
             reload.new = None
             old = reload.old
             if old is None or old.state == 'dead':
@@ -807,7 +804,7 @@ class ClusterPrimary(Supervision, Initializable):
                 reload.replaced += 1
                 self._call_soon(self._reload_next_step)
             else:
-                old._retired = True
+                old.life.retired = True
                 self._disconnect_worker(old)
 
     def _add_worker(self, worker: WorkerHandle) -> None:
@@ -819,7 +816,7 @@ class ClusterPrimary(Supervision, Initializable):
 
     def _event_add_worker(self, event: Any) -> None:
         handle = event.data['worker']
-        if handle.id not in self._pool and self._state != 'destroyed':
+        if handle.id not in self._pool and self._phase.name != 'destroyed':
             self._pool[handle.id] = handle
             bisect.insort(self._pool_ids, handle.id)
 
@@ -847,7 +844,7 @@ class ClusterPrimary(Supervision, Initializable):
         self._supervise_exit(handle, event.data['code'], event.data['signal'])
 
     def _event_shut_down(self, event: Any) -> None:
-        self._state = 'shutting_down'
+        self._phase.shutting_down()
         self._cancel_all_timers()
         reload, self._reload = self._reload, None
         if reload is not None and reload.announced:
@@ -860,9 +857,9 @@ class ClusterPrimary(Supervision, Initializable):
             self._disconnect_worker(handle)
 
     def _publish_shut_down_complete(self) -> None:
-        if self._state != 'shutting_down':
+        if self._phase.name != 'shutting_down':
             return
-        self._state = 'shut_down'
+        self._phase.shut_down()
         logger.debug('cluster shut down')
         try:
             self._publish('shut_down_complete', {})
@@ -872,7 +869,7 @@ class ClusterPrimary(Supervision, Initializable):
     def _mark_closed(self) -> None:
         # Closed once shut_down_complete has run all its stages, or once destroyed; a deferred
         # destroy runs inside shut_down_complete's after stage, so it is complete by now.
-        if self._state in ('shut_down', 'destroyed') and not self._closed:
+        if self._phase.ended and not self._closed:
             self._closed = True
             future = self._closed_future
             if future is not None and not future.done():
@@ -882,22 +879,21 @@ class ClusterPrimary(Supervision, Initializable):
 
     def _disconnect_worker(self, handle: WorkerHandle) -> None:
         """DISCONNECT now, SIGTERM after shutdown_timeout, SIGKILL kill_timeout later (R89)."""
-        if handle.state == 'dead' or handle._primary is not self:
+        if handle.state == 'dead' or self._live.get(handle.id) is not handle:
             return
-        handle._disconnect_requested = True
-        handle._cancel_timer('ready')
-        self._stop_heartbeat(handle)
-        link = handle._link
-        if link is not None and link.is_open and not handle._faulted:
+        handle.life.asked_to_leave = True
+        handle.life.cancel_timer('ready')
+        link = handle.life.link
+        if link is not None and link.is_open and not handle.life.faulted:
             try:
                 link.write(protocol.DISCONNECT, {'drain_timeout': self._drain_timeout} if self._drain_timeout else None)
             except TransportError:
                 pass
-        if 'terminate' not in handle._timers and 'kill' not in handle._timers:
-            handle._timers['terminate'] = self._call_later(self._shutdown_timeout, self._terminate_worker, handle)
+        if 'terminate' not in handle.life.timers and 'kill' not in handle.life.timers:
+            handle.life.timers['terminate'] = self._call_later(self._shutdown_timeout, self._terminate_worker, handle)
 
     def _terminate_worker(self, handle: WorkerHandle) -> None:
-        handle._timers.pop('terminate', None)
+        handle.life.timers.pop('terminate', None)
         if handle.state != 'dead':
             self._stats['killed_by_timeout'] += 1
             logger.warning(
@@ -908,15 +904,15 @@ class ClusterPrimary(Supervision, Initializable):
 
     def _kill_worker(self, handle: WorkerHandle) -> None:
         """SIGTERM now, SIGKILL if still alive kill_timeout later (R86)."""
-        if handle.state == 'dead' or 'kill' in handle._timers:
+        if handle.state == 'dead' or 'kill' in handle.life.timers:
             return
-        handle._cancel_timer('terminate')
+        handle.life.cancel_timer('terminate')
         handle.kill(SIGTERM)
         if handle.state != 'dead':
-            handle._timers['kill'] = self._call_later(self._kill_timeout, self._force_kill, handle)
+            handle.life.timers['kill'] = self._call_later(self._kill_timeout, self._force_kill, handle)
 
     def _force_kill(self, handle: WorkerHandle) -> None:
-        handle._timers.pop('kill', None)
+        handle.life.timers.pop('kill', None)
         if handle.state != 'dead':
             logger.warning(
                 'worker %s survived SIGTERM for kill_timeout=%ss; sending SIGKILL', handle.id,
@@ -937,10 +933,9 @@ class ClusterPrimary(Supervision, Initializable):
             self._heartbeat_timer.cancel()
             self._heartbeat_timer = None
         for handle in self._live.values():
-            handle._cancel_timer('ready')
-            handle._heartbeating = False
-            if self._state == 'destroyed':
-                handle._cancel_timers()
+            handle.life.cancel_timer('ready')
+            if self._phase.name == 'destroyed':
+                handle.life.cancel_timers()
 
     # -- shared listening sockets ----------------------------------------------------
 
@@ -989,7 +984,7 @@ class ClusterPrimary(Supervision, Initializable):
                     sock = self._transport.bind(key)
                     shared.add(key, sock)
             bound = sock.getsockname()
-            handle._link.send_socket(sock, {'id': payload['id'], 'address': bound, **({'reuse_port': True} if reuse_port else {})})
+            handle.life.link.send_socket(sock, {'id': payload['id'], 'address': bound, **({'reuse_port': True} if reuse_port else {})})
         except TransportError:  # the link is gone: nobody to answer
             shared.close_unclaimed()
             return
@@ -998,7 +993,7 @@ class ClusterPrimary(Supervision, Initializable):
             # is this worker's failed listen(), never the primary's.
             shared.close_unclaimed()
             try:
-                handle._link.write(protocol.LISTENING, {
+                handle.life.link.write(protocol.LISTENING, {
                     'id': payload['id'], 'error': f'{type(error).__name__}: {error}',
                     'errno': getattr(error, 'errno', None), 'strerror': getattr(error, 'strerror', None),
                 })
@@ -1024,19 +1019,19 @@ class ClusterPrimary(Supervision, Initializable):
         signal_name = handle.exit_signal.name if handle.exit_signal is not None else None
         failed = signal_name is not None or handle.exit_code != 0
         logger.log(
-            logging.WARNING if failed and not handle._disconnect_requested else logging.INFO,
+            logging.WARNING if failed and not handle.life.disconnect_requested else logging.INFO,
             'worker %s exited (code=%s, signal=%s%s)', handle.id, handle.exit_code, signal_name,
-            ', after disconnect' if handle._disconnect_requested else '',
+            ', after disconnect' if handle.life.disconnect_requested else '',
             extra={
                 'worker_id': handle.id, 'exit_code': handle.exit_code, 'signal': signal_name,
-                'reason': 'disconnect' if handle._disconnect_requested else ('crash' if failed else 'exit'),
+                'reason': 'disconnect' if handle.life.disconnect_requested else ('crash' if failed else 'exit'),
             },
         )
 
     def _log_worker_error(self, handle: WorkerHandle, error: BaseException) -> None:
         extra: dict[str, Any] = {'worker_id': handle.id, 'reason': type(error).__name__}
         if isinstance(error, HeartbeatTimeout):
-            extra['heartbeat_age'] = self._pubsub_loop().time() - handle._last_beat
+            extra['heartbeat_age'] = self._pubsub_loop().time() - handle.life.last_beat
         logger.warning('worker %s error: %s', handle.id, error, extra=extra)
 
     def _live_handle(self, worker: Any, method: str) -> WorkerHandle:
@@ -1049,4 +1044,4 @@ class ClusterPrimary(Supervision, Initializable):
         raise ValueError(f'{method}(): {worker!r} is not a live worker of this primary')
 
     def __repr__(self) -> str:
-        return f'<{type(self).__name__} state={self._state} live={len(self._live)} ready={len(self._pool_ids)}>'
+        return f'<{type(self).__name__} state={self._phase.name} live={len(self._live)} ready={len(self._pool_ids)}>'

@@ -115,13 +115,13 @@ def is_drained(live: int, pending_restarts: int) -> bool:
 
 def describe_exit(handle: 'WorkerHandle') -> str:
     """How one worker ended, for an error message: its worker_error if any, else its exit."""
-    if handle._error is not None:
-        how = f'{type(handle._error).__name__}: {handle._error}'
+    if handle.life.error is not None:
+        how = f'{type(handle.life.error).__name__}: {handle.life.error}'
     elif handle.exit_signal is not None:
         how = f'killed by {handle.exit_signal.name}'
     else:
         how = f'exit code {handle.exit_code}'
-    when = '' if handle._ever_ready else ' before it became ready'
+    when = '' if handle.life.ever_ready else ' before it became ready'
     return f'worker {handle.id} ended{when} ({how})'
 
 
@@ -166,7 +166,7 @@ class Supervision:
     def reload(self) -> Self:
         """Rolling restart: replace the ready workers one at a time, each new one ready
         before its old one leaves (R132). A no-op unless active and not already reloading."""
-        if self._state == 'active' and (self._reload is None or not self._reload.announced):
+        if self._phase.active and (self._reload is None or not self._reload.announced):
             self._publish('reload', {'worker_count': len(self._pool_ids)})
         return self
 
@@ -176,9 +176,9 @@ class Supervision:
         check_bool('replace', replace)
         handle = self._live_handle(worker, 'stop_worker')
         if not replace:
-            handle._retired = True
+            handle.life.retired = True
             self._disconnect_worker(handle)
-        elif self._state == 'active':
+        elif self._phase.active:
             if self._reload is not None:
                 if handle not in self._reload.olds and handle is not self._reload.old:
                     self._reload.olds.append(handle)
@@ -191,8 +191,8 @@ class Supervision:
         """Fork or retire workers to reach `worker_count` live ones; re-enables replacement
         after `restart_limit` (R136)."""
         check_worker_count('worker_count', worker_count)
-        if self._state != 'active':
-            _warn_inactive('scale', worker_count, self._state)
+        if not self._phase.active:
+            _warn_inactive('scale', worker_count, self._phase.name)
             return self
         self._restart_times.clear()
         self._replacement_stopped = False
@@ -202,7 +202,7 @@ class Supervision:
         # A reload step's old worker is leaving: its new worker takes its place.
         leaving = reload.old if reload is not None and reload.new is not None else None
         staying = [
-            handle for worker_id, handle in sorted(self._live.items()) if not handle._retired and handle is not leaving
+            handle for worker_id, handle in sorted(self._live.items()) if not handle.life.retired and handle is not leaving
         ]
         if worker_count > len(staying):
             self._publish('fork', {'worker_count': worker_count - len(staying)})
@@ -211,7 +211,7 @@ class Supervision:
             if leaving is not None and reload.new in surplus:
                 surplus.append(leaving)  # its replacement is retired: nothing takes its place
             for handle in reversed(surplus):
-                handle._retired = True
+                handle.life.retired = True
                 self._disconnect_worker(handle)
         return self
 
@@ -221,11 +221,11 @@ class Supervision:
         reload = self._reload
         if reload is not None and handle is reload.old and reload.new is not None:
             return  # the step's new worker replaces it (R133)
-        supervised = self._state == 'active' and not handle._retired  # retired: an empty pool on purpose
-        if supervised and is_failure(code, signal, handle._ever_ready):
+        supervised = self._phase.active and not handle.life.retired  # retired: an empty pool on purpose
+        if supervised and is_failure(code, signal, handle.life.ever_ready):
             self._unreplaced_failure = handle  # until a replacement is made
-        wants = supervised and not self._replacement_stopped and self._policy.wants_restart(code, signal, handle._ever_ready)
-        if wants and not handle._ever_ready and not self._any_ever_ready:
+        wants = supervised and not self._replacement_stopped and self._policy.wants_restart(code, signal, handle.life.ever_ready)
+        if wants and not handle.life.ever_ready and not self._any_ever_ready:
             self._boot_failures += 1
             if halts_at_boot(self._boot_failures) and self._publish_no_workers('boot_failure', handle):
                 return
@@ -234,7 +234,7 @@ class Supervision:
             self._unreplaced_failure = None
         if not replaced and reload is not None and self._reload is reload and handle is reload.new:
             self._abandon_reload()  # the step's new worker died and nothing replaces it (R133)
-        if not replaced and supervised and self._state == 'active' and is_drained(len(self._live), len(self._pending_restarts)):
+        if not replaced and supervised and self._phase.active and is_drained(len(self._live), len(self._pending_restarts)):
             self._publish_no_workers('restart_limit' if self._replacement_stopped else 'no_restart', handle)
 
     def _publish_no_workers(self, reason: str, handle: 'WorkerHandle') -> bool:
@@ -248,7 +248,7 @@ class Supervision:
     def _event_no_workers(self, event: Any) -> None:
         self._no_workers_ran = True
         error = event.data['error']
-        if self._state != 'active':
+        if not self._phase.active:
             return
         if error is not None:
             self._end_error = error
@@ -261,14 +261,14 @@ class Supervision:
 
     def _staying_count(self) -> int:
         """Live workers that are not leaving: what fork() adds to."""
-        return sum(1 for handle in self._live.values() if not handle._retired)
+        return sum(1 for handle in self._live.values() if not handle.life.retired)
 
     def _decide_replacement(self, handle: WorkerHandle, code: int | None, signal: Signals | None) -> bool:
         """Replace `handle` now, later (backoff), or not at all; True when replaced now."""
         reload = self._reload
-        if self._state != 'active' or handle._retired or self._replacement_stopped:
+        if not self._phase.active or handle.life.retired or self._replacement_stopped:
             return False
-        if not self._policy.wants_restart(code, signal, handle._ever_ready):
+        if not self._policy.wants_restart(code, signal, handle.life.ever_ready):
             return False
         now = self._pubsub_loop().time()
         window = self._restart_times
@@ -284,7 +284,7 @@ class Supervision:
         self._publish('restart_limit', {'worker_count': len(self._live)})
         if reload is not None:
             self._abandon_reload()
-        if self._restart_limit_ran or self._state != 'active':
+        if self._restart_limit_ran or not self._phase.active:
             return False
         self._backoff_attempt += 1
         backoff = self._policy.backoff
@@ -306,7 +306,7 @@ class Supervision:
 
     def _delayed_replacement(self, timer_of: Callable[[], asyncio.TimerHandle], predecessor: int) -> None:
         self._pending_restarts.discard(timer_of())
-        if self._state == 'active':
+        if self._phase.active:
             self._stats['restarts'] += 1
             self._last_forked = []
             self._publish('fork', {'worker_count': 1})
@@ -326,7 +326,7 @@ class Supervision:
     # -- supervision: reload ---------------------------------------------------------
 
     def _event_reload(self, event: Any) -> None:
-        if self._state != 'active' or (self._reload is not None and self._reload.announced):
+        if not self._phase.active or (self._reload is not None and self._reload.announced):
             return
         olds = self.workers
         if self._reload is not None:  # a stop_worker(replace=True) step is running: join it
@@ -340,9 +340,9 @@ class Supervision:
         reload = self._reload
         if reload is None or reload.old is not None or reload.new is not None:
             return
-        if self._state != 'active':
+        if not self._phase.active:
             return
-        while reload.olds and (reload.olds[0].state in ('disconnected', 'dead') or reload.olds[0]._retired):
+        while reload.olds and (reload.olds[0].state in ('disconnected', 'dead') or reload.olds[0].life.retired):
             reload.olds.pop(0)  # gone, or leaving anyway: nothing to replace
         if not reload.olds:
             self._reload = None
@@ -364,28 +364,24 @@ class Supervision:
             self._call_soon(self._publish_reload_complete, reload.replaced, True)
 
     def _publish_reload_complete(self, count: int, aborted: bool) -> None:
-        if self._state != 'destroyed':
+        if self._phase.name != 'destroyed':
             self._publish('reload_complete', {'worker_count': count, 'aborted': aborted})
 
     # -- supervision: heartbeats -----------------------------------------------------
 
     def _start_heartbeat(self, handle: WorkerHandle) -> None:
-        handle._heartbeating = True
-        handle._last_beat = self._pubsub_loop().time()
+        handle.life.last_beat = self._pubsub_loop().time()
         if self._heartbeat_timer is None:
             self._heartbeat_timer = self._call_later(self._heartbeat_interval, self._heartbeat_tick)
 
-    def _stop_heartbeat(self, handle: WorkerHandle) -> None:
-        handle._heartbeating = False
-
     def _heartbeat_tick(self) -> None:
         self._heartbeat_timer = None
-        if self._state != 'active':
+        if not self._phase.active:
             return
         now = self._pubsub_loop().time()
-        beating = [handle for handle in self._live.values() if handle._heartbeating]
+        beating = [handle for handle in self._live.values() if handle.life.heartbeating]
         for handle in beating:
-            age = now - handle._last_beat
+            age = now - handle.life.last_beat
             if age > self._heartbeat_timeout:
                 self._stats['killed_by_timeout'] += 1
                 self._worker_fault(handle, HeartbeatTimeout(
@@ -395,8 +391,8 @@ class Supervision:
                 ))
                 continue
             try:
-                handle._link.write(protocol.HEARTBEAT, None)
+                handle.life.link.write(protocol.HEARTBEAT, None)
             except TransportError:
                 pass
-        if any(handle._heartbeating for handle in self._live.values()):
+        if any(handle.life.heartbeating for handle in self._live.values()):
             self._heartbeat_timer = self._call_later(self._heartbeat_interval, self._heartbeat_tick)
