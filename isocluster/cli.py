@@ -444,6 +444,7 @@ def run(parser: argparse.ArgumentParser, arguments: argparse.Namespace, stream: 
         failure = _bind_listen_address(primary, arguments.listen)
         if failure is not None:
             primary.destroy()
+            primary.run()  # no worker was started: this only completes the destroy and closes the loop
             print(PREFIX + failure, file=sys.stderr)
             return 2
     reporter = Reporter(primary, arguments.workers, stream)

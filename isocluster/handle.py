@@ -57,6 +57,11 @@ class WorkerHandle:
     def _timers(self) -> dict[str, Any]:
         return self.life.timers
 
+    @property
+    def _last_beat(self) -> float:  # when it last answered a heartbeat (tests observe it)
+        beat = self.life.last_beat
+        return 0.0 if beat is None else beat
+
     def send(self, message: Any) -> 'asyncio.Future[None]':
         """Same as `primary.send(message, to=self)`."""
         return self._sender.send(message, to=self)

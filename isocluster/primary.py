@@ -30,11 +30,12 @@ from .options import DEFAULT_DRAIN_TIMEOUT, primary_options  # noqa: F401 (DEFAU
 from .pacing import DEFAULT_MAX_QUEUED_BYTES
 from .registry import Registry
 from .reload import RollingReload
+from .replacement import Replacement
 from .routing import route
 from .sending import Outbox
 from .shared_sockets import DEFAULT_MAX_SHARED_SOCKETS
 from .states import PrimaryState, STARTING
-from .supervision import Backoff, RestartPolicy, Supervisor, _warn_inactive, is_drained
+from .supervision import Backoff, RestartPolicy, Supervisor, _warn_inactive
 from .errors import TransportError
 from .transport.base import SIGKILL, SIGTERM, Signals, Transport, WorkerLink, WorkerSpec
 
@@ -127,11 +128,13 @@ class ClusterPrimary(Initializable):
             listening=self._listening, stats=self._stats, publish=self._publish, spawn=self._spawn,
             exited=self._after_worker_exit, ready_timeout=options.ready_timeout,
         )
+        self._replacement = Replacement(
+            supervisor=self._supervisor, registry=registry, reload=self._reload, shared=self._shared,
+            state=self._phase, publish=self._publish, fork_one=self._fork_one, call_later=self._call_later,
+            now=lambda: self._pubsub_loop().time(), random=lambda: transport.random(), stats=self._stats,
+        )
         self._outbox = Outbox(registry, self._codec, transport, options.max_queued_bytes, self._stats,
                               self._pubsub_loop, self._resolved_future, self._rejected)
-        self._pending_restarts: set[asyncio.TimerHandle] = set()
-        self._restart_limit_ran = False
-        self._no_workers_ran = False
         self._destroy_deferred = False
         self._fatal_error: BaseException | None = None
         self._end_error: BaseException | None = None
@@ -526,65 +529,10 @@ class ClusterPrimary(Initializable):
         if self._phase.name == 'shutting_down' and not self._live:
             self._call_soon(self._publish_shut_down_complete)
 
-    # -- supervision: carrying out the Supervisor's decisions -------------------------
-
-    def _supervise_exit(self, handle: WorkerHandle, code: int | None, signal: Signals | None) -> None:
-        if self._reload.leaving() is handle:
-            return  # the step's new worker replaces it (R133)
-        supervised = self._phase.active and not handle.life.retired  # retired: an empty pool on purpose
-        if self._supervisor.exited(handle, code, signal, self._phase.active):
-            if self._publish_no_workers('boot_failure', handle):
-                return
-        replaced = self._replace_after_exit(handle, code, signal)
-        if replaced:
-            self._supervisor.replaced()
-        elif self._reload.is_new(handle):
-            self._reload.abandon()  # the step's new worker died and nothing replaces it (R133)
-        if not replaced and supervised and self._phase.active and is_drained(len(self._live), len(self._pending_restarts)):
-            self._publish_no_workers(self._supervisor.end_reason(), handle)
-
-    def _replace_after_exit(self, handle: WorkerHandle, code: int | None, signal: Signals | None) -> bool:
-        """Replace `handle` now, later (backoff), or not at all; True when replaced now."""
-        life, supervisor = handle.life, self._supervisor
-        if not supervisor.wants_restart(code, signal, life.ever_ready, life.retired, self._phase.active):
-            return False
-        if supervisor.admit_restart(self._pubsub_loop().time()):
-            self._stats['restarts'] += 1
-            new = self._fork_one()
-            if new is not None:
-                self._shared.inherit(handle.id, new.id)
-            self._reload.replaced_by(handle, new)
-            return True
-        reloading = self._reload.current is not None
-        self._restart_limit_ran = False
-        self._publish('restart_limit', {'worker_count': len(self._live)})
-        if reloading:
-            self._reload.abandon()
-        if self._restart_limit_ran or not self._phase.active:
-            return False
-        delay = supervisor.backoff_delay(self._transport.random())
-        self._shared.reserve(handle.id)  # its sockets stay open for the delayed replacement
-        timer: asyncio.TimerHandle = self._call_later(delay, self._delayed_replacement, lambda: timer, handle.id)
-        self._pending_restarts.add(timer)
-        return False
-
-    def _delayed_replacement(self, timer_of: Callable[[], asyncio.TimerHandle], predecessor: int) -> None:
-        self._pending_restarts.discard(timer_of())
-        if self._phase.active:
-            self._stats['restarts'] += 1
-            new = self._fork_one()
-            if new is not None:
-                self._shared.inherit_reserved(predecessor, new.id)
-        self._shared.unreserve(predecessor)
-
-    def _publish_no_workers(self, reason: str, handle: WorkerHandle) -> bool:
-        """Publish no_workers; True unless it was prevented (then supervision goes on)."""
-        self._no_workers_ran = False
-        self._publish('no_workers', {'reason': reason, 'error': self._supervisor.end_error(reason, handle)})
-        return self._no_workers_ran
+    # -- supervision: the default actions (replacement.py carries the decisions out) ----
 
     def _event_no_workers(self, event: Any) -> None:
-        self._no_workers_ran = True
+        self._replacement.no_workers_ran = True
         error = event.data['error']
         if not self._phase.active:
             return
@@ -598,7 +546,7 @@ class ClusterPrimary(Initializable):
         self.shut_down()
 
     def _event_restart_limit(self, event: Any) -> None:
-        self._restart_limit_ran = True
+        self._replacement.limit_ran = True
         self._supervisor.stop()
         policy = self._supervisor.policy
         logger.error(
@@ -660,7 +608,7 @@ class ClusterPrimary(Initializable):
     def _event_worker_exit(self, event: Any) -> None:
         handle = event.data['worker']
         self._remove_worker(handle)
-        self._supervise_exit(handle, event.data['code'], event.data['signal'])
+        self._replacement.exited(handle, event.data['code'], event.data['signal'])
 
     def _event_shut_down(self, event: Any) -> None:
         self._phase.shutting_down()
@@ -721,10 +669,7 @@ class ClusterPrimary(Initializable):
             handle.kill(SIGKILL)
 
     def _cancel_all_timers(self) -> None:
-        for timer in self._pending_restarts:
-            timer.cancel()
-        self._pending_restarts.clear()
-        self._shared.drop_reservations()  # the delayed replacements will not come
+        self._replacement.cancel()
         self._heartbeats.stop()
         destroyed = self._phase.name == 'destroyed'
         for handle in self._live.values():
