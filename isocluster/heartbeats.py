@@ -7,7 +7,7 @@ One timer for all workers; it runs while any worker is heartbeating (`WorkerLife
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 from . import protocol
 from .errors import HeartbeatTimeout, TransportError

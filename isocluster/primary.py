@@ -26,18 +26,19 @@ from .heartbeats import Heartbeats
 from .lifecycle import Initializable
 from .link_events import WorkerEvents
 from .listening import Listening
-from .options import DEFAULT_DRAIN_TIMEOUT, primary_options  # noqa: F401 (DEFAULT_DRAIN_TIMEOUT: re-exported)
+from .options import primary_options
 from .pacing import DEFAULT_MAX_QUEUED_BYTES
 from .registry import Registry
 from .reload import RollingReload
 from .replacement import Replacement
 from .routing import route
 from .sending import Outbox
+from .signal_actions import signal_actions
 from .shared_sockets import DEFAULT_MAX_SHARED_SOCKETS
 from .states import PrimaryState, STARTING
 from .supervision import Backoff, RestartPolicy, Supervisor, _warn_inactive
 from .errors import TransportError
-from .transport.base import SIGKILL, SIGTERM, Signals, Transport, WorkerLink, WorkerSpec
+from .transport.base import SIGKILL, Signals, Transport, WorkerLink, WorkerSpec
 
 logger = logging.getLogger('isocluster')
 
@@ -349,27 +350,15 @@ class ClusterPrimary(Initializable):
         loop = self._pubsub_loop()
         if loop.is_running():
             raise RuntimeError('run(): the primary\'s loop is already running; use await primary.wait_closed()')
-        interrupts = 0
 
-        def interrupted() -> None:
-            nonlocal interrupts
-            interrupts += 1
-            if interrupts > 1:
-                self._kill_all()
-            elif self._phase.name != 'destroyed':
-                self.shut_down()
-
-        def terminated() -> None:
+        def shut_down() -> None:
             if self._phase.name != 'destroyed':
                 self.shut_down()
 
-        restore = self._transport.install_signal_handlers({
-            SIGTERM: lambda: self._guarded(terminated),
-            Signals.SIGINT: lambda: self._guarded(interrupted),
-            Signals.SIGHUP: lambda: self._guarded(self.reload),
-            Signals.SIGTTIN: lambda: self._guarded(self._scale_by, 1),
-            Signals.SIGTTOU: lambda: self._guarded(self._scale_by, -1),
-        })
+        restore = self._transport.install_signal_handlers(signal_actions(
+            shut_down=shut_down, kill_all=self._kill_all, reload=self.reload, scale_by=self._scale_by,
+            guarded=self._guarded,
+        ))
         try:
             loop.run_until_complete(self.wait_closed())
         finally:
