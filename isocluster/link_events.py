@@ -7,12 +7,12 @@ protocol violation (it is killed and replaced), never an error of the primary.
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, ClassVar
 
 from . import frames, protocol
 from .errors import DecodeError, HeartbeatTimeout, ProtocolError, ReadyTimeout, WorkerLost
 from .routing import Request
-from .states import STARTING
+from .states import FRAMES_ALLOWED_IN, LEAVING, STARTING
 
 if TYPE_CHECKING:
     from .handle import WorkerHandle
@@ -25,6 +25,8 @@ logger = logging.getLogger('isocluster')
 
 
 class WorkerEvents:
+    _ACTIONS: ClassVar[dict[str, Callable[..., None]]]  # frame kind -> what it does (set below)
+
     def __init__(self, *, registry: 'Registry', codec: protocol.Codec, transport: 'Transport',
                  heartbeats: 'Heartbeats', listening: 'Listening', stats: dict[str, int],
                  publish: Callable[[str, dict[str, Any]], Any], spawn: Callable[[Any], Any],
@@ -54,34 +56,49 @@ class WorkerEvents:
             why = f'{frames.describe(kind)} that could not be checked ({error!r})'
         if why is not None:
             return self.violation(handle, why, kind)
-        if kind == protocol.HEARTBEAT_ACK:
-            self._heartbeats.answered(handle)
-        elif kind == protocol.REPLY or kind == protocol.REPLY_BATCH:
-            if kind == protocol.REPLY_BATCH:  # a chunk's answer settles its request like a REPLY
-                payload = (payload[0], True, payload[1])
-            try:
-                why = self._registry.requests.settle(payload, self._codec, handle.id, handle)
-            except Exception as error:
-                why = f'a {kind.upper()} that could not be read ({error!r})'
-            if why is not None:
-                self.violation(handle, why, kind)
-        elif kind == protocol.REQUEST:
-            self._request(handle, payload)
-        elif kind == protocol.ONLINE:
-            life.move('online')
-            self._publish('worker_online', {'worker': handle})
-        elif kind == protocol.READY:
-            life.ready_received = True
-            if life.online_accepted and life.state == 'online':
-                self._publish('worker_ready', {'worker': handle})
-        elif kind == protocol.EXITING:
-            life.said_exiting = True
-        elif kind == protocol.LISTEN:
-            bound, why = self._listening.answer(handle, payload)
-            if why is not None:
-                self.violation(handle, why)
-            elif bound is not None:
-                self._publish('worker_listening', {'worker': handle, 'address': bound})
+        self._ACTIONS[kind](self, handle, payload)
+
+    # One method per kind a worker may send besides MESSAGE (link_frame's hot path); each runs
+    # only once the state table and the payload's shape have accepted the frame.
+
+    def _heartbeat_ack(self, handle: 'WorkerHandle', payload: Any) -> None:
+        self._heartbeats.answered(handle)
+
+    def _reply(self, handle: 'WorkerHandle', payload: Any, kind: str = protocol.REPLY) -> None:
+        try:
+            why = self._registry.requests.settle(payload, self._codec, handle.id, handle)
+        except Exception as error:
+            why = f'a {kind.upper()} that could not be read ({error!r})'
+        if why is not None:
+            self.violation(handle, why, kind)
+
+    def _reply_batch(self, handle: 'WorkerHandle', payload: Any) -> None:
+        # A chunk's answer settles its request like a REPLY.
+        self._reply(handle, (payload[0], True, payload[1]), protocol.REPLY_BATCH)
+
+    def _message(self, handle: 'WorkerHandle', payload: Any) -> None:
+        """Nothing: link_frame delivers every MESSAGE the table accepts; one sent before ONLINE
+        was refused above."""
+
+    def _online(self, handle: 'WorkerHandle', payload: Any) -> None:
+        handle.life.move('online')
+        self._publish('worker_online', {'worker': handle})
+
+    def _ready(self, handle: 'WorkerHandle', payload: Any) -> None:
+        life = handle.life
+        life.ready_received = True
+        if life.online_accepted and life.state == 'online':
+            self._publish('worker_ready', {'worker': handle})
+
+    def _exiting(self, handle: 'WorkerHandle', payload: Any) -> None:
+        handle.life.said_exiting = True
+
+    def _listen(self, handle: 'WorkerHandle', payload: Any) -> None:
+        bound, why = self._listening.answer(handle, payload)
+        if why is not None:
+            self.violation(handle, why)
+        elif bound is not None:
+            self._publish('worker_listening', {'worker': handle, 'address': bound})
 
     def _request(self, handle: 'WorkerHandle', payload: Any) -> None:
         request_id, data = payload
@@ -134,7 +151,7 @@ class WorkerEvents:
 
     def closed(self, handle: 'WorkerHandle') -> None:
         life = handle.life
-        if life.state in ('disconnected', 'dead'):
+        if life.state in LEAVING:
             return
         life.move('disconnected')
         life.cancel_timer('ready')
@@ -180,3 +197,17 @@ class WorkerEvents:
         if isinstance(error, HeartbeatTimeout):
             extra['heartbeat_age'] = self._heartbeats.age(handle)
         logger.warning('worker %s error: %s', handle.id, error, extra=extra)
+
+
+WorkerEvents._ACTIONS = {
+    protocol.HEARTBEAT_ACK: WorkerEvents._heartbeat_ack,
+    protocol.REPLY: WorkerEvents._reply,
+    protocol.REPLY_BATCH: WorkerEvents._reply_batch,
+    protocol.REQUEST: WorkerEvents._request,
+    protocol.MESSAGE: WorkerEvents._message,
+    protocol.ONLINE: WorkerEvents._online,
+    protocol.READY: WorkerEvents._ready,
+    protocol.EXITING: WorkerEvents._exiting,
+    protocol.LISTEN: WorkerEvents._listen,
+}
+assert set(WorkerEvents._ACTIONS) == set(FRAMES_ALLOWED_IN), 'every kind a worker may send has one action'
