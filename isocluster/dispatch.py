@@ -226,7 +226,7 @@ class MapRun:
     def _send(self, worker: 'WorkerHandle', chunk: Chunk) -> None:
         kind, body = self._encode(chunk)
         future = self._parts.outbox.write_request(worker, kind, body, self._timeout,
-                                                  f'the map request to worker {worker.id}')
+                                                  f'the map request to worker {worker.id}', len(chunk.messages))
         self._outstanding += 1
         future.add_done_callback(lambda done: self._done(chunk, worker, done))
 

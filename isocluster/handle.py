@@ -29,7 +29,8 @@ class WorkerHandle:
 
 
 
-    def __init__(self, sender: _Sender, worker_id: int, leave: Callable[['WorkerHandle'], None] = _stays) -> None:
+    def __init__(self, sender: _Sender, worker_id: int, leave: Callable[['WorkerHandle'], None] = _stays,
+                 figures: Callable[['WorkerHandle'], dict[str, Any]] | None = None) -> None:
         self.id = worker_id
         self.exit_code: int | None = None
         self.exit_signal: Signals | None = None
@@ -37,6 +38,7 @@ class WorkerHandle:
         self.life = WorkerLife(worker_id)
         self._sender = sender
         self._leave = leave
+        self._figures = figures
 
     @property
     def state(self) -> str:
@@ -77,6 +79,19 @@ class WorkerHandle:
         if self.life.state != 'dead' and link is not None:
             link.kill(Signals(signal))
         return self
+
+    def stats(self) -> dict[str, Any]:
+        """This worker's figures: pid, state, uptime (seconds since it was forked; frozen at its
+        exit), resident_bytes and cpu_seconds (None where the transport cannot tell), messages_in
+        / messages_out (with the primary), in_flight requests, restarts of its slot (replacements
+        after failures that led to this worker; reloads and recycling do not count)."""
+        if self._figures is None:
+            raise RuntimeError(f'worker {self.id}: this handle belongs to no primary')
+        return self._figures(self)
+
+    @property
+    def _recycle_limits(self) -> Any:  # the limits recycling drew for it (tests observe them)
+        return self.life.recycle_limits
 
     def is_connected(self) -> bool:
         return self.life.state in CONNECTED

@@ -30,7 +30,8 @@ class WorkerEvents:
     def __init__(self, *, registry: 'Registry', codec: protocol.Codec, transport: 'Transport',
                  heartbeats: 'Heartbeats', listening: 'Listening', stats: dict[str, int],
                  publish: Callable[[str, dict[str, Any]], Any], spawn: Callable[[Any], Any],
-                 exited: Callable[['WorkerHandle'], None], ready_timeout: float | None) -> None:
+                 exited: Callable[['WorkerHandle'], None], ready_timeout: float | None,
+                 now: Callable[[], float]) -> None:
         self._registry = registry
         self._codec = codec
         self._transport = transport
@@ -41,6 +42,7 @@ class WorkerEvents:
         self._spawn = spawn
         self._after_exit = exited  # the primary's bookkeeping after worker_exit, whatever its handlers did
         self._ready_timeout = ready_timeout
+        self._now = now
 
     # -- frames ------------------------------------------------------------------------
 
@@ -107,6 +109,7 @@ class WorkerEvents:
         except DecodeError as error:
             return self.fault(handle, error)
         self._stats['messages_in'] += 1
+        handle.life.messages_in += 1
         link = handle.life.link
         request = Request(request_id, lambda reply: link.write(protocol.REPLY, reply), self._codec, self._spawn,
                           self._transport.max_frame_size)
@@ -166,6 +169,7 @@ class WorkerEvents:
         life.cancel_timers()
         handle.exit_code, handle.exit_signal = code, signal
         handle.exited_after_disconnect = life.disconnect_requested
+        life.exited_at = self._now()
         self._registry.remove_live(handle)
         self._stats['exited'] += 1
         self._log_exit(handle)

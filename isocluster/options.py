@@ -10,6 +10,7 @@ from typing import Any, Callable, Mapping
 from . import protocol
 from .checks import MIN_HEARTBEAT_INTERVAL, check_bool, check_positive_int, check_seconds
 from .pacing import check_max_queued_bytes
+from .recycling import RecyclePolicy
 from .supervision import Backoff, RestartPolicy
 from .transport.base import Transport, WorkerSpec
 
@@ -33,6 +34,7 @@ class PrimaryOptions:
     drain_timeout: float
     max_shared_sockets: int
     max_queued_bytes: float
+    recycling: RecyclePolicy
 
     def spec(self, worker_id: int) -> WorkerSpec:
         """What the transport needs to start worker `worker_id`. Neither a target nor a script:
@@ -53,7 +55,11 @@ def primary_options(
     transport: Any, codec: Any, restart: Any, restart_intensity: Any, restart_period: Any, restart_backoff: Any,
     restart_policy: Any, ready_timeout: Any, shutdown_timeout: Any, kill_timeout: Any, heartbeat_interval: Any,
     heartbeat_timeout: Any, drain_timeout: Any, max_shared_sockets: Any, max_queued_bytes: Any,
+    max_requests: Any = None, max_requests_jitter: Any = 0, max_age: Any = None, max_age_jitter: Any = 0.0,
+    max_memory: Any = None, memory_check_interval: Any = 1.0,
 ) -> PrimaryOptions:
+    recycling = RecyclePolicy(max_requests, max_requests_jitter, max_age, max_age_jitter, max_memory,
+                              memory_check_interval)
     queue_cap = check_max_queued_bytes(max_queued_bytes)
     if worker_target is not None and worker_script is not None:
         raise ValueError('worker_target and worker_script: give one of them, not both')
@@ -91,7 +97,7 @@ def primary_options(
         kill_timeout=kill_timeout, heartbeat_interval=interval, heartbeat_timeout=timeout,
         drain_timeout=check_drain_timeout(drain_timeout, shutdown_timeout),
         max_shared_sockets=check_positive_int('max_shared_sockets', max_shared_sockets),
-        max_queued_bytes=queue_cap,
+        max_queued_bytes=queue_cap, recycling=recycling,
     )
 
 

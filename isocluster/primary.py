@@ -22,6 +22,7 @@ from .checks import check_bool, check_seconds, check_worker_count
 from .errors import ClusterError, DestroyedError, InvalidDestinationError, NotInitializedError, WorkerLost
 from .escalation import Escalation
 from .handle import WorkerHandle
+from .figures import worker_figures
 from .heartbeats import Heartbeats
 from .lifecycle import Initializable
 from .link_events import WorkerEvents
@@ -29,6 +30,8 @@ from .listening import Listening
 from .options import primary_options
 from .pacing import DEFAULT_MAX_QUEUED_BYTES
 from .registry import Registry
+from .readiness import Readiness
+from .recycler import Recycler
 from .reload import RollingReload
 from .replacement import Replacement
 from .routing import route
@@ -47,7 +50,7 @@ _MISSING: Any = object()
 _EVENTS = (
     'fork', 'worker_fork', 'worker_online', 'worker_ready', 'add_worker', 'remove_worker',
     'worker_message', 'worker_listening', 'worker_disconnect', 'worker_error', 'worker_exit',
-    'restart_limit', 'reload', 'reload_complete', 'no_workers',
+    'restart_limit', 'reload', 'reload_complete', 'no_workers', 'worker_recycle',
 )
 
 
@@ -84,6 +87,12 @@ class ClusterPrimary(Initializable):
         drain_timeout: float | None = None,
         max_shared_sockets: int = DEFAULT_MAX_SHARED_SOCKETS,
         max_queued_bytes: int | None = DEFAULT_MAX_QUEUED_BYTES,
+        max_requests: int | None = None,
+        max_requests_jitter: int = 0,
+        max_age: float | None = None,
+        max_age_jitter: float = 0.0,
+        max_memory: int | None = None,
+        memory_check_interval: float = 1.0,
     ) -> None:
         self._options = options = primary_options(
             worker_target=worker_target, worker_script=worker_script, worker_args=worker_args,
@@ -93,6 +102,8 @@ class ClusterPrimary(Initializable):
             shutdown_timeout=shutdown_timeout, kill_timeout=kill_timeout, heartbeat_interval=heartbeat_interval,
             heartbeat_timeout=heartbeat_timeout, drain_timeout=drain_timeout,
             max_shared_sockets=max_shared_sockets, max_queued_bytes=max_queued_bytes,
+            max_requests=max_requests, max_requests_jitter=max_requests_jitter, max_age=max_age,
+            max_age_jitter=max_age_jitter, max_memory=max_memory, memory_check_interval=memory_check_interval,
         )
         self._owns_transport = transport is None
         if transport is None:
@@ -127,15 +138,20 @@ class ClusterPrimary(Initializable):
         self._events = WorkerEvents(
             registry=registry, codec=self._codec, transport=transport, heartbeats=self._heartbeats,
             listening=self._listening, stats=self._stats, publish=self._publish, spawn=self._spawn,
-            exited=self._after_worker_exit, ready_timeout=options.ready_timeout,
+            exited=self._after_worker_exit, ready_timeout=options.ready_timeout, now=self._now,
         )
         self._replacement = Replacement(
             supervisor=self._supervisor, registry=registry, reload=self._reload, shared=self._shared,
             state=self._phase, publish=self._publish, fork_one=self._fork_one, call_later=self._call_later,
             now=lambda: self._pubsub_loop().time(), random=lambda: transport.random(), stats=self._stats,
         )
+        self._recycler = Recycler(
+            options.recycling, random=lambda: transport.random(), now=self._now, call_soon=self._call_soon,
+            call_later=self._call_later, publish=self._publish, state=self._phase, registry=registry,
+        )
+        self._readiness = Readiness(transport, self._call_later, lambda: self._closed, self._phase, registry)
         self._outbox = Outbox(registry, self._codec, transport, options.max_queued_bytes, self._stats,
-                              self._pubsub_loop, self._resolved_future, self._rejected)
+                              self._pubsub_loop, self._resolved_future, self._rejected, self._recycler.handled)
         self._destroy_deferred = False
         self._fatal_error: BaseException | None = None
         self._end_error: BaseException | None = None
@@ -148,9 +164,16 @@ class ClusterPrimary(Initializable):
     def _pubsub_loop(self) -> asyncio.AbstractEventLoop:
         return self._transport.loop
 
+    def _now(self) -> float:
+        return self._transport.loop.time()
+
     @property
     def transport(self) -> Transport:
         return self._transport
+
+    @property
+    def _replacement_stopped(self) -> bool:  # the restart limit stopped replacement (tests observe it)
+        return self._supervisor.stopped
 
     @property
     def _heartbeat_interval(self) -> float | None:
@@ -164,7 +187,8 @@ class ClusterPrimary(Initializable):
         self._pubsub_loop()  # bind to the transport's loop now (R57)
 
     def _on_initialized(self) -> None:
-        self._phase.initialized()
+        if self._phase.initialized():
+            self._readiness.start()
 
     def _destroy(self, *args: Any, **kwargs: Any) -> None:
         self._phase.destroyed()
@@ -334,7 +358,7 @@ class ClusterPrimary(Initializable):
         super().destroy(*args, **kwargs)
         return self
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         now = self._pubsub_loop().time()
         return {
             **self._stats,
@@ -342,6 +366,7 @@ class ClusterPrimary(Initializable):
             'live': len(self._live),
             'ready': len(self._registry.pool_ids),
             'late_replies': self._requests.late_replies,
+            'workers': {worker_id: handle.stats() for worker_id, handle in sorted(self._live.items())},
         }
 
     def run(self) -> None:
@@ -428,9 +453,11 @@ class ClusterPrimary(Initializable):
 
     def _start_worker(self) -> WorkerHandle:
         # Late-bound: a subclass's (or a test's) _disconnect_worker is the one disconnect() runs.
-        handle = WorkerHandle(self, self._registry.new_id(), lambda worker: self._disconnect_worker(worker))
+        handle = WorkerHandle(self, self._registry.new_id(), lambda worker: self._disconnect_worker(worker),
+                              lambda worker: worker_figures(worker, self._now(), self._requests.in_flight(worker)))
         self._registry.add_live(handle)
         self._stats['forked'] += 1
+        handle.life.started_at = self._now()
         try:
             handle.life.link = self._transport.start_worker(self._spec(handle.id), self)
         except TransportError as error:
@@ -466,6 +493,7 @@ class ClusterPrimary(Initializable):
                 except Exception as error:
                     return self._worker_fault(handle, protocol.decode_error(self._codec, error, handle.id))
                 self._stats['messages_in'] += 1
+                handle.life.messages_in += 1
                 self._publish('worker_message', {'worker': handle, 'message': message})
             else:
                 self._events.control_frame(handle, kind, payload)
@@ -546,10 +574,12 @@ class ClusterPrimary(Initializable):
 
     def _event_reload(self, event: Any) -> None:
         if self._phase.active and not self._reload.announced:
+            self._readiness.tell('RELOADING=1')  # also when it joins a running stop_worker step
             self._reload.start(self.workers)
 
     def _publish_reload_complete(self, count: int, aborted: bool) -> None:
         if self._phase.name != 'destroyed':
+            self._readiness.tell('READY=1', when_active=True)
             self._publish('reload_complete', {'worker_count': count, 'aborted': aborted})
 
     # -- default actions -------------------------------------------------------------
@@ -567,7 +597,14 @@ class ClusterPrimary(Initializable):
         if self._phase.active:
             self._heartbeats.start(handle)
         self._add_worker(handle)
+        self._recycler.start(handle)
+        self._readiness.ready_once()
         self._reload.worker_ready(handle)
+
+    def _event_worker_recycle(self, event: Any) -> None:
+        handle = event.data['worker']
+        if self._phase.active and self._registry.owns(handle) and not handle.life.retired:
+            self.stop_worker(handle, replace=True)
 
     def _add_worker(self, worker: WorkerHandle) -> None:
         self._publish('add_worker', {'worker': worker})
@@ -600,6 +637,7 @@ class ClusterPrimary(Initializable):
         self._replacement.exited(handle, event.data['code'], event.data['signal'])
 
     def _event_shut_down(self, event: Any) -> None:
+        self._readiness.tell('STOPPING=1', when_active=True)
         self._phase.shutting_down()
         self._cancel_all_timers()
         self._reload.abandon()
@@ -636,6 +674,7 @@ class ClusterPrimary(Initializable):
         # destroy runs inside shut_down_complete's after stage, so it is complete by now.
         if self._phase.ended and not self._closed:
             self._closed = True
+            self._readiness.stop()
             future = self._closed_future
             if future is not None and not future.done():
                 future.set_result(None)
@@ -660,6 +699,7 @@ class ClusterPrimary(Initializable):
     def _cancel_all_timers(self) -> None:
         self._replacement.cancel()
         self._heartbeats.stop()
+        self._recycler.stop()
         destroyed = self._phase.name == 'destroyed'
         for handle in self._live.values():
             if destroyed:

@@ -90,6 +90,7 @@ class RollingReload:
         new = self._fork_one()
         if self.current is current and new is not None:
             current.new = new
+            new.life.slot_restarts = current.old.life.slot_restarts  # a reload is no restart
             self._inherit(current.old, new)  # it re-listens on the open sockets
         elif self.current is current:
             self.abandon()

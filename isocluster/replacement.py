@@ -65,6 +65,7 @@ class Replacement:
             self._stats['restarts'] += 1
             new = self._fork_one()
             if new is not None:
+                new.life.slot_restarts = life.slot_restarts + 1
                 self._shared.inherit(handle.id, new.id)
             self._reload.replaced_by(handle, new)
             return True
@@ -77,16 +78,18 @@ class Replacement:
             return False
         delay = supervisor.backoff_delay(self._random())
         self._shared.reserve(handle.id)  # its sockets stay open for the delayed replacement
-        timer: asyncio.TimerHandle = self._call_later(delay, self._delayed, lambda: timer, handle.id)
+        timer: asyncio.TimerHandle = self._call_later(delay, self._delayed, lambda: timer, handle.id,
+                                                      life.slot_restarts)
         self.pending.add(timer)
         return False
 
-    def _delayed(self, timer_of: Callable[[], asyncio.TimerHandle], predecessor: int) -> None:
+    def _delayed(self, timer_of: Callable[[], asyncio.TimerHandle], predecessor: int, restarts: int) -> None:
         self.pending.discard(timer_of())
         if self._state.active:
             self._stats['restarts'] += 1
             new = self._fork_one()
             if new is not None:
+                new.life.slot_restarts = restarts + 1
                 self._shared.inherit_reserved(predecessor, new.id)
         self._shared.unreserve(predecessor)
 

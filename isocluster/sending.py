@@ -34,7 +34,8 @@ def _over_cap(target: WorkerHandle, pending: int, cap: float) -> SendError:
 class Outbox:
     def __init__(self, registry: 'Registry', codec: protocol.Codec, transport: 'Transport', queue_cap: float,
                  stats: dict[str, int], loop: Callable[[], asyncio.AbstractEventLoop],
-                 resolved: Callable[[], 'asyncio.Future[None]'], rejected: Callable[[BaseException], 'asyncio.Future[Any]']) -> None:
+                 resolved: Callable[[], 'asyncio.Future[None]'], rejected: Callable[[BaseException], 'asyncio.Future[Any]'],
+                 handled: Callable[[WorkerHandle, int], None]) -> None:
         self._registry = registry
         self._codec = codec
         self._transport = transport
@@ -43,6 +44,7 @@ class Outbox:
         self._loop = loop
         self._resolved = resolved
         self._rejected = rejected
+        self._handled = handled  # `count` more messages written to a worker (figures, recycling)
 
     def send(self, message: Any, to: Any) -> 'asyncio.Future[None]':
         try:
@@ -60,6 +62,7 @@ class Outbox:
             except TransportError as error:
                 return self._rejected(write_failure(to, error))
             self._stats['messages_out'] += 1
+            self._handled(to, 1)
             if flow.pending > HIGH_WATER:  # backpressure: resolves once the link has drained
                 return flow.completion()
             return self._resolved()
@@ -82,6 +85,7 @@ class Outbox:
                 failures.append((destination, write_failure(target, error)))
             else:
                 self._stats['messages_out'] += 1
+                self._handled(target, 1)
                 if flow.pending > HIGH_WATER:  # the same link twice waits for its later mark
                     waiting[flow] = flow.completion()
         if not failures:
@@ -115,6 +119,7 @@ class Outbox:
             requests.cancel(request_id)
             return self._rejected(write_failure(target, error))
         self._stats['messages_out'] += 1
+        self._handled(target, 1)
         return reply
 
     @property
@@ -126,7 +131,7 @@ class Outbox:
         return self._transport.max_frame_size
 
     def write_request(self, worker: WorkerHandle, kind: str, body: bytes, timeout: float | None,
-                      describe: str) -> 'asyncio.Future[Any]':
+                      describe: str, count: int = 1) -> 'asyncio.Future[Any]':
         """Write one request (REQUEST or REQUEST_BATCH) already encoded: its reply's future,
         rejected with SendError when the write failed."""
         requests = self._registry.requests
@@ -137,6 +142,7 @@ class Outbox:
             requests.cancel(request_id)
             return self._rejected(SendError(f'could not write to worker {worker.id}: {error}', worker_id=worker.id))
         self._stats['messages_out'] += 1
+        self._handled(worker, count)  # `count` messages of a chunk
         return future
 
     def _destinations(self, to: Any) -> list[tuple[Any, Any]]:

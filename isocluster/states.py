@@ -50,6 +50,8 @@ class WorkerLife:
     __slots__ = (
         'worker_id', 'state', 'link', 'start_error', 'error', 'online_accepted', 'ready_received',
         'ever_ready', 'retired', 'asked_to_leave', 'said_exiting', 'last_beat', 'timers',
+        'started_at', 'ready_at', 'exited_at', 'messages_in', 'messages_out', 'slot_restarts',
+        'recycle_limits', 'recycle_reason',
     )
 
     def __init__(self, worker_id: int) -> None:
@@ -66,6 +68,15 @@ class WorkerLife:
         self.said_exiting = False  # it sent EXITING: it leaves on its own
         self.last_beat: float | None = None  # None: heartbeats never started for it
         self.timers: dict[str, Any] = {}
+        # per-worker figures (stats()) and recycling
+        self.started_at = 0.0
+        self.ready_at = 0.0
+        self.exited_at: float | None = None
+        self.messages_in = 0
+        self.messages_out = 0
+        self.slot_restarts = 0  # replacements after failures that led to this worker
+        self.recycle_limits: Any = None  # drawn when it became ready, if recycling is on
+        self.recycle_reason: str | None = None  # why worker_recycle was published for it
 
     def move(self, state: str) -> None:
         if state not in WORKER_TRANSITIONS[self.state]:  # pragma: no cover - a library bug, not user input
@@ -140,9 +151,12 @@ class PrimaryState:
             raise AssertionError(f'the primary cannot go from {self.name} to {state}')
         self.name = state
 
-    def initialized(self) -> None:
-        if self.name == 'new':
-            self._move('active')
+    def initialized(self) -> bool:
+        """True when this made it active (a second initialize changes nothing)."""
+        if self.name != 'new':
+            return False
+        self._move('active')
+        return True
 
     def shutting_down(self) -> None:
         self._move('shutting_down')

@@ -1,0 +1,29 @@
+"""Per-worker figures for `primary.stats()['workers']` and `handle.stats()` (issue 16)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .handle import WorkerHandle
+
+
+def worker_figures(handle: 'WorkerHandle', now: float, in_flight: int) -> dict[str, Any]:
+    """One worker's figures; resident memory and CPU time come from the transport (None where
+    it cannot tell, e.g. the memory transport unless set, Ray, or a dead worker)."""
+    life = handle.life
+    link = life.link
+    alive = life.state != 'dead' and link is not None
+    end = life.exited_at if life.exited_at is not None else now
+    return {
+        'id': handle.id,
+        'pid': handle.pid,
+        'state': life.state,
+        'uptime': end - life.started_at,
+        'resident_bytes': link.resident_bytes() if alive else None,
+        'cpu_seconds': link.cpu_seconds() if alive else None,
+        'messages_in': life.messages_in,
+        'messages_out': life.messages_out,
+        'in_flight': in_flight,
+        'restarts': life.slot_restarts,
+    }
