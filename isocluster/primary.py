@@ -5,9 +5,11 @@ Time is the transport loop's time, so the same code runs on virtual time in test
 
 The primary publishes the events and wires its parts, each deciding one thing: `options`
 (validation), `states` (the state tables), `registry` (workers, pool, round-robin, requests
-in flight), `supervision.Supervisor` (replace or not), `reload` (rolling reload steps),
-`escalation` (DISCONNECT, SIGTERM, SIGKILL), `heartbeats`, `listening` (shared sockets),
-`sending` (send and request), `link_events` (a worker's link, turned into worker events).
+in flight), `supervision.Supervisor` (replace or not) and `replacement` (doing it), `reload`
+(rolling reload steps), `recycler` (recycling healthy workers), `escalation` (DISCONNECT,
+SIGTERM, SIGKILL), `heartbeats`, `readiness` (what a service manager is told), `listening`
+(shared sockets), `sending` (send and request), `link_events` (a worker's link, turned into
+worker events), `signal_actions` (what run() does on each signal). See README "How it is built".
 """
 
 from __future__ import annotations
@@ -19,28 +21,27 @@ from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 from . import dispatch, protocol
 from .checks import check_bool, check_seconds, check_worker_count
-from .errors import ClusterError, DestroyedError, InvalidDestinationError, NotInitializedError, WorkerLost
+from .errors import ClusterError, DestroyedError, InvalidDestinationError, NotInitializedError, TransportError, WorkerLost
 from .escalation import Escalation
-from .handle import WorkerHandle
 from .figures import worker_figures
+from .handle import WorkerHandle
 from .heartbeats import Heartbeats
 from .lifecycle import Initializable
 from .link_events import WorkerEvents
 from .listening import Listening
 from .options import primary_options
 from .pacing import DEFAULT_MAX_QUEUED_BYTES
-from .registry import Registry
 from .readiness import Readiness
 from .recycler import Recycler
+from .registry import Registry
 from .reload import RollingReload
 from .replacement import Replacement
 from .routing import route
 from .sending import Outbox
-from .signal_actions import signal_actions
 from .shared_sockets import DEFAULT_MAX_SHARED_SOCKETS
+from .signal_actions import signal_actions
 from .states import PrimaryState, STARTING
 from .supervision import Backoff, RestartPolicy, Supervisor, _warn_inactive
-from .errors import TransportError
 from .transport.base import SIGKILL, Signals, Transport, WorkerLink, WorkerSpec
 
 logger = logging.getLogger('isocluster')
@@ -127,7 +128,7 @@ class ClusterPrimary(Initializable):
         self._escalation = Escalation(self._call_later, self._stats, options.shutdown_timeout,
                                       options.kill_timeout, options.drain_timeout)
         self._heartbeats = Heartbeats(
-            options.heartbeat_interval, options.heartbeat_timeout, lambda: self._pubsub_loop().time(),
+            options.heartbeat_interval, options.heartbeat_timeout, self._now,
             self._call_later, lambda: self._live.values(), lambda: self._phase.active,
             lambda handle, error: self._worker_fault(handle, error), self._stats,
         )
@@ -143,7 +144,7 @@ class ClusterPrimary(Initializable):
         self._replacement = Replacement(
             supervisor=self._supervisor, registry=registry, reload=self._reload, shared=self._shared,
             state=self._phase, publish=self._publish, fork_one=self._fork_one, call_later=self._call_later,
-            now=lambda: self._pubsub_loop().time(), random=lambda: transport.random(), stats=self._stats,
+            now=self._now, random=lambda: transport.random(), stats=self._stats,
         )
         self._recycler = Recycler(
             options.recycling, random=lambda: transport.random(), now=self._now, call_soon=self._call_soon,
@@ -165,7 +166,7 @@ class ClusterPrimary(Initializable):
         return self._transport.loop
 
     def _now(self) -> float:
-        return self._transport.loop.time()
+        return self._pubsub_loop().time()
 
     @property
     def transport(self) -> Transport:
