@@ -24,10 +24,8 @@ class WorkerHandle:
 
     The primary's bookkeeping is `life` (a `states.WorkerLife`). The handle reaches its primary
     only through its public `send(message, to=)` and the `leave` callable it was given (ask this
-    worker to leave); nothing else of the primary.
+    worker to leave), and `figures` for its stats(); nothing else of the primary.
     """
-
-
 
     def __init__(self, sender: _Sender, worker_id: int, leave: Callable[['WorkerHandle'], None] = _stays,
                  figures: Callable[['WorkerHandle'], dict[str, Any]] | None = None) -> None:
