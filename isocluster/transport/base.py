@@ -23,13 +23,12 @@ Primary side
           worker has ended and been reaped (`signal` is a `signal.Signals` or None).
 
 Worker side
-    The runtime of a worker (the code a transport runs in the child, or in a simulated
-    process) writes ONLINE before any application code, sets the worker's `PrimaryLink` in
-    `_current_link`, then runs the target (or the script). It ends the worker with exit
-    code 0 when `PrimaryLink.finish()` is called, when the kill timer fires, or when the
-    link closes while no receiver is attached (a worker that never built a ClusterWorker);
-    with code 1 and a traceback on stderr when an exception escapes into its loop; with
-    the code of a `SystemExit`.
+    The runtime of a worker (`runtime.py`, the same on every transport) writes ONLINE before
+    any application code, sets the worker's `PrimaryLink` in `_current_link`, then runs the
+    target (or the script). It ends the worker with exit code 0 when `PrimaryLink.finish()`
+    is called, when the kill timer fires, or when the link closes while no receiver is
+    attached (a worker that never built a ClusterWorker); with code 1 and a traceback on
+    stderr when an exception escapes into its loop; with the code of a `SystemExit`.
 """
 
 from __future__ import annotations
@@ -61,26 +60,28 @@ _current_link: contextvars.ContextVar['PrimaryLink | None'] = contextvars.Contex
 )
 
 
-def current_link() -> 'PrimaryLink | None':
-    """The link of the worker whose code is running, or None outside a worker.
+# How a worker finds its link other than through the context: a real worker's link holds
+# in every thread of its process, a script worker's is described by its environment. Each
+# transport that has such workers registers a finder; this module knows none of them.
+_link_finders: list[Callable[[], 'PrimaryLink | None']] = []
 
-    An exec-mode worker (a script started by the process transport) finds its link in
-    the environment the first time it asks.
-    """
+
+def add_link_finder(finder: Callable[[], 'PrimaryLink | None']) -> None:
+    """Register `finder`, asked by `current_link()` when the context holds no link."""
+    if finder not in _link_finders:
+        _link_finders.append(finder)
+
+
+def current_link() -> 'PrimaryLink | None':
+    """The link of the worker whose code is running, or None outside a worker."""
     link = _current_link.get()
     if link is not None:
         return link
-    process = sys.modules.get('isocluster.transport.process')
-    if process is not None:
-        # A real worker's link holds in every thread and context of the process.
-        link = process.worker_link()
+    for finder in _link_finders:
+        link = finder()
         if link is not None:
             return link
-    if WORKER_FD_ENV in os.environ:
-        from .process import link_from_environment
-
-        link = link_from_environment()
-    return link
+    return None
 
 
 def signal_of(value: 'int | Signals | None') -> 'Signals | None':
@@ -359,18 +360,6 @@ class Transport(abc.ABC):
         """Release what the transport holds. Called by a primary that created it."""
 
 
-def exit_code_of(exit_: SystemExit) -> int:
-    """The exit status a worker ends with for a SystemExit (R33): None -> 0, an int -> that
-    int, anything else is printed to stderr and gives 1."""
-    code = exit_.code
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code
-    print(code, file=sys.stderr)
-    return 1
-
-
 class RealLoopTransport(Transport):
     """A transport on a real asyncio loop: the running loop when first used inside one, else a
     new loop that `primary.run()` drives, with signal handlers that only wake that loop."""
@@ -410,74 +399,3 @@ class RealLoopTransport(Transport):
         loop = self._loop
         if self._owns_loop and loop is not None and not loop.is_running() and not loop.is_closed():
             loop.close()
-
-
-class ThreadedPrimaryLink(PrimaryLink):
-    """What the worker ends of the process and Ray transports share: frames kept until a
-    receiver attaches, a kill timer on a thread (it fires even when the worker's loop is
-    blocked), and the orderly end of the worker's loop. Subclasses set up `_receiver`,
-    `_backlog`, `_eof`, `_delivering`, `_finished`, `_kill_deadline`, `_kill_timer`, and
-    provide `_deliver_eof()`, `_end_now(code)` and `close()`."""
-
-    _receiver: Any
-    _backlog: Any
-    _eof: bool
-    _delivering: bool
-    _finished: bool
-    _kill_deadline: float | None
-    _kill_timer: Any
-
-    def attach(self, receiver: LinkReceiver) -> None:
-        self._receiver = receiver
-        if (self._backlog or self._eof) and not self._delivering:
-            self._delivering = True
-            self.loop.call_soon(self._deliver_backlog)
-
-    def detach(self, receiver: LinkReceiver) -> None:
-        if self._receiver is receiver:
-            self._receiver = None
-
-    def _deliver_backlog(self) -> None:
-        self._delivering = False
-        backlog = self._backlog
-        while backlog and self._receiver is not None:
-            self._receiver.link_frame(*backlog.popleft())
-        if self._eof and not backlog:
-            self._deliver_eof()
-
-    def _deliver_eof(self) -> None:
-        raise NotImplementedError
-
-    def _end_now(self, code: int) -> None:
-        """End the worker at once (the kill timer fired)."""
-        raise NotImplementedError
-
-    def arm_kill_timer(self, seconds: float) -> None:
-        import threading
-        import time
-
-        deadline = time.monotonic() + seconds
-        if self._kill_deadline is not None and deadline >= self._kill_deadline:
-            return
-        if self._kill_timer is not None:
-            self._kill_timer.cancel()
-        self._kill_deadline = deadline
-        self._kill_timer = threading.Timer(max(seconds, 0.0), self._end_now, (0,))
-        self._kill_timer.daemon = True
-        self._kill_timer.start()
-
-    def finish(self) -> None:
-        self._finished = True
-        if self.loop.is_running():
-            self.loop.stop()
-
-    def _wind_down(self) -> None:
-        """After the worker ended: cancel its remaining tasks, let them clean up, close the link."""
-        loop = self.loop
-        tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        self.close()

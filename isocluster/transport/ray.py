@@ -84,21 +84,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextvars
-import inspect
 import os
-import sys
 import threading
 import time
-import traceback
 from typing import Any, Callable, Mapping
 
 from .. import protocol
 from ..errors import NotSupportedError, ProtocolError, TransportError
 from . import base
 from .flow import LinkFlow
+from .runtime import WorkerEnd, flush_stdio, run_guarded
+from .stdio import check_stdio, stdio_choices
 
 _CONFIRM_DEATH_TIMEOUT = 10.0  # seconds to wait for Ray to confirm a killed actor is gone
-_STREAMS = ('stdin', 'stdout', 'stderr')
 _DISCARD_WORDS = ('devnull', 'pipe')
 _ALTERNATIVE = (
     'use ProcessTransport (isocluster.transport.ProcessTransport), which shares listening sockets '
@@ -114,16 +112,6 @@ def _import_ray() -> Any:
             "RayTransport needs the ray package: pip install 'isocluster[ray]' (or 'ray>=2.9')"
         ) from exc
     return ray
-
-
-def _flush_stdio() -> None:
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            if stream is not None:
-                stream.flush()
-        except Exception:
-            pass
-
 
 
 # ---------------------------------------------------------------------------------------
@@ -421,14 +409,9 @@ class RayTransport(base.RealLoopTransport):
                 'callable importable on every node>; worker_script (and the current-script default) '
                 'needs ProcessTransport'
             )
-        for name, value in (spec.stdio or {}).items():
-            if name not in _STREAMS:
-                raise ValueError(f'worker_stdio: unknown stream {name!r}; use {_STREAMS}')
-            if value not in (None, 'inherit', *_DISCARD_WORDS):
-                raise ValueError(
-                    f'worker_stdio[{name!r}]: the Ray transport accepts only None, "inherit", "devnull" or "pipe" '
-                    f'(a worker may run on another host, so file objects and fds cannot be passed), got {value!r}'
-                )
+        check_stdio(spec, lambda value: value in (None, 'inherit', *_DISCARD_WORDS),
+                    'the Ray transport accepts only None, "inherit", "devnull" or "pipe" (a worker may run '
+                    'on another host, so file objects and fds cannot be passed)')
 
     def start_worker(self, spec: base.WorkerSpec, listener: base.LinkListener) -> RayWorkerLink:
         if self._closed:
@@ -482,8 +465,7 @@ class RayTransport(base.RealLoopTransport):
 
     @staticmethod
     def _discarded_streams(spec: base.WorkerSpec) -> tuple[str, ...]:
-        choices: dict[str, Any] = {'stdout': 'pipe', 'stderr': 'pipe'} if spec.silent else {}
-        choices.update(spec.stdio or {})
+        choices = stdio_choices(spec)
         return tuple(name for name in ('stdout', 'stderr') if choices.get(name) in _DISCARD_WORDS)
 
     def _watch(self, ref: Any, callback: Callable[[Any], None]) -> None:
@@ -524,7 +506,7 @@ class RayTransport(base.RealLoopTransport):
 # Worker side (runs in the actor's process)
 
 
-class _RayPrimaryLink(base.ThreadedPrimaryLink):
+class _RayPrimaryLink(WorkerEnd):
     """The worker's end; lives on the worker's loop thread, fed by the actor's loop."""
 
     def __init__(self, runtime: '_Runtime', worker_id: int, codec: protocol.Codec,
@@ -535,14 +517,8 @@ class _RayPrimaryLink(base.ThreadedPrimaryLink):
         self.max_frame_size = max_frame_size  # the transport's, so a worker's send rejects what the primary would
         self._runtime = runtime
         self._decoder = protocol.FrameDecoder(max_frame_size)
-        self._receiver: base.LinkReceiver | None = None
-        self._backlog: collections.deque[protocol.Frame] = collections.deque()
-        self._delivering = False
-        self._eof = False
         self._closed = False
-        self._finished = False
-        self._kill_deadline: float | None = None
-        self._kill_timer: threading.Timer | None = None
+        self._init_end()
         # Never congested: the runtime's outbox is pulled by the primary from another thread
         # and is not accounted here (sends resolve at once, as before).
         self.flow = LinkFlow(loop)
@@ -554,6 +530,9 @@ class _RayPrimaryLink(base.ThreadedPrimaryLink):
     def is_open(self) -> bool:
         return not (self._closed or self._eof or self._runtime.code is not None)
 
+    def ended(self) -> bool:
+        return self._runtime.code is not None
+
     # receiving
 
     def _receive(self, blob: bytes, eof: bool, ack: Any) -> None:
@@ -562,56 +541,28 @@ class _RayPrimaryLink(base.ThreadedPrimaryLink):
             if self._closed or self._eof:
                 return  # this end is closed: what arrives now is discarded (R109)
             if blob:
-                self._dispatch(blob)
-            if eof and not self._eof:
-                self._eof = True
-                if not self._backlog:
-                    self._deliver_eof()
+                # A ProtocolError here is fatal to the worker (R120): it reaches the loop's handler.
+                for kind, payload in self._decoder.feed(blob):
+                    self._accept(kind, payload)
+                if self._decoder.error is not None:
+                    raise self._decoder.error
+            if eof:
+                self._end_of_input()
         finally:
             self._runtime.acknowledge(ack)
-
-    def _dispatch(self, blob: bytes) -> None:
-        # A ProtocolError here is fatal to the worker (R120): it reaches the loop's handler.
-        for kind, payload in self._decoder.feed(blob):
-            receiver = self._receiver
-            if receiver is None and kind == protocol.DISCONNECT:
-                self.finish()  # R102: a worker that never built a ClusterWorker just ends
-            elif receiver is not None and not self._backlog:
-                receiver.link_frame(kind, payload)
-            else:
-                self._backlog.append((kind, payload))
-        if self._decoder.error is not None:
-            raise self._decoder.error
-
-    def _deliver_eof(self) -> None:
-        if self._receiver is not None:
-            self._receiver.link_closed()
-        else:
-            self.finish()
 
     # writing
 
     def write(self, kind: str, payload: Any) -> None:
         if kind == protocol.LISTEN:
-            self._refuse_listen(payload)
+            raise NotSupportedError(
+                f'worker {self.worker_id}: listen() is not supported on the Ray transport (workers may run on '
+                f'different hosts, so they cannot share a listening socket); {_ALTERNATIVE}',
+                worker_id=self.worker_id,
+            )
         if not self.is_open:
             raise TransportError(f'{self._describe()} is closed', worker_id=self.worker_id)
         self._runtime.push(protocol.encode_frame(kind, payload))
-
-    def _refuse_listen(self, payload: Any) -> None:
-        # The seam has no "listen unsupported" answer: ClusterWorker.listen() has already
-        # registered a future for this request, which would never be answered. Drop it, so
-        # nothing is left to be rejected (and reported as never retrieved) at destroy.
-        requests = getattr(self._receiver, '_listen_requests', None)
-        if isinstance(requests, dict) and isinstance(payload, dict):
-            future = requests.pop(payload.get('id'), None)
-            if future is not None and not future.done():
-                future.cancel()
-        raise NotSupportedError(
-            f'worker {self.worker_id}: listen() is not supported on the Ray transport (workers may run on '
-            f'different hosts, so they cannot share a listening socket); {_ALTERNATIVE}',
-            worker_id=self.worker_id,
-        )
 
     def close(self) -> None:
         if self._closed:
@@ -626,15 +577,6 @@ class _RayPrimaryLink(base.ThreadedPrimaryLink):
 
     def run(self) -> None:
         raise NotSupportedError('the Ray transport runs only worker_target workers: there is no script to run')
-
-    def _serve(self) -> None:
-        loop = self.loop
-        runtime = self._runtime
-        while not self._finished and runtime.code is None:
-            loop.run_forever()
-        if runtime.code is not None:
-            return  # ended abruptly (fatal error, kill timer): no cleanup, as a dead process
-        self._wind_down()
 
 
 class _Runtime:
@@ -656,7 +598,6 @@ class _Runtime:
         self.wake_scheduled = False
         self.acks: set[asyncio.Future[None]] = set()
         self.loop = asyncio.new_event_loop()
-        self.loop.set_exception_handler(self._loop_exception)
         self.link = _RayPrimaryLink(self, worker_id, codec, self.loop, max_frame_size)
         # The worker's context: the link is bound in it, for the thread and for every
         # callback the actor's loop schedules on the worker's loop.
@@ -669,52 +610,11 @@ class _Runtime:
     # the worker's thread
 
     def _main(self) -> None:
-        code = 1
-        try:
-            asyncio.set_event_loop(self.loop)
-            self.push(protocol.encode_frame(protocol.ONLINE, None))
-            result = self.target()
-            if inspect.isawaitable(result):
-                task = asyncio.ensure_future(result, loop=self.loop)
-                task.add_done_callback(self._target_done)
-            self.link._serve()
-            code = 0
-        except SystemExit as exc:
-            code = base.exit_code_of(exc)
-        except BaseException:
-            if self.code is None:
-                try:
-                    traceback.print_exc()
-                except BaseException:
-                    pass
-            code = 1
-        finally:
-            _flush_stdio()
-            self.end(code)
+        self.end(run_guarded(self._run, quiet=lambda: self.code is not None))
 
-    def _target_done(self, task: 'asyncio.Future[Any]') -> None:
-        if not task.cancelled() and task.exception() is not None:
-            self._die(task.exception())  # type: ignore[arg-type]
-
-    def _loop_exception(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        error = context.get('exception')
-        # "exception was never retrieved" comes from a garbage-collected future: reported as
-        # usual, not fatal (R34), as on the process transport.
-        if error is None or 'never retrieved' in context.get('message', ''):
-            loop.default_exception_handler(context)
-            return
-        self._die(error, context.get('message'))
-
-    def _die(self, error: BaseException, message: str | None = None) -> None:
-        """R33: a traceback on stderr, then the worker ends with code 1 at once."""
-        try:
-            if message:
-                print(message, file=sys.stderr)
-            traceback.print_exception(error, file=sys.stderr)
-            _flush_stdio()
-        finally:
-            self.end(1)
-            self.loop.stop()
+    def _run(self) -> int:
+        self.push(protocol.encode_frame(protocol.ONLINE, None))
+        return self.link.run_target(self.target)
 
     # frames to the primary (any thread)
 
@@ -826,7 +726,7 @@ class _WorkerActor:
         import ray
 
         if discard:
-            _flush_stdio()
+            flush_stdio()
             devnull = os.open(os.devnull, os.O_WRONLY)
             for name in discard:
                 os.dup2(devnull, 1 if name == 'stdout' else 2)
