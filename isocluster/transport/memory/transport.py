@@ -16,6 +16,7 @@ from .. import base
 from ..base import LinkListener, Signals, Transport, WorkerSpec
 from ..partial import DEFAULT_FRAME_TIMEOUT, check_frame_timeout
 from ..runtime import PARENT_DEATH_WATCHDOG, exit_code_of, start_target
+from ..sockets import bind_listening
 from .links import _EOF, MemoryWorkerLink, _Pipe, _RawBytes
 from .loop import _KERNEL, SimulationDeadlock, VirtualLoop, _process, _SimProcess
 
@@ -68,7 +69,7 @@ class MemoryTransport(Transport):
         return link
 
     def bind(self, address: Any, reuse_port: bool = False) -> Any:
-        return base.bind_listening(address, reuse_port)  # a real socket: simulated servers may really serve
+        return bind_listening(address, reuse_port)  # a real socket: simulated servers may really serve
 
     def random(self) -> float:
         return self._random.random()

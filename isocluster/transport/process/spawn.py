@@ -18,6 +18,7 @@ from ...errors import TransportError
 from .. import base, watchdog
 from ..partial import DEFAULT_FRAME_TIMEOUT, check_frame_timeout
 from ..runtime import flush_stdio
+from ..sockets import bind_listening
 from ..stdio import STREAMS, WORDS, check_stdio, is_fd, stdio_choices
 from . import registry
 from .child import run_child
@@ -181,7 +182,7 @@ class ProcessTransport(base.RealLoopTransport):
         return None
 
     def bind(self, address: Any, reuse_port: bool = False) -> socket.socket:
-        sock = base.bind_listening(address, reuse_port)
+        sock = bind_listening(address, reuse_port)
         self._sockets.add(sock)
         return sock
 

@@ -12,7 +12,7 @@ from typing import Any
 
 from ... import protocol
 from ...errors import TransportError
-from .. import base, watchdog
+from .. import sockets, watchdog
 from ..runtime import WorkerEnd
 from .fork_safety import _close_fds
 from .writer import _SEND_FLAGS, _Batch, _FrameWriter
@@ -125,7 +125,7 @@ class ChildLink(_FrameWriter, WorkerEnd):
         empties that queue for good."""
         for sock in self._own_listeners:
             if sock.fileno() >= 0:
-                base.refuse_new_connections(sock)
+                sockets.refuse_new_connections(sock)
         self._own_listeners.clear()
 
     def _deliver_later(self) -> None:
