@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 PYTEST := $(BIN)/python -m pytest
 
-.PHONY: install test spec demo bench coverage clean
+.PHONY: install test spec demo bench bench-http coverage clean
 
 install: $(VENV)/.installed
 
@@ -28,6 +28,12 @@ bench: install
 	-$(BIN)/python -m pip install -q msgpack orjson uvloop || echo 'bench: msgpack/orjson/uvloop not installed; their rows are skipped'
 	$(BIN)/python benchmarks/run.py
 
+# HTTP under load (issue 16): isocluster vs SO_REUSEPORT processes vs gunicorn, and failed
+# requests while workers are killed, reloaded, scaled down, recycled, shut down (~3 min).
+bench-http: install
+	$(BIN)/python -m pip install -q gunicorn
+	$(BIN)/python benchmarks/http_load.py
+
 coverage: install
 	$(BIN)/python -m coverage erase
 	$(BIN)/python -m coverage run -m pytest -q -p no:xdist tests specs
@@ -40,4 +46,4 @@ clean:
 .PHONY: test-ray
 test-ray: install
 	$(BIN)/python -m pip install -q -e '.[test,ray]'
-	$(PYTEST) -q tests/test_ray_transport.py specs/spec_ray.py
+	$(PYTEST) -q tests/test_ray_transport.py tests/test_ray_flow.py specs/spec_ray.py

@@ -100,6 +100,14 @@ class MemoryWorkerLink(WorkerLink):
         self.partial_deadline = PartialFrameDeadline(transport.loop, transport.frame_timeout, self._partial_frame_expired)
         self.flow = self.to_worker.flow
         self.primary_link.flow = self.to_primary.flow
+        self.resident: int | None = None  # set_resident_bytes(): a simulated worker has no real memory
+        self.cpu: float | None = None
+
+    def resident_bytes(self) -> int | None:
+        return self.resident if self.process.alive else None
+
+    def cpu_seconds(self) -> float | None:
+        return self.cpu if self.process.alive else None
 
     @property
     def is_open(self) -> bool:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ... import protocol
 from ...errors import ProtocolError, TransportError
-from .. import base
+from .. import base, procfs
 from ..partial import PartialFrameDeadline
 from .output import _OutputReader
 from .writer import _FrameWriter
@@ -62,6 +62,13 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
 
     def _describe(self) -> str:
         return f'link to worker {self.id} (pid {self.pid})'
+
+    # Only while unreaped: after waitpid the pid may already belong to another process.
+    def resident_bytes(self) -> int | None:
+        return procfs.resident_bytes(self.pid) if self._exit_status is None else None
+
+    def cpu_seconds(self) -> float | None:
+        return procfs.cpu_seconds(self.pid) if self._exit_status is None else None
 
     def _worker_id(self) -> int | None:
         return self.id

@@ -15,7 +15,7 @@ from typing import Any
 
 from ... import protocol
 from ...errors import TransportError
-from .. import base, watchdog
+from .. import base, systemd, watchdog
 from ..partial import DEFAULT_FRAME_TIMEOUT, check_frame_timeout
 from ..runtime import flush_stdio
 from ..sockets import bind_listening
@@ -182,7 +182,9 @@ class ProcessTransport(base.RealLoopTransport):
         return None
 
     def bind(self, address: Any, reuse_port: bool = False) -> socket.socket:
-        sock = bind_listening(address, reuse_port)
+        sock = None if reuse_port else systemd.take_passed(address)  # socket activation
+        if sock is None:
+            sock = bind_listening(address, reuse_port)
         self._sockets.add(sock)
         return sock
 

@@ -25,7 +25,9 @@ Primary side
           worker's loop has dispatched the batch, so a slow worker pushes back
           (`pending_writes()` / `drain()`).
       worker -> primary: a long poll, `actor.pull()`, one call in flight per link, returns
-          every frame written since the last one (plus EOF and the exit status).
+          every frame written since the last one (plus EOF and the exit status). The
+          frames count as queued on the worker's side until its loop hears they were
+          pulled, so a slow primary pushes back too (and `max_queued_bytes` holds there).
     One call in flight per direction is what keeps per-link FIFO order (Ray does not order
     the tasks of an async actor). Results come back on Ray's threads and are handed to
     the loop with `call_soon_threadsafe`, so the listener is only ever called from the loop.

@@ -31,8 +31,9 @@ class _RayPrimaryLink(WorkerEnd):
         self._decoder = protocol.FrameDecoder(max_frame_size)
         self._closed = False
         self._init_end()
-        # Never congested: the runtime's outbox is pulled by the primary from another thread
-        # and is not accounted here (sends resolve at once, as before).
+        # Counts the runtime's outbox: bytes are queued when pushed and flushed once this
+        # loop hears that the primary pulled them (`_Runtime.pull`), so backpressure and
+        # max_queued_bytes hold on this side too.
         self.flow = LinkFlow(loop)
 
     def _describe(self) -> str:
@@ -137,6 +138,9 @@ class _Runtime:
                                      worker_id=self.worker_id)
             self.outbox.append(data)
             self._wake_locked()
+        # Only the worker's thread pushes, so this runs before the `flushed` of these bytes,
+        # which `pull` schedules on the worker's loop.
+        self.link.flow.queued(len(data))
 
     def close_link(self) -> None:
         with self.lock:
@@ -191,9 +195,19 @@ class _Runtime:
                     outbox.clear()
                     if self.eof:
                         self.eof_pulled = True
+                    if blob:
+                        self._report_pulled(len(blob))
                     return blob, self.eof, self.code
                 waiter = self.waiter = loop.create_future()
             await waiter
+
+    def _report_pulled(self, size: int) -> None:
+        """The primary has taken `size` bytes of the outbox: the worker's flow (owned by its
+        loop) learns it on that loop."""
+        try:
+            self.loop.call_soon_threadsafe(self.link.flow.flushed, size)
+        except RuntimeError:
+            pass  # the worker's loop is closed: nobody waits on its sends any more
 
     async def deliver(self, blob: bytes, eof: bool) -> None:
         loop = self._bind_actor_loop()
