@@ -3,7 +3,7 @@ what `worker_silent` means, and each transport's word on which values it can hon
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from .base import WorkerSpec
 
@@ -11,12 +11,23 @@ STREAMS = ('stdin', 'stdout', 'stderr')
 WORDS = ('inherit', 'pipe', 'devnull')
 
 
+def check_streams(stdio: Any) -> None:
+    """`worker_stdio` names known streams: TypeError for anything but a mapping (or None),
+    ValueError for a stream that is not stdin, stdout or stderr."""
+    if stdio is None:
+        return
+    if not isinstance(stdio, Mapping):
+        raise TypeError(f'worker_stdio: expected a mapping of stdin/stdout/stderr, got {stdio!r}')
+    unknown = set(stdio) - set(STREAMS)
+    if unknown:
+        raise ValueError(f'worker_stdio: unknown streams {sorted(unknown)}; use stdin, stdout, stderr')
+
+
 def check_stdio(spec: WorkerSpec, accepts: Callable[[Any], bool], expected: str) -> None:
-    """Raise ValueError for an unknown stream, or a value `accepts` refuses (`expected` says
-    what the transport takes)."""
+    """`check_streams`, then each value against what the transport can honour (`accepts`;
+    `expected` says what it takes)."""
+    check_streams(spec.stdio)
     for name, value in (spec.stdio or {}).items():
-        if name not in STREAMS:
-            raise ValueError(f'worker_stdio: unknown stream {name!r}; use {STREAMS}')
         if not accepts(value):
             raise ValueError(f'worker_stdio[{name!r}]: {expected}, got {value!r}')
 
