@@ -125,7 +125,26 @@ class LinkReceiver(Protocol):
     def link_closed(self) -> None: ...
 
 
-class WorkerLink(abc.ABC):
+class LinkEnd(abc.ABC):
+    """What both ends of a link share: the flow control of what this end writes (see
+    flow.py). The transport keeps it current; the core reads it to pace and cap sends."""
+
+    flow: LinkFlow
+
+    def pending_writes(self) -> int:
+        """Bytes queued for the other end and not yet written (for backpressure)."""
+        return self.flow.pending
+
+    def congested(self) -> bool:
+        """True while the write buffer is over its high-water mark: senders should wait."""
+        return self.flow.congested()
+
+    async def drain(self) -> None:
+        """Wait until the write buffer is well below its high-water mark."""
+        await self.flow.drain()
+
+
+class WorkerLink(LinkEnd):
     """The primary's end of the link to one worker."""
 
     id: int
@@ -161,38 +180,10 @@ class WorkerLink(abc.ABC):
         """User + system CPU seconds the worker has used, or None where the transport cannot tell."""
         return None
 
-    # The flow control of what this end writes (see flow.py): the transport keeps it
-    # current; the core reads it to pace and cap sends.
-    flow: LinkFlow
-
-    def pending_writes(self) -> int:
-        """Bytes queued for the worker and not yet written (for backpressure)."""
-        return self.flow.pending
-
-    def congested(self) -> bool:
-        """True while the write buffer is over its high-water mark: senders should wait."""
-        return self.flow.congested()
-
-    async def drain(self) -> None:
-        """Wait until the write buffer is well below its high-water mark."""
-        await self.flow.drain()
 
 
-class PrimaryLink(abc.ABC):
+class PrimaryLink(LinkEnd):
     """A worker's end of its link to the primary."""
-
-    flow: LinkFlow  # as WorkerLink.flow, for what the worker writes
-
-    def pending_writes(self) -> int:
-        """Bytes queued for the primary and not yet written (for backpressure)."""
-        return self.flow.pending
-
-    def congested(self) -> bool:
-        return self.flow.congested()
-
-    async def drain(self) -> None:
-        """Wait until the write buffer is well below its high-water mark."""
-        await self.flow.drain()
 
     worker_id: int
     codec: Codec
