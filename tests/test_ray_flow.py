@@ -9,13 +9,14 @@ Skipped when `ray` is not installed; `make test-ray` runs it. Ray is started loc
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ray = pytest.importorskip('ray')
+from isocluster.transport import ray_local  # noqa: E402
+
+ray = ray_local.ray_for_tests()
 
 from isocluster import ClusterPrimary, ClusterWorker  # noqa: E402
 from isocluster.transport.flow import HIGH_WATER  # noqa: E402
@@ -33,18 +34,9 @@ TIMEOUT = 60.0  # wall-clock seconds: a worker is a new actor process
 def ray_instance():
     if ray.is_initialized():  # pragma: no cover - another module left it running
         ray.shutdown()
-    saved = os.environ.get('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER')
-    os.environ['RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'] = '0'
-    ray.init(
-        address='local', _node_ip_address='127.0.0.1', num_cpus=2, include_dashboard=False,
-        runtime_env={'env_vars': {'PYTHONPATH': os.pathsep.join([str(TESTS), str(ROOT)])}},
-    )
+    ray_local.start_local(paths=[TESTS, ROOT])  # 127.0.0.1 only
     yield
     ray.shutdown()
-    if saved is None:
-        os.environ.pop('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER', None)
-    else:
-        os.environ['RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER'] = saved
 
 
 class BurstWorker(ClusterWorker):
