@@ -338,6 +338,7 @@ def test_worker_death_is_disconnect_then_exit_then_replacement(how, expected):
 def test_send_to_a_dead_actor_rejects():
     async def main() -> None:
         cluster = Cluster(restart='never')
+        cluster.primary.on('no_workers', lambda event: event.prevent())  # stay up with no worker
         cluster.primary.fork(1)
         [worker] = await cluster.ready(1)
         link = worker._link
