@@ -225,6 +225,9 @@ class ClusterWorker(Initializable):
         except TransportError as error:
             self._listen_requests.pop(request, None)
             raise ListenError('listen(): the link to the primary is closed', worker_id=link.worker_id) from error
+        except BaseException:  # a transport that cannot listen at all (NotSupportedError): no answer will come
+            self._listen_requests.pop(request, None)
+            raise
         payload = await future
         if 'error' in payload:
             cause = OSError(payload['errno'], payload['strerror']) if payload.get('errno') else None

@@ -23,13 +23,12 @@ Primary side
           worker has ended and been reaped (`signal` is a `signal.Signals` or None).
 
 Worker side
-    The runtime of a worker (the code a transport runs in the child, or in a simulated
-    process) writes ONLINE before any application code, sets the worker's `PrimaryLink` in
-    `_current_link`, then runs the target (or the script). It ends the worker with exit
-    code 0 when `PrimaryLink.finish()` is called, when the kill timer fires, or when the
-    link closes while no receiver is attached (a worker that never built a ClusterWorker);
-    with code 1 and a traceback on stderr when an exception escapes into its loop; with
-    the code of a `SystemExit`.
+    The runtime of a worker (`runtime.py`, the same on every transport) writes ONLINE before
+    any application code, sets the worker's `PrimaryLink` in `_current_link`, then runs the
+    target (or the script). It ends the worker with exit code 0 when `PrimaryLink.finish()`
+    is called, when the kill timer fires, or when the link closes while no receiver is
+    attached (a worker that never built a ClusterWorker); with code 1 and a traceback on
+    stderr when an exception escapes into its loop; with the code of a `SystemExit`.
 """
 
 from __future__ import annotations
@@ -37,9 +36,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import contextvars
-import os
 import signal as _signal
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
@@ -62,26 +59,28 @@ _current_link: contextvars.ContextVar['PrimaryLink | None'] = contextvars.Contex
 )
 
 
-def current_link() -> 'PrimaryLink | None':
-    """The link of the worker whose code is running, or None outside a worker.
+# How a worker finds its link other than through the context: a real worker's link holds
+# in every thread of its process, a script worker's is described by its environment. Each
+# transport that has such workers registers a finder; this module knows none of them.
+_link_finders: list[Callable[[], 'PrimaryLink | None']] = []
 
-    An exec-mode worker (a script started by the process transport) finds its link in
-    the environment the first time it asks.
-    """
+
+def add_link_finder(finder: Callable[[], 'PrimaryLink | None']) -> None:
+    """Register `finder`, asked by `current_link()` when the context holds no link."""
+    if finder not in _link_finders:
+        _link_finders.append(finder)
+
+
+def current_link() -> 'PrimaryLink | None':
+    """The link of the worker whose code is running, or None outside a worker."""
     link = _current_link.get()
     if link is not None:
         return link
-    process = sys.modules.get('isocluster.transport.process')
-    if process is not None:
-        # A real worker's link holds in every thread and context of the process.
-        link = process.worker_link()
+    for finder in _link_finders:
+        link = finder()
         if link is not None:
             return link
-    if WORKER_FD_ENV in os.environ:
-        from .process import link_from_environment
-
-        link = link_from_environment()
-    return link
+    return None
 
 
 def signal_of(value: 'int | Signals | None') -> 'Signals | None':
@@ -92,84 +91,6 @@ def signal_of(value: 'int | Signals | None') -> 'Signals | None':
         return _signal.Signals(value)
     except ValueError:
         raise ValueError(f'signal: {value!r} is not a signal number') from None
-
-
-def _nobody_listens_on(path: str) -> bool:
-    """True only when connecting to the Unix socket at `path` is refused: nobody serves on it.
-    Whoever asks (a worker's listen()) must never make the primary unlink a live server's
-    socket; any other outcome (accepted, backlog full, no permission) leaves the file alone
-    and the bind then fails with EADDRINUSE."""
-    import errno
-    import socket
-
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    try:
-        probe.setblocking(False)
-        return probe.connect_ex(path) == errno.ECONNREFUSED
-    finally:
-        probe.close()
-
-
-def bind_listening(address: Any, reuse_port: bool = False) -> Any:
-    """A listening socket for a `(host, port)` tuple or a Unix socket path (the one way both
-    transports bind shared addresses); `reuse_port`: with SO_REUSEPORT, one of several sockets on
-    the address among which the kernel balances connections. Raises OSError, or ValueError for
-    a malformed address."""
-    import socket
-    import stat
-
-    if isinstance(address, str) and reuse_port:
-        raise ValueError(f'reuse_port: only for a (host, port) address, not the Unix socket {address!r}')
-    if isinstance(address, str):
-        try:
-            if stat.S_ISSOCK(os.stat(address).st_mode) and _nobody_listens_on(address):
-                os.unlink(address)  # a stale socket file of an earlier run (or of ours, closed)
-        except FileNotFoundError:
-            pass
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.bind(address)
-        except BaseException:
-            sock.close()
-            raise
-        try:
-            sock.listen(128)
-        except BaseException:
-            sock.close()
-            os.unlink(address)  # the file this call just created
-            raise
-        return sock
-    if isinstance(address, tuple) and len(address) == 2 and isinstance(address[0], str) and type(address[1]) is int:
-        family = socket.AF_INET6 if ':' in address[0] else socket.AF_INET
-        return socket.create_server(address, family=family, backlog=128, reuse_port=reuse_port)
-    raise ValueError(f'address: expected a (host, port) tuple or a Unix socket path, got {address!r}')
-
-
-_SO_ATTACH_FILTER = 26  # Linux, every architecture
-
-
-def refuse_new_connections(sock: Any) -> None:
-    """Make a listening socket drop new connection attempts while the connections already in
-    its accept queue stay there to be accepted (Linux: a socket filter that drops every packet,
-    applied before the listener sees a SYN). Closing a listening socket resets the queued
-    connections whose clients have already sent their request; with this first, a client
-    that comes later retries its SYN and is refused once the socket is closed. Elsewhere a no-op."""
-    if not sys.platform.startswith('linux'):
-        return
-    import ctypes
-    import socket
-
-    class Instruction(ctypes.Structure):
-        _fields_ = [('code', ctypes.c_uint16), ('jt', ctypes.c_uint8), ('jf', ctypes.c_uint8), ('k', ctypes.c_uint32)]
-
-    class Program(ctypes.Structure):
-        _fields_ = [('len', ctypes.c_ushort), ('filter', ctypes.POINTER(Instruction))]
-
-    drop_all = (Instruction * 1)(Instruction(0x06, 0, 0, 0))  # BPF_RET | BPF_K 0: keep no byte
-    try:
-        sock.setsockopt(socket.SOL_SOCKET, _SO_ATTACH_FILTER, bytes(Program(1, drop_all)))
-    except OSError:
-        pass  # no socket filters here: closing is all that can be done
 
 
 @dataclass(frozen=True)
@@ -204,7 +125,26 @@ class LinkReceiver(Protocol):
     def link_closed(self) -> None: ...
 
 
-class WorkerLink(abc.ABC):
+class LinkEnd(abc.ABC):
+    """What both ends of a link share: the flow control of what this end writes (see
+    flow.py). The transport keeps it current; the core reads it to pace and cap sends."""
+
+    flow: LinkFlow
+
+    def pending_writes(self) -> int:
+        """Bytes queued for the other end and not yet written (for backpressure)."""
+        return self.flow.pending
+
+    def congested(self) -> bool:
+        """True while the write buffer is over its high-water mark: senders should wait."""
+        return self.flow.congested()
+
+    async def drain(self) -> None:
+        """Wait until the write buffer is well below its high-water mark."""
+        await self.flow.drain()
+
+
+class WorkerLink(LinkEnd):
     """The primary's end of the link to one worker."""
 
     id: int
@@ -240,38 +180,10 @@ class WorkerLink(abc.ABC):
         """User + system CPU seconds the worker has used, or None where the transport cannot tell."""
         return None
 
-    # The flow control of what this end writes (see flow.py): the transport keeps it
-    # current; the core reads it to pace and cap sends.
-    flow: LinkFlow
-
-    def pending_writes(self) -> int:
-        """Bytes queued for the worker and not yet written (for backpressure)."""
-        return self.flow.pending
-
-    def congested(self) -> bool:
-        """True while the write buffer is over its high-water mark: senders should wait."""
-        return self.flow.congested()
-
-    async def drain(self) -> None:
-        """Wait until the write buffer is well below its high-water mark."""
-        await self.flow.drain()
 
 
-class PrimaryLink(abc.ABC):
+class PrimaryLink(LinkEnd):
     """A worker's end of its link to the primary."""
-
-    flow: LinkFlow  # as WorkerLink.flow, for what the worker writes
-
-    def pending_writes(self) -> int:
-        """Bytes queued for the primary and not yet written (for backpressure)."""
-        return self.flow.pending
-
-    def congested(self) -> bool:
-        return self.flow.congested()
-
-    async def drain(self) -> None:
-        """Wait until the write buffer is well below its high-water mark."""
-        await self.flow.drain()
 
     worker_id: int
     codec: Codec
@@ -343,6 +255,8 @@ class Transport(abc.ABC):
         returned, keep those queued for the workers still accepting, close this copy."""
         import socket
 
+        from .sockets import refuse_new_connections
+
         if getattr(sock, 'family', None) in (socket.AF_INET, socket.AF_INET6):  # TCP: a Unix socket refuses no SYN
             refuse_new_connections(sock)
         sock.close()
@@ -373,18 +287,6 @@ class Transport(abc.ABC):
 
     def close(self) -> None:
         """Release what the transport holds. Called by a primary that created it."""
-
-
-def exit_code_of(exit_: SystemExit) -> int:
-    """The exit status a worker ends with for a SystemExit (R33): None -> 0, an int -> that
-    int, anything else is printed to stderr and gives 1."""
-    code = exit_.code
-    if code is None:
-        return 0
-    if isinstance(code, int):
-        return code
-    print(code, file=sys.stderr)
-    return 1
 
 
 class RealLoopTransport(Transport):
@@ -438,74 +340,3 @@ class RealLoopTransport(Transport):
         loop = self._loop
         if self._owns_loop and loop is not None and not loop.is_running() and not loop.is_closed():
             loop.close()
-
-
-class ThreadedPrimaryLink(PrimaryLink):
-    """What the worker ends of the process and Ray transports share: frames kept until a
-    receiver attaches, a kill timer on a thread (it fires even when the worker's loop is
-    blocked), and the orderly end of the worker's loop. Subclasses set up `_receiver`,
-    `_backlog`, `_eof`, `_delivering`, `_finished`, `_kill_deadline`, `_kill_timer`, and
-    provide `_deliver_eof()`, `_end_now(code)` and `close()`."""
-
-    _receiver: Any
-    _backlog: Any
-    _eof: bool
-    _delivering: bool
-    _finished: bool
-    _kill_deadline: float | None
-    _kill_timer: Any
-
-    def attach(self, receiver: LinkReceiver) -> None:
-        self._receiver = receiver
-        if (self._backlog or self._eof) and not self._delivering:
-            self._delivering = True
-            self.loop.call_soon(self._deliver_backlog)
-
-    def detach(self, receiver: LinkReceiver) -> None:
-        if self._receiver is receiver:
-            self._receiver = None
-
-    def _deliver_backlog(self) -> None:
-        self._delivering = False
-        backlog = self._backlog
-        while backlog and self._receiver is not None:
-            self._receiver.link_frame(*backlog.popleft())
-        if self._eof and not backlog:
-            self._deliver_eof()
-
-    def _deliver_eof(self) -> None:
-        raise NotImplementedError
-
-    def _end_now(self, code: int) -> None:
-        """End the worker at once (the kill timer fired)."""
-        raise NotImplementedError
-
-    def arm_kill_timer(self, seconds: float) -> None:
-        import threading
-        import time
-
-        deadline = time.monotonic() + seconds
-        if self._kill_deadline is not None and deadline >= self._kill_deadline:
-            return
-        if self._kill_timer is not None:
-            self._kill_timer.cancel()
-        self._kill_deadline = deadline
-        self._kill_timer = threading.Timer(max(seconds, 0.0), self._end_now, (0,))
-        self._kill_timer.daemon = True
-        self._kill_timer.start()
-
-    def finish(self) -> None:
-        self._finished = True
-        if self.loop.is_running():
-            self.loop.stop()
-
-    def _wind_down(self) -> None:
-        """After the worker ended: cancel its remaining tasks, let them clean up, close the link."""
-        loop = self.loop
-        tasks = [task for task in asyncio.all_tasks(loop) if not task.done()]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
-        loop.run_until_complete(loop.shutdown_asyncgens())
-        self.close()

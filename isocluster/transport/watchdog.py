@@ -32,7 +32,7 @@ import sys
 import time
 from typing import Any
 
-# The same grace as the worker's own parent-death watchdog thread (process.py): when both
+# The same grace as the worker's own parent-death watchdog thread (process/parent_death.py): when both
 # act, the worker ends either way (nobody is left to read its exit status), and the 2 s of
 # R118 keep a margin for a loaded machine.
 ORPHAN_GRACE = 1.5

@@ -4,7 +4,7 @@ A script worker is online as soon as its interpreter starts the script, whether 
 script ever imports isocluster (SPEC R62, Node's semantics): the bootstrap writes ONLINE
 on the inherited link fd, then runs the script as `__main__` with its own argv and
 `sys.path[0]`. A `ClusterWorker` the script builds later reuses that link
-(`process.link_from_environment`), which then does not write ONLINE again.
+(`script.link_from_environment`), which then does not write ONLINE again.
 
 The bootstrap is a `-c` string, not a module run with `-m`: it must not import isocluster
 (nor asyncio, nor socket), so a script that never uses them does not pay for them, and
@@ -13,8 +13,8 @@ exec start-up stays at `python -c 'import asyncio'` (PERFORMANCE.md).
 
 from __future__ import annotations
 
-from .. import protocol
-from . import base
+from ... import protocol
+from .. import base
 
 # Set by the bootstrap once ONLINE is written; read (and removed) by link_from_environment.
 ONLINE_SENT_ENV = 'ISOCLUSTER_ONLINE_SENT'

@@ -1,0 +1,193 @@
+"""The worker's end of a process link: the shared worker runtime (`runtime.WorkerEnd`) over
+the socket, with the listening sockets the primary passes alongside LISTENING frames."""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import collections
+import os
+import socket
+from typing import Any
+
+from ... import protocol
+from ...errors import TransportError
+from .. import sockets, watchdog
+from ..runtime import WorkerEnd
+from .fork_safety import _close_fds
+from .writer import _SEND_FLAGS, _Batch, _FrameWriter
+
+# A worker's read buffer starts small (cheap at start-up: a fresh buffer is page faults in a
+# forked child) and grows to the full size the first time a read fills it.
+_CHILD_FIRST_READ_SIZE = 8 * 1024
+_CHILD_READ_SIZE = 256 * 1024
+_ANCILLARY_SIZE = socket.CMSG_SPACE(16 * array.array('i').itemsize)
+_RECV_FLAGS = getattr(socket, 'MSG_CMSG_CLOEXEC', 0)
+
+
+class ChildLink(_FrameWriter, WorkerEnd):
+    """The worker's end. `exit_on_finish`: target mode ends the process when the worker
+    ends; script mode returns from `run()`."""
+
+    defers_disconnect = True
+
+    def __init__(self, worker_id: int, codec: protocol.Codec, sock: socket.socket,
+                 loop: asyncio.AbstractEventLoop, exit_on_finish: bool, max_frame_size: int) -> None:
+        self.worker_id = worker_id
+        self.codec = codec
+        self.max_frame_size = max_frame_size  # the transport's, so a worker's send rejects what the primary would
+        self.loop = self._loop = loop
+        self._sock = sock
+        self._exit_on_finish = exit_on_finish
+        self._batch = _Batch()
+        self._decoder = protocol.FrameDecoder(max_frame_size)
+        self._buffer = bytearray(_CHILD_FIRST_READ_SIZE)
+        self._view = memoryview(self._buffer)
+        self._fds: collections.deque[int] = collections.deque()
+        self._own_listeners: list[socket.socket] = []  # listen(reuse_port=True): this worker's alone
+        self._reading = False
+        self._closed = False
+        self._init_end()
+        self._init_writer()
+        sock.setblocking(False)
+
+    def _describe(self) -> str:
+        return f'link of worker {self.worker_id} to its primary'
+
+    def _worker_id(self) -> int | None:
+        return self.worker_id
+
+    def _start(self, write_online: bool = True) -> None:
+        """Write ONLINE (unless the script bootstrap did) and start reading. Called once the
+        link is the current one, so the reader's callbacks run in a context where
+        `current_link()` is this link."""
+        if write_online:
+            self.write(protocol.ONLINE, None)
+        self._reading = True
+        self.loop.add_reader(self._sock.fileno(), self._on_readable)
+
+    @property
+    def is_open(self) -> bool:
+        return not (self._closed or self._eof or self._write_broken)
+
+    # receiving
+
+    def _on_readable(self) -> None:
+        direct = self._decoder.gather_target()  # the rest of a large frame: read straight in
+        try:
+            count, ancillary, _, _ = self._sock.recvmsg_into(
+                [self._buffer if direct is None else direct], _ANCILLARY_SIZE, _RECV_FLAGS)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            count, ancillary = 0, []  # reset by a primary that died: same as EOF
+        for level, kind, data in ancillary:
+            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                fds = array.array('i')
+                fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
+                self._fds.extend(fds)
+        if count == 0:
+            self._stop_reading()
+            self._refuse_new_connections()
+            self._end_of_input()
+            return
+        data = None if direct is not None else self._view[:count]
+        if direct is None and count == len(self._buffer) and count < _CHILD_READ_SIZE:  # a stream: read more at once
+            self._buffer = bytearray(_CHILD_READ_SIZE)
+            self._view = memoryview(self._buffer)
+        batch = self._batch
+        batch.begin()
+        try:
+            self._dispatch(data, count)
+        finally:
+            batch.end()
+
+    def _dispatch(self, data: memoryview | None, count: int) -> None:
+        # A ProtocolError here is fatal to the worker (R120): it reaches the loop's handler.
+        frames = self._decoder.gathered(count) if data is None else self._decoder.feed(data)
+        for kind, payload in frames:
+            if kind == protocol.LISTENING:
+                payload = dict(payload or {})
+                if self._fds:
+                    payload['socket'] = socket.socket(fileno=self._fds.popleft())
+                    if payload.get('reuse_port'):
+                        self._own_listeners.append(payload['socket'])
+            elif kind == protocol.DISCONNECT:
+                self._refuse_new_connections()
+            self._accept(kind, payload)
+        if self._decoder.error is not None:
+            raise self._decoder.error
+
+    def _refuse_new_connections(self) -> None:
+        """Leaving: a SO_REUSEPORT socket of this worker's own has an accept queue of its own,
+        reset when the socket closes. New SYNs are dropped from now on (their clients retry and
+        reach the other workers' sockets), so the accept pass before DISCONNECT is delivered
+        empties that queue for good."""
+        for sock in self._own_listeners:
+            if sock.fileno() >= 0:
+                sockets.refuse_new_connections(sock)
+        self._own_listeners.clear()
+
+    def _deliver_later(self) -> None:
+        """DISCONNECT and EOF typically make the worker close its servers. Closing a server in
+        this callback drops any connection its accept callback took earlier in this same loop
+        pass: asyncio builds that transport in a task one pass later, Server._attach() then
+        asserts and the error is swallowed (CPython gh-109564), so the connection is never
+        served and is reset when the worker exits. Deliver one pass later from the timer phase
+        (after that pass's accept callbacks), then after their tasks (call_soon): by then
+        every connection accepted so far is attached, and accept callbacks not yet run are
+        cancelled by the close."""
+        if not self._delivering:
+            self._delivering = True
+            self.loop.call_later(0, self.loop.call_soon, self._deliver_backlog)
+
+    def _stop_reading(self) -> None:
+        if self._reading:
+            self._reading = False
+            self.loop.remove_reader(self._sock.fileno())
+
+    # writing
+
+    def write(self, kind: str, payload: Any) -> None:
+        if not self.is_open:
+            raise TransportError(f'{self._describe()} is closed', worker_id=self.worker_id)
+        self._write_frame(kind, payload)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        sock = self._sock
+        self._stop_reading()
+        self._stop_writing()
+        try:
+            if self._queue and not self._write_broken:
+                sock.setblocking(True)  # the final flush may block: the kill timer bounds it
+                for item in self._queue:
+                    sock.sendall(item[0] if isinstance(item, tuple) else item, _SEND_FLAGS)
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self._discard_queue()
+        sock.close()
+        _close_fds(list(self._fds))
+        self._fds.clear()
+
+    # ending
+
+    def arm_kill_timer(self, seconds: float) -> None:
+        before = self._kill_deadline
+        super().arm_kill_timer(seconds)
+        if self._kill_deadline != before:
+            # The timer above is a thread: it needs the GIL. The watchdog does not.
+            watchdog.report_deadline(self._kill_deadline)  # type: ignore[arg-type]
+
+    def _end_now(self, code: int) -> None:
+        os._exit(code)  # no flush: a blocked main thread may hold the stdout lock
+
+    def run(self) -> None:
+        if self.loop.is_running():
+            raise RuntimeError('the worker loop is already running')
+        self._serve()
+        if not self._exit_on_finish:
+            self.loop.close()

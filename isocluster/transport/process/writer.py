@@ -1,0 +1,225 @@
+"""Write batching for both ends of a process link: the first frame of a loop turn goes out at
+once, later ones are coalesced into one send per link per turn; large bodies go out with
+sendmsg without a copy; a passed fd travels with its own send."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import itertools
+import os
+import socket
+from typing import Any
+
+from ... import protocol
+from ...errors import TransportError
+from ..flow import LinkFlow
+
+# Bodies up to this size are copied into the pending write buffer (one send for many small
+# frames); larger ones are queued as they are and written with sendmsg.
+_COPY_LIMIT = 64 * 1024
+_IOV_MAX = 64
+# Small frames are coalesced into chunks of about this size: a backlog is a queue of chunks,
+# so appending never reallocates (copies) a buffer the socket is still draining.
+_CHUNK_SIZE = 256 * 1024
+_SEND_FLAGS = getattr(socket, 'MSG_NOSIGNAL', 0)
+
+
+class _Batch:
+    """Writes held back and sent together: those made while a read callback delivers frames
+    (sent when it returns), and those that follow a write sent at once in the same loop turn
+    (sent at the end of the turn). One batch per transport: a broadcast costs one send per
+    link per turn, not two."""
+
+    __slots__ = ('active', 'corked')
+
+    def __init__(self) -> None:
+        self.active = False
+        self.corked: list[_FrameWriter] = []
+
+    def begin(self) -> bool:
+        if self.active:
+            return False
+        self.active = True
+        return True
+
+    def end(self) -> None:
+        self.active = False
+        corked, self.corked = self.corked, []
+        for writer in corked:
+            writer._uncork()
+
+    def hold_turn(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A write has just gone out at once (latency): hold every later one of this loop
+        turn, on any link, until the turn ends (throughput)."""
+        self.active = True
+        loop.call_soon(self.end)
+
+
+class _FrameWriter:
+    """Non-blocking writes shared by both ends. The first frame of a loop turn goes out at
+    once (latency); later frames of the same turn are coalesced, one send per link at the
+    end of the turn (throughput)."""
+
+    _sock: socket.socket
+    _loop: asyncio.AbstractEventLoop
+    _batch: _Batch
+
+    def _init_writer(self) -> None:
+        self._queue: collections.deque[Any] = collections.deque()  # bytes-like, or (bytes, fd)
+        self.flow = LinkFlow(self._loop)
+        self._corked = False
+        self._writing = False
+        self._write_broken = False
+
+    def _write_frame(self, kind: str, payload: Any, fd: int | None = None) -> None:
+        """Queue one frame (with `fd` passed alongside it), then send at once, or at the end
+        of the read batch, or when the socket is writable."""
+        header, body = protocol.frame_parts(kind, payload)
+        queue = self._queue
+        if not (queue or self._corked or self._writing or self._batch.active or fd is not None
+                or len(body) > _COPY_LIMIT):
+            self._send_now(header + body)  # the turn's first frame: straight out (latency)
+            return
+        if fd is not None:
+            queue.append((header + body, fd))
+        elif len(body) > _COPY_LIMIT:
+            # Written as they are, with sendmsg: a large body is never copied. Unless it is
+            # mutable (a custom codec's bytearray): the caller may change it, a broadcast
+            # queues the same object on every link, and the queue appends to bytearrays.
+            queue.append(header)
+            queue.append(body if type(body) is bytes else bytes(body))
+        elif queue and type(queue[-1]) is bytearray and len(queue[-1]) < _CHUNK_SIZE:
+            tail = queue[-1]
+            tail += header
+            tail += body
+        else:
+            tail = bytearray(header)
+            tail += body
+            queue.append(tail)
+        self.flow.queued(len(header) + len(body))
+        if self._corked or self._writing:
+            return
+        if self._batch.active:
+            self._corked = True
+            self._batch.corked.append(self)
+            return
+        try:
+            self._flush()
+        except OSError as exc:
+            self._write_failed(exc)
+            raise TransportError(f'{self._describe()}: write failed ({exc})', worker_id=self._worker_id()) from exc
+        if self._queue:
+            self._start_writing()
+        else:
+            self._batch.hold_turn(self._loop)
+
+    def _send_now(self, data: bytes) -> None:
+        try:
+            sent = self._sock.send(data, _SEND_FLAGS)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self._write_failed(exc)
+            raise TransportError(f'{self._describe()}: write failed ({exc})', worker_id=self._worker_id()) from exc
+        if sent < len(data):
+            self._queue.append(memoryview(data)[sent:])
+            self.flow.queued(len(data) - sent)
+            self._start_writing()
+        else:
+            self._batch.hold_turn(self._loop)
+
+    def _flush(self) -> None:
+        """Send what the socket takes; raises OSError other than EAGAIN."""
+        queue = self._queue
+        sock = self._sock
+        try:
+            while queue:
+                item = queue[0]
+                if type(item) is tuple:
+                    data, fd = item
+                    sent = socket.send_fds(sock, [data], [fd], _SEND_FLAGS)
+                    os.close(fd)
+                    queue[0] = memoryview(data)[sent:]
+                    self.flow.flushed(sent)
+                    if sent < len(data):
+                        return
+                    queue.popleft()
+                    continue
+                if len(queue) == 1:
+                    sent = sock.send(item, _SEND_FLAGS)
+                else:
+                    buffers = list(itertools.islice(queue, _IOV_MAX))
+                    for i, buffer in enumerate(buffers):
+                        if type(buffer) is tuple:  # its fd goes with a send of its own
+                            del buffers[i:]
+                            break
+                    sent = sock.sendmsg(buffers, (), _SEND_FLAGS)
+                self.flow.flushed(sent)
+                while sent:
+                    item = queue[0]
+                    size = len(item)
+                    if sent < size:
+                        if type(item) is bytearray:
+                            del item[:sent]  # cheap: bytearray drops its head in place
+                        else:
+                            queue[0] = memoryview(item)[sent:]
+                        return  # the socket is full
+                    queue.popleft()
+                    sent -= size
+        except (BlockingIOError, InterruptedError):
+            return
+
+    def _uncork(self) -> None:
+        self._corked = False
+        if self._queue and not self._writing and not self._write_broken:
+            self._on_writable()
+
+    def _on_writable(self) -> None:
+        try:
+            self._flush()
+        except OSError as exc:
+            self._write_failed(exc)
+            self._write_fault(exc)
+            return
+        if self._queue:
+            self._start_writing()
+        else:
+            self._stop_writing()
+            self._flushed()
+
+    def _start_writing(self) -> None:
+        if not self._writing:
+            self._writing = True
+            self._loop.add_writer(self._sock.fileno(), self._on_writable)
+
+    def _stop_writing(self) -> None:
+        if self._writing:
+            self._writing = False
+            self._loop.remove_writer(self._sock.fileno())
+
+    def _discard_queue(self) -> None:
+        for item in self._queue:
+            if isinstance(item, tuple):
+                os.close(item[1])
+        self._queue.clear()
+        self.flow.discarded()
+
+    def _write_failed(self, exc: OSError) -> None:
+        self._write_broken = True
+        self._stop_writing()
+        self._discard_queue()
+
+    # hooks
+    def _describe(self) -> str:
+        raise NotImplementedError
+
+    def _worker_id(self) -> int | None:
+        return None
+
+    def _write_fault(self, exc: OSError) -> None:
+        """An unexpected background write failure (not only the peer being gone)."""
+
+    def _flushed(self) -> None:
+        """The queue has just been flushed."""
+
