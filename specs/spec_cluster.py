@@ -69,11 +69,8 @@ def event(text: str) -> None:
 
 
 def process_transport_unavailable() -> str | None:
-    """Why the process transport cannot run the spec yet, or None."""
-    try:
-        from isocluster.transport.process import ProcessTransport  # noqa: F401
-    except Exception as error:  # being written by another engineer: may not import yet
-        return f'isocluster.transport.process is not usable yet: {error!r}'
+    """Why this platform cannot run the process transport, or None. A process transport that
+    fails to import fails the process machine (the driver imports it); it is never skipped."""
     if not hasattr(os, 'fork'):
         return 'the process transport needs os.fork'
     return None

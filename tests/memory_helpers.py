@@ -21,6 +21,15 @@ PRIMARY_EVENTS = (
 )
 
 
+# Observations made inside simulated workers: they run in this process, so one dict works.
+# tests/conftest.py clears it around every test.
+seen: dict[str, list] = {}
+
+
+def note(key: str, value: Any) -> None:
+    seen.setdefault(key, []).append(value)
+
+
 # -- worker targets -------------------------------------------------------------------------
 
 def ready_worker() -> None:

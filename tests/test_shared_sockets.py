@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from isocluster import Backoff, ClusterPrimary, ClusterWorker, ListenError, NotSupportedError
+from isocluster import Backoff, ClusterPrimary, ClusterWorker, ListenError, NotSupportedError, protocol
 from isocluster.shared_sockets import DEFAULT_MAX_SHARED_SOCKETS
+from isocluster.transport.base import current_link
 
 from cluster_helpers import ready_waiter, run_cluster
 from memory_helpers import close, crash_and_wait, make, started
@@ -153,6 +154,36 @@ def test_a_socket_is_kept_for_replacements_and_closed_when_no_live_worker_claims
     sim.run_until(lambda: p.stats()['live'] == 1)
     assert shared.fileno() == -1 and p._sockets == {}
     close(sim, p)
+
+
+def listen_then_die(address):
+    def target():
+        ClusterWorker()
+        current_link().write(protocol.LISTEN, {'id': 1, 'address': list(address)})
+        raise SystemExit(0)
+    return target
+
+
+def test_r116_listen_answer_to_a_dead_worker_publishes_no_worker_listening():
+    sim, p, rec = make(listen_then_die(('127.0.0.1', 0)))
+    p.fork(1)
+    sim.run_until(lambda: rec.count('worker_exit') == 1, timeout=10)
+    assert rec.count('worker_listening') == 0 and rec.count('worker_error') == 0
+    close(sim, p)
+
+
+def test_r116_bind_failure_for_a_dead_worker_is_dropped_silently():
+    blocker = socket.socket()
+    blocker.bind(('127.0.0.1', 0))
+    blocker.listen(1)
+    try:
+        sim, p, rec = make(listen_then_die(blocker.getsockname()))
+        p.fork(1)
+        sim.run_until(lambda: rec.count('worker_exit') == 1, timeout=10)
+        assert rec.count('worker_listening') == 0 and rec.count('worker_error') == 0
+        close(sim, p)
+    finally:
+        blocker.close()
 
 
 # -- real processes ---------------------------------------------------------------------------
