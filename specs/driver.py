@@ -45,7 +45,11 @@ def start_ray() -> bool:
 
     if ray.is_initialized():
         return False
+    os.environ.setdefault('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER', '0')
+    # address='local' starts a Ray of our own even when another one runs on this machine
+    # (ray.init() alone would join it), reachable on the loopback only.
     ray.init(
+        address='local', _node_ip_address='127.0.0.1',
         num_cpus=2, include_dashboard=False, log_to_driver=False,
         # The actors import `specs.driver.spec_worker_main` (and isocluster) by name.
         runtime_env={'env_vars': {'PYTHONPATH': os.pathsep.join(

@@ -42,7 +42,10 @@ RAY_TIMEOUT = 60.0  # wall-clock seconds for one scenario (each worker is a new 
 def ray_instance():
     if ray.is_initialized():  # pragma: no cover - another module left it running
         ray.shutdown()
+    os.environ.setdefault('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER', '0')
     ray.init(
+        # A Ray instance of its own (address='local': never another session's cluster), on 127.0.0.1.
+        address='local', _node_ip_address='127.0.0.1',
         num_cpus=2, include_dashboard=False,
         # The workers import the targets of this file and scenario_workers by name.
         runtime_env={'env_vars': {'PYTHONPATH': os.pathsep.join([str(TESTS), str(ROOT)])}},
