@@ -25,6 +25,8 @@ from isocluster.errors import ProtocolError, TransportError
 from isocluster.transport import base, process
 from isocluster.transport.process import ProcessTransport
 
+from cluster_helpers import ORPHAN_GONE_BOUND
+
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith('linux'), reason='Linux process transport'),
     # pytest-xdist runs a thread in each test process; the transport rightly warns about it.
@@ -704,7 +706,7 @@ def test_start_kill_cycles_leave_the_primary_no_extra_fd(harness):
     run(body())
 
 
-def test_workers_die_within_2_s_of_a_sigkilled_primary():
+def test_workers_die_soon_after_a_sigkilled_primary():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get('PYTHONPATH')])))
     # The reaper is a subreaper: it adopts the orphaned workers and reaps them itself.
     reaper = subprocess.Popen(
@@ -719,7 +721,7 @@ def test_workers_die_within_2_s_of_a_sigkilled_primary():
             reaper.communicate()
     result = json.loads(output)
     assert len(result['pids']) == 2 and reaper.returncode == 0, result
-    assert max(result['reaped_after'].values()) < 2.0, result
+    assert max(result['reaped_after'].values()) < ORPHAN_GONE_BOUND, result
 
 
 class DrainOnDisconnect:
