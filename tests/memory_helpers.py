@@ -58,6 +58,28 @@ def crash_at_boot_worker() -> None:
 
 # -- recording ------------------------------------------------------------------------------
 
+class RecordingTransport(MemoryTransport):
+    """A MemoryTransport that keeps what crossed the Transport seam: every spec the primary
+    checked (`specs`) and, per worker id, the link it was handed (`links`: the primary's end of
+    each link, the one its link_* callbacks name). Behaviour is MemoryTransport's."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.specs: list[Any] = []
+        self.links: dict[int, Any] = {}
+
+    def check_spec(self, spec: Any) -> None:
+        self.specs.append(spec)
+        super().check_spec(spec)
+
+    def start_worker(self, spec: Any, listener: Any) -> Any:
+        link = super().start_worker(spec, listener)
+        self.links[spec.id] = link
+        return link
+
+
+# -- recording (events) ------------------------------------------------------------------------------
+
 class Entry(NamedTuple):
     stage: str
     name: str
@@ -111,7 +133,7 @@ class Recorder:
 def make(target: Callable[[], Any] = ready_worker, *, seed: int = 1, sim: MemoryTransport | None = None,
          cls: type = ClusterPrimary, record: bool = True, **options: Any) -> tuple[MemoryTransport, Any, Recorder | None]:
     """A primary on a memory transport, with a recorder subscribed first."""
-    sim = sim if sim is not None else MemoryTransport(seed=seed)
+    sim = sim if sim is not None else RecordingTransport(seed=seed)
     primary = cls(worker_target=target, transport=sim, **options)
     recorder = Recorder(primary) if record else None
     return sim, primary, recorder

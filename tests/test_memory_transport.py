@@ -432,10 +432,10 @@ def test_r125_kill_primary_twice_pushes_one_eof_per_link():
 def test_r119_closing_the_primary_end_of_a_link_disconnects_the_worker_and_later_writes_fail():
     sim, p, rec = started(1)
     handle = p.workers[0]
-    handle._link.close()
-    handle._link.close()  # closing twice sends one EOF
+    sim.links[handle.id].close()
+    sim.links[handle.id].close()  # closing twice sends one EOF
     with pytest.raises(TransportError, match='is closed'):
-        handle._link.write(protocol.MESSAGE, b'1')
+        sim.links[handle.id].write(protocol.MESSAGE, b'1')
     assert isinstance(p.send('x', to=handle).exception(), SendError)
     sim.run_until(lambda: rec.count('worker_exit') == 1, timeout=30)
     assert rec.of('worker_exit')[0]['code'] == 0
@@ -447,7 +447,7 @@ def test_r104_listening_answer_to_a_worker_that_died_before_attaching_is_closed(
     p.fork(1)
     sim.run_until(lambda: rec.count('worker_online') == 1, timeout=10)
     sock = socket.socket()
-    p._live[1]._link.send_socket(sock, {'id': 1, 'address': ['x', 1]})
+    sim.links[1].send_socket(sock, {'id': 1, 'address': ['x', 1]})
     sim.run_until(lambda: sim._links[1].primary_link._early, timeout=10)
     kept = sim._links[1].primary_link._early[0][1]['socket']
     sim.crash(1, code=0)
@@ -469,7 +469,7 @@ def test_r109_frames_reaching_a_destroyed_worker_are_dropped_and_sockets_closed(
     sim.hold(1, 'to_worker')
     handle.disconnect()
     sock = socket.socket()
-    handle._link.send_socket(sock, {'id': 7, 'address': ['x', 1]})
+    sim.links[handle.id].send_socket(sock, {'id': 7, 'address': ['x', 1]})
     queue = sim._links[1].to_worker.queue
     assert [frame[0] for frame in queue] == [protocol.DISCONNECT, protocol.LISTENING]
     copy = queue[1][1]['socket']

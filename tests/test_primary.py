@@ -24,7 +24,7 @@ from isocluster.transport.base import current_link
 from isocluster.transport.memory import MemoryTransport
 
 from memory_helpers import (
-    Recorder, close, crash_and_wait, crash_at_boot_worker, echo_worker, exit_at_boot_worker, inert_worker, make, ready_worker,
+    Recorder, RecordingTransport, close, crash_and_wait, crash_at_boot_worker, echo_worker, exit_at_boot_worker, inert_worker, make, ready_worker,
     started,
 )
 
@@ -118,20 +118,23 @@ def test_r54_invalid_options_raise_naming_the_option(options, error, text):
 
 
 def test_r54_script_worker_args_become_the_worker_argv_and_memory_fork_rejects_scripts():
-    sim = MemoryTransport(seed=1)
+    sim = RecordingTransport(seed=1)
     p = ClusterPrimary(worker_script='w.py', worker_args=['--x', 'y'], transport=sim)
-    assert p._spec(1).args == ('--x', 'y')
     with pytest.raises(ValueError, match='memory transport runs only worker_target'):
         p.fork()
+    assert sim.specs[-1].args == ('--x', 'y')
     assert p.stats()['forked'] == 0
     close(sim, p)
 
 
 def test_r54_worker_args_given_as_a_generator_are_kept():
     # regression: the type check used to consume a one-shot iterable (fixed in dc68723)
-    sim = MemoryTransport(seed=1)
+    sim = RecordingTransport(seed=1)
     p = ClusterPrimary(worker_script='w.py', worker_args=(a for a in ['--x', 'y']), transport=sim)
-    assert p._spec(1).args == ('--x', 'y')
+    for _ in range(2):  # each fork builds its spec from the kept arguments
+        with pytest.raises(ValueError, match='memory transport runs only worker_target'):
+            p.fork()
+        assert sim.specs[-1].args == ('--x', 'y')
 
 
 # == R56, R57 ==================================================================================
@@ -269,7 +272,7 @@ def test_r59_fork_published_with_a_bad_count_raises_value_error_from_the_default
     sim, p, rec = make()
     with pytest.raises(ValueError, match='fork: worker_count must be an int >= 0'):
         p._publish('fork', {'worker_count': 1.5})
-    assert p._live == {}
+    assert p.stats()['live'] == 0
     close(sim, p)
 
 
@@ -371,7 +374,7 @@ def test_r63_user_message_ready_never_makes_a_worker_ready():
     assert [d['message'] for d in rec.of('worker_message')] == ['ready', {'type': 'ready'}]
     assert rec.count('worker_ready') == 0
     assert p.workers == []
-    assert p._live[1].state == 'online'
+    assert rec.of('worker_fork')[0]['worker'].state == 'online'
     close(sim, p)
 
 
@@ -1003,7 +1006,7 @@ def test_r84_start_failure_publishes_fork_error_disconnect_and_exit_with_no_code
 def test_r78_duplicate_close_report_publishes_no_second_worker_disconnect():
     sim, p, rec = started(1)
     handle = p.workers[0]
-    p.once_after('worker_disconnect', lambda event: p.link_closed(handle._link))
+    p.once_after('worker_disconnect', lambda event: p.link_closed(sim.links[handle.id]))
     sim.crash(1, code=0)
     sim.run_until(lambda: rec.count('worker_exit') == 1, timeout=10)
     assert rec.count('worker_disconnect') == 1
@@ -1124,8 +1127,7 @@ def test_r85_frames_before_online_are_protocol_violations():
         sim.slow_boot(5.0)
         p.fork(1)
         sim.run_until(lambda: rec.count('worker_fork') == 1)
-        handle = p._live[1]
-        p.link_frame(handle._link, kind, payload)
+        p.link_frame(sim.links[1], kind, payload)
         assert rec.count('worker_error') == 1
         error = rec.of('worker_error')[0]['error']
         assert isinstance(error, ProtocolError) and 'before ONLINE' in str(error)
@@ -1150,8 +1152,8 @@ def test_r85_link_error_without_worker_id_is_stamped_and_published_once():
     sim, p, rec = started(1)
     handle = p.workers[0]
     error = ClusterError('link broke')
-    p.link_error(handle._link, error)
-    p.link_error(handle._link, TransportError('again'))
+    p.link_error(sim.links[handle.id], error)
+    p.link_error(sim.links[handle.id], TransportError('again'))
     assert error.worker_id == 1
     assert [d['error'] for d in rec.of('worker_error')] == [error]
     close(sim, p)
@@ -1160,10 +1162,10 @@ def test_r85_link_error_without_worker_id_is_stamped_and_published_once():
 def test_r117_exit_reported_before_close_still_publishes_disconnect_first():
     sim, p, rec = started(1)
     handle = p.workers[0]
-    p.link_exit(handle._link, 3, None)
+    p.link_exit(sim.links[handle.id], 3, None)
     assert rec.names()[-4:] == ['worker_disconnect', 'remove_worker', 'worker_exit', 'fork']
     assert handle.exit_code == 3
-    p.link_closed(handle._link)  # a late close of a dead worker is ignored
+    p.link_closed(sim.links[handle.id])  # a late close of a dead worker is ignored
     assert rec.count('worker_disconnect') == 1
     close(sim, p)
 
@@ -1172,7 +1174,7 @@ def test_link_events_after_destruction_are_ignored():
     sim, p, rec = make()
     p.fork(1)
     sim.run_until(lambda: rec.count('worker_fork') == 1)
-    link = p._live[1]._link
+    link = sim.links[1]
     p.destroy()  # active: deferred until shut down
     sim.run_until(lambda: p.destroyed, timeout=60)
     before = list(rec.entries)
@@ -1189,7 +1191,7 @@ def test_r35_exception_in_a_link_event_handler_stops_the_simulation(event):
     failure = RuntimeError(f'{event} handler')
     p.on(event, lambda e: (_ for _ in ()).throw(failure))
     if event == 'worker_error':
-        p.link_error(p.workers[0]._link, TransportError('x'))
+        p.link_error(sim.links[1], TransportError('x'))
     else:
         sim.crash(1, code=0)
     with pytest.raises(RuntimeError) as caught:

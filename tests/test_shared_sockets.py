@@ -90,7 +90,7 @@ def test_a_live_servers_unix_socket_is_never_unlinked(tmp_path):
 def test_a_descriptor_failure_is_the_workers_listen_error_not_fatal():
     sim, p, rec = started(2, listening_worker)
     got = answers(p)
-    link = p.workers[0]._link
+    link = sim.links[p.workers[0].id]
 
     def out_of_descriptors(sock, payload):
         raise OSError(errno.EMFILE, 'Too many open files')

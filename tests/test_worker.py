@@ -261,8 +261,8 @@ def test_r105_ready_does_not_depend_on_overridable_hooks(target):
 
 
 def ready_sent_during_construction_target():
-    worker = ClusterWorker()
-    note('link', worker._link.ready_sent)
+    ClusterWorker()
+    note('link', current_link().ready_sent)
 
 
 def test_r105_ready_is_sent_during_construction_with_sync_initializers():
@@ -484,8 +484,9 @@ def test_r108_preventing_primary_message_disables_routing():
 
 def flushing_target():
     worker = ClusterWorker()
+    link = current_link()
     worker.on('primary_message', lambda e: note('got', e.data['message']))
-    worker.on('primary_disconnect', lambda e: note('disconnect', worker._link.is_open))
+    worker.on('primary_disconnect', lambda e: note('disconnect', link.is_open))
 
 
 def test_r109_disconnect_flushes_written_frames_and_discards_later_messages():
@@ -535,7 +536,8 @@ def test_r110_eof_without_disconnect_publishes_primary_disconnect_and_exits_0():
 
 def after_disconnect_target():
     worker = ClusterWorker()
-    worker.after('primary_disconnect', lambda e: note('after', (worker.destroyed, worker._link.is_open,
+    link = current_link()
+    worker.after('primary_disconnect', lambda e: note('after', (worker.destroyed, link.is_open,
                                                                 type(worker.send('x').exception()).__name__)))
     worker.on('destroy', lambda e: note('destroy', True))
 
@@ -1059,8 +1061,9 @@ def test_r114_cancelled_listen_is_forgotten_without_harm(then):
             sim.run_until(lambda: rec.count('worker_exit') == 1, timeout=30)
         elif then == 'disconnect':
             sim.hold(1, 'to_primary')
-            sim.run_until(lambda: p._live[1].state == 'online' and sim._links[1].to_primary.queue, timeout=10)
-            p._live[1].disconnect()
+            handle = rec.of('worker_fork')[0]['worker']
+            sim.run_until(lambda: handle.state == 'online' and sim._links[1].to_primary.queue, timeout=10)
+            handle.disconnect()
             sim.release(1, 'to_primary')
             sim.run_until(lambda: rec.count('worker_exit') == 1, timeout=30)
             assert seen['disconnected'] == [True]
@@ -1121,7 +1124,7 @@ def test_r130_heartbeat_ack_that_cannot_be_written_is_dropped():
 def test_r114_unexpected_listening_answer_closes_the_socket():
     sim, p, rec = started(1)
     sock = socket.socket()
-    p.workers[0]._link.send_socket(sock, {'id': 12345, 'address': ['x', 1]})
+    sim.links[1].send_socket(sock, {'id': 12345, 'address': ['x', 1]})
     sim.advance(1.0)
     sock.close()
     assert sim.alive(1) and sim.tracebacks == {}
@@ -1130,7 +1133,7 @@ def test_r114_unexpected_listening_answer_closes_the_socket():
 
 def test_r120_unexpected_control_frame_is_fatal_to_the_worker():
     sim, p, rec = started(1)
-    p.workers[0]._link.write(protocol.ONLINE, None)
+    sim.links[1].write(protocol.ONLINE, None)
     sim.run_until(lambda: rec.count('worker_exit') == 1, timeout=10)
     assert rec.of('worker_exit')[0]['code'] == 1
     assert 'unexpected ONLINE frame' in sim.tracebacks[1]
