@@ -60,13 +60,28 @@ def crash_at_boot_worker() -> None:
 
 class RecordingTransport(MemoryTransport):
     """A MemoryTransport that keeps what crossed the Transport seam: every spec the primary
-    checked (`specs`) and, per worker id, the link it was handed (`links`: the primary's end of
-    each link, the one its link_* callbacks name). Behaviour is MemoryTransport's."""
+    checked (`specs`), per worker id the link it was handed (`links`: the primary's end of
+    each link, the one its link_* callbacks name), and every listening socket it had bound,
+    with its address (`bound`). Behaviour is MemoryTransport's."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.specs: list[Any] = []
         self.links: dict[int, Any] = {}
+        self.bound: list[tuple[Any, Any]] = []
+
+    def bind(self, address: Any, reuse_port: bool = False) -> Any:
+        sock = super().bind(address, reuse_port)
+        self.bound.append((address, sock))
+        return sock
+
+    def open_sockets(self) -> list[Any]:
+        """The bound sockets still open: the ones the primary holds."""
+        return [sock for _address, sock in self.bound if sock.fileno() != -1]
+
+    def bound_for(self, address: Any) -> Any:
+        """The last socket bound for `address`."""
+        return [sock for bound_address, sock in self.bound if bound_address == address][-1]
 
     def check_spec(self, spec: Any) -> None:
         self.specs.append(spec)

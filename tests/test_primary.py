@@ -1447,7 +1447,7 @@ def test_r95_destroy_closes_shared_listening_sockets():
     sim, p, rec = make(listener)
     p.fork(1)
     sim.run_until(lambda: rec.count('worker_listening') == 1)
-    primary_sockets = list(p._sockets.values())
+    primary_sockets = sim.open_sockets()
     assert primary_sockets and primary_sockets[0].fileno() != -1
     close(sim, p)
     assert primary_sockets[0].fileno() == -1

@@ -98,7 +98,7 @@ def test_a_descriptor_failure_is_the_workers_listen_error_not_fatal():
     answer = listen(sim, p, got, 1, ('127.0.0.1', 0))
     assert 'Too many open files' in answer['error']
     assert not p.closed and p.stats()['live'] == 2 and rec.count('worker_error') == 0
-    assert p._sockets == {}  # bound for nobody: closed again
+    assert sim.open_sockets() == []  # bound for nobody: closed again
     assert listen(sim, p, got, 2, ('127.0.0.1', 0))['error'] is None  # the other worker is untouched
     close(sim, p)
 
@@ -125,7 +125,7 @@ def test_distinct_shared_sockets_are_capped():
     assert listen(sim, p, got, 1, ('127.0.0.2', 0))['error'] is None
     third = listen(sim, p, got, 1, ('127.0.0.3', 0))
     assert 'already shares 2 listening sockets (max_shared_sockets=2)' in third['error']
-    assert len(p._sockets) == 2 and not p.closed and rec.count('worker_error') == 0
+    assert len(sim.open_sockets()) == 2 and not p.closed and rec.count('worker_error') == 0
     close(sim, p)
 
 
@@ -139,7 +139,7 @@ def test_a_socket_is_kept_for_replacements_and_closed_when_no_live_worker_claims
     sim, p, rec = started(2, listening_worker)
     got = answers(p)
     port = listen(sim, p, got, 1, ('127.0.0.1', 0))['address'][1]
-    shared = p._sockets[('127.0.0.1', 0)]
+    shared = sim.bound_for(('127.0.0.1', 0))
     # crash: the replacement inherits the claim; the socket stays open and is the one it gets
     crash_and_wait(sim, p, rec, 1, code=1, pool=2)
     assert shared.fileno() != -1
@@ -152,7 +152,7 @@ def test_a_socket_is_kept_for_replacements_and_closed_when_no_live_worker_claims
     # closed, though worker 4 (which replaced worker 2, never a listener) lives on
     p.stop_worker(5)
     sim.run_until(lambda: p.stats()['live'] == 1)
-    assert shared.fileno() == -1 and p._sockets == {}
+    assert shared.fileno() == -1 and sim.open_sockets() == []
     close(sim, p)
 
 
@@ -216,7 +216,7 @@ def test_a_socket_stays_open_for_a_replacement_delayed_by_backoff_until_shutdown
     p.on('restart_limit', lambda event: event.prevent())  # beyond the budget: replaced after 5 s
     got = answers(p)
     port = listen(sim, p, got, 1, ('127.0.0.1', 0))['address'][1]
-    shared = p._sockets[('127.0.0.1', 0)]
+    shared = sim.bound_for(('127.0.0.1', 0))
     crash_and_wait(sim, p, rec, 1, code=1)
     assert p.stats()['live'] == 0 and shared.fileno() != -1  # nobody holds it, a replacement will
     sim.run_until(lambda: len(p.workers) == 1, timeout=30)
@@ -224,7 +224,7 @@ def test_a_socket_stays_open_for_a_replacement_delayed_by_backoff_until_shutdown
     crash_and_wait(sim, p, rec, 2, code=1)  # delayed again; shutting down cancels it
     p.shut_down()
     sim.run_until(lambda: p.closed)
-    assert shared.fileno() == -1 and p._sockets == {}
+    assert shared.fileno() == -1 and sim.open_sockets() == []
     close(sim, p)
 
 
@@ -234,7 +234,7 @@ def test_an_address_the_application_bound_stays_open_while_no_worker_holds_it():
     sim, p, rec = started(1, listening_worker, restart='never')
     p.once_on('no_workers', lambda event: event.prevent())  # an empty pool is fine here
     host, port = p.bind(('127.0.0.1', 0))
-    shared = p._sockets[('127.0.0.1', 0)]
+    shared = sim.bound_for(('127.0.0.1', 0))
     crash_and_wait(sim, p, rec, 1, code=1)
     assert p.stats()['live'] == 0 and shared.fileno() != -1
     with socket.create_connection((host, port), timeout=5):
