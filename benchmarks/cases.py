@@ -190,7 +190,8 @@ class Cluster:
         if transport == 'ray':
             from isocluster.transport.ray import RayTransport
 
-            options['transport'] = RayTransport()  # on the Ray instance run_async started
+            # on the Ray instance run_async started; on the other node in a two-node run
+            options['transport'] = RayTransport(worker_options=_RAY_WORKER_OPTIONS)
         kwargs = dict(worker_target=target, codec=codec, **options)
         if script is not None:
             kwargs = dict(worker_script=script, worker_args=[], codec=codec, **options)
@@ -248,17 +249,33 @@ def run_async(coro_fn, params):
     return asyncio.run(coro_fn(params))
 
 
-def _with_local_ray(run):
-    """A local Ray instance for one measurement, as tests/ray_bench.py (the actors import the
-    targets of this file and `_common` by name: benchmarks/ and the root on their PYTHONPATH)."""
-    import ray
+_RAY_WORKER_OPTIONS = None  # a two-node run places the workers on the node that is not the primary's
+REMOTE = 'bench_remote_node'
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={'env_vars': {'PYTHONPATH': os.pathsep.join([str(HERE), str(HERE.parent)])}})
+
+def _with_local_ray(run, nodes=1):
+    """A Ray instance on 127.0.0.1 for one measurement (`isocluster.transport.ray_local`, as the
+    tests): a local one, or (nodes=2) a head, where this process (the primary) runs, and a
+    second node that hosts the workers. The actors import the targets of this file and
+    `_common` by name: benchmarks/ and the root on their PYTHONPATH."""
+    global _RAY_WORKER_OPTIONS
+    from isocluster.transport import ray_local
+
+    paths = [str(HERE), str(HERE.parent)]
+    if nodes == 1:
+        ray_local.start_local(paths=paths)
+        import ray
+
+        stop = ray.shutdown
+    else:
+        cluster = ray_local.start_cluster({REMOTE: {REMOTE: 100}}, paths=paths)
+        _RAY_WORKER_OPTIONS = {'num_cpus': 0, 'resources': {REMOTE: 1}}
+        stop = lambda: ray_local.stop_cluster(cluster)  # noqa: E731
     try:
         return run()
     finally:
-        ray.shutdown()
+        _RAY_WORKER_OPTIONS = None
+        stop()
 
 
 # --- isocluster cases ----------------------------------------------------------------
@@ -1164,8 +1181,9 @@ def ppe_task_queue(p):
 
 
 def ray_all(p):
-    """rtt, stream_p2w and stream_w2p on RayTransport in one local Ray instance (one
-    `ray.init` per repetition instead of three: it costs seconds). Same cases as above."""
+    """rtt, stream_p2w and stream_w2p on RayTransport in one Ray instance (one `ray.init` per
+    repetition instead of three: it costs seconds); `nodes`: 1 (local) or 2 (the workers on a
+    node other than the primary's). Same cases as above."""
     def run():
         common = {'codec': p['codec'], 'transport': 'ray'}
         rtt = asyncio.run(_iso_rtt({**common, 'n': p['rtt_n']}))
@@ -1174,7 +1192,7 @@ def ray_all(p):
         return {'samples': {'rtt': rtt['value'], 'stream_p2w': p2w['value'], 'stream_w2p': w2p['value']},
                 'rtt_n': p['rtt_n'], 'stream_n': p['stream_n']}
 
-    return _with_local_ray(run)
+    return _with_local_ray(run, p.get('nodes', 1))
 
 
 # =====================================================================================

@@ -46,6 +46,7 @@ from _common import codec_available, ray_available, uvloop_available  # noqa: E4
 
 NODE = shutil.which('node')
 RAY_NAME = 'isocluster json on Ray'
+RAY_TWO_NODES_NAME = 'isocluster json on Ray, 2 nodes'
 RAY_SCENARIOS = ('rtt', 'stream_p2w', 'stream_w2p')
 RAY_REPS = 2  # one repetition (all three figures) costs ~15 s: `make bench` stays under 5 minutes
 RAY_DEADLINE = 275.0  # seconds since the start: no second Ray repetition after it
@@ -300,6 +301,10 @@ def task_queue_scenarios() -> list[Scenario]:
 
 RAY = Variant(RAY_NAME, 'ray_all', {'rtt_n': 1000, 'stream_n': 50_000, 'codec': 'json'},
               {'rtt_n': 20, 'stream_n': 500, 'codec': 'json'}, baseline=False, produces=RAY_SCENARIOS, needs='ray')
+# The same on a two-node Ray test cluster on this machine: the workers on the node that is
+# not the primary's (every message crosses raylets, as between hosts, minus the network).
+RAY_TWO_NODES = Variant(RAY_TWO_NODES_NAME, 'ray_all', {**RAY.full, 'nodes': 2}, {**RAY.quick, 'nodes': 2},
+                        baseline=False, produces=RAY_SCENARIOS, needs='ray')
 
 
 # ---------------------------------------------------------------------------------------
@@ -442,13 +447,15 @@ def run_scenario(sc: Scenario, reps: int, quick: bool, python: str, deadline: fl
             'errors': errors, 'derived': derived, 'deferred': deferred}
 
 
-def run_ray_column(results: dict, quick: bool, python: str, deadline: float, log) -> dict | None:
+def run_ray_column(results: dict, quick: bool, python: str, deadline: float, log,
+                   variant: Variant = RAY) -> dict | None:
     """The Ray column: RAY_REPS runs of `cases.py ray_all`; each scenario of RAY_SCENARIOS that
-    ran gets the `isocluster json on Ray` variant, its ratios and `derived['ray']`."""
+    ran gets the `isocluster json on Ray` variant, its ratios and `derived['ray']` (with
+    `variant=RAY_TWO_NODES`: the two-node variant and `derived['ray_two_nodes']`)."""
     keys = [key for key in RAY_SCENARIOS if key in results]
-    if not keys or not available(RAY)[0]:
+    if not keys or not available(variant)[0]:
         return None
-    log(f'running the Ray column ({", ".join(keys)}) on a local Ray instance')
+    log(f'running {variant.name} ({", ".join(keys)})')
     samples: dict[str, list[float]] = {key: [] for key in keys}
     errors: list[str] = []
     reps = 1 if quick else RAY_REPS
@@ -456,39 +463,41 @@ def run_ray_column(results: dict, quick: bool, python: str, deadline: float, log
         if rep >= 1 and time.monotonic() > deadline:
             log(f'  time budget reached: the Ray column stopped after {rep} repetitions')
             break
-        params = dict(RAY.quick if quick else RAY.full, rep=rep)
-        result = run_one(RAY, params, 180.0, python)
+        params = dict(variant.quick if quick else variant.full, rep=rep)
+        result = run_one(variant, params, 180.0, python)
         if 'error' in result:
             errors.append(result['error'] + ': ' + result.get('stderr', '')[-600:])
-            log(f'  {RAY_NAME}: ERROR {result["error"]}\n{result.get("stderr", "")[-600:]}')
+            log(f'  {variant.name}: ERROR {result["error"]}\n{result.get("stderr", "")[-600:]}')
             continue
         for key in keys:
             samples[key].append(result['samples'][key])
         log(f'  [ray] repetition {rep + 1}/{reps} done')
-    params = RAY.quick if quick else RAY.full
+    params = variant.quick if quick else variant.full
     column = {'repetitions': len(samples[keys[0]]), 'rtt_n': params['rtt_n'], 'stream_n': params['stream_n'],
-              'scenarios': {}}
+              'nodes': params.get('nodes', 1), 'scenarios': {}}
     for key in keys:
         res = results[key]
         res['deferred'] = {}
         if errors:
-            res['errors'][RAY_NAME] = errors
+            res['errors'][variant.name] = errors
         if not samples[key]:
             continue
         info = {**stats(samples[key]), 'samples': samples[key], 'isocluster': True, 'extras': []}
-        res['variants'][RAY_NAME] = info
-        res['ratios'][RAY_NAME] = {b: info['median'] / binfo['median'] for b, binfo in res['variants'].items()
+        res['variants'][variant.name] = info
+        res['ratios'][variant.name] = {b: info['median'] / binfo['median'] for b, binfo in res['variants'].items()
                                    if not binfo['isocluster'] and binfo['median']}
         process = res['variants'].get('isocluster json')
         if process and process['median']:
-            res['derived']['ray'] = {'ray_over_process_json': info['median'] / process['median']}
+            res['derived']['ray' if variant is RAY else 'ray_two_nodes'] = {'ray_over_process_json': info['median'] / process['median']}
         column['scenarios'][key] = {'unit': res['unit'], 'ray': info,
                                     'process_json': process['median'] if process else None}
     return column
 
 
 def print_ray_column(column: dict, out) -> None:
-    print(f"\n== Ray column: the same scenarios on RayTransport (1 worker, local Ray instance; rtt over "
+    where = ('a local Ray instance' if column.get('nodes', 1) == 1
+             else 'a 2-node Ray test cluster, the worker on the node that is not the primary\'s')
+    print(f"\n== Ray column: the same scenarios on RayTransport (1 worker, {where}; rtt over "
           f"{column['rtt_n']} messages, streams of {column['stream_n']}; {column['repetitions']} repetitions) ==",
           file=out)
     print(f"  {'scenario':<12} {'unit':<6} {'process (json)':>15} {'Ray (json)':>12} {'min - max':>19} "
@@ -687,6 +696,10 @@ def main(argv=None) -> int:
     column = run_ray_column(results, args.quick, args.python, started + RAY_DEADLINE, log)
     if column is not None:
         meta['ray_column'] = column
+        print_ray_column(column, sys.stdout)
+    column = run_ray_column(results, args.quick, args.python, started + RAY_DEADLINE, log, RAY_TWO_NODES)
+    if column is not None:
+        meta['ray_column_two_nodes'] = column
         print_ray_column(column, sys.stdout)
     meta['elapsed_s'] = time.monotonic() - started
     print_summary(results, sys.stdout)

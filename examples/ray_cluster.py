@@ -12,6 +12,7 @@ import os
 import socket
 
 from isocluster import ClusterPrimary, ClusterWorker
+from isocluster.transport import ray_local
 from isocluster.transport.ray import RayTransport  # imports ray only when a RayTransport is built
 
 
@@ -23,8 +24,10 @@ class Greeter(ClusterWorker):  # module level: Ray ships it to the actors
 
 async def main():
     transport = RayTransport(
-        num_cpus=2, include_dashboard=False,  # ray.init() options: a local instance, started on the first fork
-        worker_options={'num_cpus': 1},       # the Ray actor options of every worker (placement)
+        worker_options={'num_cpus': 1},  # the Ray actor options of every worker (placement)
+        # ray.init() options: a local instance on 127.0.0.1 only (2 CPUs, 80 MB object store),
+        # started on the first fork
+        **ray_local.init_kwargs(num_cpus=2),
     )
     primary = ClusterPrimary(worker_target=Greeter, transport=transport)
     ready = asyncio.Event()

@@ -50,6 +50,10 @@ then SIGKILL after --kill-timeout); a second SIGINT: kill every worker at once; 
 rolling reload (each worker replaced by a new one, new ready before old leaves); SIGTTIN:
 one worker more; SIGTTOU: one worker less (never below one).
 
+Under systemd (Type=notify, NOTIFY_SOCKET set) the primary sends READY=1 once its workers are
+ready, RELOADING=1 / READY=1 around a reload, STOPPING=1 at shutdown and WATCHDOG=1 every half
+WatchdogSec; --listen systemd serves the socket of a .socket unit (socket activation).
+
 Exit status: 0 after a shutdown asked for by a signal (or once every worker has ended
 cleanly and none is replaced); 1, with one line saying why, when the cluster stopped
 because no worker is left and none will be started (3 failed starts before any worker was
@@ -84,7 +88,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help='an argument for the --script (repeat for several; --script-arg=-x for one that starts with -)')
     run.add_argument('--listen', type=_listen_address, metavar='HOST:PORT',
                      help='bind HOST:PORT once (port 0: any free port; or a Unix socket path) and share '
-                          'it with every worker; the bound address is printed')
+                          'it with every worker; the bound address is printed; "systemd": the socket '
+                          'systemd passed (socket activation, LISTEN_FDS)')
     speed = run.add_argument_group('speed (opt-in)')
     speed.add_argument('--codec', choices=('json', 'pickle', 'msgpack', 'orjson'), default='json',
                        help='how messages travel: json (default; data only), pickle (any object; trusted '
@@ -165,6 +170,8 @@ def _seconds_or_none(text: str) -> float | None:
 
 
 def _listen_address(text: str) -> Any:
+    if text == 'systemd':
+        return text  # resolved by _systemd_address() once the command runs
     if '/' in text:
         return text  # a Unix socket path
     host, colon, port_text = text.rpartition(':')
@@ -437,13 +444,32 @@ def _bind_listen_address(primary: ClusterPrimary, address: Any) -> str | None:
     return None
 
 
+def _systemd_address() -> Any:
+    """--listen systemd: the address of the first socket systemd passed (socket activation),
+    or None when it passed none to this process."""
+    from .transport import systemd
+
+    sockets = systemd.passed_sockets()
+    if not sockets:
+        return None
+    address = sockets[0].getsockname()
+    return tuple(address[:2]) if isinstance(address, tuple) else address  # IPv6 adds flowinfo, scope
+
+
 def run(parser: argparse.ArgumentParser, arguments: argparse.Namespace, stream: TextIO | None = None) -> int:
     stream = stream or sys.stdout
+    if arguments.listen == 'systemd':
+        arguments.listen = _systemd_address()
+        if arguments.listen is None:
+            print(PREFIX + '--listen systemd: systemd passed no socket to this process (LISTEN_FDS/LISTEN_PID '
+                  'unset or not for this pid); run it from a .socket unit, or give --listen HOST:PORT', file=sys.stderr)
+            return 2
     primary, what = _build_primary(parser, arguments)
     if arguments.listen is not None:
         failure = _bind_listen_address(primary, arguments.listen)
         if failure is not None:
             primary.destroy()
+            primary.run()  # no worker: the destroy completes on the next turn, closing the loop it made
             print(PREFIX + failure, file=sys.stderr)
             return 2
     reporter = Reporter(primary, arguments.workers, stream)

@@ -228,6 +228,7 @@ class MapRun:
                 f'could not write to worker {worker.id}: {error}', worker_id=worker.id))
         else:
             primary._stats['messages_out'] += 1
+            primary._handled(worker, len(chunk.messages))
         self._outstanding += 1
         future.add_done_callback(lambda done: self._done(chunk, worker, done))
 

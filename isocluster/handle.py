@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
+from .figures import worker_figures
 from .transport.base import SIGTERM, Signals, WorkerLink
 
 if TYPE_CHECKING:
@@ -44,6 +45,15 @@ class WorkerHandle:
         self._last_beat = 0.0
         self._heartbeating = False
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        # per-worker figures (stats()) and recycling, kept by the primary
+        self._started_at = 0.0
+        self._ready_at = 0.0
+        self._exited_at: float | None = None
+        self._messages_in = 0
+        self._messages_out = 0
+        self._slot_restarts = 0
+        self._recycle_limits: Any = None
+        self._recycle_reason: str | None = None
 
     @property
     def pid(self) -> int | None:
@@ -69,6 +79,13 @@ class WorkerHandle:
         if self.state != 'dead' and self._link is not None:
             self._link.kill(Signals(signal))
         return self
+
+    def stats(self) -> dict[str, Any]:
+        """This worker's figures: pid, state, uptime (seconds since it was forked; frozen at its
+        exit), resident_bytes and cpu_seconds (None where the transport cannot tell), messages_in
+        / messages_out (with the primary), in_flight requests, restarts of its slot (replacements
+        after failures that led to this worker; reloads and recycling do not count)."""
+        return worker_figures(self)
 
     def is_connected(self) -> bool:
         return self.state in ('online', 'ready')

@@ -28,6 +28,9 @@ from .checks import MIN_HEARTBEAT_INTERVAL, check_bool, check_positive_int, chec
 from .pacing import DEFAULT_MAX_QUEUED_BYTES, admits, check_max_queued_bytes, over_cap
 from .shared_sockets import DEFAULT_MAX_SHARED_SOCKETS, SharedSockets, address_key
 from .supervision import Backoff, RestartPolicy, Supervision, _Reload, _warn_inactive
+from .readiness import Readiness
+from .recycler import Recycler
+from .recycling import RecyclePolicy
 from .transport.base import SIGKILL, SIGTERM, Signals, Transport, WorkerLink, WorkerSpec
 from .transport.flow import HIGH_WATER, all_resolved
 
@@ -38,7 +41,7 @@ _MISSING: Any = object()
 _EVENTS = (
     'fork', 'worker_fork', 'worker_online', 'worker_ready', 'add_worker', 'remove_worker',
     'worker_message', 'worker_listening', 'worker_disconnect', 'worker_error', 'worker_exit',
-    'restart_limit', 'reload', 'reload_complete', 'no_workers',
+    'restart_limit', 'reload', 'reload_complete', 'no_workers', 'worker_recycle',
 )
 
 
@@ -73,7 +76,7 @@ def _check_drain_timeout(drain_timeout: Any, shutdown_timeout: float) -> float:
     return seconds
 
 
-class ClusterPrimary(Supervision, Initializable):
+class ClusterPrimary(Supervision, Recycler, Readiness, Initializable):
     """The primary of a local cluster of workers. See DESIGN.md for the API."""
 
     _pubsub: ClassVar[dict[str, dict[str, Any]]] = {
@@ -106,7 +109,15 @@ class ClusterPrimary(Supervision, Initializable):
         drain_timeout: float | None = None,
         max_shared_sockets: int = DEFAULT_MAX_SHARED_SOCKETS,
         max_queued_bytes: int | None = DEFAULT_MAX_QUEUED_BYTES,
+        max_requests: int | None = None,
+        max_requests_jitter: int = 0,
+        max_age: float | None = None,
+        max_age_jitter: float = 0.0,
+        max_memory: int | None = None,
+        memory_check_interval: float = 1.0,
     ) -> None:
+        self._recycling = RecyclePolicy(max_requests, max_requests_jitter, max_age, max_age_jitter, max_memory,
+                                        memory_check_interval)
         self._queue_cap = check_max_queued_bytes(max_queued_bytes)
         self._configure(
             worker_target, worker_script, worker_args, worker_silent, worker_stdio, transport, codec,
@@ -234,6 +245,7 @@ class ClusterPrimary(Supervision, Initializable):
     def _on_initialized(self) -> None:
         if self._state == 'new':
             self._state = 'active'
+            self._readiness_start()
 
     def _destroy(self, *args: Any, **kwargs: Any) -> None:
         self._state = 'destroyed'
@@ -327,6 +339,9 @@ class ClusterPrimary(Supervision, Initializable):
             except TransportError as error:
                 return self._rejected(_write_failure(to, error))
             self._stats['messages_out'] += 1
+            to._messages_out += 1
+            if to._recycle_limits is not None:
+                self._recycle_counted(to, 1)
             if flow.pending > HIGH_WATER:  # backpressure: resolves once the link has drained
                 return flow.completion()
             return self._resolved_future()
@@ -349,6 +364,7 @@ class ClusterPrimary(Supervision, Initializable):
                 failures.append((destination, _write_failure(target, error)))
             else:
                 self._stats['messages_out'] += 1
+                self._handled(target)
                 if flow.pending > HIGH_WATER:  # the same link twice waits for its later mark
                     waiting[flow] = flow.completion()
         if not failures:
@@ -393,6 +409,7 @@ class ClusterPrimary(Supervision, Initializable):
             self._requests.cancel(request_id)
             return self._rejected(_write_failure(target, error))
         self._stats['messages_out'] += 1
+        self._handled(target)
         return reply
 
     def least_busy(self, tag: Any = '') -> WorkerHandle | None:
@@ -478,7 +495,7 @@ class ClusterPrimary(Supervision, Initializable):
         else:
             self._destroy(*args, **kwargs)
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, Any]:
         now = self._pubsub_loop().time()
         return {
             **self._stats,
@@ -486,6 +503,7 @@ class ClusterPrimary(Supervision, Initializable):
             'live': len(self._live),
             'ready': len(self._pool_ids),
             'late_replies': self._requests.late_replies,
+            'workers': {worker_id: handle.stats() for worker_id, handle in sorted(self._live.items())},
         }
 
     def run(self) -> None:
@@ -592,6 +610,7 @@ class ClusterPrimary(Supervision, Initializable):
         self._next_id += 1
         self._live[handle.id] = handle
         self._stats['forked'] += 1
+        handle._started_at = self._pubsub_loop().time()
         try:
             handle._link = self._transport.start_worker(self._spec(handle.id), self)
         except TransportError as error:
@@ -635,6 +654,7 @@ class ClusterPrimary(Supervision, Initializable):
                 except Exception as error:
                     return self._worker_fault(handle, protocol.decode_error(self._codec, error, handle.id))
                 self._stats['messages_in'] += 1
+                handle._messages_in += 1
                 self._publish('worker_message', {'worker': handle, 'message': message})
             else:
                 self._dispatch_frame(handle, kind, payload)
@@ -670,6 +690,7 @@ class ClusterPrimary(Supervision, Initializable):
             except DecodeError as error:
                 return self._worker_fault(handle, error)
             self._stats['messages_in'] += 1
+            handle._messages_in += 1
             link = handle._link
             request = Request(request_id, lambda reply: link.write(protocol.REPLY, reply), self._codec, self._spawn,
                               self._transport.max_frame_size)
@@ -760,6 +781,7 @@ class ClusterPrimary(Supervision, Initializable):
         handle._cancel_timers()
         handle.exit_code, handle.exit_signal = code, signal
         handle.exited_after_disconnect = handle._disconnect_requested
+        handle._exited_at = self._pubsub_loop().time()
         del self._live[handle.id]
         self._stats['exited'] += 1
         self._log_worker_exit(handle)
@@ -798,6 +820,8 @@ class ClusterPrimary(Supervision, Initializable):
         if self._heartbeat_interval is not None and self._state == 'active':
             self._start_heartbeat(handle)
         self._add_worker(handle)
+        self._recycle_start(handle)
+        self._tell_ready_once()
         reload = self._reload
         if reload is not None and handle is reload.new and not handle._retired:
             reload.new = None
@@ -847,6 +871,7 @@ class ClusterPrimary(Supervision, Initializable):
         self._supervise_exit(handle, event.data['code'], event.data['signal'])
 
     def _event_shut_down(self, event: Any) -> None:
+        self._tell('STOPPING=1', when_active=True)
         self._state = 'shutting_down'
         self._cancel_all_timers()
         reload, self._reload = self._reload, None
@@ -874,6 +899,7 @@ class ClusterPrimary(Supervision, Initializable):
         # destroy runs inside shut_down_complete's after stage, so it is complete by now.
         if self._state in ('shut_down', 'destroyed') and not self._closed:
             self._closed = True
+            self._readiness_stop()
             future = self._closed_future
             if future is not None and not future.done():
                 future.set_result(None)
@@ -936,6 +962,7 @@ class ClusterPrimary(Supervision, Initializable):
         if self._heartbeat_timer is not None:
             self._heartbeat_timer.cancel()
             self._heartbeat_timer = None
+        self._recycle_stop()
         for handle in self._live.values():
             handle._cancel_timer('ready')
             handle._heartbeating = False

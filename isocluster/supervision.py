@@ -290,7 +290,8 @@ class Supervision:
         backoff = self._policy.backoff
         delay = backoff.delay(self._backoff_attempt, self._transport.random()) if backoff is not None else 0.0
         self._shared.reserve(handle.id)  # its sockets stay open for the delayed replacement
-        timer: asyncio.TimerHandle = self._call_later(delay, self._delayed_replacement, lambda: timer, handle.id)
+        timer: asyncio.TimerHandle = self._call_later(
+            delay, self._delayed_replacement, lambda: timer, handle.id, handle._slot_restarts)
         self._pending_restarts.add(timer)
         return False
 
@@ -299,18 +300,20 @@ class Supervision:
         self._last_forked = []
         self._publish('fork', {'worker_count': 1})
         if self._last_forked:
+            self._last_forked[0]._slot_restarts = handle._slot_restarts + 1
             self._shared.inherit(handle.id, self._last_forked[0].id)
         reload = self._reload
         if reload is not None and handle is reload.new:
             reload.new = self._last_forked[0] if self._last_forked else None
 
-    def _delayed_replacement(self, timer_of: Callable[[], asyncio.TimerHandle], predecessor: int) -> None:
+    def _delayed_replacement(self, timer_of: Callable[[], asyncio.TimerHandle], predecessor: int, restarts: int = 0) -> None:
         self._pending_restarts.discard(timer_of())
         if self._state == 'active':
             self._stats['restarts'] += 1
             self._last_forked = []
             self._publish('fork', {'worker_count': 1})
             if self._last_forked:
+                self._last_forked[0]._slot_restarts = restarts + 1
                 self._shared.inherit_reserved(predecessor, self._last_forked[0].id)
         self._shared.unreserve(predecessor)
 
@@ -331,9 +334,11 @@ class Supervision:
         olds = self.workers
         if self._reload is not None:  # a stop_worker(replace=True) step is running: join it
             self._reload.announced = True
+            self._tell('RELOADING=1')
             self._reload.olds.extend(handle for handle in olds if handle not in self._reload.olds and handle is not self._reload.old)
             return
         self._reload = _Reload(olds, announced=True)
+        self._tell('RELOADING=1')
         self._reload_next_step()
 
     def _reload_next_step(self) -> None:
@@ -354,6 +359,7 @@ class Supervision:
         self._publish('fork', {'worker_count': 1})
         if self._reload is reload and self._last_forked:
             reload.new = self._last_forked[0]
+            reload.new._slot_restarts = reload.old._slot_restarts
             self._shared.inherit(reload.old.id, reload.new.id)  # it re-listens on the open sockets
         elif self._reload is reload:
             self._abandon_reload()
@@ -365,6 +371,7 @@ class Supervision:
 
     def _publish_reload_complete(self, count: int, aborted: bool) -> None:
         if self._state != 'destroyed':
+            self._tell('READY=1', when_active=True)
             self._publish('reload_complete', {'worker_count': count, 'aborted': aborted})
 
     # -- supervision: heartbeats -----------------------------------------------------

@@ -13,7 +13,8 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         stats = ray_module.RAY_STATS
         reporter = session.config.pluginmanager.get_plugin('terminalreporter')
         (reporter.write_line if reporter is not None else print)(
-            f"isocluster spec: ray transport: {int(stats['examples'])} examples in {stats['seconds']:.1f}s")
+            f"isocluster spec: ray transport: {int(stats['examples'])} examples in {stats['seconds']:.1f}s, "
+            f"{int(stats.get('nodes_lost', 0))} nodes lost with {int(stats.get('workers_lost', 0))} workers on them")
     module = sys.modules.get('specs.spec_cluster')
     if module is None or not (module.STATS['memory_examples'] or module.STATS['process_examples']):
         return  # the machines did not run in this process (xdist worker elsewhere, or deselected)

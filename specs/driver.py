@@ -34,28 +34,18 @@ READY_TIMEOUT = 5.0
 SHUTDOWN_TIMEOUT = 2.0
 KILL_TIMEOUT = 1.0
 WORKER_KILL_TIMER = 6.765  # R111
+RAY_WORKER_OPTIONS: dict[str, Any] | None = None  # spec_ray spreads the actors over its nodes
 RAY_READY_TIMEOUT = 30.0  # a Ray worker is a new actor process: its start is slower than a fork
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def start_ray() -> bool:
-    """Start the local Ray instance the spec's Ray workers run on, as tests/test_ray_transport.py
-    does; True if this call started it (the caller then owns `ray.shutdown()`)."""
-    import ray
+    """Start the local Ray instance the spec's Ray workers run on (127.0.0.1 only, through
+    `ray_local`, as the tests); True if this call started it (the caller then owns
+    `ray.shutdown()`). The actors import `specs.driver.spec_worker_main` (and isocluster) by name."""
+    from isocluster.transport import ray_local
 
-    if ray.is_initialized():
-        return False
-    os.environ.setdefault('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER', '0')
-    # address='local' starts a Ray of our own even when another one runs on this machine
-    # (ray.init() alone would join it), reachable on the loopback only.
-    ray.init(
-        address='local', _node_ip_address='127.0.0.1',
-        num_cpus=2, include_dashboard=False, log_to_driver=False,
-        # The actors import `specs.driver.spec_worker_main` (and isocluster) by name.
-        runtime_env={'env_vars': {'PYTHONPATH': os.pathsep.join(
-            [ROOT, *filter(None, os.environ.get('PYTHONPATH', '').split(os.pathsep))])}},
-    )
-    return True
+    return ray_local.start_local(paths=[ROOT])
 
 
 # -- the worker every spec cluster runs -------------------------------------------------------
@@ -188,7 +178,7 @@ class Driver:
             from isocluster.transport.ray import RayTransport
 
             start_ray()
-            chosen = RayTransport(loop=asyncio.new_event_loop())
+            chosen = RayTransport(loop=asyncio.new_event_loop(), worker_options=RAY_WORKER_OPTIONS)
         else:
             raise ValueError(f"transport: expected 'memory', 'process' or 'ray', got {transport!r}")
         self.transport = chosen

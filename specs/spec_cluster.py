@@ -593,8 +593,13 @@ class ClusterMachine(RuleBasedStateMachine):
             _status, _replies, index, cause, kind = result
             require(kind == 'MapError' and index is not None and len(replies) <= index < count, 'R142',
                     f'map failed with {kind} index {index} after {len(replies)} replies')
-            require(cause == 'WorkerLost' and lost >= retries + 1, 'R143',
-                    f'map failed ({cause}) at message {index} with retries={retries} after {lost} workers were lost')
+            # Either the lost workers used up the retries (R143), or the cluster stopped under
+            # the map (no worker left and none to come: no_workers shut it down), so nothing
+            # can answer the rest: the map fails at once rather than waiting forever.
+            stopped = cause is None and self.model.phase != 'active'
+            require(stopped or (cause == 'WorkerLost' and lost >= retries + 1), 'R143',
+                    f'map failed ({cause}) at message {index} with retries={retries} after {lost} workers '
+                    f'were lost (primary {self.model.phase})')
         else:
             require(not self.model.pool() or not self.memory, 'R142',
                     f'map unfinished within {bound}s with ready workers {self.model.pool()}')

@@ -1,11 +1,13 @@
 """Round trip and streaming on RayTransport next to ProcessTransport, in one run (issue 8).
 
-    .venv/bin/python tests/ray_bench.py [--reps 5] [--rtt 1000] [--stream 20000]
+    .venv/bin/python tests/ray_bench.py [--reps 5] [--rtt 1000] [--stream 20000] [--nodes 2]
 
 Same scenarios as `benchmarks/` (rtt: one ~100-byte message to an echo worker and back, one
 at a time; stream_p2w / stream_w2p: N such messages one way, yielding to the loop every 256),
 with a fresh cluster of one worker per repetition. The process transport runs first: forking
 after Ray has started its threads in this process would not be safe. Prints medians.
+Ray runs on 127.0.0.1 only (`isocluster.transport.ray_local`): a local instance, or with
+`--nodes 2` a head (the primary) and a second node that hosts the worker.
 """
 
 from __future__ import annotations
@@ -139,21 +141,33 @@ def main() -> None:
     parser.add_argument('--reps', type=int, default=5)
     parser.add_argument('--rtt', type=int, default=1000)
     parser.add_argument('--stream', type=int, default=20000)
+    parser.add_argument('--nodes', type=int, choices=(1, 2), default=1)
     args = parser.parse_args()
 
     from isocluster.transport.process import ProcessTransport
 
     results = {'process': measure('process', ProcessTransport, args.reps, args.rtt, args.stream)}
 
-    import ray
+    from pathlib import Path
 
+    from isocluster.transport import ray_local
     from isocluster.transport.ray import RayTransport
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    paths = [str(Path(__file__).resolve().parent)]
+    if args.nodes == 1:
+        ray_local.start_local(paths=paths)
+        make_transport, stop = RayTransport, None
+    else:
+        cluster = ray_local.start_cluster({'bench_remote': {'bench_remote': 100}}, paths=paths)
+        options = {'num_cpus': 0, 'resources': {'bench_remote': 1}}
+        make_transport, stop = (lambda: RayTransport(worker_options=options)), cluster
+    import ray
+
     try:
-        results['ray'] = measure('ray', RayTransport, args.reps, args.rtt, args.stream)
+        results['ray'] = measure(f'ray ({args.nodes} node{"s" if args.nodes > 1 else ""})', make_transport,
+                                 args.reps, args.rtt, args.stream)
     finally:
-        ray.shutdown()
+        ray_local.stop_cluster(stop) if stop is not None else ray.shutdown()
 
     print(f"\nmedians of {args.reps} runs (1 worker; rtt over {args.rtt} messages, streams of {args.stream})")
     print(f"{'':18}{'process':>14}{'ray':>14}{'ray/process':>14}")

@@ -7,15 +7,14 @@ module; every actor is killed by the primary's destroy (RayTransport.close)."""
 from __future__ import annotations
 
 import asyncio
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
 
 import pytest
 
-ray = pytest.importorskip('ray')
+from isocluster.transport import ray_local  # noqa: E402
+
+ray = ray_local.ray_for_tests()
 
 from isocluster import ClusterPrimary, ClusterWorker, MapError, WorkerLost  # noqa: E402
 from isocluster.transport.ray import RayTransport  # noqa: E402
@@ -29,19 +28,10 @@ RAY_TIMEOUT = 90.0  # wall-clock seconds for one scenario (each worker is a new 
 def ray_instance():
     if ray.is_initialized():  # pragma: no cover - another module left it running
         ray.shutdown()
-    os.environ.setdefault('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER', '0')
-    temp_dir = os.path.join(tempfile.gettempdir(), f'isocluster-ray-dispatch-{os.getpid()}')
-    ray.init(
-        # A Ray instance of its own (address='local': never another session's cluster), on
-        # 127.0.0.1 only, with its files apart from any other instance on this machine.
-        address='local', num_cpus=2, include_dashboard=False, log_to_driver=False, _node_ip_address='127.0.0.1',
-        _temp_dir=temp_dir,
-        # The actors import this module's targets by name.
-        runtime_env={'env_vars': {'PYTHONPATH': os.pathsep.join([str(TESTS), str(ROOT)])}},
-    )
+    # A Ray instance of its own on 127.0.0.1 only; the actors import this module's targets by name.
+    ray_local.start_local(paths=[TESTS, ROOT])
     yield
     ray.shutdown()
-    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 class QueueWorker(ClusterWorker):

@@ -1,7 +1,8 @@
 """The Ray transport (issue 8): each worker is a Ray actor.
 
-Skipped when `ray` is not installed (`make test` stays ray-free); `make test-ray` installs the
-extra and runs this file. One local Ray instance serves the module (`ray.init(num_cpus=2)`);
+Skipped when `ray` is not installed and under xdist (`make test` stays ray-free); `make test-ray`
+installs the extra and runs this file. One local Ray instance on 127.0.0.1 serves the module
+(`ray_local.start_local`: 2 CPUs, 80 MB object store);
 its workers import the targets below (and `scenario_workers`) through PYTHONPATH, as a real
 cluster would import them from an installed package.
 
@@ -24,7 +25,9 @@ from typing import Any, Callable
 
 import pytest
 
-ray = pytest.importorskip('ray')
+from isocluster.transport import ray_local
+
+ray = ray_local.ray_for_tests()
 
 import test_scenarios as ts  # noqa: E402
 from conftest import Scenario, TransportCase  # noqa: E402
@@ -42,14 +45,8 @@ RAY_TIMEOUT = 60.0  # wall-clock seconds for one scenario (each worker is a new 
 def ray_instance():
     if ray.is_initialized():  # pragma: no cover - another module left it running
         ray.shutdown()
-    os.environ.setdefault('RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER', '0')
-    ray.init(
-        # A Ray instance of its own (address='local': never another session's cluster), on 127.0.0.1.
-        address='local', _node_ip_address='127.0.0.1',
-        num_cpus=2, include_dashboard=False,
-        # The workers import the targets of this file and scenario_workers by name.
-        runtime_env={'env_vars': {'PYTHONPATH': os.pathsep.join([str(TESTS), str(ROOT)])}},
-    )
+    # On 127.0.0.1 only; the workers import the targets of this file and scenario_workers by name.
+    ray_local.start_local(paths=[TESTS, ROOT], log_to_driver=True)
     yield
     ray.shutdown()
 
@@ -177,6 +174,19 @@ def actor_is_dead(actor: Any) -> bool:
 
 
 # -- basics -------------------------------------------------------------------------------------
+
+
+def test_every_ray_process_listens_on_loopback_only():
+    async def main() -> None:
+        cluster = Cluster()
+        cluster.primary.fork(1)
+        await cluster.ready(1)
+        listeners = ray_local.ray_listeners()
+        assert 'raylet' in ' '.join(command for _, command, _, _ in listeners), listeners
+        assert [entry for entry in listeners if not ray_local.is_loopback(entry[2])] == []
+        await cluster.close()
+
+    run(main)
 
 
 def test_importing_isocluster_does_not_import_ray():
@@ -328,6 +338,7 @@ def test_worker_death_is_disconnect_then_exit_then_replacement(how, expected):
 def test_send_to_a_dead_actor_rejects():
     async def main() -> None:
         cluster = Cluster(restart='never')
+        cluster.primary.on('no_workers', lambda event: event.prevent())  # stay up with no worker
         cluster.primary.fork(1)
         [worker] = await cluster.ready(1)
         link = worker._link

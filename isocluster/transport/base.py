@@ -40,6 +40,7 @@ import contextvars
 import os
 import signal as _signal
 import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
 
@@ -231,6 +232,14 @@ class WorkerLink(abc.ABC):
     def kill(self, signal: 'Signals') -> None:
         """Send `signal` to the worker; a no-op once it has ended (never a reused pid)."""
 
+    def resident_bytes(self) -> int | None:
+        """The worker's resident memory in bytes, or None where the transport cannot tell."""
+        return None
+
+    def cpu_seconds(self) -> float | None:
+        """User + system CPU seconds the worker has used, or None where the transport cannot tell."""
+        return None
+
     # The flow control of what this end writes (see flow.py): the transport keeps it
     # current; the core reads it to pace and cap sends.
     flow: LinkFlow
@@ -355,6 +364,13 @@ class Transport(abc.ABC):
         previous ones. Transports without signals install nothing."""
         return lambda: None
 
+    def notify(self, state: str) -> None:
+        """Tell the service manager `state` ('READY=1', 'WATCHDOG=1', ...); most transports have none."""
+
+    def watchdog_interval(self) -> float | None:
+        """Seconds between the primary's WATCHDOG=1, or None when no watchdog expects them."""
+        return None
+
     def close(self) -> None:
         """Release what the transport holds. Called by a primary that created it."""
 
@@ -405,6 +421,18 @@ class RealLoopTransport(Transport):
                     _signal.signal(sig, old)
 
         return restore
+
+    def notify(self, state: str) -> None:
+        from . import systemd
+
+        if state.startswith('RELOADING=1'):  # systemd's Type=notify-reload asks for the time too
+            state += f'\nMONOTONIC_USEC={time.monotonic_ns() // 1000}'
+        systemd.notify(state)
+
+    def watchdog_interval(self) -> float | None:
+        from . import systemd
+
+        return systemd.watchdog_interval()
 
     def _close_owned_loop(self) -> None:
         loop = self._loop

@@ -211,6 +211,14 @@ class MemoryWorkerLink(WorkerLink):
         self.partial_deadline = PartialFrameDeadline(transport.loop, transport.frame_timeout, self._partial_frame_expired)
         self.flow = self.to_worker.flow
         self.primary_link.flow = self.to_primary.flow
+        self.resident: int | None = None  # set_resident_bytes(): a simulated worker has no real memory
+        self.cpu: float | None = None
+
+    def resident_bytes(self) -> int | None:
+        return self.resident if self.process.alive else None
+
+    def cpu_seconds(self) -> float | None:
+        return self.cpu if self.process.alive else None
 
     @property
     def is_open(self) -> bool:
@@ -451,6 +459,10 @@ class MemoryTransport(Transport):
         self._captured: BaseException | None = None
         self.tracebacks: dict[int, str] = {}
         self.exits: dict[int, tuple[int | None, Signals | None]] = {}
+        # The service manager, simulated: what the primary told it, (virtual time, state); set
+        # `watchdog` (seconds between WATCHDOG=1) before the primary is built to expect pings.
+        self.notifications: list[tuple[float, str]] = []
+        self.watchdog: float | None = None
 
     # -- Transport -------------------------------------------------------------------
 
@@ -483,6 +495,12 @@ class MemoryTransport(Transport):
 
     def random(self) -> float:
         return self._random.random()
+
+    def notify(self, state: str) -> None:
+        self.notifications.append((self._loop.time(), state))
+
+    def watchdog_interval(self) -> float | None:
+        return self.watchdog
 
     def capture_fatal(self, error: BaseException) -> bool:
         self._capture(error)
@@ -625,6 +643,12 @@ class MemoryTransport(Transport):
         if delay < 0 or count < 1:
             raise ValueError('slow_boot(): delay must be >= 0 and count >= 1')
         self._slow_boots.extend([float(delay)] * count)
+
+    def set_resident_bytes(self, worker: Any, resident: int | None, cpu_seconds: float | None = None) -> None:
+        """What the primary reads as the worker's resident memory (and CPU seconds); None: unknown."""
+        link = self._link(worker)
+        link.resident = resident
+        link.cpu = cpu_seconds
 
     def alive(self, worker: Any) -> bool:
         return self._link(worker).process.alive

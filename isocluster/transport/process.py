@@ -33,7 +33,7 @@ from typing import Any
 
 from .. import protocol
 from ..errors import ProtocolError, TransportError
-from . import base, bootstrap, watchdog
+from . import base, bootstrap, procfs, systemd, watchdog
 from .partial import DEFAULT_FRAME_TIMEOUT, PartialFrameDeadline, check_frame_timeout
 from .flow import LinkFlow
 
@@ -403,6 +403,13 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
 
     def _describe(self) -> str:
         return f'link to worker {self.id} (pid {self.pid})'
+
+    # Only while unreaped: after waitpid the pid may already belong to another process.
+    def resident_bytes(self) -> int | None:
+        return procfs.resident_bytes(self.pid) if self._exit_status is None else None
+
+    def cpu_seconds(self) -> float | None:
+        return procfs.cpu_seconds(self.pid) if self._exit_status is None else None
 
     def _worker_id(self) -> int | None:
         return self.id
@@ -815,7 +822,9 @@ class ProcessTransport(base.RealLoopTransport):
         return None
 
     def bind(self, address: Any, reuse_port: bool = False) -> socket.socket:
-        sock = base.bind_listening(address, reuse_port)
+        sock = None if reuse_port else systemd.take_passed(address)  # socket activation
+        if sock is None:
+            sock = base.bind_listening(address, reuse_port)
         self._sockets.add(sock)
         return sock
 

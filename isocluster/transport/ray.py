@@ -25,7 +25,9 @@ Primary side
           worker's loop has dispatched the batch, so a slow worker pushes back
           (`pending_writes()` / `drain()`).
       worker -> primary: a long poll, `actor.pull()`, one call in flight per link, returns
-          every frame written since the last one (plus EOF and the exit status).
+          every frame written since the last one (plus EOF and the exit status). The
+          frames count as queued on the worker's side until its loop hears they were
+          pulled, so a slow primary pushes back too (and `max_queued_bytes` holds there).
     One call in flight per direction is what keeps per-link FIFO order (Ray does not order
     the tasks of an async actor). Results come back on Ray's threads and are handed to
     the loop with `call_soon_threadsafe`, so the listener is only ever called from the loop.
@@ -543,8 +545,9 @@ class _RayPrimaryLink(base.ThreadedPrimaryLink):
         self._finished = False
         self._kill_deadline: float | None = None
         self._kill_timer: threading.Timer | None = None
-        # Never congested: the runtime's outbox is pulled by the primary from another thread
-        # and is not accounted here (sends resolve at once, as before).
+        # Counts the runtime's outbox: bytes are queued when pushed and flushed once this
+        # loop hears that the primary pulled them (`_Runtime.pull`), so backpressure and
+        # max_queued_bytes hold on this side too.
         self.flow = LinkFlow(loop)
 
     def _describe(self) -> str:
@@ -725,6 +728,9 @@ class _Runtime:
                                      worker_id=self.worker_id)
             self.outbox.append(data)
             self._wake_locked()
+        # Only the worker's thread pushes, so this runs before the `flushed` of these bytes,
+        # which `pull` schedules on the worker's loop.
+        self.link.flow.queued(len(data))
 
     def close_link(self) -> None:
         with self.lock:
@@ -779,9 +785,19 @@ class _Runtime:
                     outbox.clear()
                     if self.eof:
                         self.eof_pulled = True
+                    if blob:
+                        self._report_pulled(len(blob))
                     return blob, self.eof, self.code
                 waiter = self.waiter = loop.create_future()
             await waiter
+
+    def _report_pulled(self, size: int) -> None:
+        """The primary has taken `size` bytes of the outbox: the worker's flow (owned by its
+        loop) learns it on that loop."""
+        try:
+            self.loop.call_soon_threadsafe(self.link.flow.flushed, size)
+        except RuntimeError:
+            pass  # the worker's loop is closed: nobody waits on its sends any more
 
     async def deliver(self, blob: bytes, eof: bool) -> None:
         loop = self._bind_actor_loop()

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import shutil
 import signal
 import sys
 import tempfile
@@ -42,23 +41,16 @@ DEFAULT_START_BOUND = 10.0
 
 @pytest.fixture(scope='module')
 def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Any:
-    # Read by Ray once, at import: its node address is then 127.0.0.1 only.
-    os.environ.update({'RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER': '0', 'RAY_USAGE_STATS_ENABLED': '0'})
+    if os.environ.get('PYTEST_XDIST_WORKER'):
+        pytest.skip('the Ray cases run in `make test-ray` (one Ray instance at a time), not under xdist')
+    from isocluster.transport import ray_local
+
+    ray_local.prepare_environment()  # 127.0.0.1 only: Ray reads this once, at import
     ray = pytest.importorskip('ray')  # the only skip: isocluster's own imports must not fail quietly
-    started = not ray.is_initialized()
-    if started:
-        # address='local' and a temp dir of its own: never join (or be joined by) another
-        # Ray instance on this machine.
-        temp_dir = tempfile.mkdtemp(prefix='rayc-', dir='/tmp')
-        ray.init(
-            address='local', num_cpus=2, include_dashboard=False, _node_ip_address='127.0.0.1',
-            object_store_memory=80 * 1024 * 1024, _temp_dir=temp_dir,
-            runtime_env={'env_vars': {'PYTHONPATH': os.pathsep.join([str(HERE), str(ROOT)])}},
-        )
+    started = ray_local.start_local(paths=[HERE, ROOT], _temp_dir=tempfile.mkdtemp(prefix='rayc-', dir='/tmp'))
     yield ray
     if started:
         ray.shutdown()
-        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @pytest.fixture(params=KINDS)
