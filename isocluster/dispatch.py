@@ -13,12 +13,14 @@ from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Mappin
 
 from . import protocol
 from .errors import (
-    EncodeError, MapError, ProtocolError, RemoteError, SendError, TransportError, WorkerLost,
+    EncodeError, MapError, ProtocolError, RemoteError, SendError, WorkerLost,
 )
 
 if TYPE_CHECKING:
     from .handle import WorkerHandle
-    from .primary import ClusterPrimary
+    from .registry import Registry
+    from .sending import Outbox
+    from .states import PrimaryState
 
 DEFAULT_MAX_IN_FLIGHT = 2  # one request running, one waiting on the worker: it never idles for a round trip
 
@@ -38,21 +40,19 @@ def least_busy_id(pool_ids: Iterable[int], in_flight: Callable[[int], int], hist
     return chosen
 
 
-def pick(primary: 'ClusterPrimary', tag: Any, limit: int | None = None,
+def pick(registry: 'Registry', tag: Any, limit: int | None = None,
          avoid: 'set[int] | frozenset[int]' = frozenset()) -> 'WorkerHandle | None':
     """The least busy ready worker (None: none ready, or all at `limit`); recorded as the tag's
     round-robin pick, so round_robin(tag) and least_busy(tag) share one order."""
-    pool = primary._pool
-    in_flight = primary._requests.in_flight
-    ids = [worker_id for worker_id in primary._pool_ids if worker_id not in avoid] if avoid else primary._pool_ids
+    pool = registry.pool
+    in_flight = registry.requests.in_flight
+    ids = [worker_id for worker_id in registry.pool_ids if worker_id not in avoid] if avoid else registry.pool_ids
     chosen = least_busy_id(
-        ids, lambda worker_id: in_flight(pool[worker_id]), primary._round_robin_history.get(tag, {}), limit,
+        ids, lambda worker_id: in_flight(pool[worker_id]), registry.round_robin_history.get(tag, {}), limit,
     )
     if chosen is None:
         return None
-    primary._round_robin_counter += 1
-    primary._round_robin_history.setdefault(tag, {})[chosen] = primary._round_robin_counter
-    return pool[chosen]
+    return registry.picked(tag, chosen)
 
 
 def check_map_options(max_in_flight: Any, chunksize: Any, retries: Any) -> None:
@@ -90,13 +90,22 @@ class Chunk(NamedTuple):
         return f'message {self.start}' if last == self.start else f'the chunk of messages {self.start}..{last}'
 
 
+class MapParts(NamedTuple):
+    """What a map needs of its primary."""
+
+    after: Callable[..., Any]  # the primary's public after(): the map wakes on add_worker and shut_down
+    registry: 'Registry'
+    state: 'PrimaryState'
+    outbox: 'Outbox'
+
+
 class MapRun:
     """One `primary.map()`: sends chunks to the least busy workers, at most `max_in_flight`
     requests on each, and hands the replies out in input order (or as they come)."""
 
-    def __init__(self, primary: 'ClusterPrimary', messages: Iterable[Any], ordered: bool, max_in_flight: int,
+    def __init__(self, parts: MapParts, messages: Iterable[Any], ordered: bool, max_in_flight: int,
                  chunksize: int, timeout: float | None, retries: int) -> None:
-        self._primary = primary
+        self._parts = parts
         self._source = iter(messages)
         self._pulled = 0  # messages read from the input so far
         self._exhausted = False
@@ -118,10 +127,10 @@ class MapRun:
         self._broken: set[int] = set()  # workers a write failed to: gone, though not yet out of the pool
 
     async def run(self) -> AsyncIterator[Any]:
-        primary = self._primary
+        parts = self._parts
         wake = self._wake.set
-        subscriptions = [primary.after('add_worker', lambda event: wake()), primary.after('shut_down', lambda event: wake())]
-        primary._requests.on_end.add(wake)
+        subscriptions = [parts.after('add_worker', lambda event: wake()), parts.after('shut_down', lambda event: wake())]
+        parts.registry.requests.on_end.add(wake)
         try:
             while True:
                 while self._finished:
@@ -140,19 +149,19 @@ class MapRun:
                     continue
                 if self._outstanding == 0 and not self._has_work():
                     return
-                if self._outstanding == 0 and not primary._pool_ids and primary._state != 'active':
+                if self._outstanding == 0 and not parts.registry.pool_ids and not parts.state.active:
                     index = self._again[0].start if self._again else (self._carry.start if self._carry else None)
                     raise MapError(
-                        f'the primary is {primary._state.replace("_", " ")} and no worker is left to send '
+                        f'the primary is {parts.state.name.replace("_", " ")} and no worker is left to send '
                         f'message {index} of the map to', index=index,
                     )
                 self._wake.clear()
                 await self._wake.wait()
         finally:
-            primary._requests.on_end.discard(wake)
+            parts.registry.requests.on_end.discard(wake)
             for subscription in subscriptions:
                 subscription.unsubscribe()
-            primary._round_robin_history.pop(self._tag, None)
+            parts.registry.round_robin_history.pop(self._tag, None)
 
     def _has_work(self) -> bool:
         if self._again or self._carry is not None:
@@ -174,7 +183,7 @@ class MapRun:
 
     def _dispatch(self) -> None:
         while self._has_work():
-            worker = pick(self._primary, self._tag, self._limit, self._broken)
+            worker = pick(self._parts.registry, self._tag, self._limit, self._broken)
             if worker is None:
                 return
             self._send(worker, self._again.popleft() if self._again else self._next_chunk())
@@ -192,8 +201,8 @@ class MapRun:
     def _encode(self, chunk: Chunk) -> tuple[str, bytes]:
         """The chunk's frame kind and body. Too large for one frame: the second half goes back
         to the front of the queue. A message that cannot be encoded fails the map, by index."""
-        primary = self._primary
-        codec, limit = primary._codec, primary._transport.max_frame_size
+        outbox = self._parts.outbox
+        codec, limit = outbox.codec, outbox.max_frame_size
         messages = chunk.messages
         while True:
             try:
@@ -215,20 +224,9 @@ class MapRun:
                 del messages[half:]
 
     def _send(self, worker: 'WorkerHandle', chunk: Chunk) -> None:
-        primary = self._primary
-        requests = primary._requests
         kind, body = self._encode(chunk)
-        request_id, future = requests.open(primary._pubsub_loop(), worker, self._timeout,
-                                           f'the map request to worker {worker.id}')
-        try:
-            worker._link.write(kind, (request_id, body))
-        except TransportError as error:
-            requests.cancel(request_id)
-            future = primary._rejected(SendError(
-                f'could not write to worker {worker.id}: {error}', worker_id=worker.id))
-        else:
-            primary._stats['messages_out'] += 1
-            primary._handled(worker, len(chunk.messages))
+        future = self._parts.outbox.write_request(worker, kind, body, self._timeout,
+                                                  f'the map request to worker {worker.id}', len(chunk.messages))
         self._outstanding += 1
         future.add_done_callback(lambda done: self._done(chunk, worker, done))
 
@@ -289,13 +287,13 @@ class MapRun:
         self._again.append(chunk)
 
 
-def map_replies(primary: 'ClusterPrimary', messages: Iterable[Any], *, ordered: bool = True,
+def map_replies(parts: MapParts, messages: Iterable[Any], *, ordered: bool = True,
                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, chunksize: int = 1, timeout: float | None = None,
                 retries: int = 0) -> AsyncIterator[Any]:
     check_map_options(max_in_flight, chunksize, retries)
     if isinstance(messages, (str, bytes, dict)):
         raise TypeError(f'messages: expected an iterable of messages (a list, a generator), got {type(messages).__name__}')
-    return MapRun(primary, messages, bool(ordered), max_in_flight, chunksize, timeout, retries).run()
+    return MapRun(parts, messages, bool(ordered), max_in_flight, chunksize, timeout, retries).run()
 
 
 __all__ = ['Chunk', 'MapRun', 'least_busy_id', 'map_replies', 'pick']

@@ -15,35 +15,12 @@ from typing import Any
 
 from . import protocol
 from .errors import ProtocolError
-
-# The states in which a frame of each kind may arrive from a worker. 'forked' is before
-# ONLINE; a handle leaves the primary's table when it is dead, so no frame is seen later.
-_AFTER_ONLINE = frozenset(('online', 'ready', 'disconnected'))
-_ALLOWED_IN: dict[str, frozenset[str]] = {
-    protocol.MESSAGE: _AFTER_ONLINE,
-    protocol.ONLINE: frozenset(('forked',)),
-    protocol.READY: _AFTER_ONLINE,
-    protocol.EXITING: _AFTER_ONLINE,
-    protocol.LISTEN: _AFTER_ONLINE,
-    protocol.HEARTBEAT_ACK: frozenset(('forked',)) | _AFTER_ONLINE,
-    protocol.REQUEST: _AFTER_ONLINE,
-    protocol.REPLY: _AFTER_ONLINE,
-    protocol.REPLY_BATCH: _AFTER_ONLINE,
-}
-
+from .states import FRAMES_ALLOWED_IN, frame_refusal
 
 def refusal(kind: str, state: str, ready_received: bool) -> str | None:
-    """Why a worker in `state` may not send a `kind` frame now, or None when it may."""
-    allowed = _ALLOWED_IN.get(kind)
-    if allowed is None:
-        return f'a {kind.upper()} frame, which only the primary sends'
-    if state not in allowed:
-        if kind == protocol.ONLINE:
-            return 'a second ONLINE'
-        return f'a {kind.upper()} frame before ONLINE'
-    if kind == protocol.READY and ready_received:
-        return 'a second READY'
-    return None
+    """Why a worker in `state` may not send a `kind` frame now, or None when it may (the table
+    is `states.FRAMES_ALLOWED_IN`)."""
+    return frame_refusal(kind, state, ready_received)
 
 
 def check_payload(kind: str, payload: Any) -> Any:
@@ -86,7 +63,7 @@ def reply_error(data: bytes) -> dict[str, str]:
 
 
 def describe(kind: str) -> str:
-    return f'a {kind.upper()} frame' if kind in _ALLOWED_IN or kind in protocol.KINDS else f'a frame of kind {kind!r}'
+    return f'a {kind.upper()} frame' if kind in FRAMES_ALLOWED_IN or kind in protocol.KINDS else f'a frame of kind {kind!r}'
 
 
 def _reject(kind: str, what: str, payload: Any) -> None:

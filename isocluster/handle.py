@@ -3,81 +3,79 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable, Protocol
 
-from .figures import worker_figures
-from .transport.base import SIGTERM, Signals, WorkerLink
+from .states import CONNECTED, WORKER_TRANSITIONS, WorkerLife
+from .transport.base import SIGTERM, Signals
 
-if TYPE_CHECKING:
-    from .primary import ClusterPrimary
+TRANSITIONS = WORKER_TRANSITIONS  # the table lives in states.py
 
-# state -> states it may move to (SPEC §4.13); 'disconnected' is reachable from any live state.
-TRANSITIONS: dict[str, tuple[str, ...]] = {
-    'forked': ('online', 'disconnected'),
-    'online': ('ready', 'disconnected'),
-    'ready': ('disconnected',),
-    'disconnected': ('dead',),
-    'dead': (),
-}
+
+class _Sender(Protocol):
+    def send(self, message: Any, to: Any = None) -> 'asyncio.Future[None]': ...
+
+
+def _stays(handle: 'WorkerHandle') -> None:
+    """A handle no primary registered has nobody to ask to leave."""
 
 
 class WorkerHandle:
-    """One worker as the primary sees it. Created by the primary; never construct one."""
+    """One worker as the primary sees it. Created by the primary; never construct one.
 
-    def __init__(self, primary: 'ClusterPrimary', worker_id: int) -> None:
+    The primary's bookkeeping is `life` (a `states.WorkerLife`). The handle reaches its primary
+    only through its public `send(message, to=)` and the `leave` callable it was given (ask this
+    worker to leave), and `figures` for its stats(); nothing else of the primary.
+    """
+
+    def __init__(self, sender: _Sender, worker_id: int, leave: Callable[['WorkerHandle'], None] = _stays,
+                 figures: Callable[['WorkerHandle'], dict[str, Any]] | None = None) -> None:
         self.id = worker_id
-        self.state = 'forked'
         self.exit_code: int | None = None
         self.exit_signal: Signals | None = None
         self.exited_after_disconnect = False
-        self._primary = primary
-        self._link: WorkerLink | None = None
-        self._start_error: BaseException | None = None
-        self._error: BaseException | None = None  # what its worker_error carried, if any
-        # supervision bookkeeping, owned by the primary
-        self._online_accepted = False
-        self._ready_received = False
-        self._ever_ready = False
-        self._faulted = False
-        self._error_published = False
-        self._retired = False
-        self._disconnect_requested = False
-        self._last_beat = 0.0
-        self._heartbeating = False
-        self._timers: dict[str, asyncio.TimerHandle] = {}
-        # per-worker figures (stats()) and recycling, kept by the primary
-        self._started_at = 0.0
-        self._ready_at = 0.0
-        self._exited_at: float | None = None
-        self._messages_in = 0
-        self._messages_out = 0
-        self._slot_restarts = 0
-        self._recycle_limits: Any = None
-        self._recycle_reason: str | None = None
+        self.life = WorkerLife(worker_id)
+        self._sender = sender
+        self._leave = leave
+        self._figures = figures
+
+    @property
+    def state(self) -> str:
+        """'forked' | 'online' | 'ready' | 'disconnected' | 'dead'."""
+        return self.life.state
 
     @property
     def pid(self) -> int | None:
         """The OS process id, or None where the transport has no OS process."""
-        return self._link.pid if self._link is not None else None
+        link = self.life.link
+        return link.pid if link is not None else None
 
-    def _move(self, state: str) -> None:
-        if state not in TRANSITIONS[self.state]:  # pragma: no cover - a library bug, not user input
-            raise AssertionError(f'worker {self.id}: illegal state change {self.state} -> {state}')
-        self.state = state
+    @property
+    def _link(self) -> Any:  # the transport's link (tests inject faults through it)
+        return self.life.link
+
+    @property
+    def _timers(self) -> dict[str, Any]:
+        return self.life.timers
+
+    @property
+    def _last_beat(self) -> float:  # when it last answered a heartbeat (tests observe it)
+        beat = self.life.last_beat
+        return 0.0 if beat is None else beat
 
     def send(self, message: Any) -> 'asyncio.Future[None]':
         """Same as `primary.send(message, to=self)`."""
-        return self._primary.send(message, to=self)
+        return self._sender.send(message, to=self)
 
     def disconnect(self) -> 'WorkerHandle':
         """Ask the worker to leave (DISCONNECT, then SIGTERM and SIGKILL on timeouts)."""
-        self._primary._disconnect_worker(self)
+        self._leave(self)
         return self
 
     def kill(self, signal: Signals | int = SIGTERM) -> 'WorkerHandle':
         """Send `signal`; a no-op once the worker is dead (never signals a reused pid)."""
-        if self.state != 'dead' and self._link is not None:
-            self._link.kill(Signals(signal))
+        link = self.life.link
+        if self.life.state != 'dead' and link is not None:
+            link.kill(Signals(signal))
         return self
 
     def stats(self) -> dict[str, Any]:
@@ -85,23 +83,19 @@ class WorkerHandle:
         exit), resident_bytes and cpu_seconds (None where the transport cannot tell), messages_in
         / messages_out (with the primary), in_flight requests, restarts of its slot (replacements
         after failures that led to this worker; reloads and recycling do not count)."""
-        return worker_figures(self)
+        if self._figures is None:
+            raise RuntimeError(f'worker {self.id}: this handle belongs to no primary')
+        return self._figures(self)
+
+    @property
+    def _recycle_limits(self) -> Any:  # the limits recycling drew for it (tests observe them)
+        return self.life.recycle_limits
 
     def is_connected(self) -> bool:
-        return self.state in ('online', 'ready')
+        return self.life.state in CONNECTED
 
     def is_dead(self) -> bool:
-        return self.state == 'dead'
-
-    def _cancel_timer(self, name: str) -> None:
-        timer = self._timers.pop(name, None)
-        if timer is not None:
-            timer.cancel()
-
-    def _cancel_timers(self) -> None:
-        for timer in self._timers.values():
-            timer.cancel()
-        self._timers.clear()
+        return self.life.state == 'dead'
 
     def __repr__(self) -> str:
         pid = f' pid={self.pid}' if self.pid is not None else ''

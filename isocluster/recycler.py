@@ -1,6 +1,6 @@
-"""Recycling healthy workers (issue 16), as a mixin of ClusterPrimary: it gathers each ready
-worker's facts, asks `recycling.decide`, publishes `worker_recycle` [worker, reason, value, limit],
-whose default action is one reload step (`stop_worker(worker, replace=True)`): the new worker
+"""Recycling healthy workers (issue 16): gathers each ready worker's facts, asks
+`recycling.decide`, and publishes `worker_recycle` [worker, reason, value, limit], whose default
+action (the primary's) is one reload step (`stop_worker(worker, replace=True)`): the new worker
 is ready before the old one drains, and no restart is counted.
 
 Time comes from the loop; resident memory from the transport (`WorkerLink.resident_bytes()`).
@@ -9,77 +9,86 @@ Time comes from the loop; resident memory from the transport (`WorkerLink.reside
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 from .recycling import RecyclePolicy, decide
 
 if TYPE_CHECKING:
     from .handle import WorkerHandle
+    from .registry import Registry
+    from .states import PrimaryState
 
 
 class Recycler:
-    _recycling: RecyclePolicy
-    _memory_timer: asyncio.TimerHandle | None = None
+    """Each ready worker's recycling limits and checks, and the memory check timer."""
 
-    def _recycle_start(self, handle: 'WorkerHandle') -> None:
+    def __init__(self, policy: RecyclePolicy, *, random: Callable[[], float], now: Callable[[], float],
+                 call_soon: Callable[..., Any], call_later: Callable[..., asyncio.TimerHandle],
+                 publish: Callable[[str, dict[str, Any]], Any], state: 'PrimaryState', registry: 'Registry') -> None:
+        self.policy = policy
+        self._random = random
+        self._now = now
+        self._call_soon = call_soon
+        self._call_later = call_later
+        self._publish = publish
+        self._state = state
+        self._registry = registry
+        self._memory_timer: asyncio.TimerHandle | None = None
+
+    def start(self, handle: 'WorkerHandle') -> None:
         """At worker_ready: draw the worker's limits and arm its age and memory checks."""
-        policy = self._recycling
+        policy = self.policy
         if not policy.enabled:
             return
-        limits = policy.limits(self._transport.random(), self._transport.random())
-        handle._recycle_limits = limits
-        handle._ready_at = self._pubsub_loop().time()
-        if limits.requests is not None and handle._messages_out >= limits.requests:  # sent to before it was ready
-            self._call_soon(self._recycle_check, handle)
+        life = handle.life
+        limits = policy.limits(self._random(), self._random())
+        life.recycle_limits = limits
+        life.ready_at = self._now()
+        if limits.requests is not None and life.messages_out >= limits.requests:  # sent to before it was ready
+            self._call_soon(self.check, handle)
         if limits.age is not None:
-            handle._timers['recycle_age'] = self._call_later(limits.age, self._recycle_age_reached, handle)
+            life.timers['recycle_age'] = self._call_later(limits.age, self._age_reached, handle)
         if limits.memory is not None and self._memory_timer is None:
-            self._memory_timer = self._call_later(policy.memory_check_interval, self._recycle_memory_tick)
+            self._memory_timer = self._call_later(policy.memory_check_interval, self._memory_tick)
 
-    def _handled(self, handle: 'WorkerHandle', count: int = 1) -> None:
+    def handled(self, handle: 'WorkerHandle', count: int = 1) -> None:
         """`count` more messages written to `handle`."""
-        handle._messages_out += count
-        if handle._recycle_limits is not None:
-            self._recycle_counted(handle, count)
+        life = handle.life
+        life.messages_out += count
+        if life.recycle_limits is not None:
+            # On the next loop turn, so that worker_recycle's handlers never run inside send().
+            limit, now = life.recycle_limits.requests, life.messages_out
+            if limit is not None and now - count < limit <= now:
+                self._call_soon(self.check, handle)
 
-    def _recycle_counted(self, handle: 'WorkerHandle', count: int) -> None:
-        # On the next loop turn, so that worker_recycle's handlers never run inside send().
-        limit, now = handle._recycle_limits.requests, handle._messages_out
-        if limit is not None and now - count < limit <= now:
-            self._call_soon(self._recycle_check, handle)
-
-    def _recycle_check(self, handle: 'WorkerHandle', resident: int | None = None) -> None:
-        limits = handle._recycle_limits
-        if limits is None or handle._recycle_reason is not None or self._state != 'active':
+    def check(self, handle: 'WorkerHandle', resident: int | None = None) -> None:
+        life = handle.life
+        limits = life.recycle_limits
+        if limits is None or life.recycle_reason is not None or not self._state.active:
             return
-        if handle.state != 'ready' or handle._retired:
+        if life.state != 'ready' or life.retired:
             return
-        decision = decide(limits, handled=handle._messages_out, age=self._pubsub_loop().time() - handle._ready_at,
-                          resident=resident)
+        decision = decide(limits, handled=life.messages_out, age=self._now() - life.ready_at, resident=resident)
         if decision is not None:
-            handle._recycle_reason = decision.reason
+            life.recycle_reason = decision.reason
             self._publish('worker_recycle', {'worker': handle, 'reason': decision.reason, 'value': decision.value,
                                              'limit': decision.limit})
 
-    def _recycle_age_reached(self, handle: 'WorkerHandle') -> None:
-        handle._timers.pop('recycle_age', None)
-        self._recycle_check(handle)
+    def _age_reached(self, handle: 'WorkerHandle') -> None:
+        handle.life.timers.pop('recycle_age', None)
+        self.check(handle)
 
-    def _recycle_memory_tick(self) -> None:
+    def _memory_tick(self) -> None:
         self._memory_timer = None
-        if self._state != 'active':
+        if not self._state.active:
             return
-        for handle in list(self._pool.values()):
-            if handle._recycle_limits is not None and handle._link is not None:
-                self._recycle_check(handle, handle._link.resident_bytes())
-        self._memory_timer = self._call_later(self._recycling.memory_check_interval, self._recycle_memory_tick)
+        for handle in list(self._registry.pool.values()):
+            link = handle.life.link
+            if handle.life.recycle_limits is not None and link is not None:
+                self.check(handle, link.resident_bytes())
+        self._memory_timer = self._call_later(self.policy.memory_check_interval, self._memory_tick)
 
-    def _recycle_stop(self) -> None:
+    def stop(self) -> None:
         if self._memory_timer is not None:
             self._memory_timer.cancel()
             self._memory_timer = None
-
-    def _event_worker_recycle(self, event: Any) -> None:
-        handle = event.data['worker']
-        if self._state == 'active' and self._live.get(handle.id) is handle and not handle._retired:
-            self.stop_worker(handle, replace=True)

@@ -41,7 +41,7 @@ from isocluster.transport import ray_local
 
 ray = ray_local.ray_for_tests()
 
-from hypothesis import settings  # noqa: E402
+from hypothesis import Phase, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.stateful import precondition, rule, run_state_machine_as_test  # noqa: E402
 
@@ -142,13 +142,23 @@ class RayClusterMachine(ClusterMachine):
             STATS['process_examples'], STATS['process_seconds'] = examples, seconds
 
 
-RAY_SETTINGS = settings(max_examples=RAY_EXAMPLES, stateful_step_count=RAY_STEPS, **_COMMON)
+# A real cluster's timing decides which rules are enabled after a step (a worker placed on the
+# lost node or not, ready in time or not), while Hypothesis requires that the same choices
+# always draw the same way and raises FlakyStrategyDefinition when a later example shares a
+# prefix that drew differently: on Ray that happened in about one run in three, hiding any
+# real failure. So each example is a Hypothesis run of its own (random seed, no shrinking, no
+# database): a violation is reported with the steps as they ran, and the model's checks are
+# the same as everywhere else. Two examples a run: Hypothesis's first is always the simplest
+# one (a step or two), the second a random program.
+RAY_SETTINGS = settings(max_examples=2, stateful_step_count=RAY_STEPS, phases=[Phase.generate], database=None,
+                        **_COMMON)
 
 
 def test_ray_cluster_spec() -> None:
     """The machine on Ray, and a check that it really ran its examples there (issue 8): one
     test, so the count never depends on another test having run first in this process."""
     before = RAY_STATS['examples']
-    run_state_machine_as_test(RayClusterMachine, settings=RAY_SETTINGS)
+    for _ in range(RAY_EXAMPLES):
+        run_state_machine_as_test(RayClusterMachine, settings=RAY_SETTINGS)
     ran = RAY_STATS['examples'] - before
     assert ran >= RAY_EXAMPLES, RAY_STATS

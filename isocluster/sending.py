@@ -1,0 +1,174 @@
+"""The primary's writes to workers: `send()` and `request()`. Which workers a destination
+names, the queued-bytes cap, backpressure, and every failure as a rejected future (R71-R75)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any, Callable
+
+from . import protocol
+from .errors import EncodeError, InvalidDestinationError, SendError, TransportError
+from .handle import WorkerHandle
+from .pacing import admits, over_cap
+from .states import CONNECTED
+from .transport.flow import HIGH_WATER, all_resolved
+
+if TYPE_CHECKING:
+    from .registry import Registry
+    from .transport.base import Transport
+
+
+def write_failure(target: WorkerHandle, error: TransportError) -> SendError:
+    failure = SendError(
+        f'could not write to worker {target.id}: {error}; the worker is gone or its link broke',
+        worker_id=target.id,
+    )
+    failure.__cause__ = error
+    return failure
+
+
+def _over_cap(target: WorkerHandle, pending: int, cap: float) -> SendError:
+    return over_cap(f'the link to worker {target.id}', target.id, pending, cap)
+
+
+class Outbox:
+    def __init__(self, registry: 'Registry', codec: protocol.Codec, transport: 'Transport', queue_cap: float,
+                 stats: dict[str, int], loop: Callable[[], asyncio.AbstractEventLoop],
+                 resolved: Callable[[], 'asyncio.Future[None]'], rejected: Callable[[BaseException], 'asyncio.Future[Any]'],
+                 handled: Callable[[WorkerHandle, int], None]) -> None:
+        self._registry = registry
+        self._codec = codec
+        self._transport = transport
+        self._queue_cap = queue_cap
+        self._stats = stats
+        self._loop = loop
+        self._resolved = resolved
+        self._rejected = rejected
+        self._handled = handled  # `count` more messages written to a worker (figures, recycling)
+
+    def send(self, message: Any, to: Any) -> 'asyncio.Future[None]':
+        try:
+            data = protocol.encode_message(self._codec, message, self._transport.max_frame_size)
+        except EncodeError as error:
+            return self._rejected(error)
+        if type(to) is WorkerHandle and to.life.state in CONNECTED and self._registry.live.get(to.id) is to:
+            # One connected worker, the common case: no destination lists.
+            link = to.life.link
+            flow = link.flow
+            if flow.pending and flow.pending + len(data) > self._queue_cap:
+                return self._rejected(_over_cap(to, flow.pending, self._queue_cap))
+            try:
+                link.write(protocol.MESSAGE, data)
+            except TransportError as error:
+                return self._rejected(write_failure(to, error))
+            self._stats['messages_out'] += 1
+            self._handled(to, 1)
+            if flow.pending > HIGH_WATER:  # backpressure: resolves once the link has drained
+                return flow.completion()
+            return self._resolved()
+        destinations = self._destinations(to)
+        if not destinations:
+            return self._resolved()
+        failures: list[tuple[Any, BaseException]] = []
+        waiting: dict[Any, asyncio.Future[None]] = {}
+        for destination, target in destinations:
+            if isinstance(target, BaseException):
+                failures.append((destination, target))
+                continue
+            flow = target.life.link.flow
+            if not admits(flow.pending, len(data), self._queue_cap):
+                failures.append((destination, _over_cap(target, flow.pending, self._queue_cap)))
+                continue
+            try:
+                target.life.link.write(protocol.MESSAGE, data)
+            except TransportError as error:
+                failures.append((destination, write_failure(target, error)))
+            else:
+                self._stats['messages_out'] += 1
+                self._handled(target, 1)
+                if flow.pending > HIGH_WATER:  # the same link twice waits for its later mark
+                    waiting[flow] = flow.completion()
+        if not failures:
+            if not waiting:
+                return self._resolved()
+            return all_resolved(self._loop(), list(waiting.values()))  # backpressure
+        if len(destinations) == 1:
+            return self._rejected(failures[0][1])
+        return self._rejected(SendError(
+            f'{len(failures)} of {len(destinations)} destinations failed: '
+            + '; '.join(f'{destination!r}: {error}' for destination, error in failures),
+            failures=failures,
+        ))
+
+    def request(self, message: Any, to: Any, timeout: float | None) -> 'asyncio.Future[Any]':
+        if isinstance(to, (list, tuple)):
+            return self._rejected(InvalidDestinationError(f'request(): to must name one worker, got {to!r}'))
+        try:
+            data = protocol.encode_message(self._codec, message, self._transport.max_frame_size,
+                                           overhead=protocol.REQUEST_OVERHEAD)
+        except EncodeError as error:
+            return self._rejected(error)
+        target = self.resolve_one(to)
+        if isinstance(target, BaseException):
+            return self._rejected(target)
+        requests = self._registry.requests
+        request_id, reply = requests.open(self._loop(), target, timeout, f'the request to worker {target.id}')
+        try:
+            target.life.link.write(protocol.REQUEST, (request_id, data))
+        except TransportError as error:
+            requests.cancel(request_id)
+            return self._rejected(write_failure(target, error))
+        self._stats['messages_out'] += 1
+        self._handled(target, 1)
+        return reply
+
+    @property
+    def codec(self) -> protocol.Codec:
+        return self._codec
+
+    @property
+    def max_frame_size(self) -> int:
+        return self._transport.max_frame_size
+
+    def write_request(self, worker: WorkerHandle, kind: str, body: bytes, timeout: float | None,
+                      describe: str, count: int = 1) -> 'asyncio.Future[Any]':
+        """Write one request (REQUEST or REQUEST_BATCH) already encoded: its reply's future,
+        rejected with SendError when the write failed."""
+        requests = self._registry.requests
+        request_id, future = requests.open(self._loop(), worker, timeout, describe)
+        try:
+            worker.life.link.write(kind, (request_id, body))
+        except TransportError as error:
+            requests.cancel(request_id)
+            return self._rejected(SendError(f'could not write to worker {worker.id}: {error}', worker_id=worker.id))
+        self._stats['messages_out'] += 1
+        self._handled(worker, count)  # `count` messages of a chunk
+        return future
+
+    def _destinations(self, to: Any) -> list[tuple[Any, Any]]:
+        if to is None:
+            return [(handle, handle) for handle in self._registry.ready()]
+        if isinstance(to, (list, tuple)):
+            return [(item, self.resolve_one(item)) for item in to]
+        return [(to, self.resolve_one(to))]
+
+    def resolve_one(self, destination: Any) -> Any:
+        """The connected worker `destination` names, or the InvalidDestinationError saying why not."""
+        if isinstance(destination, WorkerHandle):
+            if destination.life.state in CONNECTED and self._registry.owns(destination):
+                return destination
+            return InvalidDestinationError(
+                f'invalid message destination {destination!r}: not a connected worker of this primary',
+                worker_id=destination.id,
+            )
+        if type(destination) is int:
+            handle = self._registry.pool.get(destination)
+            if handle is not None:
+                return handle
+            return InvalidDestinationError(
+                f'invalid message destination {destination!r}: no ready worker has this id', worker_id=destination
+            )
+        return InvalidDestinationError(
+            f'invalid message destination {destination!r}: use a WorkerHandle, a worker id (int), '
+            'a list of them, or None for every ready worker'
+        )
