@@ -74,6 +74,14 @@ class SpecWorker(ClusterWorker):
     def _event_primary_message_leave(self, event: Any) -> None:
         self.destroy()
 
+    def _event_primary_message_hang(self, event: Any) -> None:
+        """The process transport's hang (MemoryTransport.hang): the loop blocks for good, so
+        nothing is answered any more, heartbeats included; SIGTERM ends it unless ignored."""
+        if event.data['message']['ignore_sigterm']:
+            signal_module.signal(signal_module.SIGTERM, signal_module.SIG_IGN)
+        while True:
+            time.sleep(60)
+
     def _event_primary_message_task(self, event: Any) -> int:
         """A map's task (R142): twice its value; the worker `die_on` names exits instead."""
         message = event.data['message']
@@ -180,7 +188,7 @@ class Driver:
             restart_intensity=config['intensity'], restart_period=config['period'], restart_backoff=None,
             ready_timeout=RAY_READY_TIMEOUT if transport == 'ray' else READY_TIMEOUT,
             shutdown_timeout=SHUTDOWN_TIMEOUT, kill_timeout=KILL_TIMEOUT,
-            heartbeat_interval=config['heartbeat'],
+            heartbeat_interval=config['heartbeat'], heartbeat_timeout=config.get('heartbeat_timeout'),
         )
         for name in PRIMARY_EVENTS:
             self.primary.on(name, self._recorder('on', name))
@@ -341,6 +349,11 @@ class Driver:
         return alive
 
     def op_hang(self, worker: int, ignore_sigterm: bool) -> bool:
+        if self.sim is None:  # a real worker blocks its own loop once the message arrives
+            alive = self.alive(worker)
+            self.handle(worker).send({'type': 'hang', 'ignore_sigterm': ignore_sigterm}).add_done_callback(
+                lambda done: done.cancelled() or done.exception())
+            return alive
         alive = self.sim.alive(worker)
         self.sim.hang(worker, ignore_sigterm=ignore_sigterm)
         return alive

@@ -34,9 +34,12 @@ from .model import DEAD, DISCONNECTED, FORKED, ONLINE, READY, ClusterModel, Spec
 PROFILE = os.environ.get('ISOCLUSTER_SPEC_PROFILE', 'default')
 FULL = PROFILE == 'full'
 MEMORY_EXAMPLES = 1000 if FULL else 100
-PROCESS_EXAMPLES = 20 if FULL else 5
+PROCESS_EXAMPLES = 30 if FULL else 5
 MEMORY_STEPS = 30
-PROCESS_STEPS = 12
+PROCESS_STEPS = 20 if FULL else 12
+# Real-time heartbeats on processes: a timeout far above any scheduling pause of a loaded
+# 2-core machine, so only a worker that really stopped answering misses it.
+PROCESS_HEARTBEAT = {'heartbeat': 0.3, 'heartbeat_timeout': 3.0}
 REPLAY_EVERY = 4  # every 4th memory run is replayed and its trace hash compared (R121)
 LIVENESS_BOUND = 40.0  # virtual seconds after the faults stop (ready_timeout + kill + heartbeats + slack)
 SLOW_BOOT_ALLOWANCE = 15.0  # per slow boot still queued: slow boot + ready_timeout + kill_timeout + restart
@@ -69,11 +72,8 @@ def event(text: str) -> None:
 
 
 def process_transport_unavailable() -> str | None:
-    """Why the process transport cannot run the spec yet, or None."""
-    try:
-        from isocluster.transport.process import ProcessTransport  # noqa: F401
-    except Exception as error:  # being written by another engineer: may not import yet
-        return f'isocluster.transport.process is not usable yet: {error!r}'
+    """Why this platform cannot run the process transport, or None. A process transport that
+    fails to import fails the process machine (the driver imports it); it is never skipped."""
     if not hasattr(os, 'fork'):
         return 'the process transport needs os.fork'
     return None
@@ -125,6 +125,10 @@ class ClusterMachine(RuleBasedStateMachine):
                 continue
             if stage == 'on' and name == 'worker_exit' and not model.workers[worker_id].ever_ready:
                 self.rare('death_before_ready')
+            if stage == 'on' and name == 'worker_error':
+                event(f"worker_error: {data['error']}")
+            if stage == 'on' and name == 'worker_exit' and data['signal'] is not None:
+                event(f"worker_exit by signal {data['signal']}")
             if stage == 'on' and name == 'worker_message':
                 self.watch_reordering(worker_id, data['message'])
             model.observe(stage, name, worker_id, data, when)
@@ -169,9 +173,11 @@ class ClusterMachine(RuleBasedStateMachine):
         workers=st.integers(0, 3),
     )
     def start(self, seed: int, intensity: int, period: float, heartbeat: float | None, workers: int) -> None:
-        if not self.memory:
-            heartbeat = None  # real-time heartbeats on a loaded 2-core machine would make runs flaky
         self.config = {'intensity': intensity, 'period': period, 'heartbeat': heartbeat}
+        if self.TRANSPORT == 'process' and heartbeat is not None:
+            self.config.update(PROCESS_HEARTBEAT)
+        elif self.TRANSPORT == 'ray':
+            self.config['heartbeat'] = heartbeat = None  # each actor is a new process on 2 shared CPUs
         self.seed = seed
         self.program: list[tuple[str, dict[str, Any]]] = []
         self.cursor = 0
@@ -307,8 +313,8 @@ class ClusterMachine(RuleBasedStateMachine):
     @rule(index=WORKER_INDEX, signal=st.sampled_from([9, 15]))
     def kill(self, index: int, signal: int) -> None:
         """handle.kill(signal): R80 (exit by signal), R82 (replaced), R119."""
-        if not self.memory:
-            signal = 9  # a real SIGTERM may race the worker's own shutdown path; SIGKILL cannot
+        if self.TRANSPORT == 'ray':
+            signal = 9  # ray.kill ends an actor whatever the signal: SIGTERM would check nothing more
         worker_id = self.pick(index, self.live_ids())
         if self.model.workers[worker_id].state == DEAD:
             return
@@ -414,10 +420,12 @@ class ClusterMachine(RuleBasedStateMachine):
         """Liveness mid-run: faults stop, and within bounded time every slot is ready again."""
         self.check_liveness()
 
-    # -- rules: memory transport only -------------------------------------------------------
-    # Virtual-time and fault-injection rules exist only on MemoryTransport: a real process
-    # cannot be made to exit with a chosen code, hang, hold its socket, fail one write or
-    # boot slowly from outside, and kill_primary would kill the test process itself.
+    # -- rules: fault injection ---------------------------------------------------------------
+    # Most exist only on MemoryTransport: a real process cannot be made to hold its socket,
+    # fail one write or boot slowly from outside, and kill_primary would kill the test process
+    # itself. On processes a crash with a chosen code is the `command` rule (the worker exits
+    # by itself) and a crash by signal is `kill`; `hang` runs there too (the worker is told to
+    # block its loop), so heartbeat timeouts and SIGTERM -> SIGKILL are checked on real workers.
 
     @precondition(lambda self: self.memory and self.has_live())
     @rule(index=WORKER_INDEX, code=st.integers(0, 3), by_signal=st.booleans())
@@ -426,11 +434,13 @@ class ClusterMachine(RuleBasedStateMachine):
         worker_id = self.pick(index, self.live_ids())
         self.crash_worker(worker_id, None if by_signal else code, 9 if by_signal else None)
 
-    @precondition(lambda self: self.memory and self.has_live())
+    @precondition(lambda self: (self.memory and self.has_live())
+                  or (self.TRANSPORT == 'process' and self.usable() and bool(self.model.pool())))
     @rule(index=WORKER_INDEX, ignore_sigterm=st.booleans())
     def hang(self, index: int, ignore_sigterm: bool) -> None:
-        """R125 hang; R87 ready timeout, R131 heartbeat timeout, R89 SIGTERM -> SIGKILL."""
-        worker_id = self.pick(index, self.live_ids())
+        """R125 hang; R87 ready timeout, R131 heartbeat timeout, R89 SIGTERM -> SIGKILL. A process
+        worker is told to block its loop (a message it acts on when it arrives): ready ones only."""
+        worker_id = self.pick(index, self.live_ids() if self.memory else self.model.pool())
         if self.step('hang', worker=worker_id, ignore_sigterm=ignore_sigterm):
             worker = self.model.workers[worker_id]
             worker.hung = worker.unresponsive = True
@@ -739,6 +749,8 @@ class ClusterMachine(RuleBasedStateMachine):
             return False
         if any(w.hostile and w.state != DEAD for w in workers):  # it is killed once its bytes arrive
             return False
+        if model.heartbeat and any(w.hung and w.state != DEAD for w in workers):
+            return False  # R131: its heartbeats find a hung worker out; it is killed and replaced
         if model.reload is not None or model.reloads_completed < model.reloads_started:
             return False
         return model.restart_limit_seen or len(model.pool()) == model.target

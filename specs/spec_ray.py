@@ -1,18 +1,19 @@
 """The executable spec on the Ray transport (issue 8): the same state machine, workers as actors.
 
 `RayClusterMachine` is `spec_cluster.ClusterMachine` with `TRANSPORT = 'ray'`, so it runs
-exactly the rules and invariants of the process variant (`ProcessClusterMachine`):
+the rules and invariants of the process variant (`ProcessClusterMachine`), except as below:
 
 Skipped, as for processes (the rules are preconditioned on the memory transport):
-    crash (an exit with a chosen code), hang, hold / release / hold_and_reorder,
-    fail_next_send, slow_boot -- fault injection a real worker cannot be made to do from
+    crash (an exit with a chosen code), hold / release / hold_and_reorder, fail_next_send,
+    inject_bytes, slow_boot -- fault injection a real worker cannot be made to do from
     outside; kill_primary -- it would kill the test process itself (and on Ray, fate sharing
     kills the actors outright: no R118 kill timer to check).
-Restricted, as for processes:
-    heartbeats are off (real time on a loaded 2-core machine); `kill` sends SIGKILL only
-    (on Ray `kill(signal)` is `ray.kill` whatever the signal and reports the signal asked
-    for, so SIGTERM would check nothing more); crashes in the compound rules are SIGKILLs;
-    the model allows either outcome for writes racing a worker's death (`exact_writes=False`).
+Restricted on Ray, unlike processes:
+    heartbeats are off and `hang` does not run (each actor is a new process on 2 shared CPUs);
+    `kill` sends SIGKILL only (on Ray `kill(signal)` is `ray.kill` whatever the signal and
+    reports the signal asked for, so SIGTERM would check nothing more).
+As for processes: crashes in the compound rules are SIGKILLs; the model allows either outcome
+for writes racing a worker's death (`exact_writes=False`).
 What Ray cannot do beyond that:
     - a 5 s ready timeout: each worker is a new actor process that imports isocluster, and
       several start at once on 2 CPUs, so the driver gives Ray workers `RAY_READY_TIMEOUT`

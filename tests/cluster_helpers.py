@@ -8,9 +8,19 @@ import signal
 from typing import Any, Awaitable, Callable
 
 from isocluster import ClusterPrimary
+from isocluster.transport.watchdog import ORPHAN_GRACE
+from isocluster.worker import DEFAULT_KILL_TIMEOUT
 
 TRANSPORTS = ('memory', 'process')
 WALL_TIMEOUT = 20.0
+
+# R118: a worker of a SIGKILLed primary that has not armed its kill timer (its loop never
+# reached primary_disconnect, or is stuck holding the GIL) is ended ORPHAN_GRACE after its
+# primary's death (the parent-death watchdog thread uses the same delay); one that cleans up
+# normally ends sooner. The bound adds a wide margin for a loaded 2-core machine and stays
+# well short of the kill timer, so it still tells these stages from that later one.
+ORPHAN_GONE_BOUND = 2 * ORPHAN_GRACE
+assert ORPHAN_GONE_BOUND + 1.0 < DEFAULT_KILL_TIMEOUT
 
 
 def ready_waiter(primary: ClusterPrimary, count: int) -> 'asyncio.Future[None]':

@@ -21,6 +21,15 @@ PRIMARY_EVENTS = (
 )
 
 
+# Observations made inside simulated workers: they run in this process, so one dict works.
+# tests/conftest.py clears it around every test.
+seen: dict[str, list] = {}
+
+
+def note(key: str, value: Any) -> None:
+    seen.setdefault(key, []).append(value)
+
+
 # -- worker targets -------------------------------------------------------------------------
 
 def ready_worker() -> None:
@@ -48,6 +57,43 @@ def crash_at_boot_worker() -> None:
 
 
 # -- recording ------------------------------------------------------------------------------
+
+class RecordingTransport(MemoryTransport):
+    """A MemoryTransport that keeps what crossed the Transport seam: every spec the primary
+    checked (`specs`), per worker id the link it was handed (`links`: the primary's end of
+    each link, the one its link_* callbacks name), and every listening socket it had bound,
+    with its address (`bound`). Behaviour is MemoryTransport's."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.specs: list[Any] = []
+        self.links: dict[int, Any] = {}
+        self.bound: list[tuple[Any, Any]] = []
+
+    def bind(self, address: Any, reuse_port: bool = False) -> Any:
+        sock = super().bind(address, reuse_port)
+        self.bound.append((address, sock))
+        return sock
+
+    def open_sockets(self) -> list[Any]:
+        """The bound sockets still open: the ones the primary holds."""
+        return [sock for _address, sock in self.bound if sock.fileno() != -1]
+
+    def bound_for(self, address: Any) -> Any:
+        """The last socket bound for `address`."""
+        return [sock for bound_address, sock in self.bound if bound_address == address][-1]
+
+    def check_spec(self, spec: Any) -> None:
+        self.specs.append(spec)
+        super().check_spec(spec)
+
+    def start_worker(self, spec: Any, listener: Any) -> Any:
+        link = super().start_worker(spec, listener)
+        self.links[spec.id] = link
+        return link
+
+
+# -- recording (events) ------------------------------------------------------------------------------
 
 class Entry(NamedTuple):
     stage: str
@@ -102,7 +148,7 @@ class Recorder:
 def make(target: Callable[[], Any] = ready_worker, *, seed: int = 1, sim: MemoryTransport | None = None,
          cls: type = ClusterPrimary, record: bool = True, **options: Any) -> tuple[MemoryTransport, Any, Recorder | None]:
     """A primary on a memory transport, with a recorder subscribed first."""
-    sim = sim if sim is not None else MemoryTransport(seed=seed)
+    sim = sim if sim is not None else RecordingTransport(seed=seed)
     primary = cls(worker_target=target, transport=sim, **options)
     recorder = Recorder(primary) if record else None
     return sim, primary, recorder

@@ -11,8 +11,9 @@ import pytest
 from isocluster import ClusterPrimary, ClusterWorker
 from isocluster.transport.memory import MemoryTransport
 
+from memory_helpers import seen
+
 LATENCY = 0.001  # the memory transport's default one-way latency
-seen: dict[str, list] = {}
 
 
 def holding_worker(seconds: float):

@@ -8,9 +8,11 @@ import asyncio
 
 import pytest
 
-from isocluster import ClusterPrimary, DestroyedError
+from isocluster import ClusterPrimary, ClusterWorker, DestroyedError
 from isocluster.lifecycle import Initializable
 from isocluster.transport.memory import MemoryTransport
+
+from memory_helpers import close, note, seen, started
 
 LIFECYCLE = ('initialize', 'initialize_complete', 'initialize_error', 'destroy', 'destroy_complete')
 
@@ -123,6 +125,25 @@ def test_r39_a_function_shared_by_several_classes_runs_once_and_inherited_ones_d
 
     C()
     assert order == ['shared']
+
+
+class SuperCallingWorker(ClusterWorker):
+    def _initialize(self):
+        super()._initialize()  # the base _initialize runs from the chain too (R39)
+
+
+def super_calling_target():
+    worker = SuperCallingWorker()
+    worker.on('primary_message', lambda event: note('got', event.data['message']))
+
+
+def test_r39_subclass_initialize_calling_super_still_receives_each_message_once():
+    sim, p, rec = started(1, super_calling_target)
+    p.send('hello')
+    sim.run_until(lambda: seen.get('got'), timeout=10)
+    sim.advance(1.0)
+    assert seen['got'] == ['hello']
+    close(sim, p)
 
 
 # == R40 synchronous path ==================================================================================

@@ -3,31 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
+import socket
 
 import pytest
 
 from isocluster import ClusterPrimary, ClusterWorker, SendError, TransportError
+from isocluster import protocol
+from isocluster.transport.base import current_link
 from isocluster.transport.memory import MemoryTransport, SimulationDeadlock
 
-from memory_helpers import PRIMARY_EVENTS, Recorder, close, inert_worker, make, ready_worker, started
+from memory_helpers import PRIMARY_EVENTS, Recorder, close, inert_worker, make, note, ready_worker, seen, started
 
 SIGTERM = signal.Signals.SIGTERM
 SIGKILL = signal.Signals.SIGKILL
-
-seen: dict = {}
-
-
-@pytest.fixture(autouse=True)
-def _clear_seen():
-    seen.clear()
-    yield
-    seen.clear()
-
-
-def note(key, value):
-    seen.setdefault(key, []).append(value)
-
 
 def collecting_worker():
     worker = ClusterWorker()
@@ -160,6 +150,35 @@ def test_r122_advance_runs_what_is_due_and_moves_the_clock():
     assert fired == [3] and sim.loop.time() == pytest.approx(5.0)
     sim.advance(5.0)
     assert fired == [3, 7] and sim.loop.time() == pytest.approx(10.0)
+
+
+def test_r122_run_on_an_idle_simulation_raises_simulation_deadlock_instead_of_hanging():
+    sim, p, rec = make()
+    with pytest.raises(SimulationDeadlock, match='idle'):
+        p.run()
+    assert not p.closed
+
+
+def test_r122_run_until_from_inside_a_callback_raises_runtime_error():
+    sim = MemoryTransport(seed=1)
+    caught = []
+
+    def reenter():
+        try:
+            sim.run_until(lambda: True)
+        except RuntimeError as error:
+            caught.append(str(error))
+    sim.loop.call_soon(reenter)
+    sim.run_until(lambda: caught)
+    assert 'already running' in caught[0]
+
+
+def test_r122_call_soon_threadsafe_runs_on_the_virtual_loop():
+    sim = MemoryTransport(seed=1)
+    ran = []
+    sim.loop.call_soon_threadsafe(ran.append, 'x')
+    sim.run_until(lambda: ran)
+    assert ran == ['x'] and sim.loop.time() == 0.0
 
 
 # == R123 codec round trip ====================================================================================
@@ -390,6 +409,89 @@ def test_r125_slow_boot_rejects_bad_arguments(delay, count):
         MemoryTransport(seed=1).slow_boot(delay, count)
 
 
+def test_r125_crash_rejects_a_non_int_code_and_ignores_dead_workers():
+    sim, p, rec = started(1)
+    with pytest.raises(TypeError, match='code: expected an int'):
+        sim.crash(1, code='1')
+    sim.crash(1, code=4)
+    sim.crash(1, code=5)  # already dead: no second exit
+    sim.hang(1)  # hanging a dead worker does nothing
+    sim.run_until(lambda: rec.count('worker_exit') == 1, timeout=10)
+    assert sim.exits[1] == (4, None)
+    close(sim, p)
+
+
+def test_r125_kill_primary_twice_pushes_one_eof_per_link():
+    sim, p, rec = started(2)
+    sim.kill_primary()
+    sim.kill_primary()
+    sim.run_until(lambda: not sim.alive(1) and not sim.alive(2), timeout=30)
+    assert sim.exits == {1: (0, None), 2: (0, None)}
+
+
+def test_r119_closing_the_primary_end_of_a_link_disconnects_the_worker_and_later_writes_fail():
+    sim, p, rec = started(1)
+    handle = p.workers[0]
+    sim.links[handle.id].close()
+    sim.links[handle.id].close()  # closing twice sends one EOF
+    with pytest.raises(TransportError, match='is closed'):
+        sim.links[handle.id].write(protocol.MESSAGE, b'1')
+    assert isinstance(p.send('x', to=handle).exception(), SendError)
+    sim.run_until(lambda: rec.count('worker_exit') == 1, timeout=30)
+    assert rec.of('worker_exit')[0]['code'] == 0
+    close(sim, p)
+
+
+def test_r104_listening_answer_to_a_worker_that_died_before_attaching_is_closed():
+    sim, p, rec = make(inert_worker)
+    p.fork(1)
+    sim.run_until(lambda: rec.count('worker_online') == 1, timeout=10)
+    sock = socket.socket()
+    sim.links[1].send_socket(sock, {'id': 1, 'address': ['x', 1]})
+    sim.run_until(lambda: sim._links[1].primary_link._early, timeout=10)
+    kept = sim._links[1].primary_link._early[0][1]['socket']
+    sim.crash(1, code=0)
+    assert kept.fileno() == -1  # the worker's copy was closed with it
+    sock.close()
+    close(sim, p)
+
+
+def detaching_target():
+    worker = ClusterWorker()
+    link = current_link()
+    link.detach(object())  # detaching what was never attached is a no-op
+    worker.on('primary_disconnect', lambda event: event.prevent())
+
+
+def test_r109_frames_reaching_a_destroyed_worker_are_dropped_and_sockets_closed():
+    sim, p, rec = started(1, detaching_target)
+    handle = p.workers[0]
+    sim.hold(1, 'to_worker')
+    handle.disconnect()
+    sock = socket.socket()
+    sim.links[handle.id].send_socket(sock, {'id': 7, 'address': ['x', 1]})
+    queue = sim._links[1].to_worker.queue
+    assert [frame[0] for frame in queue] == [protocol.DISCONNECT, protocol.LISTENING]
+    copy = queue[1][1]['socket']
+    sim._links[1].primary_link._receivers.clear()  # the worker detached before these arrive
+    sim.release(1, 'to_worker')
+    sim.advance(1.0)
+    assert copy.fileno() == -1  # the unwanted socket was closed, not leaked
+    assert sim.alive(1)  # a DISCONNECT after the worker had attached does not end it here
+    assert rec.count('worker_disconnect') == 0
+    sock.close()
+    close(sim, p)
+
+
+def test_r95_closing_the_transport_from_inside_the_loop_leaves_the_loop_open():
+    sim = MemoryTransport(seed=1)
+    sim.loop.call_soon(sim.close)
+    sim.run_until_idle()
+    assert not sim.loop.is_closed()
+    sim.close()
+    assert sim.loop.is_closed()
+
+
 # == R35 fatal exceptions on the memory transport ===========================================================
 
 def test_r35_primary_side_exception_is_re_raised_from_run_until_without_shutting_down():
@@ -460,3 +562,38 @@ def test_r54_memory_transport_rejects_forking_without_a_target():
     with pytest.raises(ValueError, match='worker_target'):
         p.fork(1)
     p.destroy()
+
+
+def test_r34_unretrieved_future_exception_is_only_reported_not_fatal(caplog):
+    sim = MemoryTransport(seed=1)
+    future = sim.loop.create_future()
+    error = RuntimeError('never retrieved')
+    with caplog.at_level(logging.ERROR, logger='asyncio'):
+        sim.loop.call_exception_handler({'message': 'Future exception was never retrieved', 'future': future, 'exception': error})
+        sim.run_until_idle()
+    assert any('never retrieved' in r.getMessage() for r in caplog.records)
+    future.cancel()
+
+
+def test_r35_two_primary_side_failures_in_one_turn_raise_the_first_with_the_second_noted():
+    sim = MemoryTransport(seed=1)
+    first, second = RuntimeError('first'), RuntimeError('second')
+
+    def fail(error):
+        raise error
+    sim.loop.call_soon(fail, first)
+    sim.loop.call_soon(fail, second)
+    sim.loop.call_soon(fail, first)  # the same error again is not noted twice
+    with pytest.raises(RuntimeError) as caught:
+        sim.run_until(lambda: False, timeout=1)
+    assert caught.value is first and first.__notes__ == ["also: RuntimeError('second')"]
+
+
+def test_r35_exception_escaping_a_transport_callback_stops_the_simulation():
+    sim = MemoryTransport(seed=1)
+    error = RuntimeError('escaped a kernel callback')
+    handle = sim.loop.call_soon(lambda: None)
+    sim.loop.call_exception_handler({'message': 'Exception in callback', 'exception': error, 'handle': handle})
+    with pytest.raises(RuntimeError) as caught:
+        sim.run_until(lambda: False, timeout=1)
+    assert caught.value is error

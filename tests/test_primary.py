@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+import socket
 import types
 from typing import Any
 
@@ -16,11 +17,14 @@ from isocluster import (
     InvalidDestinationError, NotInitializedError, ProtocolError, ReadyTimeout, RestartPolicy, SendError,
     TransportError, WorkerHandle,
 )
+from isocluster import ClusterError, protocol
+from isocluster.supervision import check_seconds
+from isocluster.transport.base import Signals
 from isocluster.transport.base import current_link
 from isocluster.transport.memory import MemoryTransport
 
 from memory_helpers import (
-    Recorder, close, crash_and_wait, crash_at_boot_worker, echo_worker, exit_at_boot_worker, inert_worker, make, ready_worker,
+    Recorder, RecordingTransport, close, crash_and_wait, crash_at_boot_worker, echo_worker, exit_at_boot_worker, inert_worker, make, ready_worker,
     started,
 )
 
@@ -99,6 +103,38 @@ def test_r55_worker_silent_and_stdio_have_no_effect_on_memory_transport():
     sim2, p2, _ = started(1, worker_stdio={'stdout': 'devnull'})
     assert len(p2.workers) == 1
     close(sim2, p2)
+
+
+@pytest.mark.parametrize('options, error, text', [
+    ({'worker_script': 'w.py', 'worker_args': ['a', 3]}, TypeError, 'worker_args: expected a list of strings'),
+    ({'worker_script': 'w.py', 'worker_args': 'abc'}, TypeError, 'worker_args: expected a list of strings'),
+    ({'worker_target': ready_worker, 'worker_stdio': ['stdout']}, TypeError, 'worker_stdio: expected a mapping'),
+    ({'worker_target': ready_worker, 'worker_stdio': {'stdlog': 'pipe'}}, ValueError, "worker_stdio: unknown streams \\['stdlog'\\]"),
+    ({'worker_target': ready_worker, 'transport': object()}, TypeError, 'transport: expected a Transport'),
+])
+def test_r54_invalid_options_raise_naming_the_option(options, error, text):
+    with pytest.raises(error, match=text):
+        ClusterPrimary(**options)
+
+
+def test_r54_script_worker_args_become_the_worker_argv_and_memory_fork_rejects_scripts():
+    sim = RecordingTransport(seed=1)
+    p = ClusterPrimary(worker_script='w.py', worker_args=['--x', 'y'], transport=sim)
+    with pytest.raises(ValueError, match='memory transport runs only worker_target'):
+        p.fork()
+    assert sim.specs[-1].args == ('--x', 'y')
+    assert p.stats()['forked'] == 0
+    close(sim, p)
+
+
+def test_r54_worker_args_given_as_a_generator_are_kept():
+    # regression: the type check used to consume a one-shot iterable (fixed in dc68723)
+    sim = RecordingTransport(seed=1)
+    p = ClusterPrimary(worker_script='w.py', worker_args=(a for a in ['--x', 'y']), transport=sim)
+    for _ in range(2):  # each fork builds its spec from the kept arguments
+        with pytest.raises(ValueError, match='memory transport runs only worker_target'):
+            p.fork()
+        assert sim.specs[-1].args == ('--x', 'y')
 
 
 # == R56, R57 ==================================================================================
@@ -232,6 +268,23 @@ def test_r59_fork_after_shut_down_is_a_no_op_returning_self():
     assert rec.count('fork') == 0
 
 
+def test_r59_fork_published_with_a_bad_count_raises_value_error_from_the_default_action():
+    sim, p, rec = make()
+    with pytest.raises(ValueError, match='fork: worker_count must be an int >= 0'):
+        p._publish('fork', {'worker_count': 1.5})
+    assert p.stats()['live'] == 0
+    close(sim, p)
+
+
+def test_r83_shut_down_in_an_on_fork_handler_starts_no_worker():
+    sim, p, rec = make()
+    p.once_on('fork', lambda event: p.shut_down())
+    p.fork(2)
+    sim.run_until(lambda: p.closed, timeout=10)
+    assert rec.count('worker_fork') == 0 and p.stats()['forked'] == 0
+    p.destroy()
+
+
 # == R60, R61, R62 ================================================================================
 
 def test_r60_worker_forks_follow_on_the_next_loop_turn_in_ascending_order():
@@ -321,7 +374,7 @@ def test_r63_user_message_ready_never_makes_a_worker_ready():
     assert [d['message'] for d in rec.of('worker_message')] == ['ready', {'type': 'ready'}]
     assert rec.count('worker_ready') == 0
     assert p.workers == []
-    assert p._live[1].state == 'online'
+    assert rec.of('worker_fork')[0]['worker'].state == 'online'
     close(sim, p)
 
 
@@ -950,6 +1003,16 @@ def test_r84_start_failure_publishes_fork_error_disconnect_and_exit_with_no_code
     close(sim, p)
 
 
+def test_r78_duplicate_close_report_publishes_no_second_worker_disconnect():
+    sim, p, rec = started(1)
+    handle = p.workers[0]
+    p.once_after('worker_disconnect', lambda event: p.link_closed(sim.links[handle.id]))
+    sim.crash(1, code=0)
+    sim.run_until(lambda: rec.count('worker_exit') == 1, timeout=10)
+    assert rec.count('worker_disconnect') == 1
+    close(sim, p)
+
+
 # == R85, R86, R87 worker_error, kill and ready timeout ============================================
 
 def _raw_writer(*frames):
@@ -1056,6 +1119,107 @@ def test_r87_ready_timer_is_cancelled_by_ready_and_by_shut_down():
     sim2.release(1, 'to_worker')
     sim2.run_until(lambda: p2.closed)
     assert rec2.count('worker_error') == 0
+
+
+def test_r85_frames_before_online_are_protocol_violations():
+    for kind, payload in ((protocol.MESSAGE, b'"x"'), (protocol.READY, None)):
+        sim, p, rec = make()
+        sim.slow_boot(5.0)
+        p.fork(1)
+        sim.run_until(lambda: rec.count('worker_fork') == 1)
+        p.link_frame(sim.links[1], kind, payload)
+        assert rec.count('worker_error') == 1
+        error = rec.of('worker_error')[0]['error']
+        assert isinstance(error, ProtocolError) and 'before ONLINE' in str(error)
+        close(sim, p)
+
+
+def malformed_listen_target():
+    ClusterWorker()
+    current_link().write(protocol.LISTEN, {'address': ['127.0.0.1', 0]})
+
+
+def test_r85_malformed_listen_frame_is_a_protocol_violation():
+    sim, p, rec = make(malformed_listen_target)
+    p.fork(1)
+    sim.run_until(lambda: rec.count('worker_error') == 1, timeout=10)
+    assert 'malformed LISTEN' in str(rec.of('worker_error')[0]['error'])
+    assert rec.count('worker_listening') == 0
+    close(sim, p)
+
+
+def test_r85_link_error_without_worker_id_is_stamped_and_published_once():
+    sim, p, rec = started(1)
+    handle = p.workers[0]
+    error = ClusterError('link broke')
+    p.link_error(sim.links[handle.id], error)
+    p.link_error(sim.links[handle.id], TransportError('again'))
+    assert error.worker_id == 1
+    assert [d['error'] for d in rec.of('worker_error')] == [error]
+    close(sim, p)
+
+
+def test_r117_exit_reported_before_close_still_publishes_disconnect_first():
+    sim, p, rec = started(1)
+    handle = p.workers[0]
+    p.link_exit(sim.links[handle.id], 3, None)
+    assert rec.names()[-4:] == ['worker_disconnect', 'remove_worker', 'worker_exit', 'fork']
+    assert handle.exit_code == 3
+    p.link_closed(sim.links[handle.id])  # a late close of a dead worker is ignored
+    assert rec.count('worker_disconnect') == 1
+    close(sim, p)
+
+
+def test_link_events_after_destruction_are_ignored():
+    sim, p, rec = make()
+    p.fork(1)
+    sim.run_until(lambda: rec.count('worker_fork') == 1)
+    link = sim.links[1]
+    p.destroy()  # active: deferred until shut down
+    sim.run_until(lambda: p.destroyed, timeout=60)
+    before = list(rec.entries)
+    p.link_error(link, TransportError('late'))
+    p.link_closed(link)
+    p.link_exit(link, 0, None)
+    p.link_frame(link, protocol.READY, None)
+    assert rec.entries == before
+
+
+@pytest.mark.parametrize('event', ['worker_disconnect', 'worker_exit', 'worker_error'])
+def test_r35_exception_in_a_link_event_handler_stops_the_simulation(event):
+    sim, p, rec = started(1)
+    failure = RuntimeError(f'{event} handler')
+    p.on(event, lambda e: (_ for _ in ()).throw(failure))
+    if event == 'worker_error':
+        p.link_error(sim.links[1], TransportError('x'))
+    else:
+        sim.crash(1, code=0)
+    with pytest.raises(RuntimeError) as caught:
+        sim.run_until(lambda: False, timeout=10)
+    assert caught.value is failure
+
+
+def test_r64_worker_ready_for_a_worker_not_online_changes_nothing():
+    sim, p, rec = started(1)
+    handle = p.workers[0]
+    p._publish('worker_ready', {'worker': handle})
+    p._publish('add_worker', {'worker': handle})
+    assert p.workers == [handle] and rec.count('add_worker') == 2
+    other = handle.__class__(p, 99)
+    p._publish('remove_worker', {'worker': other})
+    assert p.workers == [handle]
+    close(sim, p)
+
+
+def test_r86_worker_error_for_a_dead_worker_kills_nothing():
+    sim, p, rec = started(1)
+    handle = p.workers[0]
+    sim.crash(1, code=0)
+    sim.run_until(lambda: handle.state == 'dead', timeout=10)
+    p._publish('worker_error', {'worker': handle, 'error': ClusterError('late')})
+    handle.disconnect()  # a dead worker is not disconnected either
+    assert 'kill' not in handle._timers and 'terminate' not in handle._timers
+    close(sim, p)
 
 
 # == R88–R95 shutdown and destroy ===================================================================
@@ -1283,12 +1447,26 @@ def test_r95_destroy_closes_shared_listening_sockets():
     sim, p, rec = make(listener)
     p.fork(1)
     sim.run_until(lambda: rec.count('worker_listening') == 1)
-    primary_sockets = list(p._sockets.values())
+    primary_sockets = sim.open_sockets()
     assert primary_sockets and primary_sockets[0].fileno() != -1
     close(sim, p)
     assert primary_sockets[0].fileno() == -1
     for sock in sockets:
         sock.close()
+
+
+def test_r89_hung_worker_ignoring_sigterm_is_killed_once_after_kill_timeout():
+    sim, p, rec = started(1, shutdown_timeout=2.0, kill_timeout=3.0)
+    handle = p.workers[0]
+    sim.hang(1, ignore_sigterm=True)
+    p.shut_down()
+    sim.run_until(lambda: 'kill' in handle._timers, timeout=10)
+    assert sim.loop.time() == pytest.approx(2.0, abs=0.01)
+    p._publish('worker_error', {'worker': handle, 'error': ClusterError('x')})  # kill already pending
+    sim.run_until(lambda: p.closed, timeout=10)
+    assert rec.of('worker_exit')[0]['signal'] == Signals.SIGKILL
+    assert sim.loop.time() == pytest.approx(5.0, abs=0.01)
+    p.destroy()
 
 
 # == R96, R97 run / wait_closed =====================================================================
@@ -1344,6 +1522,182 @@ def test_r97_wait_closed_waits_for_shut_down_complete():
     p.shut_down()
     sim.run_until(lambda: done)
     assert done == [1]
+
+
+class RealLoopTransport(MemoryTransport):
+    """A memory transport that lets the primary handle fatal errors itself, as on a real loop
+    (capture_fatal returns False), and records the signal handlers run() installs."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.handlers = None
+        self.restored = 0
+
+    def capture_fatal(self, error):
+        return False
+
+    def install_signal_handlers(self, handlers):
+        self.handlers = dict(handlers)
+
+        def restore():
+            self.restored += 1
+        return restore
+
+
+def test_r34_fatal_error_shuts_down_and_wait_closed_raises_it_with_later_ones_noted(caplog):
+    sim = RealLoopTransport(seed=1)
+    p = ClusterPrimary(worker_target=ready_worker, transport=sim)
+    first, second = RuntimeError('first'), RuntimeError('second')
+
+    def explode(event):
+        raise first
+    p.once_after('worker_ready', explode)
+    failures = [second, first]  # the second worker's disconnect raises `first` again
+
+    def disconnect_fails(event):
+        if failures:
+            raise failures.pop(0)
+    p.on('worker_disconnect', disconnect_fails)
+    p.fork(2)
+    outcome = []
+
+    async def waiter():
+        try:
+            await p.wait_closed()
+        except RuntimeError as error:
+            outcome.append(error)
+    sim.loop.create_task(waiter())
+    with caplog.at_level(logging.CRITICAL, logger='isocluster'):
+        sim.run_until(lambda: outcome, timeout=60)
+    assert outcome == [first] and p.closed
+    assert first.__notes__ == [f'also during shutdown: {second!r}']  # the repeat of `first` adds nothing
+    assert any(r.levelno == logging.CRITICAL and r.exc_info[1] is first for r in caplog.records)
+    p.destroy()
+
+
+def test_r34_fatal_error_in_worker_exit_during_shutdown_still_closes_and_raises():
+    # regression: the primary used to stay 'shutting_down' forever here (fixed in 0771bfe)
+    sim = RealLoopTransport(seed=1)
+    p = ClusterPrimary(worker_target=ready_worker, transport=sim)
+    first, second = RuntimeError('first'), RuntimeError('second')
+    p.once_after('worker_ready', lambda event: (_ for _ in ()).throw(first))
+    p.once_on('worker_disconnect', lambda event: (_ for _ in ()).throw(second))
+    p.once_on('worker_exit', lambda event: (_ for _ in ()).throw(first))
+    p.fork(1)
+    outcome = []
+
+    async def waiter():
+        try:
+            await p.wait_closed()
+        except RuntimeError as error:
+            outcome.append(error)
+    sim.loop.create_task(waiter())
+    sim.run_until(lambda: outcome, timeout=60)
+    assert outcome == [first] and p.closed
+
+
+def test_r34_shut_down_failing_during_a_fatal_error_is_noted_on_the_first(caplog):
+    sim = RealLoopTransport(seed=1)
+    p = ClusterPrimary(worker_target=ready_worker, transport=sim)
+    boom, again = RuntimeError('boom'), ValueError('shut_down handler failed')
+    p.once_on('shut_down', lambda event: (_ for _ in ()).throw(again))
+    p.once_after('worker_ready', lambda event: (_ for _ in ()).throw(boom))
+    p.fork(1)
+    with caplog.at_level(logging.CRITICAL, logger='isocluster'):
+        sim.run_until(lambda: boom.__notes__ if hasattr(boom, '__notes__') else False, timeout=10)
+    assert boom.__notes__ == [f'also during shutdown: {again!r}']
+    p.shut_down()  # the prevented-by-error shut_down can be retried (it never completed)
+    with pytest.raises(RuntimeError) as caught:
+        p.run()
+    assert caught.value is boom
+
+
+def test_r96_run_raises_the_fatal_error_after_shut_down_complete():
+    sim = RealLoopTransport(seed=1)
+    p = ClusterPrimary(worker_target=ready_worker, transport=sim)
+    failure = RuntimeError('handler failed')
+    p.once_after('worker_ready', lambda event: (_ for _ in ()).throw(failure))
+    p.fork(1)
+    with pytest.raises(RuntimeError) as caught:
+        p.run()
+    assert caught.value is failure
+    assert p.closed and p.transport.exits == {1: (0, None)}
+    assert sim.restored == 1
+
+
+def test_r137_run_signals_sigterm_shuts_down_and_sighup_reloads():
+    sim = RealLoopTransport(seed=1)
+    p = ClusterPrimary(worker_target=ready_worker, transport=sim)
+    reloads = []
+    p.on('reload', lambda event: reloads.append(event.data['worker_count']))
+    p.fork(1)
+
+    def on_ready(event):
+        if not reloads:
+            sim.handlers[Signals.SIGHUP]()
+        elif event.data['worker'].id == 2:
+            sim.loop.call_later(1.0, sim.handlers[Signals.SIGTERM])
+    p.after('worker_ready', on_ready)
+    p.run()
+    assert reloads == [1]
+    assert p.closed and not p.destroyed and sim.restored == 1
+    sim.handlers[Signals.SIGTERM]()  # after shutdown: ignored (shut_down is complete_once)
+    p.destroy()
+    sim.handlers[Signals.SIGTERM]()  # after destruction: does nothing, raises nothing
+
+
+def test_r137_second_sigint_kills_every_live_worker_and_shutdown_still_completes():
+    sim = RealLoopTransport(seed=1)
+    p = ClusterPrimary(worker_target=stubborn_worker, transport=sim, shutdown_timeout=100)
+    exits = []
+    p.on('worker_exit', lambda event: exits.append(event.data['signal']))
+    p.fork(2)
+
+    def on_ready(event):
+        if len(p.workers) == 2:
+            sim.handlers[Signals.SIGINT]()
+            sim.handlers[Signals.SIGINT]()
+    p.after('worker_ready', on_ready)
+    p.run()
+    assert exits == [Signals.SIGKILL, Signals.SIGKILL]
+    assert p.closed and sim.loop.time() < 100
+    p.destroy()
+
+
+def test_r137_sigint_after_destruction_does_nothing(caplog):
+    sim = RealLoopTransport(seed=1)
+    p = ClusterPrimary(worker_target=ready_worker, transport=sim)
+    sim.loop.call_soon(p.destroy)
+    p.run()
+    assert p.destroyed
+    with caplog.at_level(logging.CRITICAL, logger='isocluster'):
+        sim.handlers[Signals.SIGINT]()  # a first SIGINT once destroyed: no shut_down, no error
+    assert not caplog.records
+
+
+def test_r96_run_closes_the_transport_the_primary_created():
+    p = ClusterPrimary(worker_target=ready_worker)
+    transport = p.transport
+    p.shut_down()
+    assert p.run() is None
+    assert p.closed and transport.loop.is_closed()
+    p.destroy()
+
+
+def test_r97_two_concurrent_wait_closed_both_return_when_closed():
+    sim, p, rec = started(1)
+    done = []
+
+    async def waiter(name):
+        await p.wait_closed()
+        done.append(name)
+    sim.loop.create_task(waiter('a'))
+    sim.loop.create_task(waiter('b'))
+    sim.advance(1.0)
+    assert done == []
+    p.destroy()
+    sim.run_until(lambda: len(done) == 2, timeout=60)
+    assert sorted(done) == ['a', 'b']
 
 
 # == R98 and the WorkerHandle ======================================================================
@@ -1549,6 +1903,32 @@ def test_r129_backoff_count_resets_within_budget_and_shut_down_cancels_pending()
     assert rec.count('fork') == forks == 5  # fork(), immediate, delayed, immediate, delayed
 
 
+@pytest.mark.parametrize('make_bad, error, text', [
+    (lambda: check_seconds('t', None), TypeError, 't: expected a number of seconds, got None'),
+    (lambda: check_seconds('t', True), TypeError, 'got True'),
+    (lambda: check_seconds('t', float('nan')), ValueError, 'finite'),
+    (lambda: check_seconds('t', 0, allow_zero=False), ValueError, '> 0'),
+    (lambda: Backoff(factor=0.5), ValueError, 'Backoff.factor: expected a number >= 1'),
+    (lambda: Backoff(factor=True), ValueError, 'Backoff.factor'),
+    (lambda: Backoff(jitter=1.0), ValueError, r'Backoff.jitter: expected a number in \[0, 1\)'),
+    (lambda: Backoff(jitter='0.1'), ValueError, 'Backoff.jitter'),
+    (lambda: RestartPolicy(restart='sometimes'), ValueError, 'restart: expected one of'),
+    (lambda: RestartPolicy(intensity=-1), ValueError, 'restart_intensity'),
+    (lambda: RestartPolicy(backoff=1.0), TypeError, 'restart_backoff'),
+])
+def test_r126_supervision_options_are_validated_naming_the_option(make_bad, error, text):
+    with pytest.raises(error, match=text):
+        make_bad()
+
+
+def test_r126_restart_policy_with_restart_options_raises_and_a_non_policy_is_rejected():
+    sim = MemoryTransport(seed=1)
+    with pytest.raises(ValueError, match='either restart_policy or the restart_'):
+        ClusterPrimary(worker_target=ready_worker, transport=sim, restart='never', restart_policy=RestartPolicy())
+    with pytest.raises(TypeError, match='restart_policy: expected a RestartPolicy'):
+        ClusterPrimary(worker_target=ready_worker, transport=sim, restart_policy='never')
+
+
 # == §7.2 heartbeats R130–R131 =====================================================================
 
 def test_r130_heartbeat_options_derive_and_validate():
@@ -1718,6 +2098,70 @@ def test_r134_reload_with_empty_pool_completes_on_the_next_turn_with_zero():
     close(sim, p)
 
 
+def test_r132_reload_during_a_stop_worker_step_announces_and_covers_the_rest():
+    sim, p, rec = started(3)
+    first = p.workers[0]
+    p.stop_worker(first, replace=True)
+    p.reload()
+    p._publish('reload', {'worker_count': 3})  # a second reload publish while one runs: ignored
+    sim.run_until(lambda: rec.count('reload_complete') == 1, timeout=120)
+    assert rec.of('reload_complete')[0]['worker_count'] == 3 and rec.of('reload_complete')[0]['aborted'] is False
+    assert [h.id for h in p.workers] == [4, 5, 6]
+    close(sim, p)
+
+
+def test_r132_reload_skips_old_workers_that_left_before_their_step():
+    sim, p, rec = started(3)
+    third = p.workers[2]
+    p.reload()
+    sim.crash(third, code=0)  # ends before its step: nothing to replace for it in the reload
+    sim.run_until(lambda: rec.count('reload_complete') == 1, timeout=120)
+    assert rec.of('reload_complete')[0]['worker_count'] == 2
+    close(sim, p)
+
+
+def test_r133_prevented_fork_abandons_the_reload():
+    sim, p, rec = started(2)
+    p.fork(0)
+    p.once_on('fork', lambda event: event.prevent())
+    p.reload()
+    sim.run_until(lambda: rec.count('reload_complete') == 1, timeout=30)
+    assert rec.of('reload_complete')[0] == {'worker_count': 0, 'aborted': True}
+    assert [h.id for h in p.workers] == [1, 2]
+    close(sim, p)
+
+
+def test_r134_reload_whose_step_fork_is_prevented_still_completes_once():
+    # regression: the step used to take a stale handle from the previous fork and wait forever (fixed in dc68723)
+    sim, p, rec = started(2)
+    p.once_on('fork', lambda event: event.prevent())
+    p.reload()
+    sim.run_until(lambda: rec.count('reload_complete') == 1, timeout=30)
+    assert rec.of('reload_complete')[0]['aborted'] is True
+
+
+def test_r133_prevented_fork_abandons_an_unannounced_step_silently():
+    sim, p, rec = started(1)
+    p.fork(0)
+    p.once_on('fork', lambda event: event.prevent())
+    p.stop_worker(1, replace=True)
+    sim.advance(5.0)
+    assert rec.count('reload_complete') == 0 and [h.id for h in p.workers] == [1]
+    p.stop_worker(1, replace=True)  # a later step runs normally
+    sim.run_until(lambda: [h.id for h in p.workers] == [2], timeout=30)
+    close(sim, p)
+
+
+def test_r133_shut_down_in_an_on_fork_handler_of_a_reload_step_aborts_the_reload():
+    sim, p, rec = started(1)
+    p.once_on('fork', lambda event: p.shut_down())
+    p.reload()
+    sim.run_until(lambda: p.closed, timeout=60)
+    assert rec.of('reload_complete') == [{'worker_count': 0, 'aborted': True}]
+    assert rec.count('worker_fork') == 1  # only the original worker was ever started
+    p.destroy()
+
+
 # == §7.4 stop_worker and scale R135–R136 ==========================================================
 
 def test_r135_stop_worker_retires_without_replacement():
@@ -1830,6 +2274,30 @@ def test_r136_scale_counts_live_workers_not_being_retired():
     p.stop_worker(3)  # retiring, still live for 50 s
     p.scale(3)
     assert rec.of('fork')[-1] == {'worker_count': 1}
+    close(sim, p)
+
+
+def test_r135_stop_worker_replace_when_not_active_does_nothing():
+    sim, p, rec = started(1)
+    handle = p.workers[0]
+    p.shut_down()
+    forks = rec.count('fork')
+    assert p.stop_worker(handle, replace=True) is p
+    sim.run_until(lambda: p.closed, timeout=30)
+    assert rec.count('fork') == forks
+    p.destroy()
+
+
+def test_r135_stop_worker_replace_during_a_reload_joins_it_once():
+    sim, p, rec = started(2)
+    first, second = p.workers
+    p.stop_worker(first, replace=True)  # one step running: first is its old worker
+    p.stop_worker(second, replace=True)  # joins the running step
+    p.stop_worker(second, replace=True)  # already queued: not added twice
+    p.stop_worker(first, replace=True)  # the step's own old worker: not added again
+    sim.run_until(lambda: first.is_dead() and second.is_dead() and len(p.workers) == 2, timeout=60)
+    assert [h.id for h in p.workers] == [3, 4]
+    assert rec.count('fork') == 3 and rec.count('reload_complete') == 0  # not announced
     close(sim, p)
 
 

@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+from cluster_helpers import ORPHAN_GONE_BOUND
+
 ROOT = Path(__file__).resolve().parent.parent
 
 PRIMARY = r'''
@@ -61,7 +63,7 @@ def test_workers_of_a_killed_primary_clean_up_and_leave(tmp_path: Path) -> None:
         while not all(_gone(pid) for pid in pids) and time.monotonic() - killed_at < 5:
             time.sleep(0.02)  # polling another process's state: there is no event to wait on
         gone_after = time.monotonic() - killed_at
-        assert all(_gone(pid) for pid in pids) and gone_after < 2.0
+        assert all(_gone(pid) for pid in pids) and gone_after < ORPHAN_GONE_BOUND
         assert sorted(path.name for path in tmp_path.iterdir()) == ['disconnected-1', 'disconnected-2']
     finally:
         for pid in pids:
@@ -76,7 +78,8 @@ def test_workers_of_a_killed_primary_clean_up_and_leave(tmp_path: Path) -> None:
 
 # A worker stuck in a C call that holds the GIL (the builtin sum over a range checks no
 # signal and never releases the GIL) runs no Python code: neither its parent-death handler
-# nor its kill timer thread. It must still be gone within 2 s of its primary's SIGKILL (R118).
+# nor its kill timer thread. It must still be gone soon after its primary's SIGKILL (R118):
+# within ORPHAN_GONE_BOUND, well before any kill timer.
 STALLING_WORKER = r'''
 import os, sys
 from isocluster import ClusterWorker
@@ -134,12 +137,12 @@ def _stalled_worker_outlives_primary_by(tmp_path: Path, mode: str) -> float:
             primary.wait()
 
 
-def test_a_forked_worker_holding_the_gil_is_gone_within_2_s_of_its_primarys_death(tmp_path: Path) -> None:
-    assert _stalled_worker_outlives_primary_by(tmp_path, 'fork') < 2.0
+def test_a_forked_worker_holding_the_gil_is_gone_soon_after_its_primarys_death(tmp_path: Path) -> None:
+    assert _stalled_worker_outlives_primary_by(tmp_path, 'fork') < ORPHAN_GONE_BOUND
 
 
-def test_a_script_worker_holding_the_gil_is_gone_within_2_s_of_its_primarys_death(tmp_path: Path) -> None:
-    assert _stalled_worker_outlives_primary_by(tmp_path, 'script') < 2.0
+def test_a_script_worker_holding_the_gil_is_gone_soon_after_its_primarys_death(tmp_path: Path) -> None:
+    assert _stalled_worker_outlives_primary_by(tmp_path, 'script') < ORPHAN_GONE_BOUND
 
 
 # A worker that prevents primary_disconnect keeps its kill timer (R111, R118): the watchdog

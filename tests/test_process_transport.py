@@ -25,6 +25,8 @@ from isocluster.errors import ProtocolError, TransportError
 from isocluster.transport import base, process
 from isocluster.transport.process import ProcessTransport
 
+from cluster_helpers import ORPHAN_GONE_BOUND
+
 pytestmark = [
     pytest.mark.skipif(not sys.platform.startswith('linux'), reason='Linux process transport'),
     # pytest-xdist runs a thread in each test process; the transport rightly warns about it.
@@ -113,11 +115,15 @@ def callback_raising_target():
     link.loop.call_soon(lambda: 1 / 0)
 
 
+EARLIEST_KILL_TIMER = 0.2
+LATER_KILL_TIMER = 30
+
+
 def blocked_loop_target():
     link = base.current_link()
-    link.arm_kill_timer(30)
-    link.arm_kill_timer(0.2)
-    link.arm_kill_timer(60)  # later deadlines never extend the earlier one
+    link.arm_kill_timer(LATER_KILL_TIMER)
+    link.arm_kill_timer(EARLIEST_KILL_TIMER)
+    link.arm_kill_timer(2 * LATER_KILL_TIMER)  # later deadlines never extend the earlier one
     link.loop.call_soon(time.sleep, 60)
 
 
@@ -450,7 +456,8 @@ def test_kill_timer_ends_a_worker_whose_loop_is_blocked(harness):
         link = harness.start(blocked_loop_target)
         started = time.monotonic()
         assert await harness.listener.exit(link) == (0, None)
-        assert time.monotonic() - started < 5
+        # The earliest timer ended it: a wide margin over it, far below the later ones.
+        assert time.monotonic() - started < EARLIEST_KILL_TIMER + LATER_KILL_TIMER / 6
 
     run(body())
 
@@ -704,7 +711,7 @@ def test_start_kill_cycles_leave_the_primary_no_extra_fd(harness):
     run(body())
 
 
-def test_workers_die_within_2_s_of_a_sigkilled_primary():
+def test_workers_die_soon_after_a_sigkilled_primary():
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get('PYTHONPATH')])))
     # The reaper is a subreaper: it adopts the orphaned workers and reaps them itself.
     reaper = subprocess.Popen(
@@ -719,7 +726,7 @@ def test_workers_die_within_2_s_of_a_sigkilled_primary():
             reaper.communicate()
     result = json.loads(output)
     assert len(result['pids']) == 2 and reaper.returncode == 0, result
-    assert max(result['reaped_after'].values()) < 2.0, result
+    assert max(result['reaped_after'].values()) < ORPHAN_GONE_BOUND, result
 
 
 class DrainOnDisconnect:

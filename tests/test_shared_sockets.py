@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
-from isocluster import Backoff, ClusterPrimary, ClusterWorker, ListenError, NotSupportedError
+from isocluster import Backoff, ClusterPrimary, ClusterWorker, ListenError, NotSupportedError, protocol
 from isocluster.shared_sockets import DEFAULT_MAX_SHARED_SOCKETS
+from isocluster.transport.base import current_link
 
 from cluster_helpers import ready_waiter, run_cluster
 from memory_helpers import close, crash_and_wait, make, started
@@ -89,7 +90,7 @@ def test_a_live_servers_unix_socket_is_never_unlinked(tmp_path):
 def test_a_descriptor_failure_is_the_workers_listen_error_not_fatal():
     sim, p, rec = started(2, listening_worker)
     got = answers(p)
-    link = p.workers[0]._link
+    link = sim.links[p.workers[0].id]
 
     def out_of_descriptors(sock, payload):
         raise OSError(errno.EMFILE, 'Too many open files')
@@ -97,7 +98,7 @@ def test_a_descriptor_failure_is_the_workers_listen_error_not_fatal():
     answer = listen(sim, p, got, 1, ('127.0.0.1', 0))
     assert 'Too many open files' in answer['error']
     assert not p.closed and p.stats()['live'] == 2 and rec.count('worker_error') == 0
-    assert p._sockets == {}  # bound for nobody: closed again
+    assert sim.open_sockets() == []  # bound for nobody: closed again
     assert listen(sim, p, got, 2, ('127.0.0.1', 0))['error'] is None  # the other worker is untouched
     close(sim, p)
 
@@ -124,7 +125,7 @@ def test_distinct_shared_sockets_are_capped():
     assert listen(sim, p, got, 1, ('127.0.0.2', 0))['error'] is None
     third = listen(sim, p, got, 1, ('127.0.0.3', 0))
     assert 'already shares 2 listening sockets (max_shared_sockets=2)' in third['error']
-    assert len(p._sockets) == 2 and not p.closed and rec.count('worker_error') == 0
+    assert len(sim.open_sockets()) == 2 and not p.closed and rec.count('worker_error') == 0
     close(sim, p)
 
 
@@ -138,7 +139,7 @@ def test_a_socket_is_kept_for_replacements_and_closed_when_no_live_worker_claims
     sim, p, rec = started(2, listening_worker)
     got = answers(p)
     port = listen(sim, p, got, 1, ('127.0.0.1', 0))['address'][1]
-    shared = p._sockets[('127.0.0.1', 0)]
+    shared = sim.bound_for(('127.0.0.1', 0))
     # crash: the replacement inherits the claim; the socket stays open and is the one it gets
     crash_and_wait(sim, p, rec, 1, code=1, pool=2)
     assert shared.fileno() != -1
@@ -151,8 +152,38 @@ def test_a_socket_is_kept_for_replacements_and_closed_when_no_live_worker_claims
     # closed, though worker 4 (which replaced worker 2, never a listener) lives on
     p.stop_worker(5)
     sim.run_until(lambda: p.stats()['live'] == 1)
-    assert shared.fileno() == -1 and p._sockets == {}
+    assert shared.fileno() == -1 and sim.open_sockets() == []
     close(sim, p)
+
+
+def listen_then_die(address):
+    def target():
+        ClusterWorker()
+        current_link().write(protocol.LISTEN, {'id': 1, 'address': list(address)})
+        raise SystemExit(0)
+    return target
+
+
+def test_r116_listen_answer_to_a_dead_worker_publishes_no_worker_listening():
+    sim, p, rec = make(listen_then_die(('127.0.0.1', 0)))
+    p.fork(1)
+    sim.run_until(lambda: rec.count('worker_exit') == 1, timeout=10)
+    assert rec.count('worker_listening') == 0 and rec.count('worker_error') == 0
+    close(sim, p)
+
+
+def test_r116_bind_failure_for_a_dead_worker_is_dropped_silently():
+    blocker = socket.socket()
+    blocker.bind(('127.0.0.1', 0))
+    blocker.listen(1)
+    try:
+        sim, p, rec = make(listen_then_die(blocker.getsockname()))
+        p.fork(1)
+        sim.run_until(lambda: rec.count('worker_exit') == 1, timeout=10)
+        assert rec.count('worker_listening') == 0 and rec.count('worker_error') == 0
+        close(sim, p)
+    finally:
+        blocker.close()
 
 
 # -- real processes ---------------------------------------------------------------------------
@@ -185,7 +216,7 @@ def test_a_socket_stays_open_for_a_replacement_delayed_by_backoff_until_shutdown
     p.on('restart_limit', lambda event: event.prevent())  # beyond the budget: replaced after 5 s
     got = answers(p)
     port = listen(sim, p, got, 1, ('127.0.0.1', 0))['address'][1]
-    shared = p._sockets[('127.0.0.1', 0)]
+    shared = sim.bound_for(('127.0.0.1', 0))
     crash_and_wait(sim, p, rec, 1, code=1)
     assert p.stats()['live'] == 0 and shared.fileno() != -1  # nobody holds it, a replacement will
     sim.run_until(lambda: len(p.workers) == 1, timeout=30)
@@ -193,7 +224,7 @@ def test_a_socket_stays_open_for_a_replacement_delayed_by_backoff_until_shutdown
     crash_and_wait(sim, p, rec, 2, code=1)  # delayed again; shutting down cancels it
     p.shut_down()
     sim.run_until(lambda: p.closed)
-    assert shared.fileno() == -1 and p._sockets == {}
+    assert shared.fileno() == -1 and sim.open_sockets() == []
     close(sim, p)
 
 
@@ -203,7 +234,7 @@ def test_an_address_the_application_bound_stays_open_while_no_worker_holds_it():
     sim, p, rec = started(1, listening_worker, restart='never')
     p.once_on('no_workers', lambda event: event.prevent())  # an empty pool is fine here
     host, port = p.bind(('127.0.0.1', 0))
-    shared = p._sockets[('127.0.0.1', 0)]
+    shared = sim.bound_for(('127.0.0.1', 0))
     crash_and_wait(sim, p, rec, 1, code=1)
     assert p.stats()['live'] == 0 and shared.fileno() != -1
     with socket.create_connection((host, port), timeout=5):

@@ -91,12 +91,20 @@ def test_blocked_loop_is_detected_by_heartbeat_and_replaced() -> None:
     assert replacement == 2
 
 
+BUSY_SLICE = 0.02  # the busy worker's loop is blocked this long at a time, then yields
+HEARTBEAT_INTERVAL = 0.1
+# Fifty slices: a wide margin over the longest time the worker leaves a heartbeat unanswered,
+# so a scheduler pause on a loaded 2-core machine is never taken for an unresponsive worker.
+HEARTBEAT_TIMEOUT = 50 * BUSY_SLICE
+OBSERVED_BEATS = 2 * round(HEARTBEAT_TIMEOUT / HEARTBEAT_INTERVAL)  # two timeouts' worth of answered beats
+
+
 def busy_but_responsive() -> None:
     worker = ClusterWorker()
 
     async def work() -> None:
         while True:  # CPU-bound but yields to the loop
-            deadline = time.monotonic() + 0.02
+            deadline = time.monotonic() + BUSY_SLICE
             while time.monotonic() < deadline:
                 pass
             await asyncio.sleep(0)
@@ -112,15 +120,16 @@ def test_busy_but_responsive_worker_is_not_killed() -> None:
         primary.after('worker_error', lambda event: errors.append(event.data['error']))
         await primary.send('work', to=primary.workers[0])
         beats = 0
-        while beats < 10:  # ten heartbeat intervals of observation, counted in answered beats
+        while beats < OBSERVED_BEATS:  # observed in answered beats (no public view of them yet)
             before = primary.workers[0]._last_beat
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(HEARTBEAT_INTERVAL)
             if primary.workers[0]._last_beat > before:
                 beats += 1
         return errors, primary.workers[0].id
 
     errors, worker_id = run_cluster(
-        'process', scenario, worker_target=busy_but_responsive, heartbeat_interval=0.05, heartbeat_timeout=0.3,
+        'process', scenario, worker_target=busy_but_responsive, heartbeat_interval=HEARTBEAT_INTERVAL,
+        heartbeat_timeout=HEARTBEAT_TIMEOUT,
     )
     assert errors == [] and worker_id == 1
 

@@ -10,27 +10,14 @@ import pytest
 
 from isocluster import (
     ClusterPrimary, ClusterWorker, EncodeError, ListenError, NotAWorkerError, ReadyTimeout, SendError,
+    TransportError, WorkerLost, protocol,
 )
+from isocluster.transport.base import current_link
 from isocluster.transport.memory import MemoryTransport
 
-from memory_helpers import close, inert_worker, make, ready_worker, started
+from memory_helpers import close, inert_worker, make, note, ready_worker, seen, started
 
 KILL_TIMER = 6.765
-
-# Per-test observations made inside simulated workers (same process, so a dict works).
-seen: dict = {}
-
-
-@pytest.fixture(autouse=True)
-def _clear_seen():
-    seen.clear()
-    yield
-    seen.clear()
-
-
-def note(key, value):
-    seen.setdefault(key, []).append(value)
-
 
 # == R99 worker targets ===============================================================================
 
@@ -168,6 +155,57 @@ def test_r103_uninitialized_worker_and_its_destroy_work_outside_a_worker():
     assert worker.destroyed and events == ['destroy_complete']
 
 
+def test_run_outside_a_worker_raises_not_a_worker_error():
+    with pytest.raises(NotAWorkerError, match='run'):
+        ClusterWorker(initialize=False).run()
+
+
+def run_in_memory_target():
+    worker = ClusterWorker()
+    try:
+        worker.run()
+    except TransportError as error:
+        note('run', str(error))
+
+
+def test_worker_run_on_the_memory_transport_raises_transport_error():
+    sim, p, rec = started(1, run_in_memory_target)
+    assert 'only worker_target workers' in seen['run'][0]
+    close(sim, p)
+
+
+def test_request_outside_a_worker_rejects_with_not_a_worker_error():
+    loop = asyncio.new_event_loop()
+    try:
+        worker = ClusterWorker(initialize=False)
+        worker._ps_loop = loop  # the loop its run() would drive (R53)
+        result = worker.request({'type': 'x'})
+        assert isinstance(result.exception(), NotAWorkerError)
+        assert 'only works inside a worker process' in str(result.exception())
+    finally:
+        loop.close()
+
+
+def worker_request_edges_target():
+    worker = ClusterWorker()
+    note('encode', worker.request({'bad': object()}).exception())
+    with pytest.raises(ValueError):
+        worker.request('x', timeout=0)
+
+    def after_disconnect(event):
+        note('closed', worker.request('late').exception())
+    worker.after('primary_disconnect', after_disconnect)
+
+
+def test_worker_request_rejects_unencodable_and_after_the_link_closed():
+    sim, p, rec = started(1, worker_request_edges_target)
+    assert isinstance(seen['encode'][0], EncodeError)
+    p.workers[0].disconnect()
+    sim.run_until(lambda: seen.get('closed'), timeout=10)
+    assert isinstance(seen['closed'][0], SendError)
+    assert isinstance(seen['closed'][0].__cause__, TransportError)
+
+
 # == R104 early messages ===============================================================================
 
 async def late_binding_target():
@@ -223,8 +261,8 @@ def test_r105_ready_does_not_depend_on_overridable_hooks(target):
 
 
 def ready_sent_during_construction_target():
-    worker = ClusterWorker()
-    note('link', worker._link.ready_sent)
+    ClusterWorker()
+    note('link', current_link().ready_sent)
 
 
 def test_r105_ready_is_sent_during_construction_with_sync_initializers():
@@ -318,6 +356,24 @@ def test_r106_prevented_initialize_error_leaves_the_worker_not_ready_until_ready
     assert seen['error'] == ["RuntimeError('cannot initialize')"]
     assert rec.count('worker_ready') == 0
     assert isinstance(rec.of('worker_error')[0]['error'], ReadyTimeout)
+    close(sim, p)
+
+
+def unwritable_ready_target():
+    sim = seen['sim'][0]
+    sim.fail_next_send(ClusterWorker.worker_id, 'to_primary')
+    worker = ClusterWorker()
+    worker.on('primary_disconnect', lambda event: note('disconnect', worker.initialized))
+
+
+def test_r105_ready_that_cannot_be_written_leaves_the_worker_unready_and_it_ends_with_code_0():
+    sim, p, rec = make(unwritable_ready_target)
+    note('sim', sim)
+    p.fork(1)
+    sim.run_until(lambda: rec.count('worker_exit') == 1, timeout=20)
+    assert seen['disconnect'] == [True]
+    assert rec.count('worker_ready') == 0
+    assert rec.of('worker_exit')[0]['code'] == 0
     close(sim, p)
 
 
@@ -428,8 +484,9 @@ def test_r108_preventing_primary_message_disables_routing():
 
 def flushing_target():
     worker = ClusterWorker()
+    link = current_link()
     worker.on('primary_message', lambda e: note('got', e.data['message']))
-    worker.on('primary_disconnect', lambda e: note('disconnect', worker._link.is_open))
+    worker.on('primary_disconnect', lambda e: note('disconnect', link.is_open))
 
 
 def test_r109_disconnect_flushes_written_frames_and_discards_later_messages():
@@ -479,7 +536,8 @@ def test_r110_eof_without_disconnect_publishes_primary_disconnect_and_exits_0():
 
 def after_disconnect_target():
     worker = ClusterWorker()
-    worker.after('primary_disconnect', lambda e: note('after', (worker.destroyed, worker._link.is_open,
+    link = current_link()
+    worker.after('primary_disconnect', lambda e: note('after', (worker.destroyed, link.is_open,
                                                                 type(worker.send('x').exception()).__name__)))
     worker.on('destroy', lambda e: note('destroy', True))
 
@@ -740,6 +798,82 @@ def test_r113_kill_timer_fires_even_when_the_worker_loop_is_blocked():
     assert rec.times('worker_exit')[0] - t0 == pytest.approx(KILL_TIMER, abs=0.05)
 
 
+def test_r50_destroy_twice_outside_a_worker_is_a_no_op():
+    worker = ClusterWorker(initialize=False)
+    assert worker.destroy(timeout=1.0) is worker
+    assert worker.destroy(timeout=0.5) is worker
+    assert worker.destroyed and worker._kill_timeout == 1.0
+
+
+def exiting_unwritable_target():
+    sim = seen['sim'][0]
+    worker = ClusterWorker()
+
+    def leave(event):
+        sim.fail_next_send(ClusterWorker.worker_id, 'to_primary')
+        worker.destroy()
+    worker.on('primary_message', leave)
+
+
+def test_r112_destroy_whose_exiting_frame_cannot_be_written_still_ends_with_code_0():
+    sim, p, rec = make(exiting_unwritable_target)
+    note('sim', sim)
+    p.fork(1)
+    sim.run_until(lambda: len(p.workers) == 1, timeout=10)
+    handle = p.workers[0]
+    p.send('leave')
+    sim.run_until(lambda: rec.count('worker_exit') == 1, timeout=20)
+    assert rec.of('worker_exit')[0]['code'] == 0
+    assert handle.exited_after_disconnect is False  # EXITING never arrived
+    close(sim, p)
+
+
+def pending_listen_target(then):
+    def target():
+        worker = ClusterWorker()
+        if then == 'destroy':
+            listen = worker.listen(('127.0.0.1', 0))
+            listen.send(None)  # runs up to waiting for the primary's answer
+
+            def destroy():
+                worker.destroy()
+                try:
+                    listen.send(None)
+                except ListenError as error:
+                    note('listen', str(error))
+            worker._call_soon(destroy)
+            return
+
+        async def wait_for_answer():
+            try:
+                await worker.listen(('127.0.0.1', 0))
+            except ListenError as error:
+                note('listen', str(error))
+        worker._spawn(wait_for_answer())
+    return target
+
+
+def test_r112_destroy_rejects_a_pending_listen_with_listen_error():
+    sim, p, rec = make(pending_listen_target('destroy'))
+    p.fork(1)
+    sim.run_until(lambda: seen.get('listen'), timeout=10)
+    assert 'destroyed before the primary answered' in seen['listen'][0]
+    close(sim, p)
+
+
+def test_r109_disconnect_rejects_a_pending_listen_with_listen_error():
+    sim, p, rec = make(pending_listen_target('wait'))
+    p.fork(1)
+    sim.run_until(lambda: len(p.workers) == 1, timeout=10)
+    sim.hold(1, 'to_primary')  # the LISTEN request stays in flight
+    sim.run_until(lambda: sim._links[1].to_primary.queue, timeout=10)
+    p.workers[0].disconnect()
+    sim.run_until(lambda: seen.get('listen'), timeout=10)
+    assert 'primary disconnected before answering' in seen['listen'][0]
+    sim.release(1)
+    close(sim, p)
+
+
 # == R114 listen =========================================================================================
 
 def listen_target(address):
@@ -830,6 +964,199 @@ def test_r114_listen_outside_a_worker_rejects_with_not_a_worker_error():
         with pytest.raises(NotAWorkerError):
             await ClusterWorker(initialize=False).listen(('127.0.0.1', 0))
     asyncio.run(main())
+
+
+def bad_listen_target():
+    worker = ClusterWorker()
+
+    async def attempts():
+        for address in (('127.0.0.1',), ('127.0.0.1', '80'), (1, 80), 8080):
+            try:
+                await worker.listen(address)
+            except (TypeError, ValueError) as error:
+                note('errors', type(error))
+    worker._spawn(attempts())
+
+
+def test_r114_listen_rejects_malformed_addresses_before_asking_the_primary():
+    sim, p, rec = started(1, bad_listen_target)
+    sim.run_until(lambda: len(seen.get('errors', [])) == 4, timeout=10)
+    assert seen['errors'] == [ValueError, ValueError, ValueError, TypeError]
+    assert rec.count('worker_error') == 0 and rec.count('worker_listening') == 0
+    close(sim, p)
+
+
+def unix_listen_target(path):
+    def target():
+        worker = ClusterWorker()
+
+        async def listen():
+            sock = await worker.listen(path)
+            note('unix', sock.getsockname())
+            sock.close()
+        worker._spawn(listen())
+    return target
+
+
+def test_r114_listen_on_a_unix_socket_path(tmp_path):
+    path = str(tmp_path / 's.sock')
+    sim, p, rec = started(1, unix_listen_target(path))
+    sim.run_until(lambda: seen.get('unix'), timeout=10)
+    assert seen['unix'] == [path]
+    assert rec.of('worker_listening')[0]['address'] == path
+    close(sim, p)
+
+
+def listen_after_close_target():
+    worker = ClusterWorker()
+
+    async def listen():
+        try:
+            await worker.listen(('127.0.0.1', 0))
+        except ListenError as error:
+            note('listen', error)
+    def on_disconnect(event):
+        event.prevent()
+        worker._spawn(listen())
+    worker.on('primary_disconnect', on_disconnect)
+
+
+def test_r114_listen_after_the_link_closed_rejects_with_listen_error():
+    sim, p, rec = started(1, listen_after_close_target)
+    p.workers[0].disconnect()
+    sim.run_until(lambda: seen.get('listen'), timeout=10)
+    assert 'link to the primary is closed' in str(seen['listen'][0])
+    assert isinstance(seen['listen'][0].__cause__, TransportError)
+    close(sim, p)
+
+
+def cancelled_listen_target(address, then):
+    def target():
+        worker = ClusterWorker()
+        task = worker._spawn(worker.listen(address))
+
+        def cancel_then():
+            task.cancel()
+            if then == 'destroy':
+                worker._call_soon(worker.destroy)
+        worker._call_soon(cancel_then)  # after the task sent LISTEN
+        worker.on('primary_disconnect', lambda event: note('disconnected', True))
+    return target
+
+
+@pytest.mark.parametrize('then', ['destroy', 'disconnect', 'answer'])
+def test_r114_cancelled_listen_is_forgotten_without_harm(then):
+    blocker = socket.socket()
+    blocker.bind(('127.0.0.1', 0))
+    blocker.listen(1)
+    try:
+        address = blocker.getsockname() if then == 'answer' else ('127.0.0.1', 0)
+        sim, p, rec = make(cancelled_listen_target(address, then))
+        if then == 'destroy':
+            sim.slow_boot(0.0)
+        p.fork(1)
+        sim.run_until(lambda: rec.count('worker_online') == 1, timeout=10)
+        if then == 'destroy':
+            sim.hold(1, 'to_worker')  # the primary's answer never reaches it before destroy
+            sim.run_until(lambda: rec.count('worker_exit') == 1, timeout=30)
+        elif then == 'disconnect':
+            sim.hold(1, 'to_primary')
+            handle = rec.of('worker_fork')[0]['worker']
+            sim.run_until(lambda: handle.state == 'online' and sim._links[1].to_primary.queue, timeout=10)
+            handle.disconnect()
+            sim.release(1, 'to_primary')
+            sim.run_until(lambda: rec.count('worker_exit') == 1, timeout=30)
+            assert seen['disconnected'] == [True]
+        else:  # the bind-failure answer arrives for a listen nobody awaits any more
+            sim.run_until(lambda: len(p.workers) == 1, timeout=10)
+            sim.advance(1.0)
+            assert sim.alive(1)
+        assert sim.tracebacks == {}
+        assert all(code == 0 for code, _signal in sim.exits.values())
+        close(sim, p)
+    finally:
+        blocker.close()
+
+
+class LateWorker(ClusterWorker):
+    def _event_primary_message_ask(self, event):
+        return 'answer'
+
+
+def late_frames_target():
+    worker = LateWorker()
+    worker.on('primary_message', lambda event: note('got', event.data['message']))
+    worker.on('primary_disconnect', lambda event: event.prevent())
+
+
+def test_r109_messages_and_requests_after_disconnect_are_discarded():
+    sim, p, rec = started(1, late_frames_target)
+    handle = p.workers[0]
+    handle.disconnect()
+    p.send('late', to=handle)
+    reply = p.request({'type': 'ask'}, to=handle)
+    sim.run_until(lambda: reply.done(), timeout=30)
+    assert seen.get('got') is None
+    assert isinstance(reply.exception(), WorkerLost)
+    close(sim, p)
+
+
+def test_r130_heartbeat_after_the_worker_closed_its_link_is_not_answered():
+    sim, p, rec = started(1, late_frames_target)
+    handle = p.workers[0]
+    handle.disconnect()  # the worker closes its end but keeps running (prevented)
+    sim.run_until(lambda: handle.state == 'disconnected', timeout=10)
+    sim._links[1].to_worker.push((protocol.HEARTBEAT, None))  # a heartbeat already on the wire
+    sim.advance(1.0)
+    assert sim.alive(1) and sim.tracebacks == {}
+    close(sim, p)
+
+
+def test_r130_heartbeat_ack_that_cannot_be_written_is_dropped():
+    sim, p, rec = started(1, heartbeat_interval=1.0)
+    sim.fail_next_send(1, 'to_primary')
+    sim.run_until(lambda: rec.count('worker_exit') == 1, timeout=10)
+    # the failed ACK broke the link: the worker ended as if its primary were gone (code 0)
+    assert rec.of('worker_exit')[0]['code'] == 0 and sim.tracebacks == {}
+    close(sim, p)
+
+
+def test_r114_unexpected_listening_answer_closes_the_socket():
+    sim, p, rec = started(1)
+    sock = socket.socket()
+    sim.links[1].send_socket(sock, {'id': 12345, 'address': ['x', 1]})
+    sim.advance(1.0)
+    sock.close()
+    assert sim.alive(1) and sim.tracebacks == {}
+    close(sim, p)
+
+
+def test_r120_unexpected_control_frame_is_fatal_to_the_worker():
+    sim, p, rec = started(1)
+    sim.links[1].write(protocol.ONLINE, None)
+    sim.run_until(lambda: rec.count('worker_exit') == 1, timeout=10)
+    assert rec.of('worker_exit')[0]['code'] == 1
+    assert 'unexpected ONLINE frame' in sim.tracebacks[1]
+    close(sim, p)
+
+
+class ReplyThenRaise(ClusterWorker):
+    def _event_primary_message_twice(self, event):
+        event.reply('first')
+        raise RuntimeError('after the reply')
+
+
+def reply_then_raise_target():
+    ReplyThenRaise()
+
+
+def test_r33_request_handler_raising_after_it_replied_is_fatal_to_the_worker():
+    sim, p, rec = started(1, reply_then_raise_target)
+    reply = p.request({'type': 'twice'}, to=1)
+    sim.run_until(lambda: rec.count('worker_exit') == 1, timeout=10)
+    assert reply.result() == 'first'
+    assert rec.of('worker_exit')[0]['code'] == 1 and 'after the reply' in sim.tracebacks[1]
+    close(sim, p)
 
 
 # == the primary stays unaffected by worker-side failures ==============================================
