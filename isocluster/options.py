@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping
+from typing import Any, Callable
 
 from . import protocol
 from .checks import MIN_HEARTBEAT_INTERVAL, check_bool, check_positive_int, check_seconds
@@ -13,6 +13,7 @@ from .pacing import check_max_queued_bytes
 from .recycling import RecyclePolicy
 from .supervision import Backoff, RestartPolicy
 from .transport.base import Transport, WorkerSpec
+from .transport.stdio import check_streams
 
 DEFAULT_DRAIN_TIMEOUT = 5.0  # drain_timeout=None: this, or half of shutdown_timeout when that is shorter
 
@@ -75,12 +76,7 @@ def primary_options(
         worker_args = tuple(worker_args)  # once: it may be a one-shot iterator
         if not all(isinstance(arg, str) for arg in worker_args):
             raise TypeError(f'worker_args: expected a list of strings, got {worker_args!r}')
-    if worker_stdio is not None and not isinstance(worker_stdio, Mapping):
-        raise TypeError(f'worker_stdio: expected a mapping of stdin/stdout/stderr, got {worker_stdio!r}')
-    if worker_stdio is not None:
-        unknown = set(worker_stdio) - {'stdin', 'stdout', 'stderr'}
-        if unknown:
-            raise ValueError(f'worker_stdio: unknown streams {sorted(unknown)}; use stdin, stdout, stderr')
+    check_streams(worker_stdio)  # the same check every transport's check_spec makes
     if transport is not None and not isinstance(transport, Transport):
         raise TypeError(f'transport: expected a Transport, got {transport!r}')
     codec = protocol.get_codec(codec)

@@ -1,5 +1,5 @@
 """worker_stdio is checked by one function (transport/stdio.py): a transport's check_spec
-names a bad stream as the primary's options do (tests/test_edges.py checks the primary's)."""
+names a bad stream as the primary's options do (tests/test_primary.py checks the primary's)."""
 
 from __future__ import annotations
 
