@@ -23,6 +23,19 @@ ORPHAN_GONE_BOUND = 2 * ORPHAN_GRACE
 assert ORPHAN_GONE_BOUND + 1.0 < DEFAULT_KILL_TIMEOUT
 
 
+def kill_and_reap(pids: Any) -> None:
+    """SIGKILL and reap each worker pid a test started (None and already-reaped ones are skipped):
+    a test cleans up every child it started, whatever happened."""
+    for pid in pids:
+        if pid is None:
+            continue
+        try:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        except (ProcessLookupError, ChildProcessError):
+            pass
+
+
 def ready_waiter(primary: ClusterPrimary, count: int) -> 'asyncio.Future[None]':
     """A future resolved once `count` workers are in the pool."""
     future = primary.transport.loop.create_future()
@@ -71,13 +84,6 @@ def run_cluster(
             try:
                 await asyncio.wait_for(primary.wait_closed(), WALL_TIMEOUT)
             finally:
-                for pid in pids:
-                    if pid is None:
-                        continue
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                        os.waitpid(pid, 0)
-                    except (ProcessLookupError, ChildProcessError):
-                        pass
+                kill_and_reap(pids)
 
     return asyncio.run(main())

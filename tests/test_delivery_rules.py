@@ -5,9 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import select
-import signal
 import struct
 from typing import Any
 
@@ -18,7 +16,7 @@ from isocluster.transport.memory import MemoryTransport
 from isocluster.transport.process import ProcessTransport
 
 from memory_helpers import Recorder, close
-from tests.cluster_helpers import ready_waiter, run_cluster
+from tests.cluster_helpers import kill_and_reap, ready_waiter, run_cluster
 
 WAIT = 20.0
 
@@ -149,12 +147,7 @@ def test_frames_written_before_exit_arrive_before_worker_exit_when_the_backlog_e
     try:
         seen = asyncio.run(main())
     finally:
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
+        kill_and_reap(pids)
     assert seen == [*range(COUNT), 'last', 'exit']
 
 

@@ -4,14 +4,12 @@ wait_closed() raises it once every worker is gone, whichever event's handler rai
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 from typing import Any
 
 import pytest
 
 from isocluster import ClusterPrimary, ClusterWorker
-from tests.cluster_helpers import ready_waiter
+from tests.cluster_helpers import kill_and_reap, ready_waiter
 
 
 def plain_worker() -> None:
@@ -47,12 +45,7 @@ def test_handler_exception_during_shutdown_still_closes_and_raises(event_name: s
                 await asyncio.wait_for(primary.wait_closed(), 10)
             return sorted(exits), primary.closed
         finally:
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                except (ProcessLookupError, ChildProcessError):
-                    pass
+            kill_and_reap(pids)
 
     exits, closed = asyncio.run(main())
     assert exits == [1, 2] and closed
@@ -71,12 +64,7 @@ def test_fatal_error_shuts_down_even_when_shut_down_handlers_raise() -> None:
                 await asyncio.wait_for(primary.wait_closed(), 10)
             return caught.value, primary.closed, primary.stats()['live']
         finally:
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                    os.waitpid(pid, 0)
-                except (ProcessLookupError, ChildProcessError):
-                    pass
+            kill_and_reap(pids)
 
     error, closed, live = asyncio.run(main())
     assert closed and live == 0

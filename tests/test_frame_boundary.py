@@ -11,8 +11,6 @@ from __future__ import annotations
 import asyncio
 import gc
 import json
-import os
-import signal
 import struct
 import time
 from typing import Any
@@ -24,7 +22,7 @@ from isocluster.transport.memory import MemoryTransport
 from isocluster.transport.process import ProcessTransport
 
 from memory_helpers import Recorder, close
-from tests.cluster_helpers import ready_waiter
+from tests.cluster_helpers import kill_and_reap, ready_waiter
 
 WAIT = 20.0
 
@@ -322,10 +320,5 @@ def test_a_frame_whose_bytes_wait_while_the_primary_is_blocked_is_not_faulted() 
     try:
         size, errors = asyncio.run(main())
     finally:
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-                os.waitpid(pid, 0)
-            except (ProcessLookupError, ChildProcessError):
-                pass
+        kill_and_reap(pids)
     assert size == BIG and errors == []

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Awaitable, Callable
 
 import pytest
+
+from tests.cluster_helpers import kill_and_reap
 
 from isocluster import ClusterPrimary, EncodeError, protocol
 
@@ -144,12 +145,7 @@ def run_on(kind: str, scenario: Callable[[ClusterPrimary, Trace], Awaitable[Any]
             try:
                 await asyncio.wait_for(primary.wait_closed(), WALL_TIMEOUT)
             finally:
-                for pid in pids:
-                    try:
-                        os.kill(pid, signal.SIGKILL)
-                        os.waitpid(pid, 0)
-                    except (ProcessLookupError, ChildProcessError):
-                        pass
+                kill_and_reap(pids)
 
     return asyncio.run(main())
 
