@@ -32,6 +32,7 @@ bench: install
 # requests while workers are killed, reloaded, scaled down, recycled, shut down (~3 min).
 bench-http: install
 	$(BIN)/python -m pip install -q gunicorn
+	command -v ab >/dev/null || (apt-get update -qq && apt-get install -y -qq apache2-utils)
 	$(BIN)/python benchmarks/http_load.py
 
 coverage: install
