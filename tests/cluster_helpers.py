@@ -75,15 +75,21 @@ def run_cluster(
 
     async def main() -> Any:
         primary = primary_class(transport=ProcessTransport(**transport_options), **options)
-        pids: set[int] = set()
-        primary.after('worker_fork', lambda event: pids.add(event.data['worker'].pid))
-        try:
-            return await asyncio.wait_for(scenario(primary), WALL_TIMEOUT)
-        finally:
-            primary.destroy()
-            try:
-                await asyncio.wait_for(primary.wait_closed(), WALL_TIMEOUT)
-            finally:
-                kill_and_reap(pids)
+        return await drive(primary, scenario(primary))
 
     return asyncio.run(main())
+
+
+async def drive(primary: ClusterPrimary, scenario: Awaitable[Any], timeout: float = WALL_TIMEOUT) -> Any:
+    """Await `scenario` (bounded), then destroy `primary`, wait until it is closed, and kill and
+    reap every worker process it forked, whatever happened."""
+    pids: set[int] = set()
+    primary.after('worker_fork', lambda event: pids.add(event.data['worker'].pid))
+    try:
+        return await asyncio.wait_for(scenario, timeout)
+    finally:
+        primary.destroy()
+        try:
+            await asyncio.wait_for(primary.wait_closed(), timeout)
+        finally:
+            kill_and_reap(pids)

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from typing import Any
 from pathlib import Path
 
 from cluster_helpers import ORPHAN_GONE_BOUND
@@ -37,6 +38,18 @@ async def main():
 
 asyncio.run(main())
 '''
+
+
+def _end_both(pid: int | None, primary: Any) -> None:
+    """Whatever the test saw: the worker `pid` and the primary subprocess are ended."""
+    if pid is not None:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    if primary.poll() is None:
+        primary.kill()
+        primary.wait()
 
 
 def _gone(pid: int) -> bool:
@@ -127,14 +140,7 @@ def _stalled_worker_outlives_primary_by(tmp_path: Path, mode: str) -> float:
             time.sleep(0.02)  # polling another process's state: there is no event to wait on
         return time.monotonic() - killed_at
     finally:
-        if pid is not None:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if primary.poll() is None:
-            primary.kill()
-            primary.wait()
+        _end_both(pid, primary)
 
 
 def test_a_forked_worker_holding_the_gil_is_gone_soon_after_its_primarys_death(tmp_path: Path) -> None:
@@ -196,11 +202,4 @@ def test_a_worker_cleaning_up_after_its_primary_died_ends_at_its_kill_timer_even
         assert _gone(pid) and time.monotonic() - killed_at < DEFAULT_KILL_TIMEOUT + 2.0
         assert sorted(path.name for path in tmp_path.iterdir()) == ['marker-cleanup-continued', 'marker-cleanup-started']
     finally:
-        if pid is not None:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if primary.poll() is None:
-            primary.kill()
-            primary.wait()
+        _end_both(pid, primary)

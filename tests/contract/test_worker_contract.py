@@ -18,7 +18,7 @@ from typing import Any, Awaitable, Callable
 
 import pytest
 
-from tests.cluster_helpers import kill_and_reap
+from tests.cluster_helpers import drive
 
 from isocluster import ClusterPrimary, EncodeError, protocol
 
@@ -134,18 +134,7 @@ def run_on(kind: str, scenario: Callable[[ClusterPrimary, Trace], Awaitable[Any]
             transport = ProcessTransport(**limits)
         primary = ClusterPrimary(transport=transport, **options)
         _keep_up_when_empty(primary)
-        trace = Trace(primary)
-        pids: set[int] = set()
-        if kind != 'ray':
-            primary.after('worker_fork', lambda event: pids.add(event.data['worker'].pid))
-        try:
-            return await asyncio.wait_for(scenario(primary, trace), WALL_TIMEOUT)
-        finally:
-            primary.destroy()
-            try:
-                await asyncio.wait_for(primary.wait_closed(), WALL_TIMEOUT)
-            finally:
-                kill_and_reap(pids)
+        return await drive(primary, scenario(primary, Trace(primary)), WALL_TIMEOUT)  # Ray handles have no pid
 
     return asyncio.run(main())
 
