@@ -54,10 +54,11 @@ def _transport_options(options: dict[str, Any]) -> dict[str, Any]:
 
 def run_cluster(
     transport: str, scenario: Callable[[ClusterPrimary], Awaitable[Any]],
-    primary_class: type[ClusterPrimary] = ClusterPrimary, **options: Any,
+    primary_class: type[ClusterPrimary] = ClusterPrimary, wall_timeout: float = WALL_TIMEOUT, **options: Any,
 ) -> Any:
     """Build a primary on `transport`, run `scenario(primary)`, then destroy the primary and wait
-    until it is closed. Returns the scenario's result."""
+    until it is closed. Returns the scenario's result. On processes the scenario is bounded by
+    `wall_timeout` seconds."""
     if transport == 'memory':
         from isocluster.transport.memory import MemoryTransport
 
@@ -75,7 +76,7 @@ def run_cluster(
 
     async def main() -> Any:
         primary = primary_class(transport=ProcessTransport(**transport_options), **options)
-        return await drive(primary, scenario(primary))
+        return await drive(primary, scenario(primary), wall_timeout)
 
     return asyncio.run(main())
 

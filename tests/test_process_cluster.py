@@ -16,6 +16,9 @@ from tests.cluster_helpers import ready_waiter, run_cluster
 from tests.test_supervision_process import _http_get, http_worker
 
 CYCLES = 200
+# One cycle is a SIGKILL-free exit, a fork and a ready frame: ~10 ms on an idle machine. The
+# bound gives each cycle half a second (50x), so a loaded CI machine does not fail the test.
+CYCLE_BOUND = 0.5
 
 
 class Mortal(ClusterWorker):
@@ -55,7 +58,8 @@ def test_200_crash_and_replace_cycles_leave_no_zombie() -> None:
             await replaced
         return primary.stats(), _zombie_children()
 
-    stats, zombies = run_cluster('process', scenario, worker_target=mortal, restart_intensity=None)
+    stats, zombies = run_cluster('process', scenario, worker_target=mortal, restart_intensity=None,
+                                  wall_timeout=CYCLES * CYCLE_BOUND)
     assert stats['exited'] == CYCLES and stats['restarts'] == CYCLES and stats['live'] == 1
     assert zombies == []
 
