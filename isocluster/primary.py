@@ -15,15 +15,16 @@ worker events), `signal_actions` (what run() does on each signal). See README "H
 from __future__ import annotations
 
 import asyncio
-import logging
 import types
 from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 from . import dispatch, protocol
+from . import signal_actions as signals
 from .checks import check_bool, check_seconds, check_worker_count
-from .errors import ClusterError, DestroyedError, InvalidDestinationError, NotInitializedError, TransportError, WorkerLost
+from .closing import Closing
+from .errors import ClusterError, DestroyedError, InvalidDestinationError, NotInitializedError
 from .escalation import Escalation
-from .figures import worker_figures
+from .forking import Forking
 from .handle import WorkerHandle
 from .heartbeats import Heartbeats
 from .lifecycle import Initializable
@@ -39,12 +40,10 @@ from .replacement import Replacement
 from .routing import route
 from .sending import Outbox
 from .shared_sockets import DEFAULT_MAX_SHARED_SOCKETS
-from .signal_actions import signal_actions
-from .states import PrimaryState, STARTING
+from .states import PrimaryState
 from .supervision import Backoff, RestartPolicy, Supervisor, _warn_inactive
-from .transport.base import SIGKILL, Signals, Transport, WorkerLink, WorkerSpec
-
-logger = logging.getLogger('isocluster')
+from .transport.base import Signals, Transport, WorkerLink
+from .worker_actions import WorkerActions
 
 _MISSING: Any = object()
 
@@ -130,34 +129,51 @@ class ClusterPrimary(Initializable):
         self._heartbeats = Heartbeats(
             options.heartbeat_interval, options.heartbeat_timeout, self._now,
             self._call_later, lambda: self._live.values(), lambda: self._phase.active,
-            lambda handle, error: self._worker_fault(handle, error), self._stats,
-        )
-        self._reload = RollingReload(
-            fork_one=self._fork_one, retire=self._retire, active=lambda: self._phase.active, later=self._call_soon,
-            inherit=lambda old, new: self._shared.inherit(old.id, new.id), reload_complete=self._publish_reload_complete,
+            lambda handle, error: self._events.fault(handle, error), self._stats,
         )
         self._events = WorkerEvents(
             registry=registry, codec=self._codec, transport=transport, heartbeats=self._heartbeats,
             listening=self._listening, stats=self._stats, publish=self._publish, spawn=self._spawn,
             exited=self._after_worker_exit, ready_timeout=options.ready_timeout, now=self._now,
         )
+        # Late-bound: a subclass's (or a test's) _disconnect_worker is the one disconnect() runs.
+        self._forking = forking = Forking(
+            owner=self, registry=registry, state=self._phase, options=options, transport=transport,
+            events=self._events, stats=self._stats, now=self._now, publish=self._publish, call_soon=self._call_soon,
+            call_later=self._call_later, leave=lambda worker: self._disconnect_worker(worker),
+        )
+        self._reload = RollingReload(
+            fork_one=forking.fork_one, retire=self._retire, active=lambda: self._phase.active, later=self._call_soon,
+            inherit=lambda old, new: self._shared.inherit(old.id, new.id),
+            reload_complete=lambda count, aborted: self._actions.reload_complete(count, aborted),
+        )
         self._replacement = Replacement(
             supervisor=self._supervisor, registry=registry, reload=self._reload, shared=self._shared,
-            state=self._phase, publish=self._publish, fork_one=self._fork_one, call_later=self._call_later,
+            state=self._phase, publish=self._publish, fork_one=forking.fork_one, call_later=self._call_later,
             now=self._now, random=lambda: transport.random(), stats=self._stats,
         )
         self._recycler = Recycler(
             options.recycling, random=lambda: transport.random(), now=self._now, call_soon=self._call_soon,
             call_later=self._call_later, publish=self._publish, state=self._phase, registry=registry,
         )
-        self._readiness = Readiness(transport, self._call_later, lambda: self._closed, self._phase, registry)
+        self._readiness = Readiness(transport, self._call_later, lambda: self._closing.closed, self._phase, registry)
         self._outbox = Outbox(registry, self._codec, transport, options.max_queued_bytes, self._stats,
                               self._pubsub_loop, self._resolved_future, self._rejected, self._recycler.handled)
-        self._destroy_deferred = False
-        self._fatal_error: BaseException | None = None
-        self._end_error: BaseException | None = None
-        self._closed = False
-        self._closed_future: asyncio.Future[None] | None = None
+        self._map_parts = dispatch.MapParts(self.after, registry, self._phase, self._outbox)
+        self._closing = Closing(
+            state=self._phase, registry=registry, readiness=self._readiness, reload=self._reload,
+            listening=self._listening, shared=self._shared, replacement=self._replacement,
+            heartbeats=self._heartbeats, recycler=self._recycler, publish=self._publish, call_soon=self._call_soon,
+            once_after=self._once_after, loop=self._pubsub_loop, shut_down=lambda: self.shut_down(),
+            disconnect=lambda worker: self._disconnect_worker(worker),
+        )
+        self._actions = WorkerActions(
+            state=self._phase, registry=registry, supervisor=self._supervisor, replacement=self._replacement,
+            heartbeats=self._heartbeats, recycler=self._recycler, readiness=self._readiness, reload=self._reload,
+            escalation=self._escalation, closing=self._closing, publish=self._publish,
+            shut_down=lambda: self.shut_down(),
+            stop_worker=lambda worker, replace: self.stop_worker(worker, replace=replace),
+        )
         super().__init__(initialize=initialize)
 
     # -- loop and lifecycle ----------------------------------------------------------
@@ -192,34 +208,16 @@ class ClusterPrimary(Initializable):
             self._readiness.start()
 
     def _destroy(self, *args: Any, **kwargs: Any) -> None:
-        self._phase.destroyed()
-        self._cancel_all_timers()
-        self._requests.lose(None, lambda: WorkerLost('the primary was destroyed before the reply arrived'))
-        self._registry.clear_pool()
-        self._shared.close_all()
+        self._closing.destroying()
         super()._destroy(*args, **kwargs)
         if self._owns_transport:
             self._transport.close()
-        self._mark_closed()
+        self._closing.mark_closed()
 
     def _fatal(self, error: BaseException) -> None:
         """SPEC R34: keep the first fatal error, log it, shut down; run()/wait_closed() raise it."""
-        if self._transport.capture_fatal(error):
-            return
-        logger.critical('fatal error in the cluster primary; shutting down', exc_info=error)
-        if self._fatal_error is None:
-            self._fatal_error = error
-        elif error is not self._fatal_error:
-            self._fatal_error.add_note(f'also during shutdown: {error!r}')
-        if self._phase.active:
-            try:
-                self.shut_down()
-            except Exception as again:
-                self._fatal_error.add_note(f'also during shutdown: {again!r}')
-            if self._phase.active:
-                # A shut_down handler raised before the default action ran: shut down anyway,
-                # without the handlers, so that a fatal error always ends in a closed cluster.
-                self._event_shut_down(None)
+        if not self._transport.capture_fatal(error):
+            self._closing.fatal(error, lambda: self._event_shut_down(None))
 
     # -- public API ------------------------------------------------------------------
 
@@ -240,7 +238,7 @@ class ClusterPrimary(Initializable):
         if not self._phase.active:
             _warn_inactive('fork', worker_count, self._phase.name)
             return self
-        self._transport.check_spec(self._spec(0))
+        self._transport.check_spec(self._options.spec(0))
         self._publish('fork', {'worker_count': worker_count})
         return self
 
@@ -282,22 +280,12 @@ class ClusterPrimary(Initializable):
             chunksize: int = 1, timeout: float | None = None, retries: int = 0) -> Any:
         """An async iterator of the replies to `messages`, each sent as a request to the least busy
         worker; see dispatch.MapRun and the README's "Task queues"."""
-        check_seconds('timeout', timeout, allow_none=True, allow_zero=False)
-        parts = dispatch.MapParts(self.after, self._registry, self._phase, self._outbox)
-        return dispatch.map_replies(parts, messages, ordered=ordered, max_in_flight=max_in_flight,
+        return dispatch.map_replies(self._map_parts, messages, ordered=ordered, max_in_flight=max_in_flight,
                                     chunksize=chunksize, timeout=timeout, retries=retries)
 
     def map_sync(self, messages: Iterable[Any], **options: Any) -> list[Any]:
         """`map()` for a script without its own loop: runs the primary's loop until every reply is in."""
-        loop = self._pubsub_loop()
-        if loop.is_running():
-            raise RuntimeError("map_sync(): the primary's loop is already running; use `async for reply in primary.map(...)`")
-        replies = self.map(messages, **options)
-
-        async def collect() -> list[Any]:
-            return [reply async for reply in replies]
-
-        return loop.run_until_complete(collect())
+        return dispatch.collect_replies(self._pubsub_loop(), lambda: self.map(messages, **options))
 
     def bind(self, address: Any) -> Any:
         """Bind a shared address now, for the workers that will `listen()` on it: a busy or
@@ -351,7 +339,7 @@ class ClusterPrimary(Initializable):
         return self
 
     def destroy(self, *args: Any, **kwargs: Any) -> 'ClusterPrimary':
-        if self._phase.name == 'shut_down' and self._destroy_deferred:
+        if self._phase.name == 'shut_down' and self._closing.destroy_deferred:
             # The deferred destroy was cancelled by a prevented shut_down_complete (R94); the
             # destroy event is complete_once, so a later destroy() destroys directly.
             self._destroy(*args, **kwargs)
@@ -373,48 +361,24 @@ class ClusterPrimary(Initializable):
     def run(self) -> None:
         """Drive the primary's loop until it is closed; SIGTERM/SIGINT shut down, SIGHUP reloads,
         SIGTTIN / SIGTTOU add / retire one worker."""
-        loop = self._pubsub_loop()
-        if loop.is_running():
-            raise RuntimeError('run(): the primary\'s loop is already running; use await primary.wait_closed()')
 
         def shut_down() -> None:
             if self._phase.name != 'destroyed':
                 self.shut_down()
 
-        restore = self._transport.install_signal_handlers(signal_actions(
-            shut_down=shut_down, kill_all=self._kill_all, reload=self.reload, scale_by=self._scale_by,
-            guarded=self._guarded,
-        ))
-        try:
-            loop.run_until_complete(self.wait_closed())
-        finally:
-            restore()
-            if self._owns_transport:
-                self._transport.close()  # now that the loop has stopped, it can be closed too
+        def scale_by(step: int) -> None:
+            signals.scale_by(step, len(self._registry.staying(self._reload.leaving())), self.scale)
 
-    def _scale_by(self, step: int) -> None:
-        """SIGTTIN / SIGTTOU: one worker more or less than those staying (never below one, as
-        gunicorn). A reload step's leaving worker is not counted: its new one takes its place."""
-        staying = len(self._registry.staying(self._reload.leaving()))
-        if staying + step < 1:
-            logger.warning('SIGTTOU: the last worker is not retired; SIGTERM shuts the cluster down',
-                           extra={'reason': 'scale_by_signal'})
-            return
-        self.scale(staying + step)
+        actions = signals.signal_actions(shut_down=shut_down, kill_all=self._closing.kill_all, reload=self.reload,
+                                         scale_by=scale_by, guarded=self._guarded)
+        signals.run(self._transport, self.wait_closed, actions, self._owns_transport)
 
     async def wait_closed(self) -> None:
-        if not self._closed:
-            if self._closed_future is None:
-                self._closed_future = self._pubsub_loop().create_future()
-            await asyncio.shield(self._closed_future)
-        if self._fatal_error is not None:
-            raise self._fatal_error
-        if self._end_error is not None:
-            raise self._end_error
+        await self._closing.wait_closed()
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._closing.closed
 
     async def __aenter__(self) -> 'ClusterPrimary':
         return self
@@ -430,56 +394,55 @@ class ClusterPrimary(Initializable):
             if self._phase.name != 'destroyed':
                 self.destroy()
 
-    # -- forking ---------------------------------------------------------------------
-
-    def _spec(self, worker_id: int) -> WorkerSpec:
-        return self._options.spec(worker_id)
+    # -- default actions (R7: found by name, so a subclass may override one) -------------
 
     def _event_fork(self, event: Any) -> None:
-        count = event.data['worker_count']
-        if type(count) is not int or count < 0:
-            raise ValueError(f'fork: worker_count must be an int >= 0, got {count!r}')
-        if not self._phase.active:
-            return
-        handles = [self._start_worker() for _ in range(count)]
-        if handles:
-            self._call_soon(self._publish_worker_forks, handles)
-
-    def _fork_one(self) -> WorkerHandle | None:
-        """Publish fork for one worker: the worker it started, or None (prevented, inactive)."""
-        first = self._registry.next_id
-        self._publish('fork', {'worker_count': 1})
-        started = self._registry.started_since(first)
-        return started[-1] if started else None
-
-    def _start_worker(self) -> WorkerHandle:
-        # Late-bound: a subclass's (or a test's) _disconnect_worker is the one disconnect() runs.
-        handle = WorkerHandle(self, self._registry.new_id(), lambda worker: self._disconnect_worker(worker),
-                              lambda worker: worker_figures(worker, self._now(), self._requests.in_flight(worker)))
-        self._registry.add_live(handle)
-        self._stats['forked'] += 1
-        handle.life.started_at = self._now()
-        try:
-            handle.life.link = self._transport.start_worker(self._spec(handle.id), self)
-        except TransportError as error:
-            error.worker_id = handle.id
-            handle.life.start_error = error
-        return handle
-
-    def _publish_worker_forks(self, handles: list[WorkerHandle]) -> None:
-        for handle in handles:
-            self._publish('worker_fork', {'worker': handle})
-        for handle in handles:
-            if handle.life.start_error is not None:
-                self._worker_fault(handle, handle.life.start_error)
-                self._worker_closed(handle)
-                self._worker_exited(handle, None, None)
+        self._forking.fork(event)
 
     def _event_worker_fork(self, event: Any) -> None:
-        handle = event.data['worker']
-        ready_timeout = self._options.ready_timeout
-        if ready_timeout is not None and handle.state in STARTING and self._phase.active:
-            handle.life.timers['ready'] = self._call_later(ready_timeout, self._events.ready_timed_out, handle)
+        self._forking.worker_fork(event)
+
+    def _event_worker_online(self, event: Any) -> None:
+        self._actions.worker_online(event)
+
+    def _event_worker_ready(self, event: Any) -> None:
+        self._actions.worker_ready(event)
+
+    def _event_add_worker(self, event: Any) -> None:
+        self._actions.add_worker(event)
+
+    def _event_remove_worker(self, event: Any) -> None:
+        self._actions.remove_worker(event)
+
+    def _event_worker_message(self, event: Any) -> None:
+        route(self, '_event_worker_message_', event)
+
+    def _event_worker_recycle(self, event: Any) -> None:
+        self._actions.worker_recycle(event)
+
+    def _event_worker_disconnect(self, event: Any) -> None:
+        self._actions.worker_disconnect(event)
+
+    def _event_worker_error(self, event: Any) -> None:
+        self._actions.worker_error(event)
+
+    def _event_worker_exit(self, event: Any) -> None:
+        self._actions.worker_exit(event)
+
+    def _event_no_workers(self, event: Any) -> None:
+        self._actions.no_workers(event)
+
+    def _event_restart_limit(self, event: Any) -> None:
+        self._actions.restart_limit(event)
+
+    def _event_reload(self, event: Any) -> None:
+        self._actions.reload(event)
+
+    def _event_shut_down(self, event: Any) -> None:
+        self._closing.shut_down()
+
+    def _event_destroy(self, event: Any) -> None:
+        self._closing.destroy(event, self._destroy)
 
     # -- link events (called by the transport: the primary is each link's listener) ----
 
@@ -508,7 +471,7 @@ class ClusterPrimary(Initializable):
         if isinstance(error, ClusterError) and error.worker_id is None:
             error.worker_id = handle.id
         try:
-            self._worker_fault(handle, error)
+            self._events.fault(handle, error)
         except Exception as failure:
             self._fatal(failure)
 
@@ -517,7 +480,7 @@ class ClusterPrimary(Initializable):
         if handle is None or self._phase.name == 'destroyed':
             return
         try:
-            self._worker_closed(handle)
+            self._events.closed(handle)
         except Exception as error:
             self._fatal(error)
 
@@ -528,157 +491,17 @@ class ClusterPrimary(Initializable):
         if handle.state != 'disconnected':  # the transport promises closed first; stay robust
             self.link_closed(link)
         try:
-            self._worker_exited(handle, code, signal)
+            self._events.exited(handle, code, signal)
         except Exception as error:
             self._fatal(error)
 
     def _worker_fault(self, handle: WorkerHandle, error: BaseException) -> None:
         self._events.fault(handle, error)
 
-    def _worker_closed(self, handle: WorkerHandle) -> None:
-        self._events.closed(handle)
-
-    def _worker_exited(self, handle: WorkerHandle, code: int | None, signal: Signals | None) -> None:
-        self._events.exited(handle, code, signal)
-
     def _after_worker_exit(self, handle: WorkerHandle) -> None:
         self._shared.release(handle.id)  # after the replacement decision: a replacement inherits
         self._reload.worker_exited(handle)
-        if self._phase.name == 'shutting_down' and not self._live:
-            self._call_soon(self._publish_shut_down_complete)
-
-    # -- supervision: the default actions (replacement.py carries the decisions out) ----
-
-    def _event_no_workers(self, event: Any) -> None:
-        self._replacement.no_workers_ran = True
-        error = event.data['error']
-        if not self._phase.active:
-            return
-        if error is not None:
-            self._end_error = error
-            logger.error('%s', error, extra={'reason': 'no_workers', 'end': event.data['reason'],
-                                             'worker_id': error.worker_id})
-        else:
-            logger.info('every worker has exited and none is replaced (restart=%r); shutting down',
-                        self._supervisor.policy.restart, extra={'reason': 'no_workers', 'end': event.data['reason']})
-        self.shut_down()
-
-    def _event_restart_limit(self, event: Any) -> None:
-        self._replacement.limit_ran = True
-        self._supervisor.stop()
-        policy = self._supervisor.policy
-        logger.error(
-            'restart limit reached: more than %s restarts within %ss; automatic replacement stopped '
-            '(call scale() to resume)', policy.intensity, policy.period,
-            extra={'reason': 'restart_limit', 'live': len(self._live)},
-        )
-
-    def _event_reload(self, event: Any) -> None:
-        if self._phase.active and not self._reload.announced:
-            self._readiness.tell('RELOADING=1')  # also when it joins a running stop_worker step
-            self._reload.start(self.workers)
-
-    def _publish_reload_complete(self, count: int, aborted: bool) -> None:
-        if self._phase.name != 'destroyed':
-            self._readiness.tell('READY=1', when_active=True)
-            self._publish('reload_complete', {'worker_count': count, 'aborted': aborted})
-
-    # -- default actions -------------------------------------------------------------
-
-    def _event_worker_online(self, event: Any) -> None:
-        event.data['worker'].life.online_accepted = True
-
-    def _event_worker_ready(self, event: Any) -> None:
-        handle = event.data['worker']
-        if handle.state != 'online':
-            return
-        handle.life.move('ready')
-        self._supervisor.ready()
-        handle.life.cancel_timer('ready')
-        if self._phase.active:
-            self._heartbeats.start(handle)
-        self._add_worker(handle)
-        self._recycler.start(handle)
-        self._readiness.ready_once()
-        self._reload.worker_ready(handle)
-
-    def _event_worker_recycle(self, event: Any) -> None:
-        handle = event.data['worker']
-        if self._phase.active and self._registry.owns(handle) and not handle.life.retired:
-            self.stop_worker(handle, replace=True)
-
-    def _add_worker(self, worker: WorkerHandle) -> None:
-        self._publish('add_worker', {'worker': worker})
-
-    def _remove_worker(self, worker: WorkerHandle) -> None:
-        if worker.id in self._registry.pool:
-            self._publish('remove_worker', {'worker': worker})
-
-    def _event_add_worker(self, event: Any) -> None:
-        if self._phase.name != 'destroyed':
-            self._registry.pool_add(event.data['worker'])
-
-    def _event_remove_worker(self, event: Any) -> None:
-        self._registry.pool_remove(event.data['worker'])
-
-    def _event_worker_message(self, event: Any) -> None:
-        route(self, '_event_worker_message_', event)
-
-    def _event_worker_disconnect(self, event: Any) -> None:
-        self._remove_worker(event.data['worker'])
-
-    def _event_worker_error(self, event: Any) -> None:
-        handle = event.data['worker']
-        self._remove_worker(handle)
-        self._kill_worker(handle)
-
-    def _event_worker_exit(self, event: Any) -> None:
-        handle = event.data['worker']
-        self._remove_worker(handle)
-        self._replacement.exited(handle, event.data['code'], event.data['signal'])
-
-    def _event_shut_down(self, event: Any) -> None:
-        self._readiness.tell('STOPPING=1', when_active=True)
-        self._phase.shutting_down()
-        self._cancel_all_timers()
-        self._reload.abandon()
-        self._listening.close_all()
-        if not self._live:
-            self._call_soon(self._publish_shut_down_complete)
-            return
-        for handle in list(self._live.values()):
-            self._disconnect_worker(handle)
-
-    def _event_destroy(self, event: Any) -> None:
-        args, kwargs = event.data['args'], event.data['kwargs']
-        if self._phase.running:
-            self._destroy_deferred = True
-            # R93/R94: subscribed now, so it runs after every earlier after-handler.
-            self._once_after('shut_down_complete', lambda _event: self._destroy(*args, **kwargs))
-            if self._phase.active:
-                self.shut_down()
-        else:
-            self._destroy(*args, **kwargs)
-
-    def _publish_shut_down_complete(self) -> None:
-        if self._phase.name != 'shutting_down':
-            return
-        self._phase.shut_down()
-        logger.debug('cluster shut down')
-        try:
-            self._publish('shut_down_complete', {})
-        finally:
-            self._mark_closed()
-
-    def _mark_closed(self) -> None:
-        # Closed once shut_down_complete has run all its stages, or once destroyed; a deferred
-        # destroy runs inside shut_down_complete's after stage, so it is complete by now.
-        if self._phase.ended and not self._closed:
-            self._closed = True
-            self._readiness.stop()
-            future = self._closed_future
-            if future is not None and not future.done():
-                future.set_result(None)
+        self._closing.worker_gone()
 
     # -- disconnecting and killing (escalation.py decides the steps) ------------------
 
@@ -689,24 +512,6 @@ class ClusterPrimary(Initializable):
     def _retire(self, handle: WorkerHandle) -> None:
         handle.life.retired = True
         self._disconnect_worker(handle)
-
-    def _kill_worker(self, handle: WorkerHandle) -> None:
-        self._escalation.kill(handle)
-
-    def _kill_all(self) -> None:
-        for handle in list(self._live.values()):
-            handle.kill(SIGKILL)
-
-    def _cancel_all_timers(self) -> None:
-        self._replacement.cancel()
-        self._heartbeats.stop()
-        self._recycler.stop()
-        destroyed = self._phase.name == 'destroyed'
-        for handle in self._live.values():
-            if destroyed:
-                handle.life.cancel_timers()
-            else:
-                handle.life.cancel_timer('ready')
 
     def _live_handle(self, worker: Any, method: str) -> WorkerHandle:
         if isinstance(worker, WorkerHandle):
