@@ -76,7 +76,7 @@ class Closing:
                 # without the handlers, so that a fatal error always ends in a closed cluster.
                 shut_down_anyway()
 
-    def shut_down(self) -> None:
+    def shut_down(self, event: Any = None) -> None:
         """shut_down's default action."""
         self._readiness.tell('STOPPING=1', when_active=True)
         self._state.shutting_down()

@@ -24,6 +24,7 @@ from .checks import check_bool, check_seconds, check_worker_count
 from .closing import Closing
 from .errors import ClusterError, DestroyedError, InvalidDestinationError, NotInitializedError
 from .escalation import Escalation
+from .figures import primary_figures
 from .forking import Forking
 from .handle import WorkerHandle
 from .heartbeats import Heartbeats
@@ -41,9 +42,10 @@ from .routing import route
 from .sending import Outbox
 from .shared_sockets import DEFAULT_MAX_SHARED_SOCKETS
 from .states import PrimaryState
+from .scaling import Scaling
 from .supervision import Backoff, RestartPolicy, Supervisor, _warn_inactive
 from .transport.base import Signals, Transport, WorkerLink
-from .worker_actions import WorkerActions
+from .worker_actions import DefaultAction, WorkerActions
 
 _MISSING: Any = object()
 
@@ -143,10 +145,12 @@ class ClusterPrimary(Initializable):
             call_later=self._call_later, leave=lambda worker: self._disconnect_worker(worker),
         )
         self._reload = RollingReload(
-            fork_one=forking.fork_one, retire=self._retire, active=lambda: self._phase.active, later=self._call_soon,
+            fork_one=forking.fork_one, retire=lambda handle: self._scaling.retire(handle), active=lambda: self._phase.active, later=self._call_soon,
             inherit=lambda old, new: self._shared.inherit(old.id, new.id),
             reload_complete=lambda count, aborted: self._actions.reload_complete(count, aborted),
         )
+        self._scaling = Scaling(state=self._phase, registry=registry, supervisor=self._supervisor, reload=self._reload,
+                                publish=self._publish, disconnect=lambda worker: self._disconnect_worker(worker))
         self._replacement = Replacement(
             supervisor=self._supervisor, registry=registry, reload=self._reload, shared=self._shared,
             state=self._phase, publish=self._publish, fork_one=forking.fork_one, call_later=self._call_later,
@@ -187,18 +191,6 @@ class ClusterPrimary(Initializable):
     @property
     def transport(self) -> Transport:
         return self._transport
-
-    @property
-    def _replacement_stopped(self) -> bool:  # the restart limit stopped replacement (tests observe it)
-        return self._supervisor.stopped
-
-    @property
-    def _heartbeat_interval(self) -> float | None:
-        return self._options.heartbeat_interval
-
-    @property
-    def _heartbeat_timeout(self) -> float | None:
-        return self._options.heartbeat_timeout
 
     def _initialize(self) -> None:
         self._pubsub_loop()  # bind to the transport's loop now (R57)
@@ -304,32 +296,14 @@ class ClusterPrimary(Initializable):
         """Retire one live worker (never replaced), or with `replace=True` swap it for a new
         one as a reload step (R135)."""
         check_bool('replace', replace)
-        handle = self._live_handle(worker, 'stop_worker')
-        if not replace:
-            self._retire(handle)
-        elif self._phase.active:
-            self._reload.replace_one(handle)
+        self._scaling.stop_worker(worker, replace)
         return self
 
     def scale(self, worker_count: int) -> 'ClusterPrimary':
         """Fork or retire workers to reach `worker_count` live ones; re-enables replacement
         after `restart_limit` (R136)."""
         check_worker_count('worker_count', worker_count)
-        if not self._phase.active:
-            _warn_inactive('scale', worker_count, self._phase.name)
-            return self
-        self._supervisor.resume()
-        # A reload step's old worker is leaving: its new worker takes its place.
-        leaving = self._reload.leaving()
-        staying = self._registry.staying(leaving)
-        if worker_count > len(staying):
-            self._publish('fork', {'worker_count': worker_count - len(staying)})
-        else:
-            surplus = staying[worker_count:]
-            if leaving is not None and self._reload.current.new in surplus:
-                surplus.append(leaving)  # its replacement is retired: nothing takes its place
-            for handle in reversed(surplus):
-                self._retire(handle)
+        self._scaling.scale(worker_count)
         return self
 
     def shut_down(self) -> 'ClusterPrimary':
@@ -348,15 +322,7 @@ class ClusterPrimary(Initializable):
         return self
 
     def stats(self) -> dict[str, Any]:
-        now = self._pubsub_loop().time()
-        return {
-            **self._stats,
-            'restarts_in_window': self._supervisor.restarts_in_window(now),
-            'live': len(self._live),
-            'ready': len(self._registry.pool_ids),
-            'late_replies': self._requests.late_replies,
-            'workers': {worker_id: handle.stats() for worker_id, handle in sorted(self._live.items())},
-        }
+        return primary_figures(self._stats, self._supervisor, self._registry, self._pubsub_loop().time())
 
     def run(self) -> None:
         """Drive the primary's loop until it is closed; SIGTERM/SIGINT shut down, SIGHUP reloads,
@@ -396,50 +362,23 @@ class ClusterPrimary(Initializable):
 
     # -- default actions (R7: found by name, so a subclass may override one) -------------
 
-    def _event_fork(self, event: Any) -> None:
-        self._forking.fork(event)
-
-    def _event_worker_fork(self, event: Any) -> None:
-        self._forking.worker_fork(event)
-
-    def _event_worker_online(self, event: Any) -> None:
-        self._actions.worker_online(event)
-
-    def _event_worker_ready(self, event: Any) -> None:
-        self._actions.worker_ready(event)
-
-    def _event_add_worker(self, event: Any) -> None:
-        self._actions.add_worker(event)
-
-    def _event_remove_worker(self, event: Any) -> None:
-        self._actions.remove_worker(event)
+    _event_fork = DefaultAction('_forking', 'fork')
+    _event_worker_fork = DefaultAction('_forking', 'worker_fork')
+    _event_worker_online = DefaultAction('_actions', 'worker_online')
+    _event_worker_ready = DefaultAction('_actions', 'worker_ready')
+    _event_add_worker = DefaultAction('_actions', 'add_worker')
+    _event_remove_worker = DefaultAction('_actions', 'remove_worker')
+    _event_worker_recycle = DefaultAction('_actions', 'worker_recycle')
+    _event_worker_disconnect = DefaultAction('_actions', 'worker_disconnect')
+    _event_worker_error = DefaultAction('_actions', 'worker_error')
+    _event_worker_exit = DefaultAction('_actions', 'worker_exit')
+    _event_no_workers = DefaultAction('_actions', 'no_workers')
+    _event_restart_limit = DefaultAction('_actions', 'restart_limit')
+    _event_reload = DefaultAction('_actions', 'reload')
+    _event_shut_down = DefaultAction('_closing', 'shut_down')
 
     def _event_worker_message(self, event: Any) -> None:
         route(self, '_event_worker_message_', event)
-
-    def _event_worker_recycle(self, event: Any) -> None:
-        self._actions.worker_recycle(event)
-
-    def _event_worker_disconnect(self, event: Any) -> None:
-        self._actions.worker_disconnect(event)
-
-    def _event_worker_error(self, event: Any) -> None:
-        self._actions.worker_error(event)
-
-    def _event_worker_exit(self, event: Any) -> None:
-        self._actions.worker_exit(event)
-
-    def _event_no_workers(self, event: Any) -> None:
-        self._actions.no_workers(event)
-
-    def _event_restart_limit(self, event: Any) -> None:
-        self._actions.restart_limit(event)
-
-    def _event_reload(self, event: Any) -> None:
-        self._actions.reload(event)
-
-    def _event_shut_down(self, event: Any) -> None:
-        self._closing.shut_down()
 
     def _event_destroy(self, event: Any) -> None:
         self._closing.destroy(event, self._destroy)
@@ -508,18 +447,6 @@ class ClusterPrimary(Initializable):
     def _disconnect_worker(self, handle: WorkerHandle) -> None:
         if handle.state != 'dead' and self._registry.owns(handle):
             self._escalation.disconnect(handle)
-
-    def _retire(self, handle: WorkerHandle) -> None:
-        handle.life.retired = True
-        self._disconnect_worker(handle)
-
-    def _live_handle(self, worker: Any, method: str) -> WorkerHandle:
-        if isinstance(worker, WorkerHandle):
-            if self._registry.owns(worker):
-                return worker
-        elif type(worker) is int and worker in self._live:
-            return self._live[worker]
-        raise ValueError(f'{method}(): {worker!r} is not a live worker of this primary')
 
     def __repr__(self) -> str:
         return f'<{type(self).__name__} state={self._phase.name} live={len(self._live)} ready={len(self._registry.pool_ids)}>'

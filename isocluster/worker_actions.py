@@ -26,6 +26,20 @@ if TYPE_CHECKING:
 logger = logging.getLogger('isocluster')
 
 
+class DefaultAction:
+    """An event's default action on the primary, carried out by one of its parts: found by
+    name on the primary (R7), so a subclass may still override it with a method of its own."""
+
+    def __init__(self, part: str, action: str) -> None:
+        self.part = part
+        self.action = action
+
+    def __get__(self, primary: Any, owner: type | None = None) -> Any:
+        if primary is None:
+            return self
+        return getattr(getattr(primary, self.part), self.action)
+
+
 class WorkerActions:
     def __init__(self, *, state: 'PrimaryState', registry: 'Registry', supervisor: 'Supervisor',
                  replacement: 'Replacement', heartbeats: 'Heartbeats', recycler: 'Recycler',
