@@ -9,7 +9,7 @@ import asyncio
 import logging
 from typing import TYPE_CHECKING, Any, Callable
 
-from .errors import WorkerLost
+from .errors import DestroyedError, WorkerLost
 from .transport.base import SIGKILL
 
 if TYPE_CHECKING:
@@ -76,6 +76,12 @@ class Closing:
                 # without the handlers, so that a fatal error always ends in a closed cluster.
                 shut_down_anyway()
 
+    def request_shut_down(self) -> None:
+        """`primary.shut_down()`."""
+        if self._state.name == 'destroyed':
+            raise DestroyedError('shut_down(): this ClusterPrimary has been destroyed')
+        self._publish('shut_down', {})
+
     def shut_down(self, event: Any = None) -> None:
         """shut_down's default action."""
         self._readiness.tell('STOPPING=1', when_active=True)
@@ -106,6 +112,11 @@ class Closing:
                 self._shut_down()
         else:
             destroy_now(*args, **kwargs)
+
+    def deferred_destroy_cancelled(self) -> bool:
+        """A destroy deferred until shut_down_complete that a prevented shut_down_complete
+        cancelled (R94): a later destroy() destroys directly."""
+        return self._state.name == 'shut_down' and self.destroy_deferred
 
     def destroying(self) -> None:
         """The primary's own part of a destroy, before its lifecycle's."""
@@ -144,6 +155,16 @@ class Closing:
             raise self.fatal_error
         if self.end_error is not None:
             raise self.end_error
+
+    async def leave_async_with(self, shut_down: Callable[[], Any], destroy: Callable[[], Any]) -> None:
+        """Leaving `async with`: shut down (unless already), await the end, then destroy."""
+        if self._state.name in ('new', 'active'):
+            shut_down()
+        try:
+            await self.wait_closed()
+        finally:
+            if self._state.name != 'destroyed':
+                destroy()
 
     def kill_all(self) -> None:
         for handle in list(self._registry.live.values()):

@@ -10,6 +10,11 @@ if TYPE_CHECKING:
     from .supervision import Supervisor
 
 
+def primary_counters() -> dict[str, int]:
+    """The counters `primary.stats()` starts with, all 0."""
+    return dict.fromkeys(('forked', 'exited', 'restarts', 'killed_by_timeout', 'messages_in', 'messages_out'), 0)
+
+
 def primary_figures(stats: dict[str, int], supervisor: 'Supervisor', registry: 'Registry', now: float) -> dict[str, Any]:
     """`primary.stats()`: the counters, the restart window, and every live worker's figures."""
     live = registry.live

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Callable
 
-from .errors import TransportError
+from .checks import check_worker_count
+from .errors import NotInitializedError, TransportError
 from .figures import worker_figures
 from .handle import WorkerHandle
 from .states import STARTING
+from .supervision import _warn_inactive
 
 if TYPE_CHECKING:
     import asyncio
@@ -39,6 +41,17 @@ class Forking:
         self._call_soon = call_soon
         self._call_later = call_later
         self._leave = leave
+
+    def request(self, worker_count: Any) -> None:
+        """`primary.fork(worker_count)`: checked, then published as fork."""
+        check_worker_count('worker_count', worker_count, already=len(self._registry.staying()))
+        if self._state.name == 'new':
+            raise NotInitializedError('fork(): the primary has not finished initializing; call initialize() first')
+        if not self._state.active:
+            _warn_inactive('fork', worker_count, self._state.name)
+            return
+        self._transport.check_spec(self._options.spec(0))
+        self._publish('fork', {'worker_count': worker_count})
 
     def fork(self, event: Any) -> None:
         """fork's default action."""

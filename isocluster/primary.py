@@ -2,14 +2,8 @@
 
 Written against the transport seam only: no processes, sockets, signals or clocks here.
 Time is the transport loop's time, so the same code runs on virtual time in tests.
-
-The primary publishes the events and wires its parts, each deciding one thing: `options`
-(validation), `states` (the state tables), `registry` (workers, pool, round-robin, requests
-in flight), `supervision.Supervisor` (replace or not) and `replacement` (doing it), `reload`
-(rolling reload steps), `recycler` (recycling healthy workers), `escalation` (DISCONNECT,
-SIGTERM, SIGKILL), `heartbeats`, `readiness` (what a service manager is told), `listening`
-(shared sockets), `sending` (send and request), `link_events` (a worker's link, turned into
-worker events), `signal_actions` (what run() does on each signal). See README "How it is built".
+The primary keeps the public API, publishes the events and wires its parts, each deciding
+one thing (README, "How it is built"); an event's default action is one part's method.
 """
 
 from __future__ import annotations
@@ -22,9 +16,9 @@ from . import dispatch, protocol
 from . import signal_actions as signals
 from .checks import check_bool, check_seconds, check_worker_count
 from .closing import Closing
-from .errors import ClusterError, DestroyedError, InvalidDestinationError, NotInitializedError
+from .errors import ClusterError, InvalidDestinationError
 from .escalation import Escalation
-from .figures import primary_figures
+from .figures import primary_counters, primary_figures
 from .forking import Forking
 from .handle import WorkerHandle
 from .heartbeats import Heartbeats
@@ -43,7 +37,7 @@ from .sending import Outbox
 from .shared_sockets import DEFAULT_MAX_SHARED_SOCKETS
 from .states import PrimaryState
 from .scaling import Scaling
-from .supervision import Backoff, RestartPolicy, Supervisor, _warn_inactive
+from .supervision import Backoff, RestartPolicy, Supervisor
 from .transport.base import Signals, Transport, WorkerLink
 from .worker_actions import DefaultAction, WorkerActions
 
@@ -121,63 +115,54 @@ class ClusterPrimary(Initializable):
         self._round_robin_history = registry.round_robin_history
         self._listening = Listening(transport, options.max_shared_sockets)
         self._shared = self._listening.shared
-        self._sockets = self._shared.sockets  # address key -> shared listening socket
         self._supervisor = Supervisor(options.policy)
-        self._stats = dict.fromkeys(
-            ('forked', 'exited', 'restarts', 'killed_by_timeout', 'messages_in', 'messages_out'), 0
-        )
+        self._stats = primary_counters()
         self._escalation = Escalation(self._call_later, self._stats, options.shutdown_timeout,
                                       options.kill_timeout, options.drain_timeout)
         self._heartbeats = Heartbeats(
-            options.heartbeat_interval, options.heartbeat_timeout, self._now,
-            self._call_later, lambda: self._live.values(), lambda: self._phase.active,
-            lambda handle, error: self._events.fault(handle, error), self._stats,
-        )
+            options.heartbeat_interval, options.heartbeat_timeout, self._now, self._call_later,
+            lambda: self._live.values(), lambda: self._phase.active, lambda handle, error: self._events.fault(handle, error),
+            self._stats)
         self._events = WorkerEvents(
             registry=registry, codec=self._codec, transport=transport, heartbeats=self._heartbeats,
             listening=self._listening, stats=self._stats, publish=self._publish, spawn=self._spawn,
-            exited=self._after_worker_exit, ready_timeout=options.ready_timeout, now=self._now,
-        )
-        # Late-bound: a subclass's (or a test's) _disconnect_worker is the one disconnect() runs.
+            exited=lambda handle: self._actions.after_exit(handle), ready_timeout=options.ready_timeout, now=self._now)
+
+        def leave(worker: WorkerHandle) -> None:  # late-bound: a subclass's (or a test's) is the one run
+            self._disconnect_worker(worker)
+
         self._forking = forking = Forking(
-            owner=self, registry=registry, state=self._phase, options=options, transport=transport,
-            events=self._events, stats=self._stats, now=self._now, publish=self._publish, call_soon=self._call_soon,
-            call_later=self._call_later, leave=lambda worker: self._disconnect_worker(worker),
-        )
+            owner=self, registry=registry, state=self._phase, options=options, transport=transport, events=self._events,
+            stats=self._stats, now=self._now, publish=self._publish, call_soon=self._call_soon,
+            call_later=self._call_later, leave=leave)
         self._reload = RollingReload(
-            fork_one=forking.fork_one, retire=lambda handle: self._scaling.retire(handle), active=lambda: self._phase.active, later=self._call_soon,
+            fork_one=forking.fork_one, retire=lambda handle: self._scaling.retire(handle),
+            active=lambda: self._phase.active, later=self._call_soon,
             inherit=lambda old, new: self._shared.inherit(old.id, new.id),
-            reload_complete=lambda count, aborted: self._actions.reload_complete(count, aborted),
-        )
+            reload_complete=lambda count, aborted: self._actions.reload_complete(count, aborted))
         self._scaling = Scaling(state=self._phase, registry=registry, supervisor=self._supervisor, reload=self._reload,
-                                publish=self._publish, disconnect=lambda worker: self._disconnect_worker(worker))
+                                publish=self._publish, disconnect=leave)
         self._replacement = Replacement(
             supervisor=self._supervisor, registry=registry, reload=self._reload, shared=self._shared,
             state=self._phase, publish=self._publish, fork_one=forking.fork_one, call_later=self._call_later,
-            now=self._now, random=lambda: transport.random(), stats=self._stats,
-        )
+            now=self._now, random=lambda: transport.random(), stats=self._stats)
         self._recycler = Recycler(
             options.recycling, random=lambda: transport.random(), now=self._now, call_soon=self._call_soon,
-            call_later=self._call_later, publish=self._publish, state=self._phase, registry=registry,
-        )
+            call_later=self._call_later, publish=self._publish, state=self._phase, registry=registry)
         self._readiness = Readiness(transport, self._call_later, lambda: self._closing.closed, self._phase, registry)
         self._outbox = Outbox(registry, self._codec, transport, options.max_queued_bytes, self._stats,
                               self._pubsub_loop, self._resolved_future, self._rejected, self._recycler.handled)
         self._map_parts = dispatch.MapParts(self.after, registry, self._phase, self._outbox)
         self._closing = Closing(
             state=self._phase, registry=registry, readiness=self._readiness, reload=self._reload,
-            listening=self._listening, shared=self._shared, replacement=self._replacement,
-            heartbeats=self._heartbeats, recycler=self._recycler, publish=self._publish, call_soon=self._call_soon,
-            once_after=self._once_after, loop=self._pubsub_loop, shut_down=lambda: self.shut_down(),
-            disconnect=lambda worker: self._disconnect_worker(worker),
-        )
+            listening=self._listening, shared=self._shared, replacement=self._replacement, heartbeats=self._heartbeats,
+            recycler=self._recycler, publish=self._publish, call_soon=self._call_soon, once_after=self._once_after,
+            loop=self._pubsub_loop, shut_down=lambda: self.shut_down(), disconnect=leave)
         self._actions = WorkerActions(
             state=self._phase, registry=registry, supervisor=self._supervisor, replacement=self._replacement,
-            heartbeats=self._heartbeats, recycler=self._recycler, readiness=self._readiness, reload=self._reload,
-            escalation=self._escalation, closing=self._closing, publish=self._publish,
-            shut_down=lambda: self.shut_down(),
-            stop_worker=lambda worker, replace: self.stop_worker(worker, replace=replace),
-        )
+            shared=self._shared, heartbeats=self._heartbeats, recycler=self._recycler, readiness=self._readiness,
+            reload=self._reload, escalation=self._escalation, closing=self._closing, publish=self._publish,
+            shut_down=lambda: self.shut_down(), stop_worker=lambda worker, replace: self.stop_worker(worker, replace=replace))
         super().__init__(initialize=initialize)
 
     # -- loop and lifecycle ----------------------------------------------------------
@@ -224,14 +209,7 @@ class ClusterPrimary(Initializable):
         return types.MappingProxyType(dict(self._registry.pool))
 
     def fork(self, worker_count: int = 1) -> 'ClusterPrimary':
-        check_worker_count('worker_count', worker_count, already=len(self._registry.staying()))
-        if self._phase.name == 'new':
-            raise NotInitializedError('fork(): the primary has not finished initializing; call initialize() first')
-        if not self._phase.active:
-            _warn_inactive('fork', worker_count, self._phase.name)
-            return self
-        self._transport.check_spec(self._options.spec(0))
-        self._publish('fork', {'worker_count': worker_count})
+        self._forking.request(worker_count)
         return self
 
     def round_robin(self, tag: Any = '') -> WorkerHandle | None:
@@ -288,8 +266,7 @@ class ClusterPrimary(Initializable):
     def reload(self) -> 'ClusterPrimary':
         """Rolling restart: replace the ready workers one at a time, each new one ready
         before its old one leaves (R132). A no-op unless active and not already reloading."""
-        if self._phase.active and not self._reload.announced:
-            self._publish('reload', {'worker_count': len(self._registry.pool_ids)})
+        self._actions.request_reload()
         return self
 
     def stop_worker(self, worker: 'WorkerHandle | int', replace: bool = False) -> 'ClusterPrimary':
@@ -307,18 +284,14 @@ class ClusterPrimary(Initializable):
         return self
 
     def shut_down(self) -> 'ClusterPrimary':
-        if self._phase.name == 'destroyed':
-            raise DestroyedError('shut_down(): this ClusterPrimary has been destroyed')
-        self._publish('shut_down', {})
+        self._closing.request_shut_down()
         return self
 
     def destroy(self, *args: Any, **kwargs: Any) -> 'ClusterPrimary':
-        if self._phase.name == 'shut_down' and self._closing.destroy_deferred:
-            # The deferred destroy was cancelled by a prevented shut_down_complete (R94); the
-            # destroy event is complete_once, so a later destroy() destroys directly.
-            self._destroy(*args, **kwargs)
-            return self
-        super().destroy(*args, **kwargs)
+        if self._closing.deferred_destroy_cancelled():
+            self._destroy(*args, **kwargs)  # the destroy event is complete_once: destroy directly
+        else:
+            super().destroy(*args, **kwargs)
         return self
 
     def stats(self) -> dict[str, Any]:
@@ -327,16 +300,10 @@ class ClusterPrimary(Initializable):
     def run(self) -> None:
         """Drive the primary's loop until it is closed; SIGTERM/SIGINT shut down, SIGHUP reloads,
         SIGTTIN / SIGTTOU add / retire one worker."""
-
-        def shut_down() -> None:
-            if self._phase.name != 'destroyed':
-                self.shut_down()
-
-        def scale_by(step: int) -> None:
-            signals.scale_by(step, len(self._registry.staying(self._reload.leaving())), self.scale)
-
-        actions = signals.signal_actions(shut_down=shut_down, kill_all=self._closing.kill_all, reload=self.reload,
-                                         scale_by=scale_by, guarded=self._guarded)
+        actions = signals.signal_actions(
+            shut_down=lambda: None if self._phase.name == 'destroyed' else self.shut_down(), kill_all=self._closing.kill_all,
+            reload=self.reload, scale_by=lambda step: signals.scale_by(step, self._scaling.staying(), self.scale),
+            guarded=self._guarded)
         signals.run(self._transport, self.wait_closed, actions, self._owns_transport)
 
     async def wait_closed(self) -> None:
@@ -352,13 +319,7 @@ class ClusterPrimary(Initializable):
     async def __aexit__(self, *exc_info: Any) -> None:
         """Leaving `async with`: a graceful shutdown, awaited (bounded by the shutdown timeouts),
         then destroy() releases the shared sockets and a transport the primary created."""
-        if self._phase.name in ('new', 'active'):
-            self.shut_down()
-        try:
-            await self.wait_closed()
-        finally:
-            if self._phase.name != 'destroyed':
-                self.destroy()
+        await self._closing.leave_async_with(self.shut_down, self.destroy)
 
     # -- default actions (R7: found by name, so a subclass may override one) -------------
 
@@ -409,19 +370,13 @@ class ClusterPrimary(Initializable):
             return
         if isinstance(error, ClusterError) and error.worker_id is None:
             error.worker_id = handle.id
-        try:
-            self._events.fault(handle, error)
-        except Exception as failure:
-            self._fatal(failure)
+        self._guarded(self._events.fault, handle, error)
 
     def link_closed(self, link: WorkerLink) -> None:
         handle = self._live.get(link.id)
         if handle is None or self._phase.name == 'destroyed':
             return
-        try:
-            self._events.closed(handle)
-        except Exception as error:
-            self._fatal(error)
+        self._guarded(self._events.closed, handle)
 
     def link_exit(self, link: WorkerLink, code: int | None, signal: Signals | None) -> None:
         handle = self._live.get(link.id)
@@ -429,20 +384,12 @@ class ClusterPrimary(Initializable):
             return
         if handle.state != 'disconnected':  # the transport promises closed first; stay robust
             self.link_closed(link)
-        try:
-            self._events.exited(handle, code, signal)
-        except Exception as error:
-            self._fatal(error)
+        self._guarded(self._events.exited, handle, code, signal)
 
     def _worker_fault(self, handle: WorkerHandle, error: BaseException) -> None:
         self._events.fault(handle, error)
 
-    def _after_worker_exit(self, handle: WorkerHandle) -> None:
-        self._shared.release(handle.id)  # after the replacement decision: a replacement inherits
-        self._reload.worker_exited(handle)
-        self._closing.worker_gone()
-
-    # -- disconnecting and killing (escalation.py decides the steps) ------------------
+    # -- asking a worker to leave (escalation.py decides the steps) ---------------------
 
     def _disconnect_worker(self, handle: WorkerHandle) -> None:
         if handle.state != 'dead' and self._registry.owns(handle):

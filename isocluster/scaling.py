@@ -58,6 +58,10 @@ class Scaling:
             for handle in reversed(surplus):
                 self.retire(handle)
 
+    def staying(self) -> int:
+        """How many workers stay: a reload step's leaving worker is not counted, its new one takes its place."""
+        return len(self._registry.staying(self._reload.leaving()))
+
     def _live_handle(self, worker: Any, method: str) -> WorkerHandle:
         registry = self._registry
         if isinstance(worker, WorkerHandle):

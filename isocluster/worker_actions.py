@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from .registry import Registry
     from .reload import RollingReload
     from .replacement import Replacement
+    from .shared_sockets import SharedSockets
     from .states import PrimaryState
     from .supervision import Supervisor
 
@@ -42,7 +43,7 @@ class DefaultAction:
 
 class WorkerActions:
     def __init__(self, *, state: 'PrimaryState', registry: 'Registry', supervisor: 'Supervisor',
-                 replacement: 'Replacement', heartbeats: 'Heartbeats', recycler: 'Recycler',
+                 replacement: 'Replacement', shared: 'SharedSockets', heartbeats: 'Heartbeats', recycler: 'Recycler',
                  readiness: 'Readiness', reload: 'RollingReload', escalation: 'Escalation', closing: 'Closing',
                  publish: Callable[[str, dict[str, Any]], Any], shut_down: Callable[[], Any],
                  stop_worker: Callable[['WorkerHandle', bool], Any]) -> None:
@@ -50,6 +51,7 @@ class WorkerActions:
         self._registry = registry
         self._supervisor = supervisor
         self._replacement = replacement
+        self._shared = shared
         self._heartbeats = heartbeats
         self._recycler = recycler
         self._readiness = readiness
@@ -108,6 +110,12 @@ class WorkerActions:
         self._remove(handle)
         self._replacement.exited(handle, event.data['code'], event.data['signal'])
 
+    def after_exit(self, handle: 'WorkerHandle') -> None:
+        """After worker_exit, whatever its handlers did."""
+        self._shared.release(handle.id)  # after the replacement decision: a replacement inherits
+        self._reload.worker_exited(handle)
+        self._closing.worker_gone()
+
     # -- the cluster's -----------------------------------------------------------------
 
     def no_workers(self, event: Any) -> None:
@@ -133,6 +141,11 @@ class WorkerActions:
             '(call scale() to resume)', policy.intensity, policy.period,
             extra={'reason': 'restart_limit', 'live': len(self._registry.live)},
         )
+
+    def request_reload(self) -> None:
+        """`primary.reload()`: a no-op unless active and not already reloading."""
+        if self._state.active and not self._reload.announced:
+            self._publish('reload', {'worker_count': len(self._registry.pool_ids)})
 
     def reload(self, event: Any) -> None:
         if self._state.active and not self._reload.announced:
