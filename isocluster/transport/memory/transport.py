@@ -217,7 +217,7 @@ class MemoryTransport(Transport):
                 )
 
     def _parent_death_check(self, link: MemoryWorkerLink) -> None:
-        if link.kill_deadline is None:
+        if not link.primary_link.kill_timer_armed():
             self._end(link, 0, None)
 
     def slow_boot(self, delay: float, count: int = 1) -> None:
@@ -312,9 +312,7 @@ class MemoryTransport(Transport):
         link.to_worker.clear()
         link.exit_status = (code, signal)
         self.exits[link.id] = (code, signal)
-        for receiver_frame in link.primary_link._early:
-            if receiver_frame[0] == protocol.LISTENING and receiver_frame[1].get('socket') is not None:
-                receiver_frame[1]['socket'].close()
+        link.primary_link.discard_backlog()
         if not link.closed_reported and (not link.to_primary.queue or link.to_primary.queue[-1] is not _EOF):
             link.to_primary.push(_EOF)
         elif link.closed_reported:
