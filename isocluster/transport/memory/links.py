@@ -9,10 +9,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ... import protocol
 from ...errors import ProtocolError, TransportError
+from .. import base
 from ..base import SIGTERM, LinkListener, Signals, WorkerLink, WorkerSpec
 from ..flow import LinkFlow
 from ..partial import PartialFrameDeadline
-from ..runtime import BaseWorkerEnd
+from ..runtime import BaseWorkerEnd, start_target
 from .loop import _SimProcess
 
 if TYPE_CHECKING:
@@ -236,6 +237,12 @@ class MemoryPrimaryLink(BaseWorkerEnd):
     def is_open(self) -> bool:
         return self._link.worker_open
 
+    def boot(self) -> None:
+        """The simulated worker starts: ONLINE before any application code, then its target."""
+        base._current_link.set(self)
+        self.write(protocol.ONLINE, None)
+        start_target(self._link.spec.target, self.loop, _reraise)  # type: ignore[arg-type]
+
     def write(self, kind: str, payload: Any) -> None:
         link = self._link
         if not link.worker_open:
@@ -275,7 +282,17 @@ class MemoryPrimaryLink(BaseWorkerEnd):
         link = self._link
         for task in list(link.process.tasks):
             task.cancel()
-        link.transport._kernel.run(self.loop.call_soon, link.transport._finish, link, _FINISH_TURNS)
+        link.transport._kernel.run(self.loop.call_soon, self._wind_down, _FINISH_TURNS)
+
+    def _wind_down(self, turns: int) -> None:
+        """The worker's cancelled tasks get `turns` loop turns to clean up; then it ends with 0."""
+        link = self._link
+        if not link.process.alive:
+            return
+        if turns > 0 and any(not task.done() for task in link.process.tasks):
+            self.loop.call_soon(self._wind_down, turns - 1, context=link.transport._kernel)
+            return
+        link.transport._end(link, 0, None)
 
     def run(self) -> None:
         raise TransportError('the memory transport runs only worker_target workers; there is no script to run')
@@ -291,6 +308,10 @@ class MemoryPrimaryLink(BaseWorkerEnd):
         """The worker ended: the listening sockets it never received close with it."""
         _close_sockets(self._backlog)
         self._backlog.clear()
+
+
+def _reraise(error: BaseException) -> None:
+    raise error  # inside the worker's callback: the process guard ends it with code 1 (R33)
 
 
 def _close_sockets(frames: Any) -> None:

@@ -15,7 +15,7 @@ from ... import protocol
 from .. import base
 from ..base import LinkListener, Signals, Transport, WorkerSpec
 from ..partial import DEFAULT_FRAME_TIMEOUT, check_frame_timeout
-from ..runtime import PARENT_DEATH_WATCHDOG, exit_code_of, start_target
+from ..runtime import PARENT_DEATH_WATCHDOG, exit_code_of
 from ..sockets import bind_listening
 from .links import _EOF, MemoryWorkerLink, _Pipe, _RawBytes
 from .loop import _KERNEL, SimulationDeadlock, VirtualLoop, _process, _SimProcess
@@ -69,7 +69,7 @@ class MemoryTransport(Transport):
         link = MemoryWorkerLink(self, spec, listener)
         self._links[spec.id] = link
         delay = self._slow_boots.pop(0) if self._slow_boots else self._latency()
-        self._loop.call_at(self._loop.time() + delay, self._boot, link, context=link.process.context)
+        self._loop.call_at(self._loop.time() + delay, link.primary_link.boot, context=link.process.context)
         return link
 
     def bind(self, address: Any, reuse_port: bool = False) -> Any:
@@ -285,20 +285,6 @@ class MemoryTransport(Transport):
     def _primary_soon(self, function: Callable[..., Any], *args: Any) -> None:
         self._loop.call_soon(function, *args, context=self._primary.context)
 
-    def _boot(self, link: MemoryWorkerLink) -> None:
-        primary_link = link.primary_link
-        base._current_link.set(primary_link)
-        primary_link.write(protocol.ONLINE, None)
-        start_target(link.spec.target, self._loop, _reraise)  # type: ignore[arg-type]
-
-    def _finish(self, link: MemoryWorkerLink, turns: int) -> None:
-        if not link.process.alive:
-            return
-        if turns > 0 and any(not task.done() for task in link.process.tasks):
-            self._loop.call_soon(self._finish, link, turns - 1, context=self._kernel)
-            return
-        self._end(link, 0, None)
-
     def _end(self, link: MemoryWorkerLink, code: int | None, signal: Signals | None) -> None:
         """The worker process ends: the primary sees frames already written, EOF, then the exit."""
         process = link.process
@@ -325,7 +311,3 @@ class MemoryTransport(Transport):
         if not self._loop.is_running():
             self._loop.close()
 
-
-
-def _reraise(error: BaseException) -> None:
-    raise error  # inside the worker's callback: the process guard ends it with code 1 (R33)
