@@ -2257,13 +2257,16 @@ def test_r136_scale_down_retires_highest_ids_first():
 def test_r136_scale_down_disconnects_highest_first():
     disconnects.clear()
     sim, p, rec = started(4, disconnect_recording_worker)
-    sent = []
-    original = p._disconnect_worker
+    sent = []  # the worker ids DISCONNECT is written to, in order, seen at the transport seam
 
-    def spy(handle):
-        sent.append(handle.id)
-        return original(handle)
-    p._disconnect_worker = spy
+    def recording(worker_id, write):
+        def write_and_record(kind, payload):
+            if kind == protocol.DISCONNECT:
+                sent.append(worker_id)
+            return write(kind, payload)
+        return write_and_record
+    for worker_id, link in sim.links.items():
+        link.write = recording(worker_id, link.write)
     p.scale(2)
     assert sent == [4, 3]
     close(sim, p)
