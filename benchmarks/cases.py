@@ -386,7 +386,7 @@ async def _iso_flood(p):
                     if sent.done() and sent.exception() is not None:
                         refused += 1
                 await asyncio.sleep(0)
-            result.update(sent=i, refused=refused, queued_bytes=handle._link.pending_writes(),
+            result.update(sent=i, refused=refused, queued_bytes=handle.life.link.pending_writes(),
                           tasks=len(asyncio.all_tasks()))
         else:
             primary.on('worker_message', lambda event: time.sleep(SlowWorker.delay))  # the slow consumer

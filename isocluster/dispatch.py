@@ -12,6 +12,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Mapping, NamedTuple
 
 from . import protocol
+from .checks import check_seconds
 from .errors import (
     EncodeError, MapError, ProtocolError, RemoteError, SendError, WorkerLost,
 )
@@ -290,10 +291,23 @@ class MapRun:
 def map_replies(parts: MapParts, messages: Iterable[Any], *, ordered: bool = True,
                 max_in_flight: int = DEFAULT_MAX_IN_FLIGHT, chunksize: int = 1, timeout: float | None = None,
                 retries: int = 0) -> AsyncIterator[Any]:
+    check_seconds('timeout', timeout, allow_none=True, allow_zero=False)
     check_map_options(max_in_flight, chunksize, retries)
     if isinstance(messages, (str, bytes, dict)):
         raise TypeError(f'messages: expected an iterable of messages (a list, a generator), got {type(messages).__name__}')
     return MapRun(parts, messages, bool(ordered), max_in_flight, chunksize, timeout, retries).run()
 
 
-__all__ = ['Chunk', 'MapRun', 'least_busy_id', 'map_replies', 'pick']
+def collect_replies(loop: asyncio.AbstractEventLoop, start_map: Callable[[], AsyncIterator[Any]]) -> list[Any]:
+    """`map_sync()`: runs `loop`, which must not be running already, until every reply is in."""
+    if loop.is_running():
+        raise RuntimeError("map_sync(): the primary's loop is already running; use `async for reply in primary.map(...)`")
+    replies = start_map()
+
+    async def collect() -> list[Any]:
+        return [reply async for reply in replies]
+
+    return loop.run_until_complete(collect())
+
+
+__all__ = ['Chunk', 'MapRun', 'collect_replies', 'least_busy_id', 'map_replies', 'pick']

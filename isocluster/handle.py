@@ -49,19 +49,6 @@ class WorkerHandle:
         link = self.life.link
         return link.pid if link is not None else None
 
-    @property
-    def _link(self) -> Any:  # the transport's link (tests inject faults through it)
-        return self.life.link
-
-    @property
-    def _timers(self) -> dict[str, Any]:
-        return self.life.timers
-
-    @property
-    def _last_beat(self) -> float:  # when it last answered a heartbeat (tests observe it)
-        beat = self.life.last_beat
-        return 0.0 if beat is None else beat
-
     def send(self, message: Any) -> 'asyncio.Future[None]':
         """Same as `primary.send(message, to=self)`."""
         return self._sender.send(message, to=self)
@@ -86,10 +73,6 @@ class WorkerHandle:
         if self._figures is None:
             raise RuntimeError(f'worker {self.id}: this handle belongs to no primary')
         return self._figures(self)
-
-    @property
-    def _recycle_limits(self) -> Any:  # the limits recycling drew for it (tests observe them)
-        return self.life.recycle_limits
 
     def is_connected(self) -> bool:
         return self.life.state in CONNECTED

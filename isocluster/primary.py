@@ -2,28 +2,24 @@
 
 Written against the transport seam only: no processes, sockets, signals or clocks here.
 Time is the transport loop's time, so the same code runs on virtual time in tests.
-
-The primary publishes the events and wires its parts, each deciding one thing: `options`
-(validation), `states` (the state tables), `registry` (workers, pool, round-robin, requests
-in flight), `supervision.Supervisor` (replace or not) and `replacement` (doing it), `reload`
-(rolling reload steps), `recycler` (recycling healthy workers), `escalation` (DISCONNECT,
-SIGTERM, SIGKILL), `heartbeats`, `readiness` (what a service manager is told), `listening`
-(shared sockets), `sending` (send and request), `link_events` (a worker's link, turned into
-worker events), `signal_actions` (what run() does on each signal). See README "How it is built".
+The primary keeps the public API, publishes the events and wires its parts, each deciding
+one thing (README, "How it is built"); an event's default action is one part's method.
 """
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import types
 from typing import Any, Callable, ClassVar, Iterable, Mapping
 
 from . import dispatch, protocol
+from . import signal_actions as signals
 from .checks import check_bool, check_seconds, check_worker_count
-from .errors import ClusterError, DestroyedError, InvalidDestinationError, NotInitializedError, TransportError, WorkerLost
+from .closing import Closing
+from .errors import ClusterError, InvalidDestinationError
 from .escalation import Escalation
-from .figures import worker_figures
+from .figures import primary_counters, primary_figures
+from .forking import Forking
 from .handle import WorkerHandle
 from .heartbeats import Heartbeats
 from .lifecycle import Initializable
@@ -39,12 +35,11 @@ from .replacement import Replacement
 from .routing import route
 from .sending import Outbox
 from .shared_sockets import DEFAULT_MAX_SHARED_SOCKETS
-from .signal_actions import signal_actions
-from .states import PrimaryState, STARTING
-from .supervision import Backoff, RestartPolicy, Supervisor, _warn_inactive
-from .transport.base import SIGKILL, Signals, Transport, WorkerLink, WorkerSpec
-
-logger = logging.getLogger('isocluster')
+from .states import PrimaryState
+from .scaling import Scaling
+from .supervision import Backoff, RestartPolicy, Supervisor
+from .transport.base import Signals, Transport, WorkerLink
+from .worker_actions import DefaultAction, WorkerActions
 
 _MISSING: Any = object()
 
@@ -120,44 +115,54 @@ class ClusterPrimary(Initializable):
         self._round_robin_history = registry.round_robin_history
         self._listening = Listening(transport, options.max_shared_sockets)
         self._shared = self._listening.shared
-        self._sockets = self._shared.sockets  # address key -> shared listening socket
         self._supervisor = Supervisor(options.policy)
-        self._stats = dict.fromkeys(
-            ('forked', 'exited', 'restarts', 'killed_by_timeout', 'messages_in', 'messages_out'), 0
-        )
+        self._stats = primary_counters()
         self._escalation = Escalation(self._call_later, self._stats, options.shutdown_timeout,
                                       options.kill_timeout, options.drain_timeout)
         self._heartbeats = Heartbeats(
-            options.heartbeat_interval, options.heartbeat_timeout, self._now,
-            self._call_later, lambda: self._live.values(), lambda: self._phase.active,
-            lambda handle, error: self._worker_fault(handle, error), self._stats,
-        )
-        self._reload = RollingReload(
-            fork_one=self._fork_one, retire=self._retire, active=lambda: self._phase.active, later=self._call_soon,
-            inherit=lambda old, new: self._shared.inherit(old.id, new.id), reload_complete=self._publish_reload_complete,
-        )
+            options.heartbeat_interval, options.heartbeat_timeout, self._now, self._call_later,
+            lambda: self._live.values(), lambda: self._phase.active, lambda handle, error: self._events.fault(handle, error),
+            self._stats)
         self._events = WorkerEvents(
             registry=registry, codec=self._codec, transport=transport, heartbeats=self._heartbeats,
             listening=self._listening, stats=self._stats, publish=self._publish, spawn=self._spawn,
-            exited=self._after_worker_exit, ready_timeout=options.ready_timeout, now=self._now,
-        )
+            exited=lambda handle: self._actions.after_exit(handle), ready_timeout=options.ready_timeout, now=self._now)
+
+        def leave(worker: WorkerHandle) -> None:  # late-bound: a subclass's (or a test's) is the one run
+            self._disconnect_worker(worker)
+
+        self._forking = forking = Forking(
+            owner=self, registry=registry, state=self._phase, options=options, transport=transport, events=self._events,
+            stats=self._stats, now=self._now, publish=self._publish, call_soon=self._call_soon,
+            call_later=self._call_later, leave=leave)
+        self._reload = RollingReload(
+            fork_one=forking.fork_one, retire=lambda handle: self._scaling.retire(handle),
+            active=lambda: self._phase.active, later=self._call_soon,
+            inherit=lambda old, new: self._shared.inherit(old.id, new.id),
+            reload_complete=lambda count, aborted: self._actions.reload_complete(count, aborted))
+        self._scaling = Scaling(state=self._phase, registry=registry, supervisor=self._supervisor, reload=self._reload,
+                                publish=self._publish, disconnect=leave)
         self._replacement = Replacement(
             supervisor=self._supervisor, registry=registry, reload=self._reload, shared=self._shared,
-            state=self._phase, publish=self._publish, fork_one=self._fork_one, call_later=self._call_later,
-            now=self._now, random=lambda: transport.random(), stats=self._stats,
-        )
+            state=self._phase, publish=self._publish, fork_one=forking.fork_one, call_later=self._call_later,
+            now=self._now, random=lambda: transport.random(), stats=self._stats)
         self._recycler = Recycler(
             options.recycling, random=lambda: transport.random(), now=self._now, call_soon=self._call_soon,
-            call_later=self._call_later, publish=self._publish, state=self._phase, registry=registry,
-        )
-        self._readiness = Readiness(transport, self._call_later, lambda: self._closed, self._phase, registry)
+            call_later=self._call_later, publish=self._publish, state=self._phase, registry=registry)
+        self._readiness = Readiness(transport, self._call_later, lambda: self._closing.closed, self._phase, registry)
         self._outbox = Outbox(registry, self._codec, transport, options.max_queued_bytes, self._stats,
                               self._pubsub_loop, self._resolved_future, self._rejected, self._recycler.handled)
-        self._destroy_deferred = False
-        self._fatal_error: BaseException | None = None
-        self._end_error: BaseException | None = None
-        self._closed = False
-        self._closed_future: asyncio.Future[None] | None = None
+        self._map_parts = dispatch.MapParts(self.after, registry, self._phase, self._outbox)
+        self._closing = Closing(
+            state=self._phase, registry=registry, readiness=self._readiness, reload=self._reload,
+            listening=self._listening, shared=self._shared, replacement=self._replacement, heartbeats=self._heartbeats,
+            recycler=self._recycler, publish=self._publish, call_soon=self._call_soon, once_after=self._once_after,
+            loop=self._pubsub_loop, shut_down=lambda: self.shut_down(), disconnect=leave)
+        self._actions = WorkerActions(
+            state=self._phase, registry=registry, supervisor=self._supervisor, replacement=self._replacement,
+            shared=self._shared, heartbeats=self._heartbeats, recycler=self._recycler, readiness=self._readiness,
+            reload=self._reload, escalation=self._escalation, closing=self._closing, publish=self._publish,
+            shut_down=lambda: self.shut_down(), stop_worker=lambda worker, replace: self.stop_worker(worker, replace=replace))
         super().__init__(initialize=initialize)
 
     # -- loop and lifecycle ----------------------------------------------------------
@@ -172,18 +177,6 @@ class ClusterPrimary(Initializable):
     def transport(self) -> Transport:
         return self._transport
 
-    @property
-    def _replacement_stopped(self) -> bool:  # the restart limit stopped replacement (tests observe it)
-        return self._supervisor.stopped
-
-    @property
-    def _heartbeat_interval(self) -> float | None:
-        return self._options.heartbeat_interval
-
-    @property
-    def _heartbeat_timeout(self) -> float | None:
-        return self._options.heartbeat_timeout
-
     def _initialize(self) -> None:
         self._pubsub_loop()  # bind to the transport's loop now (R57)
 
@@ -192,34 +185,16 @@ class ClusterPrimary(Initializable):
             self._readiness.start()
 
     def _destroy(self, *args: Any, **kwargs: Any) -> None:
-        self._phase.destroyed()
-        self._cancel_all_timers()
-        self._requests.lose(None, lambda: WorkerLost('the primary was destroyed before the reply arrived'))
-        self._registry.clear_pool()
-        self._shared.close_all()
+        self._closing.destroying()
         super()._destroy(*args, **kwargs)
         if self._owns_transport:
             self._transport.close()
-        self._mark_closed()
+        self._closing.mark_closed()
 
     def _fatal(self, error: BaseException) -> None:
         """SPEC R34: keep the first fatal error, log it, shut down; run()/wait_closed() raise it."""
-        if self._transport.capture_fatal(error):
-            return
-        logger.critical('fatal error in the cluster primary; shutting down', exc_info=error)
-        if self._fatal_error is None:
-            self._fatal_error = error
-        elif error is not self._fatal_error:
-            self._fatal_error.add_note(f'also during shutdown: {error!r}')
-        if self._phase.active:
-            try:
-                self.shut_down()
-            except Exception as again:
-                self._fatal_error.add_note(f'also during shutdown: {again!r}')
-            if self._phase.active:
-                # A shut_down handler raised before the default action ran: shut down anyway,
-                # without the handlers, so that a fatal error always ends in a closed cluster.
-                self._event_shut_down(None)
+        if not self._transport.capture_fatal(error):
+            self._closing.fatal(error, lambda: self._event_shut_down(None))
 
     # -- public API ------------------------------------------------------------------
 
@@ -234,14 +209,7 @@ class ClusterPrimary(Initializable):
         return types.MappingProxyType(dict(self._registry.pool))
 
     def fork(self, worker_count: int = 1) -> 'ClusterPrimary':
-        check_worker_count('worker_count', worker_count, already=len(self._registry.staying()))
-        if self._phase.name == 'new':
-            raise NotInitializedError('fork(): the primary has not finished initializing; call initialize() first')
-        if not self._phase.active:
-            _warn_inactive('fork', worker_count, self._phase.name)
-            return self
-        self._transport.check_spec(self._spec(0))
-        self._publish('fork', {'worker_count': worker_count})
+        self._forking.request(worker_count)
         return self
 
     def round_robin(self, tag: Any = '') -> WorkerHandle | None:
@@ -282,22 +250,12 @@ class ClusterPrimary(Initializable):
             chunksize: int = 1, timeout: float | None = None, retries: int = 0) -> Any:
         """An async iterator of the replies to `messages`, each sent as a request to the least busy
         worker; see dispatch.MapRun and the README's "Task queues"."""
-        check_seconds('timeout', timeout, allow_none=True, allow_zero=False)
-        parts = dispatch.MapParts(self.after, self._registry, self._phase, self._outbox)
-        return dispatch.map_replies(parts, messages, ordered=ordered, max_in_flight=max_in_flight,
+        return dispatch.map_replies(self._map_parts, messages, ordered=ordered, max_in_flight=max_in_flight,
                                     chunksize=chunksize, timeout=timeout, retries=retries)
 
     def map_sync(self, messages: Iterable[Any], **options: Any) -> list[Any]:
         """`map()` for a script without its own loop: runs the primary's loop until every reply is in."""
-        loop = self._pubsub_loop()
-        if loop.is_running():
-            raise RuntimeError("map_sync(): the primary's loop is already running; use `async for reply in primary.map(...)`")
-        replies = self.map(messages, **options)
-
-        async def collect() -> list[Any]:
-            return [reply async for reply in replies]
-
-        return loop.run_until_complete(collect())
+        return dispatch.collect_replies(self._pubsub_loop(), lambda: self.map(messages, **options))
 
     def bind(self, address: Any) -> Any:
         """Bind a shared address now, for the workers that will `listen()` on it: a busy or
@@ -308,113 +266,52 @@ class ClusterPrimary(Initializable):
     def reload(self) -> 'ClusterPrimary':
         """Rolling restart: replace the ready workers one at a time, each new one ready
         before its old one leaves (R132). A no-op unless active and not already reloading."""
-        if self._phase.active and not self._reload.announced:
-            self._publish('reload', {'worker_count': len(self._registry.pool_ids)})
+        self._actions.request_reload()
         return self
 
     def stop_worker(self, worker: 'WorkerHandle | int', replace: bool = False) -> 'ClusterPrimary':
         """Retire one live worker (never replaced), or with `replace=True` swap it for a new
         one as a reload step (R135)."""
         check_bool('replace', replace)
-        handle = self._live_handle(worker, 'stop_worker')
-        if not replace:
-            self._retire(handle)
-        elif self._phase.active:
-            self._reload.replace_one(handle)
+        self._scaling.stop_worker(worker, replace)
         return self
 
     def scale(self, worker_count: int) -> 'ClusterPrimary':
         """Fork or retire workers to reach `worker_count` live ones; re-enables replacement
         after `restart_limit` (R136)."""
         check_worker_count('worker_count', worker_count)
-        if not self._phase.active:
-            _warn_inactive('scale', worker_count, self._phase.name)
-            return self
-        self._supervisor.resume()
-        # A reload step's old worker is leaving: its new worker takes its place.
-        leaving = self._reload.leaving()
-        staying = self._registry.staying(leaving)
-        if worker_count > len(staying):
-            self._publish('fork', {'worker_count': worker_count - len(staying)})
-        else:
-            surplus = staying[worker_count:]
-            if leaving is not None and self._reload.current.new in surplus:
-                surplus.append(leaving)  # its replacement is retired: nothing takes its place
-            for handle in reversed(surplus):
-                self._retire(handle)
+        self._scaling.scale(worker_count)
         return self
 
     def shut_down(self) -> 'ClusterPrimary':
-        if self._phase.name == 'destroyed':
-            raise DestroyedError('shut_down(): this ClusterPrimary has been destroyed')
-        self._publish('shut_down', {})
+        self._closing.request_shut_down()
         return self
 
     def destroy(self, *args: Any, **kwargs: Any) -> 'ClusterPrimary':
-        if self._phase.name == 'shut_down' and self._destroy_deferred:
-            # The deferred destroy was cancelled by a prevented shut_down_complete (R94); the
-            # destroy event is complete_once, so a later destroy() destroys directly.
-            self._destroy(*args, **kwargs)
-            return self
-        super().destroy(*args, **kwargs)
+        if self._closing.deferred_destroy_cancelled():
+            self._destroy(*args, **kwargs)  # the destroy event is complete_once: destroy directly
+        else:
+            super().destroy(*args, **kwargs)
         return self
 
     def stats(self) -> dict[str, Any]:
-        now = self._pubsub_loop().time()
-        return {
-            **self._stats,
-            'restarts_in_window': self._supervisor.restarts_in_window(now),
-            'live': len(self._live),
-            'ready': len(self._registry.pool_ids),
-            'late_replies': self._requests.late_replies,
-            'workers': {worker_id: handle.stats() for worker_id, handle in sorted(self._live.items())},
-        }
+        return primary_figures(self._stats, self._supervisor, self._registry, self._pubsub_loop().time())
 
     def run(self) -> None:
         """Drive the primary's loop until it is closed; SIGTERM/SIGINT shut down, SIGHUP reloads,
         SIGTTIN / SIGTTOU add / retire one worker."""
-        loop = self._pubsub_loop()
-        if loop.is_running():
-            raise RuntimeError('run(): the primary\'s loop is already running; use await primary.wait_closed()')
-
-        def shut_down() -> None:
-            if self._phase.name != 'destroyed':
-                self.shut_down()
-
-        restore = self._transport.install_signal_handlers(signal_actions(
-            shut_down=shut_down, kill_all=self._kill_all, reload=self.reload, scale_by=self._scale_by,
-            guarded=self._guarded,
-        ))
-        try:
-            loop.run_until_complete(self.wait_closed())
-        finally:
-            restore()
-            if self._owns_transport:
-                self._transport.close()  # now that the loop has stopped, it can be closed too
-
-    def _scale_by(self, step: int) -> None:
-        """SIGTTIN / SIGTTOU: one worker more or less than those staying (never below one, as
-        gunicorn). A reload step's leaving worker is not counted: its new one takes its place."""
-        staying = len(self._registry.staying(self._reload.leaving()))
-        if staying + step < 1:
-            logger.warning('SIGTTOU: the last worker is not retired; SIGTERM shuts the cluster down',
-                           extra={'reason': 'scale_by_signal'})
-            return
-        self.scale(staying + step)
+        actions = signals.signal_actions(
+            shut_down=lambda: None if self._phase.name == 'destroyed' else self.shut_down(), kill_all=self._closing.kill_all,
+            reload=self.reload, scale_by=lambda step: signals.scale_by(step, self._scaling.staying(), self.scale),
+            guarded=self._guarded)
+        signals.run(self._transport, self.wait_closed, actions, self._owns_transport)
 
     async def wait_closed(self) -> None:
-        if not self._closed:
-            if self._closed_future is None:
-                self._closed_future = self._pubsub_loop().create_future()
-            await asyncio.shield(self._closed_future)
-        if self._fatal_error is not None:
-            raise self._fatal_error
-        if self._end_error is not None:
-            raise self._end_error
+        await self._closing.wait_closed()
 
     @property
     def closed(self) -> bool:
-        return self._closed
+        return self._closing.closed
 
     async def __aenter__(self) -> 'ClusterPrimary':
         return self
@@ -422,64 +319,30 @@ class ClusterPrimary(Initializable):
     async def __aexit__(self, *exc_info: Any) -> None:
         """Leaving `async with`: a graceful shutdown, awaited (bounded by the shutdown timeouts),
         then destroy() releases the shared sockets and a transport the primary created."""
-        if self._phase.name in ('new', 'active'):
-            self.shut_down()
-        try:
-            await self.wait_closed()
-        finally:
-            if self._phase.name != 'destroyed':
-                self.destroy()
+        await self._closing.leave_async_with(self.shut_down, self.destroy)
 
-    # -- forking ---------------------------------------------------------------------
+    # -- default actions (R7: found by name, so a subclass may override one) -------------
 
-    def _spec(self, worker_id: int) -> WorkerSpec:
-        return self._options.spec(worker_id)
+    _event_fork = DefaultAction('_forking', 'fork')
+    _event_worker_fork = DefaultAction('_forking', 'worker_fork')
+    _event_worker_online = DefaultAction('_actions', 'worker_online')
+    _event_worker_ready = DefaultAction('_actions', 'worker_ready')
+    _event_add_worker = DefaultAction('_actions', 'add_worker')
+    _event_remove_worker = DefaultAction('_actions', 'remove_worker')
+    _event_worker_recycle = DefaultAction('_actions', 'worker_recycle')
+    _event_worker_disconnect = DefaultAction('_actions', 'worker_disconnect')
+    _event_worker_error = DefaultAction('_actions', 'worker_error')
+    _event_worker_exit = DefaultAction('_actions', 'worker_exit')
+    _event_no_workers = DefaultAction('_actions', 'no_workers')
+    _event_restart_limit = DefaultAction('_actions', 'restart_limit')
+    _event_reload = DefaultAction('_actions', 'reload')
+    _event_shut_down = DefaultAction('_closing', 'shut_down')
 
-    def _event_fork(self, event: Any) -> None:
-        count = event.data['worker_count']
-        if type(count) is not int or count < 0:
-            raise ValueError(f'fork: worker_count must be an int >= 0, got {count!r}')
-        if not self._phase.active:
-            return
-        handles = [self._start_worker() for _ in range(count)]
-        if handles:
-            self._call_soon(self._publish_worker_forks, handles)
+    def _event_worker_message(self, event: Any) -> None:
+        route(self, '_event_worker_message_', event)
 
-    def _fork_one(self) -> WorkerHandle | None:
-        """Publish fork for one worker: the worker it started, or None (prevented, inactive)."""
-        first = self._registry.next_id
-        self._publish('fork', {'worker_count': 1})
-        started = self._registry.started_since(first)
-        return started[-1] if started else None
-
-    def _start_worker(self) -> WorkerHandle:
-        # Late-bound: a subclass's (or a test's) _disconnect_worker is the one disconnect() runs.
-        handle = WorkerHandle(self, self._registry.new_id(), lambda worker: self._disconnect_worker(worker),
-                              lambda worker: worker_figures(worker, self._now(), self._requests.in_flight(worker)))
-        self._registry.add_live(handle)
-        self._stats['forked'] += 1
-        handle.life.started_at = self._now()
-        try:
-            handle.life.link = self._transport.start_worker(self._spec(handle.id), self)
-        except TransportError as error:
-            error.worker_id = handle.id
-            handle.life.start_error = error
-        return handle
-
-    def _publish_worker_forks(self, handles: list[WorkerHandle]) -> None:
-        for handle in handles:
-            self._publish('worker_fork', {'worker': handle})
-        for handle in handles:
-            if handle.life.start_error is not None:
-                self._worker_fault(handle, handle.life.start_error)
-                self._worker_closed(handle)
-                self._worker_exited(handle, None, None)
-
-    def _event_worker_fork(self, event: Any) -> None:
-        handle = event.data['worker']
-        ready_timeout = self._options.ready_timeout
-        if ready_timeout is not None and handle.state in STARTING and self._phase.active:
-            handle.life.timers['ready'] = self._call_later(ready_timeout, self._events.ready_timed_out, handle)
+    def _event_destroy(self, event: Any) -> None:
+        self._closing.destroy(event, self._destroy)
 
     # -- link events (called by the transport: the primary is each link's listener) ----
 
@@ -507,19 +370,13 @@ class ClusterPrimary(Initializable):
             return
         if isinstance(error, ClusterError) and error.worker_id is None:
             error.worker_id = handle.id
-        try:
-            self._worker_fault(handle, error)
-        except Exception as failure:
-            self._fatal(failure)
+        self._guarded(self._events.fault, handle, error)
 
     def link_closed(self, link: WorkerLink) -> None:
         handle = self._live.get(link.id)
         if handle is None or self._phase.name == 'destroyed':
             return
-        try:
-            self._worker_closed(handle)
-        except Exception as error:
-            self._fatal(error)
+        self._guarded(self._events.closed, handle)
 
     def link_exit(self, link: WorkerLink, code: int | None, signal: Signals | None) -> None:
         handle = self._live.get(link.id)
@@ -527,194 +384,16 @@ class ClusterPrimary(Initializable):
             return
         if handle.state != 'disconnected':  # the transport promises closed first; stay robust
             self.link_closed(link)
-        try:
-            self._worker_exited(handle, code, signal)
-        except Exception as error:
-            self._fatal(error)
+        self._guarded(self._events.exited, handle, code, signal)
 
     def _worker_fault(self, handle: WorkerHandle, error: BaseException) -> None:
         self._events.fault(handle, error)
 
-    def _worker_closed(self, handle: WorkerHandle) -> None:
-        self._events.closed(handle)
-
-    def _worker_exited(self, handle: WorkerHandle, code: int | None, signal: Signals | None) -> None:
-        self._events.exited(handle, code, signal)
-
-    def _after_worker_exit(self, handle: WorkerHandle) -> None:
-        self._shared.release(handle.id)  # after the replacement decision: a replacement inherits
-        self._reload.worker_exited(handle)
-        if self._phase.name == 'shutting_down' and not self._live:
-            self._call_soon(self._publish_shut_down_complete)
-
-    # -- supervision: the default actions (replacement.py carries the decisions out) ----
-
-    def _event_no_workers(self, event: Any) -> None:
-        self._replacement.no_workers_ran = True
-        error = event.data['error']
-        if not self._phase.active:
-            return
-        if error is not None:
-            self._end_error = error
-            logger.error('%s', error, extra={'reason': 'no_workers', 'end': event.data['reason'],
-                                             'worker_id': error.worker_id})
-        else:
-            logger.info('every worker has exited and none is replaced (restart=%r); shutting down',
-                        self._supervisor.policy.restart, extra={'reason': 'no_workers', 'end': event.data['reason']})
-        self.shut_down()
-
-    def _event_restart_limit(self, event: Any) -> None:
-        self._replacement.limit_ran = True
-        self._supervisor.stop()
-        policy = self._supervisor.policy
-        logger.error(
-            'restart limit reached: more than %s restarts within %ss; automatic replacement stopped '
-            '(call scale() to resume)', policy.intensity, policy.period,
-            extra={'reason': 'restart_limit', 'live': len(self._live)},
-        )
-
-    def _event_reload(self, event: Any) -> None:
-        if self._phase.active and not self._reload.announced:
-            self._readiness.tell('RELOADING=1')  # also when it joins a running stop_worker step
-            self._reload.start(self.workers)
-
-    def _publish_reload_complete(self, count: int, aborted: bool) -> None:
-        if self._phase.name != 'destroyed':
-            self._readiness.tell('READY=1', when_active=True)
-            self._publish('reload_complete', {'worker_count': count, 'aborted': aborted})
-
-    # -- default actions -------------------------------------------------------------
-
-    def _event_worker_online(self, event: Any) -> None:
-        event.data['worker'].life.online_accepted = True
-
-    def _event_worker_ready(self, event: Any) -> None:
-        handle = event.data['worker']
-        if handle.state != 'online':
-            return
-        handle.life.move('ready')
-        self._supervisor.ready()
-        handle.life.cancel_timer('ready')
-        if self._phase.active:
-            self._heartbeats.start(handle)
-        self._add_worker(handle)
-        self._recycler.start(handle)
-        self._readiness.ready_once()
-        self._reload.worker_ready(handle)
-
-    def _event_worker_recycle(self, event: Any) -> None:
-        handle = event.data['worker']
-        if self._phase.active and self._registry.owns(handle) and not handle.life.retired:
-            self.stop_worker(handle, replace=True)
-
-    def _add_worker(self, worker: WorkerHandle) -> None:
-        self._publish('add_worker', {'worker': worker})
-
-    def _remove_worker(self, worker: WorkerHandle) -> None:
-        if worker.id in self._registry.pool:
-            self._publish('remove_worker', {'worker': worker})
-
-    def _event_add_worker(self, event: Any) -> None:
-        if self._phase.name != 'destroyed':
-            self._registry.pool_add(event.data['worker'])
-
-    def _event_remove_worker(self, event: Any) -> None:
-        self._registry.pool_remove(event.data['worker'])
-
-    def _event_worker_message(self, event: Any) -> None:
-        route(self, '_event_worker_message_', event)
-
-    def _event_worker_disconnect(self, event: Any) -> None:
-        self._remove_worker(event.data['worker'])
-
-    def _event_worker_error(self, event: Any) -> None:
-        handle = event.data['worker']
-        self._remove_worker(handle)
-        self._kill_worker(handle)
-
-    def _event_worker_exit(self, event: Any) -> None:
-        handle = event.data['worker']
-        self._remove_worker(handle)
-        self._replacement.exited(handle, event.data['code'], event.data['signal'])
-
-    def _event_shut_down(self, event: Any) -> None:
-        self._readiness.tell('STOPPING=1', when_active=True)
-        self._phase.shutting_down()
-        self._cancel_all_timers()
-        self._reload.abandon()
-        self._listening.close_all()
-        if not self._live:
-            self._call_soon(self._publish_shut_down_complete)
-            return
-        for handle in list(self._live.values()):
-            self._disconnect_worker(handle)
-
-    def _event_destroy(self, event: Any) -> None:
-        args, kwargs = event.data['args'], event.data['kwargs']
-        if self._phase.running:
-            self._destroy_deferred = True
-            # R93/R94: subscribed now, so it runs after every earlier after-handler.
-            self._once_after('shut_down_complete', lambda _event: self._destroy(*args, **kwargs))
-            if self._phase.active:
-                self.shut_down()
-        else:
-            self._destroy(*args, **kwargs)
-
-    def _publish_shut_down_complete(self) -> None:
-        if self._phase.name != 'shutting_down':
-            return
-        self._phase.shut_down()
-        logger.debug('cluster shut down')
-        try:
-            self._publish('shut_down_complete', {})
-        finally:
-            self._mark_closed()
-
-    def _mark_closed(self) -> None:
-        # Closed once shut_down_complete has run all its stages, or once destroyed; a deferred
-        # destroy runs inside shut_down_complete's after stage, so it is complete by now.
-        if self._phase.ended and not self._closed:
-            self._closed = True
-            self._readiness.stop()
-            future = self._closed_future
-            if future is not None and not future.done():
-                future.set_result(None)
-
-    # -- disconnecting and killing (escalation.py decides the steps) ------------------
+    # -- asking a worker to leave (escalation.py decides the steps) ---------------------
 
     def _disconnect_worker(self, handle: WorkerHandle) -> None:
         if handle.state != 'dead' and self._registry.owns(handle):
             self._escalation.disconnect(handle)
-
-    def _retire(self, handle: WorkerHandle) -> None:
-        handle.life.retired = True
-        self._disconnect_worker(handle)
-
-    def _kill_worker(self, handle: WorkerHandle) -> None:
-        self._escalation.kill(handle)
-
-    def _kill_all(self) -> None:
-        for handle in list(self._live.values()):
-            handle.kill(SIGKILL)
-
-    def _cancel_all_timers(self) -> None:
-        self._replacement.cancel()
-        self._heartbeats.stop()
-        self._recycler.stop()
-        destroyed = self._phase.name == 'destroyed'
-        for handle in self._live.values():
-            if destroyed:
-                handle.life.cancel_timers()
-            else:
-                handle.life.cancel_timer('ready')
-
-    def _live_handle(self, worker: Any, method: str) -> WorkerHandle:
-        if isinstance(worker, WorkerHandle):
-            if self._registry.owns(worker):
-                return worker
-        elif type(worker) is int and worker in self._live:
-            return self._live[worker]
-        raise ValueError(f'{method}(): {worker!r} is not a live worker of this primary')
 
     def __repr__(self) -> str:
         return f'<{type(self).__name__} state={self._phase.name} live={len(self._live)} ready={len(self._registry.pool_ids)}>'

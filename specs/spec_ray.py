@@ -84,7 +84,7 @@ def _lose_node(spec_driver: Any) -> dict[str, list[int]]:
     for worker_id, handle in sorted(spec_driver.primary._live.items()):
         if handle.state == 'dead':
             continue
-        node_id = getattr(handle._link, 'node_id', None)
+        node_id = getattr(handle.life.link, 'node_id', None)
         if node_id == node.node_id:
             on_node.append(worker_id)
         elif node_id is None:

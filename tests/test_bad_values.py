@@ -46,8 +46,7 @@ def test_heartbeats_below_the_minimum_interval_are_rejected(options, name):
     with pytest.raises(ValueError, match=rf'{name}: .*below the minimum interval of {MIN_HEARTBEAT_INTERVAL}s'):
         ClusterPrimary(worker_target=ready_worker, transport=MemoryTransport(seed=1), **options)
     at_minimum = ClusterPrimary(worker_target=ready_worker, transport=MemoryTransport(seed=1),
-                                heartbeat_interval=MIN_HEARTBEAT_INTERVAL)
-    assert at_minimum._heartbeat_interval == MIN_HEARTBEAT_INTERVAL
+                                heartbeat_interval=MIN_HEARTBEAT_INTERVAL)  # accepted: no ValueError
     at_minimum.destroy()
 
 

@@ -134,7 +134,7 @@ def test_frames_written_before_exit_arrive_before_worker_exit_when_the_backlog_e
 
             def flood_then_wait_for_the_exit() -> None:
                 primary.send({'type': 'flood'}, to=worker)
-                readable, _, _ = select.select([worker._link._pidfd], [], [], WAIT)  # blocks the loop
+                readable, _, _ = select.select([worker.life.link._pidfd], [], [], WAIT)  # blocks the loop
                 assert readable, 'the worker did not exit'
 
             loop.call_soon(flood_then_wait_for_the_exit)

@@ -302,7 +302,7 @@ def test_a_frame_whose_bytes_wait_while_the_primary_is_blocked_is_not_faulted() 
         try:
             primary.fork(1)
             await asyncio.wait_for(ready_waiter(primary, 1), WAIT)
-            link = primary.workers[0]._link
+            link = primary.workers[0].life.link
 
             def block_once_a_frame_is_partial() -> None:
                 if link._decoder.pending:

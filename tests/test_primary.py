@@ -1212,13 +1212,15 @@ def test_r64_worker_ready_for_a_worker_not_online_changes_nothing():
 
 
 def test_r86_worker_error_for_a_dead_worker_kills_nothing():
-    sim, p, rec = started(1)
+    sim, p, rec = started(1, shutdown_timeout=30.0, kill_timeout=30.0)
     handle = p.workers[0]
     sim.crash(1, code=0)
     sim.run_until(lambda: handle.state == 'dead', timeout=10)
     p._publish('worker_error', {'worker': handle, 'error': ClusterError('late')})
     handle.disconnect()  # a dead worker is not disconnected either
-    assert 'kill' not in handle._timers and 'terminate' not in handle._timers
+    before = sim.loop.time()
+    sim.run_until_idle()  # a SIGTERM or SIGKILL step armed for it would run 30 s from now
+    assert sim.loop.time() - before < 30.0 and p.stats()['killed_by_timeout'] == 0
     close(sim, p)
 
 
@@ -1460,7 +1462,7 @@ def test_r89_hung_worker_ignoring_sigterm_is_killed_once_after_kill_timeout():
     handle = p.workers[0]
     sim.hang(1, ignore_sigterm=True)
     p.shut_down()
-    sim.run_until(lambda: 'kill' in handle._timers, timeout=10)
+    sim.run_until(lambda: p.stats()['killed_by_timeout'] == 1, timeout=10)  # SIGTERM sent, SIGKILL armed
     assert sim.loop.time() == pytest.approx(2.0, abs=0.01)
     p._publish('worker_error', {'worker': handle, 'error': ClusterError('x')})  # kill already pending
     sim.run_until(lambda: p.closed, timeout=10)
@@ -1931,12 +1933,26 @@ def test_r126_restart_policy_with_restart_options_raises_and_a_non_policy_is_rej
 
 # == §7.2 heartbeats R130–R131 =====================================================================
 
+def hung_after_ready(**options: Any) -> tuple[float, ClusterError]:
+    """How long after it hangs, at its worker_ready, the worker is found hung, and the error."""
+    sim, p, rec = make(ready_worker, **options)
+    hung_at = []
+    p.on('worker_ready', lambda event: (sim.hang(event.data['worker']), hung_at.append(sim.loop.time())))
+    p.fork(1)
+    sim.run_until(lambda: rec.count('worker_error') == 1, timeout=60)
+    error = rec.of('worker_error')[0]['error']
+    found_after = sim.loop.time() - hung_at[0]
+    close(sim, p)
+    return found_after, error
+
+
 def test_r130_heartbeat_options_derive_and_validate():
-    sim = MemoryTransport(seed=1)
-    p = ClusterPrimary(worker_target=ready_worker, transport=sim, heartbeat_interval=2.0)
-    assert (p._heartbeat_interval, p._heartbeat_timeout) == (2.0, 6.0)
-    p2 = ClusterPrimary(worker_target=ready_worker, transport=MemoryTransport(seed=1), heartbeat_timeout=9.0)
-    assert (p2._heartbeat_interval, p2._heartbeat_timeout) == (3.0, 9.0)
+    # The timeout derives from the interval (x 3) and the interval from the timeout (/ 3): a hung
+    # worker is found after more than the timeout, at the first heartbeat tick past it.
+    for options, interval, timeout in [({'heartbeat_interval': 2.0}, 2.0, 6.0), ({'heartbeat_timeout': 9.0}, 3.0, 9.0)]:
+        found_after, error = hung_after_ready(**options)
+        assert type(error).__name__ == 'HeartbeatTimeout' and f'(heartbeat_timeout={timeout}s)' in str(error)
+        assert timeout < found_after <= timeout + interval + 0.01
     for interval, timeout in [(2.0, 2.0), (3.0, 1.0)]:
         with pytest.raises(ValueError, match='heartbeat'):
             ClusterPrimary(worker_target=ready_worker, transport=MemoryTransport(seed=1),
@@ -2241,13 +2257,16 @@ def test_r136_scale_down_retires_highest_ids_first():
 def test_r136_scale_down_disconnects_highest_first():
     disconnects.clear()
     sim, p, rec = started(4, disconnect_recording_worker)
-    sent = []
-    original = p._disconnect_worker
+    sent = []  # the worker ids DISCONNECT is written to, in order, seen at the transport seam
 
-    def spy(handle):
-        sent.append(handle.id)
-        return original(handle)
-    p._disconnect_worker = spy
+    def recording(worker_id, write):
+        def write_and_record(kind, payload):
+            if kind == protocol.DISCONNECT:
+                sent.append(worker_id)
+            return write(kind, payload)
+        return write_and_record
+    for worker_id, link in sim.links.items():
+        link.write = recording(worker_id, link.write)
     p.scale(2)
     assert sent == [4, 3]
     close(sim, p)

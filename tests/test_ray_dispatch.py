@@ -93,7 +93,7 @@ def test_a_worker_killed_mid_map_has_its_messages_resent_with_retries() -> None:
         async for reply in primary.map(tasks, max_in_flight=2, retries=2):
             replies.append(reply)
             if len(replies) == 2:
-                ray.kill(victim._link.actor)  # from outside the cluster's code, mid-map
+                ray.kill(victim.life.link.actor)  # from outside the cluster's code, mid-map
         return replies
 
     replies = run(scenario)
@@ -107,7 +107,7 @@ def test_a_worker_killed_mid_map_without_retries_fails_naming_a_message() -> Non
         victim = primary.workers[0]
         with pytest.raises(MapError) as error:
             async for _reply in primary.map(tasks, max_in_flight=1):
-                ray.kill(victim._link.actor)
+                ray.kill(victim.life.link.actor)
         return error.value
 
     error = run(scenario)

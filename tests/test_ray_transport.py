@@ -210,12 +210,12 @@ def test_fork_two_workers_ready():
         # each worker is its own actor process, and the handle knows its pid
         assert pids == {w.id: w.pid for w in workers}
         assert len(set(pids.values())) == 2 and os.getpid() not in pids.values()
-        assert all(w._link.node_id for w in workers)
+        assert all(w.life.link.node_id for w in workers)
         assert cluster.events(1) == ['worker_fork', 'worker_online', 'worker_ready']
         await cluster.close()
         assert [cluster.exit_of(i) for i in (1, 2)] == [(0, None), (0, None)]
         assert all(w.exited_after_disconnect for w in workers)
-        assert all(actor_is_dead(w._link.actor) for w in workers)
+        assert all(actor_is_dead(w.life.link.actor) for w in workers)
 
     run(main)
 
@@ -313,7 +313,7 @@ def test_worker_death_is_disconnect_then_exit_then_replacement(how, expected):
         elif how == 'handle_kill_9':
             worker.kill(signal.SIGKILL)
         elif how == 'ray_kill':
-            ray.kill(worker._link.actor)  # from outside the cluster's code
+            ray.kill(worker.life.link.actor)  # from outside the cluster's code
         elif how == 'os_exit':
             primary.send({'type': 'os_exit'}, to=worker)
         else:
@@ -322,14 +322,14 @@ def test_worker_death_is_disconnect_then_exit_then_replacement(how, expected):
         assert cluster.events(1) == ['worker_fork', 'worker_online', 'worker_ready', 'worker_disconnect', 'worker_exit']
         assert cluster.exit_of(1) == expected
         assert worker.exited_after_disconnect is (how == 'destroy')
-        assert worker.is_dead() and actor_is_dead(worker._link.actor)
+        assert worker.is_dead() and actor_is_dead(worker.life.link.actor)
         # the replacement works
         primary.send({'type': 'echo', 'n': 5}, to=2)
         await cluster.until(lambda: cluster.received('echo', 2))
         assert primary.stats()['restarts'] >= 1
         # a write to the dead worker's link is refused, never raised (R116)
         with pytest.raises(Exception):
-            worker._link.write('message', b'"late"')
+            worker.life.link.write('message', b'"late"')
         await cluster.close()
 
     run(main)
@@ -341,7 +341,7 @@ def test_send_to_a_dead_actor_rejects():
         cluster.primary.on('no_workers', lambda event: event.prevent())  # stay up with no worker
         cluster.primary.fork(1)
         [worker] = await cluster.ready(1)
-        link = worker._link
+        link = worker.life.link
         ray.kill(link.actor)
         await cluster.until(lambda: worker.is_dead())
         with pytest.raises(SendError):

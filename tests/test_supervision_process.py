@@ -121,9 +121,9 @@ def test_busy_but_responsive_worker_is_not_killed() -> None:
         await primary.send('work', to=primary.workers[0])
         beats = 0
         while beats < OBSERVED_BEATS:  # observed in answered beats (no public view of them yet)
-            before = primary.workers[0]._last_beat
+            before = primary.workers[0].life.last_beat
             await asyncio.sleep(HEARTBEAT_INTERVAL)
-            if primary.workers[0]._last_beat > before:
+            if primary.workers[0].life.last_beat > before:
                 beats += 1
         return errors, primary.workers[0].id
 

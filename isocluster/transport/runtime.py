@@ -9,9 +9,11 @@ prints a traceback and ends it with code 1; a `SystemExit` ends it with its code
 timer ends it with code 0 even when its loop is blocked. A transport supplies only how
 bytes move (`write`, `close`) and how the worker ends at once (`_end_now`).
 
-The memory transport runs its simulated workers on virtual time, on the one loop it
-shares with the primary: it uses the target start, the exit-code rule and the fatal report
-from here; its kill timer and R102 live with its simulated processes.
+`BaseWorkerEnd` is what every worker's end does with the frames from its primary (the
+backlog until a ClusterWorker attaches, R102, EOF); `WorkerEnd` adds a real loop of the
+worker's own (the process and Ray transports). The memory transport's simulated workers
+share one virtual-time loop with the primary: its end is a `BaseWorkerEnd` whose kill
+timer and finish run on virtual time; it uses the target start and exit-code rule from here.
 """
 
 from __future__ import annotations
@@ -94,10 +96,10 @@ def run_guarded(main: Callable[[], int], quiet: Callable[[], bool] = lambda: Fal
         flush_stdio()
 
 
-class WorkerEnd(PrimaryLink):
-    """The worker's end of a link, on a real loop of its own. A subclass calls `_init_end()`,
-    hands each frame from the primary to `_accept()` and the end of input to
-    `_end_of_input()`, and provides `write`, `close`, `is_open` and `_end_now(code)`.
+class BaseWorkerEnd(PrimaryLink):
+    """What every worker's end does with the frames from its primary. A subclass calls
+    `_init_end()`, hands each frame from the primary to `_accept()` and the end of input to
+    `_end_of_input()`, and provides `write`, `close`, `is_open`, `arm_kill_timer` and `finish`.
 
     `defers_disconnect`: DISCONNECT and EOF reach the ClusterWorker one loop pass later, after
     the accept callbacks of shared listening sockets (see the process transport)."""
@@ -109,14 +111,6 @@ class WorkerEnd(PrimaryLink):
         self._backlog: collections.deque[protocol.Frame] = collections.deque()
         self._delivering = False
         self._eof = False
-        self._finished = False
-        self._kill_deadline: float | None = None
-        self._kill_timer: threading.Timer | None = None
-        self.loop.set_exception_handler(self._loop_exception)
-
-    def ended(self) -> bool:
-        """True once the worker has ended abruptly and its loop must not run on."""
-        return False
 
     # frames from the primary
 
@@ -167,6 +161,22 @@ class WorkerEnd(PrimaryLink):
             self._receiver.link_closed()
         else:
             self.finish()
+
+
+class WorkerEnd(BaseWorkerEnd):
+    """The worker's end of a link, on a real loop of its own; a subclass also provides
+    `_end_now(code)`."""
+
+    def _init_end(self) -> None:
+        super()._init_end()
+        self._finished = False
+        self._kill_deadline: float | None = None
+        self._kill_timer: threading.Timer | None = None
+        self.loop.set_exception_handler(self._loop_exception)
+
+    def ended(self) -> bool:
+        """True once the worker has ended abruptly and its loop must not run on."""
+        return False
 
     # ending
 

@@ -247,7 +247,7 @@ def test_the_primary_closing_its_end_ends_the_worker_with_code_0(kind: str) -> N
     # default action ends the worker normally (R110, R111).
     async def scenario(primary: ClusterPrimary, trace: Trace) -> Any:
         await _ready(primary, trace, 1)
-        primary.workers[0]._link.close()
+        primary.workers[0].life.link.close()
         await trace.until(lambda: trace.count('worker_exit') == 1)
         return trace.exits()
 

@@ -9,9 +9,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ... import protocol
 from ...errors import ProtocolError, TransportError
-from ..base import SIGTERM, LinkListener, PrimaryLink, Signals, WorkerLink, WorkerSpec
+from .. import base
+from ..base import SIGTERM, LinkListener, Signals, WorkerLink, WorkerSpec
 from ..flow import LinkFlow
 from ..partial import PartialFrameDeadline
+from ..runtime import BaseWorkerEnd, start_target
 from .loop import _SimProcess
 
 if TYPE_CHECKING:
@@ -56,6 +58,8 @@ class _Pipe:
         self.schedule()
 
     def clear(self) -> None:
+        """The worker ended: what it never received is dropped, a passed socket closed."""
+        _close_sockets(frame for frame in self.queue if frame is not _EOF and type(frame) is not _RawBytes)
         self.queue.clear()
         self.flow.discarded()
 
@@ -217,8 +221,9 @@ class MemoryWorkerLink(WorkerLink):
         self.listener.link_error(self, named)
 
 
-class MemoryPrimaryLink(PrimaryLink):
-    """A simulated worker's end of its link."""
+class MemoryPrimaryLink(BaseWorkerEnd):
+    """A simulated worker's end of its link: the shared worker end (runtime.py), its kill
+    timer and finish on virtual time."""
 
     def __init__(self, link: MemoryWorkerLink) -> None:
         self.worker_id = link.id
@@ -226,25 +231,17 @@ class MemoryPrimaryLink(PrimaryLink):
         self.loop = link.transport.loop
         self.max_frame_size = link.transport.max_frame_size
         self._link = link
-        self._receivers: list[Any] = []
-        self._early: list[Any] = []
-        self._attached_once = False
+        self._init_end()
 
     @property
     def is_open(self) -> bool:
         return self._link.worker_open
 
-    def attach(self, receiver: Any) -> None:
-        self._receivers.append(receiver)
-        if not self._attached_once:
-            self._attached_once = True
-            early, self._early = self._early, []
-            for frame in early:
-                self.loop.call_soon(self._receive, frame)
-
-    def detach(self, receiver: Any) -> None:
-        if receiver in self._receivers:
-            self._receivers.remove(receiver)
+    def boot(self) -> None:
+        """The simulated worker starts: ONLINE before any application code, then its target."""
+        base._current_link.set(self)
+        self.write(protocol.ONLINE, None)
+        start_target(self._link.spec.target, self.loop, _reraise)  # type: ignore[arg-type]
 
     def write(self, kind: str, payload: Any) -> None:
         link = self._link
@@ -278,32 +275,49 @@ class MemoryPrimaryLink(PrimaryLink):
         # Scheduled outside the process, so it fires even when the worker hangs.
         link.kill_deadline = self.loop.call_at(deadline, link.transport._end, link, 0, None, context=link.transport._kernel)
 
+    def kill_timer_armed(self) -> bool:
+        return self._link.kill_deadline is not None
+
     def finish(self) -> None:
         link = self._link
         for task in list(link.process.tasks):
             task.cancel()
-        link.transport._kernel.run(self.loop.call_soon, link.transport._finish, link, _FINISH_TURNS)
+        link.transport._kernel.run(self.loop.call_soon, self._wind_down, _FINISH_TURNS)
+
+    def _wind_down(self, turns: int) -> None:
+        """The worker's cancelled tasks get `turns` loop turns to clean up; then it ends with 0."""
+        link = self._link
+        if not link.process.alive:
+            return
+        if turns > 0 and any(not task.done() for task in link.process.tasks):
+            self.loop.call_soon(self._wind_down, turns - 1, context=link.transport._kernel)
+            return
+        link.transport._end(link, 0, None)
 
     def run(self) -> None:
         raise TransportError('the memory transport runs only worker_target workers; there is no script to run')
 
     def _receive(self, frame: Any) -> None:
         """A frame (or EOF) from the primary arrives at the worker."""
-        if not self._receivers:
-            if frame is _EOF or frame[0] == protocol.DISCONNECT:
-                if not self._attached_once:
-                    self._link.transport._end(self._link, 0, None)  # R102: never built a ClusterWorker
-                return
-            if not self._attached_once:
-                self._early.append(frame)
-            elif frame[0] == protocol.LISTENING and frame[1].get('socket') is not None:
-                frame[1]['socket'].close()
-            return
-        for receiver in list(self._receivers):
-            if frame is _EOF:
-                receiver.link_closed()
-            else:
-                receiver.link_frame(*frame)
+        if frame is _EOF:
+            self._end_of_input()
+        else:
+            self._accept(*frame)
+
+    def discard_backlog(self) -> None:
+        """The worker ended: the listening sockets it never received close with it."""
+        _close_sockets(self._backlog)
+        self._backlog.clear()
+
+
+def _reraise(error: BaseException) -> None:
+    raise error  # inside the worker's callback: the process guard ends it with code 1 (R33)
+
+
+def _close_sockets(frames: Any) -> None:
+    for kind, payload in frames:
+        if kind == protocol.LISTENING and payload.get('socket') is not None:
+            payload['socket'].close()
 
 
 def _frame_bytes(item: Any) -> int:

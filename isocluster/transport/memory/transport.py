@@ -15,7 +15,7 @@ from ... import protocol
 from .. import base
 from ..base import LinkListener, Signals, Transport, WorkerSpec
 from ..partial import DEFAULT_FRAME_TIMEOUT, check_frame_timeout
-from ..runtime import PARENT_DEATH_WATCHDOG, exit_code_of, start_target
+from ..runtime import PARENT_DEATH_WATCHDOG, exit_code_of
 from ..sockets import bind_listening
 from .links import _EOF, MemoryWorkerLink, _Pipe, _RawBytes
 from .loop import _KERNEL, SimulationDeadlock, VirtualLoop, _process, _SimProcess
@@ -69,7 +69,7 @@ class MemoryTransport(Transport):
         link = MemoryWorkerLink(self, spec, listener)
         self._links[spec.id] = link
         delay = self._slow_boots.pop(0) if self._slow_boots else self._latency()
-        self._loop.call_at(self._loop.time() + delay, self._boot, link, context=link.process.context)
+        self._loop.call_at(self._loop.time() + delay, link.primary_link.boot, context=link.process.context)
         return link
 
     def bind(self, address: Any, reuse_port: bool = False) -> Any:
@@ -217,7 +217,7 @@ class MemoryTransport(Transport):
                 )
 
     def _parent_death_check(self, link: MemoryWorkerLink) -> None:
-        if link.kill_deadline is None:
+        if not link.primary_link.kill_timer_armed():
             self._end(link, 0, None)
 
     def slow_boot(self, delay: float, count: int = 1) -> None:
@@ -285,20 +285,6 @@ class MemoryTransport(Transport):
     def _primary_soon(self, function: Callable[..., Any], *args: Any) -> None:
         self._loop.call_soon(function, *args, context=self._primary.context)
 
-    def _boot(self, link: MemoryWorkerLink) -> None:
-        primary_link = link.primary_link
-        base._current_link.set(primary_link)
-        primary_link.write(protocol.ONLINE, None)
-        start_target(link.spec.target, self._loop, _reraise)  # type: ignore[arg-type]
-
-    def _finish(self, link: MemoryWorkerLink, turns: int) -> None:
-        if not link.process.alive:
-            return
-        if turns > 0 and any(not task.done() for task in link.process.tasks):
-            self._loop.call_soon(self._finish, link, turns - 1, context=self._kernel)
-            return
-        self._end(link, 0, None)
-
     def _end(self, link: MemoryWorkerLink, code: int | None, signal: Signals | None) -> None:
         """The worker process ends: the primary sees frames already written, EOF, then the exit."""
         process = link.process
@@ -312,9 +298,7 @@ class MemoryTransport(Transport):
         link.to_worker.clear()
         link.exit_status = (code, signal)
         self.exits[link.id] = (code, signal)
-        for receiver_frame in link.primary_link._early:
-            if receiver_frame[0] == protocol.LISTENING and receiver_frame[1].get('socket') is not None:
-                receiver_frame[1]['socket'].close()
+        link.primary_link.discard_backlog()
         if not link.closed_reported and (not link.to_primary.queue or link.to_primary.queue[-1] is not _EOF):
             link.to_primary.push(_EOF)
         elif link.closed_reported:
@@ -327,7 +311,3 @@ class MemoryTransport(Transport):
         if not self._loop.is_running():
             self._loop.close()
 
-
-
-def _reraise(error: BaseException) -> None:
-    raise error  # inside the worker's callback: the process guard ends it with code 1 (R33)
