@@ -54,7 +54,8 @@ def make_handler(worker_id, draining, on_request=None):
         try:
             while True:
                 try:
-                    head = await asyncio.wait_for(reader.readuntil(b'\r\n\r\n'), 5.0)
+                    async with asyncio.timeout(5.0):  # as the README's worker (wait_for() costs a task a request)
+                        head = await reader.readuntil(b'\r\n\r\n')
                 except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
                     return
                 lower = head.lower()  # HTTP/1.0 (ab without -k) closes unless asked to keep alive
