@@ -3,8 +3,8 @@
 asyncio's socket transports read with `sock.recv(256 KiB)`: every read allocates a 256 KiB
 buffer and shrinks it to what arrived. glibc's malloc gives a block at or above its mmap
 threshold (128 KiB at start) its own mapping: each read then costs mmap, mremap and munmap
-plus a page fault on the fresh page, a third of the CPU of a keep-alive hello-world request
-(benchmarks/README.md). glibc raises the threshold by itself each time the process frees a
+plus a page fault on the fresh page, about 40 % of the worker CPU of a keep-alive
+hello-world request (benchmarks/README.md). glibc raises the threshold by itself each time the process frees a
 mapped block larger than it (the dynamic M_MMAP_THRESHOLD), so whether reads pay depended on
 what the process happened to free before: the primary's imports (typing, inspect) leave it at
 ~200 KiB, just below, and the rest is how much free memory the heap's top kept.
