@@ -11,6 +11,11 @@ Servers (each a process group of its own, SIGKILLed and reaped in a `finally`):
   baseline     4 forked processes, each with its own SO_REUSEPORT socket, the same `handle`
   gunicorn     `gunicorn -w 4` sync workers serving `app` below (same body)
 
+Requests/s are measured twice: each server alone, interleaved (`rates`), and isocluster with
+`reuse_port=True` and the baseline at the same time, each under an ab of its own (`side`), with
+the workers' CPU seconds per 10,000 requests: on a shared host the load moves a lone server's
+requests/s by 2x between consecutive runs, while a side-by-side pair sees the same load.
+
 A request fails when its connection was made and no complete 200 answer came back; a connect
 that is refused (a shutting-down server refuses new clients) is counted apart, as is a
 connect that times out. Bounded: every run has a deadline and a request cap.
@@ -39,6 +44,7 @@ MAX_REQUESTS = 2_000_000  # per run, a cap far above what 2 cores serve in a run
 CONNECT_TIMEOUT = 3.0
 READ_TIMEOUT = 10.0
 BODY = b'Hello from worker %s'
+BACKLOG = 1024  # every server's listen backlog
 
 
 # -- the app, served the same way by every server ---------------------------------------------
@@ -48,7 +54,8 @@ def make_handler(worker_id, draining, on_request=None):
         try:
             while True:
                 try:
-                    head = await asyncio.wait_for(reader.readuntil(b'\r\n\r\n'), 5.0)
+                    async with asyncio.timeout(5.0):  # as the README's worker (wait_for() costs a task a request)
+                        head = await reader.readuntil(b'\r\n\r\n')
                 except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ConnectionError):
                     return
                 lower = head.lower()  # HTTP/1.0 (ab without -k) closes unless asked to keep alive
@@ -93,8 +100,9 @@ def _iso_worker(port, reuse_port, recycle_every):
 
     async def start():
         sock = await worker.listen(('127.0.0.1', port), reuse_port=reuse_port)
-        await asyncio.start_server(make_handler(ClusterWorker.worker_id, lambda: ClusterWorker.draining, on_request),
-                                   sock=sock, backlog=1024)
+        await asyncio.start_server(make_handler(ClusterWorker.worker_id, lambda: ClusterWorker.draining,
+                                                on_request if recycle_every else None),
+                                   sock=sock, backlog=BACKLOG)
 
     asyncio.get_event_loop().create_task(start()).add_done_callback(lambda task: task.result())
 
@@ -120,7 +128,7 @@ def serve_iso(port, reuse_port, recycle_every):
     primary.run()
 
 
-def serve_baseline(port):
+def serve_baseline(port, prepared=False):
     pids = []
     for _ in range(WORKERS):
         pid = os.fork()
@@ -130,9 +138,12 @@ def serve_baseline(port):
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 sock.bind(('127.0.0.1', port))
-                sock.listen(1024)
+                sock.listen(BACKLOG)
+                if prepared:  # what isocluster's worker.listen() does (isocluster/read_buffers.py), nothing else
+                    bytes(2 * 256 * 1024)
                 loop = asyncio.new_event_loop()
-                loop.run_until_complete(asyncio.start_server(make_handler(os.getpid(), lambda: False), sock=sock))
+                loop.run_until_complete(asyncio.start_server(make_handler(os.getpid(), lambda: False), sock=sock,
+                                                             backlog=BACKLOG))
                 os.write(1, f'LISTEN {len(pids) + 1} {os.getpid()}\n'.encode())  # one write: the pipe is shared
                 loop.run_forever()
             finally:
@@ -154,19 +165,20 @@ def free_port():
 class Server:
     """One server's process group; `lines` its output, read by a thread."""
 
-    def __init__(self, kind, port, reuse_port=False, recycle=0):
+    def __init__(self, kind, port, reuse_port=False, recycle=0, prepared=False):
         import threading
 
         self.port = port
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get('PYTHONPATH')])))
         if kind == 'gunicorn':
             command = [str(Path(sys.executable).with_name('gunicorn')), '-w', str(WORKERS), '-k', 'sync',
-                       '-b', f'127.0.0.1:{port}', '--backlog', '1024', '--log-level', 'warning',
+                       '-b', f'127.0.0.1:{port}', '--backlog', str(BACKLOG), '--log-level', 'warning',
                        '--chdir', str(HERE), 'http_load:app']
         else:
             command = [sys.executable, __file__, f'serve-{kind}', str(port)]
             if kind == 'iso':
                 command += ['--reuse-port'] * reuse_port + ['--recycle', str(recycle)]
+            command += ['--prepared'] * prepared
         self.process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                                         stdin=subprocess.DEVNULL, text=True, start_new_session=True)
         self.lines = []
@@ -313,6 +325,59 @@ def measure(kind, keep_alive, seconds, reuse_port=False, tool='python'):
         server.close()
 
 
+def cpu_seconds(pid):
+    """User + system CPU seconds of `pid` so far (0.0 once it is gone), from /proc/<pid>/stat."""
+    try:
+        with open(f'/proc/{pid}/stat') as stat:
+            fields = stat.read().rsplit(')', 1)[1].split()  # the name may hold spaces
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
+
+
+def side_by_side(keep_alive, seconds, reps, prepared=False):
+    """isocluster (`reuse_port=True`) and the baseline served at the same time, each loaded by an
+    ab of its own: a busy phase of this shared host slows both alike, so the ratio within a pair
+    is far steadier than that of two runs a minute apart. Also per pair: each side's workers' CPU
+    seconds per 10,000 requests (utime + stime), which depends on the host's load much less than
+    requests/s does, and the isocluster primary's. `prepared`: the baseline's workers also free a
+    512 KiB block before serving, as isocluster's `listen()` does (isocluster/read_buffers.py),
+    so that both servers' reads come from the heap: what remains is isocluster's own cost."""
+    import concurrent.futures
+    import statistics
+
+    pairs = []
+    for _ in range(reps):
+        servers = {}
+        try:
+            servers['iso'] = Server('iso', free_port(), reuse_port=True)
+            servers['baseline'] = Server('baseline', free_port(), prepared=prepared)
+            for server in servers.values():
+                server.ready()
+            workers = {kind: list(server.live.values()) for kind, server in servers.items()}
+            primary = servers['iso'].process.pid
+            before = {kind: sum(map(cpu_seconds, pids)) for kind, pids in workers.items()}
+            primary_before = cpu_seconds(primary)
+            with concurrent.futures.ThreadPoolExecutor(2) as pool:
+                runs = dict(zip(servers, pool.map(lambda server: ab(server.port, keep_alive, seconds), servers.values())))
+            per_10k = {kind: (sum(map(cpu_seconds, workers[kind])) - before[kind]) * 10_000 / max(1, runs[kind]['ok'])
+                       for kind in servers}
+            pairs.append({'req_s': {kind: runs[kind]['req_s'] for kind in servers},
+                          'failed': {kind: runs[kind]['failed'] for kind in servers},
+                          'ratio': runs['iso']['req_s'] / max(1e-9, runs['baseline']['req_s']),
+                          'cpu_per_10k': per_10k, 'cpu_ratio': per_10k['iso'] / max(1e-9, per_10k['baseline']),
+                          'primary_cpu_per_10k': (cpu_seconds(primary) - primary_before) * 10_000 / max(1, runs['iso']['ok'])})
+        finally:
+            for server in servers.values():
+                server.close()
+    median = lambda values: statistics.median(values)
+    return {'pairs': pairs, 'ratio': median([pair['ratio'] for pair in pairs]),
+            'cpu_ratio': median([pair['cpu_ratio'] for pair in pairs]),
+            'cpu_per_10k': {kind: median([pair['cpu_per_10k'][kind] for pair in pairs]) for kind in ('iso', 'baseline')},
+            'primary_cpu_per_10k': median([pair['primary_cpu_per_10k'] for pair in pairs]),
+            'failed': sum(sum(pair['failed'].values()) for pair in pairs)}
+
+
 def event_run(event, keep_alive, seconds):
     """isocluster under load while `event` happens once (or, for kill, every second)."""
     server = Server('iso', free_port(), recycle=1000 if event == 'recycle' else 0).ready()
@@ -360,11 +425,15 @@ def share(by_worker):
     return counts[-1] / max(1, counts[0])
 
 
+SECTIONS = ('rates', 'side', 'share', 'events')
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--quick', action='store_true', help='short runs: checks the harness')
     parser.add_argument('--reps', type=int, default=None, help='repetitions of each requests/s row (default 3; 1 with --quick)')
     parser.add_argument('--out', default=str(HERE / 'results' / 'http_latest.json'))
+    parser.add_argument('--only', nargs='+', choices=SECTIONS, default=SECTIONS, help='run these parts only')
     arguments = parser.parse_args(argv)
     seconds = 2.0 if arguments.quick else 4.0
     arguments.reps = arguments.reps or (1 if arguments.quick else 3)
@@ -380,7 +449,8 @@ def main(argv=None):
                ('baseline', False, 'SO_REUSEPORT multiprocessing'), ('gunicorn', False, 'gunicorn sync'))
     if shutil.which('ab') is None:
         print('ab not found (apt-get install apache2-utils): requests/s rows are skipped', flush=True)
-    else:  # interleaved repetitions: a slow phase of this shared machine hits every server
+    if shutil.which('ab') is not None and 'rates' in arguments.only:
+        # interleaved repetitions: a slow phase of this shared machine hits every server
         for keep_alive in (False, True):
             mode = 'keep-alive' if keep_alive else 'new connection'
             runs = collections.defaultdict(list)
@@ -392,13 +462,26 @@ def main(argv=None):
                 median['req_s_all'] = [round(run['req_s']) for run in measured]
                 median['failed'] = sum(run['failed'] for run in measured)
                 row(f'{label} / {mode} (ab, median of {len(measured)})', median)
-    for reuse_port in (False, True):
+    if shutil.which('ab') is not None and 'side' in arguments.only:
+        for prepared, keep_alive in ((False, False), (False, True), (True, False), (True, True)):
+            mode = 'keep-alive' if keep_alive else 'new connection'
+            result = side_by_side(keep_alive, seconds, arguments.reps + 2, prepared)
+            baseline = 'baseline with the same read buffers' if prepared else 'SO_REUSEPORT baseline'
+            results[f"side by side{' (prepared baseline)' * prepared} / {mode}"] = result
+            cpu = result['cpu_per_10k']
+            target = '(informational)' if prepared else f"(target >= 0.9: {'PASS' if result['ratio'] >= 0.9 else 'MISS'})"
+            print(f"isocluster reuse_port vs {baseline}, side by side / {mode} (ab, {len(result['pairs'])} pairs): "
+                  f"req/s ratio {result['ratio']:.2f} {target} "
+                  f"{[round(pair['ratio'], 2) for pair in result['pairs']]}; workers' CPU s per 10k requests "
+                  f"{cpu['iso']:.3f} vs {cpu['baseline']:.3f} (ratio {result['cpu_ratio']:.2f}), isocluster primary "
+                  f"{result['primary_cpu_per_10k']:.3f}; failed {result['failed']}", flush=True)
+    for reuse_port in (False, True) if 'share' in arguments.only else ():
         result = measure('iso', False, seconds, reuse_port)
         row(f"isocluster {'reuse_port' if reuse_port else 'shared socket'} / new connection (python client)", result)
         print(f"  share of connections, max/min over {WORKERS} workers, reuse_port={reuse_port}: "
               f"{share(result['by_worker']):.2f} {sorted(result['by_worker'].values())}", flush=True)
         result['share'] = share(result['by_worker'])
-    for event in ('kill', 'reload', 'scale_down', 'recycle', 'shutdown'):
+    for event in ('kill', 'reload', 'scale_down', 'recycle', 'shutdown') if 'events' in arguments.only else ():
         for keep_alive in (False, True):
             longer = {'kill': 2.0, 'recycle': 4.0}.get(event, 0.0)  # kills every second; 1,000 requests a worker
             row(f"{event} / {'keep-alive' if keep_alive else 'new connection'}", event_run(event, keep_alive, seconds + longer))
@@ -410,6 +493,6 @@ if __name__ == '__main__':
     if len(sys.argv) > 1 and sys.argv[1] == 'serve-iso':
         serve_iso(int(sys.argv[2]), '--reuse-port' in sys.argv, int(sys.argv[sys.argv.index('--recycle') + 1]))
     elif len(sys.argv) > 1 and sys.argv[1] == 'serve-baseline':
-        serve_baseline(int(sys.argv[2]))
+        serve_baseline(int(sys.argv[2]), '--prepared' in sys.argv)
     else:
         main()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any, ClassVar
 
-from . import drain, protocol
+from . import drain, protocol, read_buffers
 from .errors import EncodeError, ListenError, NotAWorkerError, PrimaryLost, ProtocolError, SendError, TransportError
 from .lifecycle import Initializable
 from .routing import PendingRequests, Request, route
@@ -235,6 +235,7 @@ class ClusterWorker(Initializable):
                 f'the primary could not listen on {address!r}: {payload["error"]}', worker_id=link.worker_id
             ) from cause
         self._listen_sockets.append(payload['socket'])
+        read_buffers.prepare_for_socket_reads()  # about to serve: asyncio's reads stop mapping memory
         return payload['socket']
 
     # -- link events (called by the transport) ----------------------------------------
