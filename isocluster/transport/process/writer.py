@@ -13,6 +13,7 @@ from typing import Any
 
 from ... import protocol
 from ...errors import TransportError
+from ...out_of_band import OutOfBand
 from ..flow import LinkFlow
 
 # Bodies up to this size are copied into the pending write buffer (one send for many small
@@ -83,6 +84,9 @@ class _FrameWriter:
             return
         if fd is not None:
             queue.append((header + body, fd))
+        elif type(body) is OutOfBand:
+            queue.append(header)
+            queue.extend(body.parts)  # gathered by sendmsg: the payload is never joined
         elif len(body) > _COPY_LIMIT:
             # Written as they are, with sendmsg: a large body is never copied. Unless it is
             # mutable (a custom codec's bytearray): the caller may change it, a broadcast
