@@ -9,6 +9,7 @@ import collections
 import itertools
 import os
 import socket
+import struct
 from typing import Any
 
 from ... import protocol
@@ -24,6 +25,9 @@ _IOV_MAX = 64
 # so appending never reallocates (copies) a buffer the socket is still draining.
 _CHUNK_SIZE = 256 * 1024
 _SEND_FLAGS = getattr(socket, 'MSG_NOSIGNAL', 0)
+_MESSAGE = protocol.MESSAGE
+_MESSAGE_CODE = protocol.KINDS.index(protocol.MESSAGE)
+_MESSAGE_HEADER = struct.Struct('>IB').pack  # protocol's frame header: length, kind byte
 
 
 class _Batch:
@@ -76,8 +80,18 @@ class _FrameWriter:
     def _write_frame(self, kind: str, payload: Any, fd: int | None = None) -> None:
         """Queue one frame (with `fd` passed alongside it), then send at once, or at the end
         of the read batch, or when the socket is writable."""
-        header, body = protocol.frame_parts(kind, payload)
         queue = self._queue
+        if kind == _MESSAGE and (self._corked or self._writing) and type(payload) is bytes and queue:
+            # A stream's frames after the first of a turn: appended to the chunk being filled,
+            # without building a header object or a (header, body) pair per message.
+            tail = queue[-1]
+            size = len(payload)
+            if type(tail) is bytearray and len(tail) < _CHUNK_SIZE and size <= _COPY_LIMIT:
+                tail += _MESSAGE_HEADER(size + 1, _MESSAGE_CODE)
+                tail += payload
+                self.flow.pending += size + protocol.HEADER_SIZE  # what flow.queued() does
+                return
+        header, body = protocol.frame_parts(kind, payload)
         if not (queue or self._corked or self._writing or self._batch.active or fd is not None
                 or len(body) > _COPY_LIMIT):
             self._send_now(header + body)  # the turn's first frame: straight out (latency)
