@@ -283,7 +283,7 @@ class FrameDecoder:
         self._large_code = 0
         self._large_filled = 0
         # A large MESSAGE's body is handed over as the bytearray it was read into, not copied
-        # to bytes: set by the links whose codec reads any buffer (pickle_buffers.reads_buffers).
+        # to bytes: set by the links whose codec reads any buffer (out_of_band.reads_buffers).
         self.message_buffers = False
 
     @property
