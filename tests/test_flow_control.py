@@ -379,3 +379,53 @@ def test_the_futures_of_unawaited_sends_to_a_stalled_worker_cost_no_memory() -> 
     assert grown < 1.4 * queued  # the queued bytes, with a margin for the queue's chunks
     assert called == ['callback']
     assert report == {'type': 'report', 'count': FLOOD, 'first_wrong': None}
+
+
+class MeasuredFlooder(ClusterWorker):
+    """Worker to primary: floods unawaited while tracemalloc watches, then reports."""
+
+    def _event_primary_message_flood(self, event: Any) -> None:
+        import tracemalloc
+
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for i in range(FLOOD):
+                self.send(item(i))  # fire and forget
+            grown = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        queued = self._link.flow.pending
+        os.write(GATE['write'], b'x')  # the primary's loop may read again
+        self.send({'type': 'report', 'grown': grown, 'queued': queued})
+
+
+def test_the_futures_of_unawaited_sends_to_a_stalled_primary_cost_no_memory() -> None:
+    received = InOrder()
+
+    async def scenario(primary: ClusterPrimary) -> Any:
+        primary.fork(1)
+        await ready_waiter(primary, 1)
+        report = asyncio.get_running_loop().create_future()
+
+        def on_message(event: Any) -> None:
+            message = event.data['message']
+            if message['type'] == 'report':
+                report.set_result(message)
+                return
+            if received.count == 0:
+                os.read(GATE['read'], 1)  # the primary stops reading until the worker flooded
+            received.take(message)
+
+        primary.on('worker_message', on_message)
+        primary.send({'type': 'flood'}, to=primary.workers[0])
+        return await report
+
+    open_gate_pipe()
+    try:
+        report = run_cluster('process', scenario, worker_target=MeasuredFlooder)
+    finally:
+        close_gate_pipe()
+    assert report['queued'] > 5 * 1024 * 1024
+    assert report['grown'] < 1.4 * report['queued']  # before: ~2.5 (a future per send)
+    assert (received.count, received.first_wrong) == (FLOOD, None)
