@@ -63,7 +63,7 @@ def _has_large_buffer(message: Any) -> bool:
         values = message
     else:
         return _buffer_kind(message) is not None
-    # In C: a small message pays ~100 ns here, not a Python loop over its values.
+    # In C: a small message pays ~0.1-0.2 us here, not a Python loop over its values.
     if _BUFFER_TYPES.isdisjoint(map(type, values)):
         return False
     return any(_buffer_kind(value) is not None for value in values)

@@ -28,6 +28,9 @@ _SEND_FLAGS = getattr(socket, 'MSG_NOSIGNAL', 0)
 _MESSAGE = protocol.MESSAGE
 _MESSAGE_CODE = protocol.KINDS.index(protocol.MESSAGE)
 _MESSAGE_HEADER = struct.Struct('>IB').pack  # protocol's frame header: length, kind byte
+# The fast path below frames messages itself: it must frame them as protocol does.
+if _MESSAGE_HEADER(5, _MESSAGE_CODE) != protocol.frame_parts(_MESSAGE, b'body')[0]:  # pragma: no cover
+    raise ImportError('writer.py frames messages unlike protocol.frame_parts')
 
 
 class _Batch:
