@@ -64,13 +64,23 @@ class CountWorker(ClusterWorker):
     expected = -1
     count = 0
 
+    profiler = None
+
     def _event_primary_message_expect(self, event):
         self.expected = event.data['message']['n']
         self.count = 0
+        if os.environ.get('ISOCLUSTER_BENCH_WORKER_PROFILE'):  # the receiver's side of a profile
+            import cProfile
+
+            self.profiler = cProfile.Profile()
+            self.profiler.enable()
 
     def _event_primary_message_task(self, event):
         self.count += 1
         if self.count == self.expected:
+            if self.profiler is not None:
+                self.profiler.disable()
+                self.profiler.dump_stats(os.environ['ISOCLUSTER_BENCH_WORKER_PROFILE'])
             self.send({'type': 'done', 'count': self.count})
 
 
@@ -133,7 +143,13 @@ class LargeWorker(ClusterWorker):
 
     def _event_primary_message_produce_blob(self, event):
         spec = event.data['message']
-        self.send({'type': 'blob', 'data': large_payload(spec['codec'], spec['size'])})
+        # Made once (the warm-up): the primary->worker case times a payload made beforehand too.
+        key = (spec['codec'], spec['size'])
+        if key not in self._payloads:
+            self._payloads[key] = large_payload(*key)
+        self.send({'type': 'blob', 'data': self._payloads[key]})
+
+    _payloads = {}
 
 
 def large_target():

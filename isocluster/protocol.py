@@ -60,7 +60,7 @@ _HEADER = struct.Struct('>IB')
 _LENGTH = struct.Struct('>I')
 # A frame at least this large that arrives in pieces is gathered into a buffer of its exact
 # size: appending its pieces to the decoder's buffer would reallocate (copy) it again and again.
-_LARGE_FRAME = 1024 * 1024
+_LARGE_FRAME = 64 * 1024
 HEADER_SIZE = _HEADER.size
 _REQUEST_ID = struct.Struct('>Q')
 _REPLY_ID = struct.Struct('>QB')
@@ -116,19 +116,20 @@ class PickleCodec:
     """Any picklable object. Only for workers you trust: unpickling runs code."""
 
     name = 'pickle'
+    reads_buffers = True  # decode() takes a bytearray: see out_of_band.reads_buffers
 
     def __init__(self) -> None:
-        import pickle  # here: a worker that never uses it does not pay its import at start-up
+        # Imported here: a worker that never uses pickle does not pay its import at start-up.
+        from . import pickle_buffers  # large buffers travel beside the stream, uncopied
 
-        self._dumps = pickle.dumps
-        self._loads = pickle.loads
-        self._protocol = pickle.HIGHEST_PROTOCOL
+        self.encode = pickle_buffers.dumps  # type: ignore[method-assign]
+        self.decode = pickle_buffers.loads  # type: ignore[method-assign]
 
-    def encode(self, message: Any) -> bytes:
-        return self._dumps(message, protocol=self._protocol)
+    def encode(self, message: Any) -> bytes:  # replaced per instance by pickle_buffers.dumps
+        raise NotImplementedError
 
-    def decode(self, data: bytes) -> Any:
-        return self._loads(data)
+    def decode(self, data: bytes) -> Any:  # replaced per instance by pickle_buffers.loads
+        raise NotImplementedError
 
 
 class MsgpackCodec:
@@ -281,6 +282,9 @@ class FrameDecoder:
         self._large: bytearray | None = None  # the body of a large frame being gathered
         self._large_code = 0
         self._large_filled = 0
+        # A large MESSAGE's body is handed over as the bytearray it was read into, not copied
+        # to bytes: set by the links whose codec reads any buffer (out_of_band.reads_buffers).
+        self.message_buffers = False
 
     @property
     def error(self) -> ProtocolError | None:
@@ -403,8 +407,10 @@ class FrameDecoder:
         return [self._large_frame(large)]
 
     def _large_frame(self, body_buffer: bytearray) -> Frame:
-        body = bytes(body_buffer)
         kind = KINDS[self._large_code]
+        if kind == MESSAGE and self.message_buffers:
+            return (kind, body_buffer)
+        body = bytes(body_buffer)
         if kind == MESSAGE:
             return (kind, body)
         try:

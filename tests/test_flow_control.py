@@ -336,3 +336,96 @@ def test_a_primary_with_slow_handlers_gives_its_loop_turns_during_a_flood() -> N
     most, received = run_cluster('process', scenario, worker_target=Burster)
     assert (received.count, received.first_wrong) == (BURST, None)
     assert most <= 128  # a slice of frames at a time, not a whole read (~2,600 frames)
+
+
+# -- memory per pending send ---------------------------------------------------------------
+
+
+def test_the_futures_of_unawaited_sends_to_a_stalled_worker_cost_no_memory() -> None:
+    """A congested link keeps the bytes of each pending send and nothing else: the futures its
+    callers dropped are freed (before: ~150 bytes of future per ~100-byte send). A dropped
+    future with a done callback, or one awaited later, still resolves."""
+    import tracemalloc
+
+    async def scenario(primary: ClusterPrimary) -> Any:
+        primary.fork(1)
+        await ready_waiter(primary, 1)
+        worker = primary.workers[0]
+        report = asyncio.get_running_loop().create_future()
+        primary.on('worker_message', lambda event: report.set_result(event.data['message']))
+        called: list[str] = []
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for i in range(FLOOD - 2):
+                primary.send(item(i), to=worker)  # fire and forget
+            grown = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        queued = worker._link.pending_writes()
+        primary.send(item(FLOOD - 2), to=worker).add_done_callback(lambda _: called.append('callback'))
+        kept = primary.send(item(FLOOD - 1), to=worker)
+        os.write(GATE['write'], b'x')
+        await kept
+        primary.send({'type': 'report'}, to=worker)
+        return grown, queued, called, await report
+
+    open_gate_pipe()
+    try:
+        grown, queued, called, report = run_cluster('process', scenario, worker_target=GatedConsumer)
+    finally:
+        close_gate_pipe()
+    assert queued > 5 * 1024 * 1024  # most of the flood waited in the primary's queue
+    assert grown < 1.4 * queued  # the queued bytes, with a margin for the queue's chunks
+    assert called == ['callback']
+    assert report == {'type': 'report', 'count': FLOOD, 'first_wrong': None}
+
+
+class MeasuredFlooder(ClusterWorker):
+    """Worker to primary: floods unawaited while tracemalloc watches, then reports."""
+
+    def _event_primary_message_flood(self, event: Any) -> None:
+        import tracemalloc
+
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for i in range(FLOOD):
+                self.send(item(i))  # fire and forget
+            grown = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        queued = self._link.flow.pending
+        os.write(GATE['write'], b'x')  # the primary's loop may read again
+        self.send({'type': 'report', 'grown': grown, 'queued': queued})
+
+
+def test_the_futures_of_unawaited_sends_to_a_stalled_primary_cost_no_memory() -> None:
+    received = InOrder()
+
+    async def scenario(primary: ClusterPrimary) -> Any:
+        primary.fork(1)
+        await ready_waiter(primary, 1)
+        report = asyncio.get_running_loop().create_future()
+
+        def on_message(event: Any) -> None:
+            message = event.data['message']
+            if message['type'] == 'report':
+                report.set_result(message)
+                return
+            if received.count == 0:
+                os.read(GATE['read'], 1)  # the primary stops reading until the worker flooded
+            received.take(message)
+
+        primary.on('worker_message', on_message)
+        primary.send({'type': 'flood'}, to=primary.workers[0])
+        return await report
+
+    open_gate_pipe()
+    try:
+        report = run_cluster('process', scenario, worker_target=MeasuredFlooder)
+    finally:
+        close_gate_pipe()
+    assert report['queued'] > 5 * 1024 * 1024
+    assert report['grown'] < 1.4 * report['queued']  # before: ~2.5 (a future per send)
+    assert (received.count, received.first_wrong) == (FLOOD, None)

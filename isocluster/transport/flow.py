@@ -6,18 +6,23 @@ queued (`queued`) and bytes left the queue (`flushed`, or `discarded` when the q
 thrown away). The core decides whether a frame still fits under its cap (`pending`) and,
 after a write that left the link congested, asks for a future (`completion`).
 
-Waiting sends cost one future each (~150 bytes) and a slot in a FIFO of buckets: no task, no
-coroutine, and one `flushed` call resolves every future whose bytes are out, in send order.
-The sends of a bucket (up to BUCKET bytes apart) resolve together, at the mark of its last
-send: a FIFO entry per send would cost ~100 bytes more than a ~100-byte message. A future
-resolves once at most LOW_WATER of the bytes queued before it remain unwritten, as the
-awaited `drain()` of earlier versions did: an awaiting sender keeps the socket busy and its
-queue under HIGH_WATER plus one message.
+Waiting sends cost no task, no coroutine, no closure: one `flushed` call resolves every future
+whose bytes are out, in send order, from a FIFO of buckets (the sends of a bucket, up to
+BUCKET bytes apart, resolve together at the mark of its last send). A future resolves once at
+most LOW_WATER of the bytes queued before it remain unwritten, as the awaited `drain()` of
+earlier versions did: an awaiting sender keeps the socket busy and its queue under
+HIGH_WATER plus one message.
+
+The link holds a congested send's future weakly until something waits on it (await, a done
+callback, gather, wait_for: all go through add_done_callback, which pins it): a future its
+caller dropped (fire and forget, as most users send) is freed at once, so a pending ~100-byte
+send costs its bytes, not ~250 bytes of future and bookkeeping besides.
 """
 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections import deque
 from typing import Any
 
@@ -27,15 +32,33 @@ LOW_WATER = HIGH_WATER // 4
 BUCKET = 16 * 1024
 
 
+class _Completion(asyncio.Future):  # type: ignore[type-arg]
+    """A congested send's future: held weakly by its link until something waits on it."""
+
+    __slots__ = ('_pins',)
+
+    def add_done_callback(self, fn: Any, *, context: Any = None) -> None:
+        pins = self._pins
+        if pins is not None:  # the first waiter: from now on the link holds it
+            self._pins = None
+            if not self.done():
+                pins.add(self)
+                super().add_done_callback(pins.discard)
+        super().add_done_callback(fn, context=context)
+
+
 class LinkFlow:
-    __slots__ = ('loop', 'pending', '_flushed', '_waiters', '_bucket_start')
+    __slots__ = ('loop', 'pending', '_flushed', '_waiters', '_bucket_start', '_pinned')
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
         self.pending = 0  # bytes queued and not yet written
         self._flushed = 0  # bytes written since the link opened: the FIFO's clock
-        self._waiters: deque[list[Any]] = deque()  # [mark, [future, ...]]: in send order
+        # [mark, {weakref to a future: None} in send order, that dict's pop]: a weakref's
+        # callback (the pop) drops its entry when the future dies, so the key is always there.
+        self._waiters: deque[list[Any]] = deque()
         self._bucket_start = 0  # the mark of the first send in the last bucket
+        self._pinned: set[asyncio.Future[None]] = set()  # futures something waits on, until done
 
     # -- the transport's side ----------------------------------------------------------
 
@@ -58,8 +81,10 @@ class LinkFlow:
     def _release(self, upto: int | None) -> None:
         waiters = self._waiters
         while waiters and (upto is None or waiters[0][0] <= upto):
-            for future in waiters.popleft()[1]:
-                if not future.done():
+            # A snapshot: a future dying meanwhile pops its own entry from the bucket.
+            for ref in list(waiters.popleft()[1]):
+                future = ref()
+                if future is not None and not future.done():
                     future.set_result(None)
 
     # -- the core's side ---------------------------------------------------------------
@@ -69,16 +94,19 @@ class LinkFlow:
 
     def completion(self) -> 'asyncio.Future[None]':
         """A future that resolves once at most LOW_WATER of the bytes queued so far remain."""
-        future: asyncio.Future[None] = self.loop.create_future()
+        future = _Completion(loop=self.loop)
+        future._pins = self._pinned
         mark = self._flushed + self.pending - LOW_WATER
         waiters = self._waiters
         if waiters and mark - self._bucket_start < BUCKET:
             last = waiters[-1]
             last[0] = mark
-            last[1].append(future)
         else:
             self._bucket_start = mark
-            waiters.append([mark, [future]])
+            bucket: dict[Any, None] = {}
+            last = [mark, bucket, bucket.pop]
+            waiters.append(last)
+        last[1][weakref.ref(future, last[2])] = None
         return future
 
     async def drain(self) -> None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from ... import protocol
 from ...errors import ProtocolError, TransportError
+from ...out_of_band import reads_buffers
 from .. import base, procfs
 from ..partial import PartialFrameDeadline
 from .output import _OutputReader
@@ -39,6 +40,7 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
         self._listener = listener
         self._batch = transport._batch
         self._decoder = protocol.FrameDecoder(transport.max_frame_size)
+        self._decoder.message_buffers = reads_buffers(spec.codec)
         self._partial_deadline = PartialFrameDeadline(self._loop, transport.frame_timeout, self._partial_frame_expired)
         self._last_read_at = 0.0
         self._buffer = transport._read_buffer

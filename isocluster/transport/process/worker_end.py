@@ -12,6 +12,7 @@ from typing import Any
 
 from ... import protocol
 from ...errors import TransportError
+from ...out_of_band import reads_buffers
 from .. import sockets, watchdog
 from ..runtime import WorkerEnd
 from .fork_safety import _close_fds
@@ -41,6 +42,7 @@ class ChildLink(_FrameWriter, WorkerEnd):
         self._exit_on_finish = exit_on_finish
         self._batch = _Batch()
         self._decoder = protocol.FrameDecoder(max_frame_size)
+        self._decoder.message_buffers = reads_buffers(codec)
         self._buffer = bytearray(_CHILD_FIRST_READ_SIZE)
         self._view = memoryview(self._buffer)
         self._fds: collections.deque[int] = collections.deque()

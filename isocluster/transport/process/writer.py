@@ -9,10 +9,12 @@ import collections
 import itertools
 import os
 import socket
+import struct
 from typing import Any
 
 from ... import protocol
 from ...errors import TransportError
+from ...out_of_band import OutOfBand
 from ..flow import LinkFlow
 
 # Bodies up to this size are copied into the pending write buffer (one send for many small
@@ -23,6 +25,12 @@ _IOV_MAX = 64
 # so appending never reallocates (copies) a buffer the socket is still draining.
 _CHUNK_SIZE = 256 * 1024
 _SEND_FLAGS = getattr(socket, 'MSG_NOSIGNAL', 0)
+_MESSAGE = protocol.MESSAGE
+_MESSAGE_CODE = protocol.KINDS.index(protocol.MESSAGE)
+_MESSAGE_HEADER = struct.Struct('>IB').pack  # protocol's frame header: length, kind byte
+# The fast path below frames messages itself: it must frame them as protocol does.
+if _MESSAGE_HEADER(5, _MESSAGE_CODE) != protocol.frame_parts(_MESSAGE, b'body')[0]:  # pragma: no cover
+    raise ImportError('writer.py frames messages unlike protocol.frame_parts')
 
 
 class _Batch:
@@ -75,14 +83,27 @@ class _FrameWriter:
     def _write_frame(self, kind: str, payload: Any, fd: int | None = None) -> None:
         """Queue one frame (with `fd` passed alongside it), then send at once, or at the end
         of the read batch, or when the socket is writable."""
-        header, body = protocol.frame_parts(kind, payload)
         queue = self._queue
+        if kind == _MESSAGE and (self._corked or self._writing) and type(payload) is bytes and queue:
+            # A stream's frames after the first of a turn: appended to the chunk being filled,
+            # without building a header object or a (header, body) pair per message.
+            tail = queue[-1]
+            size = len(payload)
+            if type(tail) is bytearray and len(tail) < _CHUNK_SIZE and size <= _COPY_LIMIT:
+                tail += _MESSAGE_HEADER(size + 1, _MESSAGE_CODE)
+                tail += payload
+                self.flow.pending += size + protocol.HEADER_SIZE  # what flow.queued() does
+                return
+        header, body = protocol.frame_parts(kind, payload)
         if not (queue or self._corked or self._writing or self._batch.active or fd is not None
                 or len(body) > _COPY_LIMIT):
             self._send_now(header + body)  # the turn's first frame: straight out (latency)
             return
         if fd is not None:
             queue.append((header + body, fd))
+        elif type(body) is OutOfBand:
+            queue.append(header)
+            queue.extend(body.parts)  # gathered by sendmsg: the payload is never joined
         elif len(body) > _COPY_LIMIT:
             # Written as they are, with sendmsg: a large body is never copied. Unless it is
             # mutable (a custom codec's bytearray): the caller may change it, a broadcast
