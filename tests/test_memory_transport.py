@@ -94,7 +94,7 @@ def sleeping_worker():
         start = asyncio.get_running_loop().time()
         await asyncio.sleep(120.0)
         note('slept', asyncio.get_running_loop().time() - start)
-    worker._spawn(nap())
+    return nap()
 
 
 def test_r122_asyncio_sleep_in_a_worker_uses_virtual_time():
@@ -535,7 +535,7 @@ def test_r35_worker_side_exception_ends_only_that_worker_and_keeps_its_traceback
     def target():
         worker = ClusterWorker()
         if ClusterWorker.worker_id == 2:
-            worker._pubsub_loop().call_soon(lambda: [][1])
+            asyncio.get_running_loop().call_soon(lambda: [][1])
     sim, p, rec = make(target, restart='never')
     p.fork(3)
     sim.run_until(lambda: rec.count('worker_exit') == 1)
