@@ -77,6 +77,8 @@ def finish(sim: MemoryTransport, primary: ClusterPrimary) -> None:
 
 def test_a_worker_is_recycled_after_max_requests_new_one_ready_before_the_old_leaves():
     sim, primary, recycled, trace = start(worker_count=2, max_requests=5)
+    limits_reached = []
+    primary.on('restart_limit', limits_reached.append)
     first = primary.workers[0]
     for _ in range(5):
         primary.send({'n': 1}, to=first)
@@ -86,7 +88,7 @@ def test_a_worker_is_recycled_after_max_requests_new_one_ready_before_the_old_le
     assert after.index(('worker_ready', 3)) < after.index(('worker_disconnect', 1))
     assert [worker.id for worker in primary.workers] == [2, 3]
     # restart_intensity=0: a counted restart would have hit the limit; recycling is not one
-    assert primary.stats()['restarts'] == 0 and not primary._replacement_stopped
+    assert primary.stats()['restarts'] == 0 and limits_reached == []
     assert primary.worker_by_id[3].stats()['restarts'] == 0
     finish(sim, primary)
 
@@ -107,7 +109,14 @@ def test_max_requests_counts_messages_and_requests_to_that_worker_only():
 
 def test_request_jitter_gives_each_worker_its_own_limit_drawn_from_the_seeded_source():
     sim, primary, recycled, _ = start(worker_count=3, max_requests=10, max_requests_jitter=10)
-    limits = sorted(handle._recycle_limits.requests for handle in primary.workers)
+    for worker in list(primary.workers):
+        for _ in range(20 + 1):  # one message at a time, up to the largest limit jitter allows
+            if any(entry[0] == worker.id for entry in recycled):
+                break
+            primary.send({'n': 1}, to=worker)
+            sim.run_until_idle()
+    assert [(entry[0], entry[1]) for entry in recycled] == [(1, 'max_requests'), (2, 'max_requests'), (3, 'max_requests')]
+    limits = [entry[2] for entry in recycled]  # each recycled on reaching its own limit
     assert all(10 <= limit <= 20 for limit in limits) and len(set(limits)) > 1
     finish(sim, primary)
 
