@@ -737,7 +737,7 @@ def raising_task_target():
 
 
 def raising_callback_target():
-    worker = ClusterWorker()
+    ClusterWorker()
 
     def fail():
         raise ArithmeticError('callback failed')
@@ -868,7 +868,7 @@ def test_r109_disconnect_rejects_a_pending_listen_with_listen_error():
     p.fork(1)
     sim.run_until(lambda: len(p.workers) == 1, timeout=10)
     sim.hold(1, 'to_primary')  # the LISTEN request stays in flight
-    sim.run_until(lambda: sim._links[1].to_primary.queue, timeout=10)
+    sim.run_until(lambda: sim.links[1].to_primary.queue, timeout=10)
     p.workers[0].disconnect()
     sim.run_until(lambda: seen.get('listen'), timeout=10)
     assert 'primary disconnected before answering' in seen['listen'][0]
@@ -1065,7 +1065,7 @@ def test_r114_cancelled_listen_is_forgotten_without_harm(then):
         elif then == 'disconnect':
             sim.hold(1, 'to_primary')
             handle = rec.of('worker_fork')[0]['worker']
-            sim.run_until(lambda: handle.state == 'online' and sim._links[1].to_primary.queue, timeout=10)
+            sim.run_until(lambda: handle.state == 'online' and sim.links[1].to_primary.queue, timeout=10)
             handle.disconnect()
             sim.release(1, 'to_primary')
             sim.run_until(lambda: rec.count('worker_exit') == 1, timeout=30)
@@ -1109,7 +1109,7 @@ def test_r130_heartbeat_after_the_worker_closed_its_link_is_not_answered():
     handle = p.workers[0]
     handle.disconnect()  # the worker closes its end but keeps running (prevented)
     sim.run_until(lambda: handle.state == 'disconnected', timeout=10)
-    sim._links[1].to_worker.push((protocol.HEARTBEAT, None))  # a heartbeat already on the wire
+    sim.links[1].to_worker.push((protocol.HEARTBEAT, None))  # a heartbeat already on the wire
     sim.advance(1.0)
     assert sim.alive(1) and sim.tracebacks == {}
     close(sim, p)
