@@ -198,7 +198,7 @@ def test_past_the_cap_a_send_is_refused_whole_and_the_rest_is_delivered() -> Non
         primary.on('worker_message', lambda event: report.set_result(event.data['message']))
         primary.transport.hold(worker, 'to_worker')
         accepted, refused = fill_until_refused(lambda message: primary.send(message, to=worker))
-        pending = worker._link.pending_writes()
+        pending = primary.transport.links[worker.id].pending_writes()
         primary.transport.release(worker, 'to_worker')
         primary.send({'type': 'report'}, to=worker)
         return accepted, refused.exception(), pending, await report
