@@ -120,6 +120,7 @@ class Cluster:
     def __init__(self, target: Callable[[], Any] = echo_target, cls: type = ClusterPrimary, **options: Any) -> None:
         self.loop = asyncio.get_running_loop()
         self.transport = options.pop('transport', None) or RecordingRayTransport()
+        assert isinstance(self.transport, RecordingRayTransport), 'close() checks the actors the transport started'
         self.primary = cls(worker_target=target, transport=self.transport, **options)
         self.log: list[tuple[str, int, Any, Any]] = []
         self.messages: list[tuple[int, Any]] = []
