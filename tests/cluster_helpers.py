@@ -48,6 +48,23 @@ def ready_waiter(primary: ClusterPrimary, count: int) -> 'asyncio.Future[None]':
     return future
 
 
+def recording(transport_class: type) -> type:
+    """`transport_class`, keeping per worker id the link its `start_worker` returned (`links`):
+    a test reaches a worker's link through the transport seam, not the handle's private one."""
+    class Recording(transport_class):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.links: dict[int, Any] = {}
+
+        def start_worker(self, spec: Any, listener: Any) -> Any:
+            link = super().start_worker(spec, listener)
+            self.links[spec.id] = link
+            return link
+
+    Recording.__name__ = Recording.__qualname__ = 'Recording' + transport_class.__name__
+    return Recording
+
+
 def _transport_options(options: dict[str, Any]) -> dict[str, Any]:
     return {name: options.pop(name) for name in ('max_frame_size',) if name in options}
 
@@ -62,7 +79,7 @@ def run_cluster(
     if transport == 'memory':
         from isocluster.transport.memory import MemoryTransport
 
-        sim = MemoryTransport(seed=options.pop('seed', 1), **_transport_options(options))
+        sim = recording(MemoryTransport)(seed=options.pop('seed', 1), **_transport_options(options))
         primary = primary_class(transport=sim, **options)
         task = sim.loop.create_task(scenario(primary))
         task.add_done_callback(lambda _task: primary.destroy())
@@ -75,7 +92,7 @@ def run_cluster(
     transport_options = _transport_options(options)
 
     async def main() -> Any:
-        primary = primary_class(transport=ProcessTransport(**transport_options), **options)
+        primary = primary_class(transport=recording(ProcessTransport)(**transport_options), **options)
         return await drive(primary, scenario(primary), wall_timeout)
 
     return asyncio.run(main())

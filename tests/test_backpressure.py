@@ -42,7 +42,7 @@ def test_awaited_sends_to_a_slow_worker_keep_the_buffer_bounded() -> None:
         largest = 0
         for _ in range(COUNT):
             sent = primary.send({'type': 'chunk', 'data': CHUNK}, to=worker)
-            largest = max(largest, worker.life.link.pending_writes())
+            largest = max(largest, primary.transport.links[worker.id].pending_writes())
             await sent
         return largest, await received
 

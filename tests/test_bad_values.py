@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from isocluster import Backoff, ClusterPrimary
+from isocluster import Backoff, ClusterPrimary, HeartbeatTimeout
 from isocluster.checks import MAX_WORKERS, MIN_HEARTBEAT_INTERVAL
 from isocluster.transport.memory import MemoryTransport
 
@@ -45,9 +45,15 @@ def test_scale_beyond_the_worker_limit_raises():
 def test_heartbeats_below_the_minimum_interval_are_rejected(options, name):
     with pytest.raises(ValueError, match=rf'{name}: .*below the minimum interval of {MIN_HEARTBEAT_INTERVAL}s'):
         ClusterPrimary(worker_target=ready_worker, transport=MemoryTransport(seed=1), **options)
-    at_minimum = ClusterPrimary(worker_target=ready_worker, transport=MemoryTransport(seed=1),
-                                heartbeat_interval=MIN_HEARTBEAT_INTERVAL)  # accepted: no ValueError
-    at_minimum.destroy()
+    # at the minimum it is accepted and used as given: a hung worker is found within the default
+    # heartbeat_timeout (3 intervals) plus the tick that notices it (virtual time: exact)
+    sim, at_minimum, rec = started(1, heartbeat_interval=MIN_HEARTBEAT_INTERVAL)
+    sim.hang(1)
+    hung_at = sim.loop.time()
+    sim.run_until(lambda: rec.count('worker_error') == 1, timeout=10)
+    assert isinstance(rec.of('worker_error')[0]['error'], HeartbeatTimeout)
+    assert sim.loop.time() - hung_at <= 3 * MIN_HEARTBEAT_INTERVAL + 2 * MIN_HEARTBEAT_INTERVAL
+    close(sim, at_minimum)
 
 
 @pytest.mark.parametrize('factor', [float('nan'), float('inf')])

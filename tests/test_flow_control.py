@@ -198,7 +198,7 @@ def test_past_the_cap_a_send_is_refused_whole_and_the_rest_is_delivered() -> Non
         primary.on('worker_message', lambda event: report.set_result(event.data['message']))
         primary.transport.hold(worker, 'to_worker')
         accepted, refused = fill_until_refused(lambda message: primary.send(message, to=worker))
-        pending = worker.life.link.pending_writes()
+        pending = primary.transport.links[worker.id].pending_writes()
         primary.transport.release(worker, 'to_worker')
         primary.send({'type': 'report'}, to=worker)
         return accepted, refused.exception(), pending, await report
@@ -362,7 +362,7 @@ def test_the_futures_of_unawaited_sends_to_a_stalled_worker_cost_no_memory() -> 
             grown = tracemalloc.get_traced_memory()[0] - before
         finally:
             tracemalloc.stop()
-        queued = worker._link.pending_writes()
+        queued = primary.transport.links[worker.id].pending_writes()
         primary.send(item(FLOOD - 2), to=worker).add_done_callback(lambda _: called.append('callback'))
         kept = primary.send(item(FLOOD - 1), to=worker)
         os.write(GATE['write'], b'x')

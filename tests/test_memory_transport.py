@@ -88,13 +88,13 @@ def test_r122_timers_fire_in_virtual_time_order_without_waiting():
 
 
 def sleeping_worker():
-    worker = ClusterWorker()
+    ClusterWorker()
 
     async def nap():
         start = asyncio.get_running_loop().time()
         await asyncio.sleep(120.0)
         note('slept', asyncio.get_running_loop().time() - start)
-    worker._spawn(nap())
+    return nap()
 
 
 def test_r122_asyncio_sleep_in_a_worker_uses_virtual_time():
@@ -448,8 +448,8 @@ def test_r104_listening_answer_to_a_worker_that_died_before_attaching_is_closed(
     sim.run_until(lambda: rec.count('worker_online') == 1, timeout=10)
     sock = socket.socket()
     sim.links[1].send_socket(sock, {'id': 1, 'address': ['x', 1]})
-    sim.run_until(lambda: sim._links[1].primary_link._backlog, timeout=10)
-    kept = sim._links[1].primary_link._backlog[0][1]['socket']
+    sim.run_until(lambda: sim.links[1].primary_link._backlog, timeout=10)
+    kept = sim.links[1].primary_link._backlog[0][1]['socket']
     sim.crash(1, code=0)
     assert kept.fileno() == -1  # the worker's copy was closed with it
     sock.close()
@@ -475,7 +475,7 @@ def test_r109_frames_reaching_a_detached_worker_end_it_and_sockets_close():
     handle.disconnect()
     sock = socket.socket()
     sim.links[handle.id].send_socket(sock, {'id': 7, 'address': ['x', 1]})
-    queue = sim._links[1].to_worker.queue
+    queue = sim.links[1].to_worker.queue
     assert [frame[0] for frame in queue] == [protocol.DISCONNECT, protocol.LISTENING]
     copy = queue[1][1]['socket']
     sim.links[handle.id].primary_link.detach(attached_workers[0])  # the worker detached before these arrive
@@ -539,9 +539,9 @@ def test_r35_primary_coroutine_handler_failure_is_re_raised():
 
 def test_r35_worker_side_exception_ends_only_that_worker_and_keeps_its_traceback():
     def target():
-        worker = ClusterWorker()
+        ClusterWorker()
         if ClusterWorker.worker_id == 2:
-            worker._pubsub_loop().call_soon(lambda: [][1])
+            asyncio.get_running_loop().call_soon(lambda: [][1])
     sim, p, rec = make(target, restart='never')
     p.fork(3)
     sim.run_until(lambda: rec.count('worker_exit') == 1)

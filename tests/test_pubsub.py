@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import weakref
 
 import pytest
 
@@ -11,7 +12,31 @@ from isocluster.errors import ClusterError, DestroyedError
 from isocluster.pubsub import Event, Publisher, Subscription
 
 
-class Traced(Publisher):
+class Emitter(Publisher):
+    """A subclass with its own public API over the protected publishing and closing (R26, R50).
+
+    That is how a real subclass uses them: ClusterPrimary publishes its declared, non-public
+    events from its own methods and closes its pubsub in destroy().
+    """
+
+    def emit(self, name: str, data=None):
+        return self._publish(name, data)
+
+    def internal(self):
+        """The library-internal subscribe methods (R19), as a subclass subscribes for its bookkeeping."""
+        return {'before': self._before, 'on': self._on, 'after': self._after,
+                'once_before': self._once_before, 'once_on': self._once_on, 'once_after': self._once_after}
+
+    def destroy(self):
+        self._close_pubsub()
+        return self
+
+    @property
+    def destroyed(self) -> bool:
+        return self._pubsub_closed
+
+
+class Traced(Emitter):
     """Declares a few events whose complete functions record into `trace`."""
 
     _pubsub = {
@@ -73,6 +98,12 @@ class Traced(Publisher):
         self.trace.append('complete custom')
 
 
+def every_subscribe_method(p: Emitter) -> list:
+    """(name, method) for the public subscribe methods, then the internal ones named with a leading '_'."""
+    public = ('before', 'on', 'after', 'once_before', 'once_on', 'once_after')
+    return [(name, getattr(p, name)) for name in public] + [('_' + name, m) for name, m in p.internal().items()]
+
+
 def subscribe_all(p: Traced, name: str) -> None:
     p.before(name, p.rec(f'before {name}'))
     p.on(name, p.rec(f'on {name}'))
@@ -86,7 +117,7 @@ def test_r1_stages_run_in_order_before_on_complete_after():
     p.after('x', p.rec('after x'))
     p.on('x', p.rec('on x'))
     p.before('x', p.rec('before x'))
-    p._publish('x')
+    p.emit('x')
     assert p.trace == ['before x', 'on x', 'complete x', 'after x']
 
 
@@ -101,13 +132,13 @@ def test_r2_handlers_run_in_subscription_order_within_a_stage():
     p = Traced()
     for i in range(5):
         p.on('x', p.rec(f'on {i}'))
-    p._publish('x')
+    p.emit('x')
     assert p.trace == ['on 0', 'on 1', 'on 2', 'on 3', 'on 4', 'complete x']
 
 
 def test_r2_complete_function_runs_with_no_subscribers():
     p = Traced()
-    p._publish('x')
+    p.emit('x')
     assert p.trace == ['complete x']
 
 
@@ -117,7 +148,7 @@ def test_r3_handler_called_with_event_and_return_value_ignored():
     p = Traced()
     received = []
     p.on('x', lambda event: received.append(event) or 'ignored value')
-    assert p._publish('x') is p
+    assert p.emit('x') is p
     assert len(received) == 1 and isinstance(received[0], Event)
 
 
@@ -131,9 +162,9 @@ def test_r4_one_event_object_shared_by_all_handlers_and_complete_function():
     p.before('x', seen.append)
     p.on('x', seen.append)
     p.after('x', seen.append)
-    p._publish('x')
+    p.emit('x')
     assert len(seen) == 4 and all(e is seen[0] for e in seen)
-    p._publish('x')
+    p.emit('x')
     assert seen[4] is not seen[0]
 
 
@@ -148,7 +179,7 @@ def test_r4_event_attributes_track_the_stage():
     p.on('x', lambda e: states.append(('on', e.stage, e.completed)))
     p.after('x', lambda e: states.append(('after', e.stage, e.completed)))
     p.on('x', lambda e: states.append((e.name, e.publisher, e.dispatch_stopped, e.event_stopped)))
-    p._publish('x')
+    p.emit('x')
     assert states == [
         ('before', 'before', False),
         ('on', 'on', False),
@@ -163,7 +194,7 @@ def test_r5_data_is_the_given_object_not_a_copy():
     data = {'a': 1}
     seen = []
     p.on('x', lambda e: seen.append(e.data))
-    p._publish('x', data)
+    p.emit('x', data)
     assert seen[0] is data
 
 
@@ -171,8 +202,8 @@ def test_r5_none_data_becomes_a_new_empty_dict_per_publish():
     p = Traced()
     seen = []
     p.on('x', lambda e: seen.append(e.data))
-    p._publish('x')
-    p._publish('x', None)
+    p.emit('x')
+    p.emit('x', None)
     assert seen == [{}, {}] and seen[0] is not seen[1]
 
 
@@ -181,7 +212,7 @@ def test_r5_none_data_becomes_a_new_empty_dict_per_publish():
 def test_r6_publish_is_synchronous_and_returns_the_publisher():
     p = Traced()
     subscribe_all(p, 'x')
-    assert p._publish('x') is p
+    assert p.emit('x') is p
     assert p.trace == ['before x', 'on x', 'complete x', 'after x']
     assert p.publish('public') is p
 
@@ -189,11 +220,11 @@ def test_r6_publish_is_synchronous_and_returns_the_publisher():
 def test_r6_nested_publish_runs_inline():
     p = Traced()
     p.on('outer', p.rec('on outer'))
-    p.on('outer', lambda e: p._publish('inner'))
+    p.on('outer', lambda e: p.emit('inner'))
     p.on('inner', p.rec('on inner'))
     p.after('inner', p.rec('after inner'))
     p.after('outer', p.rec('after outer'))
-    p._publish('outer')
+    p.emit('outer')
     assert p.trace == ['on outer', 'on inner', 'complete inner', 'after inner', 'complete outer', 'after outer']
 
 
@@ -206,7 +237,7 @@ def test_r6_publish_from_complete_function_runs_inline():
     p = P()
     p.after('inner', p.rec('after inner'))
     p.after('outer', p.rec('after outer'))
-    p._publish('outer')
+    p.emit('outer')
     assert p.trace == ['complete outer', 'complete inner', 'after inner', 'after outer']
 
 
@@ -218,20 +249,27 @@ def test_r7_complete_function_bound_late_by_name_subclass_override_wins():
             self.trace.append('override x')
 
     p = Sub()
-    p._publish('x')
+    p.emit('x')
     assert p.trace == ['override x']
 
 
 def test_r7_complete_function_looked_up_at_each_publish():
-    p = Traced()
-    p._event_x = lambda event: p.trace.append('instance x')  # type: ignore[method-assign]
-    p._publish('x')
-    assert p.trace == ['instance x']
+    class P(Traced):
+        _pubsub = {'x': {'complete': 'finish'}}
+
+        def finish(self, event):
+            self.trace.append('class finish')
+
+    p = P()
+    p.emit('x')
+    p.finish = lambda event: p.trace.append('instance finish')  # type: ignore[method-assign]
+    p.emit('x')
+    assert p.trace == ['class finish', 'instance finish']
 
 
 def test_r7_custom_complete_name():
     p = Traced()
-    p._publish('custom')
+    p.emit('custom')
     assert p.trace == ['complete custom']
 
 
@@ -240,7 +278,7 @@ def test_r7_unresolvable_or_non_callable_or_none_complete_means_no_default_actio
     subscribe_all(p, 'missing')
     subscribe_all(p, 'notcallable')
     subscribe_all(p, 'nocomplete')
-    p._publish('missing')._publish('notcallable')._publish('nocomplete')
+    p.emit('missing').emit('notcallable').emit('nocomplete')
     assert p.trace == [
         'before missing', 'on missing', 'after missing',
         'before notcallable', 'on notcallable', 'after notcallable',
@@ -255,7 +293,7 @@ def test_r8_prevent_skips_complete_and_after(stage):
     p = Traced()
     subscribe_all(p, 'x')
     getattr(p, stage)('x', lambda e: e.prevent())
-    p._publish('x')
+    p.emit('x')
     assert p.trace == ['before x', 'on x']
 
 
@@ -264,7 +302,7 @@ def test_r8_prevent_on_from_before_skips_on_complete_after():
     subscribe_all(p, 'x')
     p.before('x', lambda e: e.prevent('on'))
     p.before('x', p.rec('before x 2'))
-    p._publish('x')
+    p.emit('x')
     assert p.trace == ['before x', 'before x 2']
 
 
@@ -280,7 +318,7 @@ def test_r8_prevent_after_runs_complete_skips_after(where):
     subscribe_all(p, 'x')
     if where != 'complete':
         getattr(p, where)('x', lambda e: e.prevent('after'))
-    p._publish('x')
+    p.emit('x')
     assert p.trace == ['before x', 'on x', 'complete x']
 
 
@@ -299,7 +337,7 @@ def test_r8_prevent_of_current_or_earlier_stage_has_no_effect(where, stage):
     if where != 'complete':
         getattr(p, where)('x', lambda e: e.prevent(stage))
     subscribe_all(p, 'x')
-    p._publish('x')
+    p.emit('x')
     assert p.trace == ['before x', 'on x', 'complete x', 'after x']
 
 
@@ -308,7 +346,7 @@ def test_r8_prevent_checked_at_stage_start_so_same_stage_handlers_still_run():
     p.on('x', lambda e: e.prevent())
     p.on('x', p.rec('on x 2'))
     p.after('x', p.rec('after x'))
-    p._publish('x')
+    p.emit('x')
     assert p.trace == ['on x 2']
 
 
@@ -318,7 +356,7 @@ def test_r9_prevent_is_noop_for_non_preventable_event():
     p = Traced()
     subscribe_all(p, 'nonprev')
     p.before('nonprev', lambda e: (e.prevent('on'), e.prevent(), e.prevent('after')))
-    p._publish('nonprev')
+    p.emit('nonprev')
     assert p.trace == ['before nonprev', 'on nonprev', 'complete nonprev', 'after nonprev']
 
 
@@ -333,12 +371,12 @@ def test_r9_preventable_set_limits_which_stages_can_be_prevented():
         flags.append((e.is_prevented(), e.is_prevented('on')))
 
     p.before('onlyafter', handler)
-    p._publish('onlyafter')
+    p.emit('onlyafter')
     assert flags == [(False, False)]
     assert p.trace == ['before onlyafter', 'on onlyafter', 'complete onlyafter', 'after onlyafter']
     p.trace.clear()
     p.on('onlyafter', lambda e: e.prevent('after'))
-    p._publish('onlyafter')
+    p.emit('onlyafter')
     assert p.trace == ['before onlyafter', 'on onlyafter', 'complete onlyafter']
 
 
@@ -355,7 +393,7 @@ def test_r9_unknown_stage_name_raises_value_error():
 
     p.on('x', handler)
     p.on('nonprev', handler)  # validated even where prevent is a no-op
-    p._publish('x')._publish('nonprev')
+    p.emit('x').emit('nonprev')
     assert len(errors) == 4
 
 
@@ -369,7 +407,7 @@ def test_r9_is_prevented_reports_the_mark():
         seen.append((e.is_prevented(), e.is_prevented('complete'), e.is_prevented('after')))
 
     p.on('x', handler)
-    p._publish('x')
+    p.emit('x')
     assert seen == [False, (True, True, False)]
 
 
@@ -377,7 +415,7 @@ def test_r9_undeclared_events_are_preventable():
     p = Traced()
     p.on('free', lambda e: e.prevent())
     p.after('free', p.rec('after free'))
-    p._publish('free')
+    p.emit('free')
     assert p.trace == []
 
 
@@ -390,7 +428,7 @@ def test_r10_stop_dispatch_skips_rest_of_stage_only():
     p.on('x', p.rec('on 3'))
     p.after('x', p.rec('after 1'))
     p.after('x', p.rec('after 2'))
-    p._publish('x')
+    p.emit('x')
     assert p.trace == ['on 1', 'complete x', 'after 1', 'after 2']
 
 
@@ -404,7 +442,7 @@ def test_r10_stop_dispatch_sets_flag_during_stage():
 
     p.before('x', handler)
     p.on('x', lambda e: flags.append(e.dispatch_stopped))
-    p._publish('x')
+    p.emit('x')
     assert flags == [True, False]
 
 
@@ -416,7 +454,7 @@ def test_r10_stop_dispatch_also_skips_handlers_added_during_the_stage():
         e.stop_dispatch()
 
     p.once_on('x', handler)
-    p._publish('x')
+    p.emit('x')
     assert p.trace == ['complete x']
 
 
@@ -428,7 +466,7 @@ def test_r11_stop_event_finishes_stage_then_ends_publish(stage):
     getattr(p, stage)('x', p.rec(f'{stage} x 2'))
     flags = []
     getattr(p, stage)('x', lambda e: flags.append(e.event_stopped))
-    p._publish('x')
+    p.emit('x')
     prefix = ['before x', 'before x 2'] if stage == 'before' else ['before x', 'on x', 'on x 2']
     assert p.trace == prefix
     assert flags == [True]
@@ -442,7 +480,7 @@ def test_r11_stop_event_from_complete_skips_after():
 
     p = P()
     subscribe_all(p, 'x')
-    p._publish('x')
+    p.emit('x')
     assert p.trace == ['before x', 'on x', 'complete x']
 
 
@@ -452,7 +490,7 @@ def test_r12_event_unsubscribe_removes_running_handler_subscription():
     p = Traced()
     sub = p.on('x', lambda e: (p.trace.append('on x'), e.unsubscribe()))
     other = p.on('x', p.rec('other'))
-    p._publish('x')._publish('x')
+    p.emit('x').emit('x')
     assert p.trace == ['on x', 'other', 'complete x', 'other', 'complete x']
     assert not sub.subscribed and other.subscribed
 
@@ -465,7 +503,7 @@ def test_r12_event_unsubscribe_in_complete_stage_does_nothing():
     p = P()
     sub_on = p.on('x', p.rec('on x'))
     sub_after = p.after('x', p.rec('after x'))
-    p._publish('x')._publish('x')
+    p.emit('x').emit('x')
     assert p.trace == ['on x', 'after x', 'on x', 'after x']
     assert sub_on.subscribed and sub_after.subscribed
 
@@ -473,7 +511,7 @@ def test_r12_event_unsubscribe_in_complete_stage_does_nothing():
 def test_r12_event_unsubscribe_removes_only_that_pair_of_a_multi_subscription():
     p = Traced()
     sub = p.on(['x', 'y'], [lambda e: e.unsubscribe(), p.rec('keep')])
-    p._publish('x')._publish('x')
+    p.emit('x').emit('x')
     assert p.trace == ['keep', 'complete x', 'keep', 'complete x']
     assert sub.subscribed
     assert p.off('x') == 1 and p.off('y') == 2
@@ -484,7 +522,7 @@ def test_r12_event_unsubscribe_removes_only_that_pair_of_a_multi_subscription():
 def test_r13_name_and_function():
     p = Traced()
     p.on('x', p.rec('fn'))
-    p._publish('x')
+    p.emit('x')
     assert p.trace == ['fn', 'complete x']
 
 
@@ -495,14 +533,14 @@ def test_r13_name_and_method_name():
 
     p = P()
     p.on('x', 'handle')
-    p._publish('x')
+    p.emit('x')
     assert p.trace == ['handle x', 'complete x']
 
 
 def test_r13_name_and_handler_list():
     p = Traced()
     p.on('x', [p.rec('a'), p.rec('b')])
-    p._publish('x')
+    p.emit('x')
     assert p.trace == ['a', 'b', 'complete x']
 
 
@@ -511,25 +549,28 @@ def test_r13_names_and_handlers_every_pair_names_outer():
     seen = []
     sub = p.on(['x', 'y'], [lambda e: seen.append(('a', e.name)), lambda e: seen.append(('b', e.name))])
     p.on(('outer',), lambda e: seen.append(('c', e.name)))
-    p._publish('y')._publish('x')._publish('outer')
+    p.emit('y').emit('x').emit('outer')
     assert seen == [('a', 'y'), ('b', 'y'), ('a', 'x'), ('b', 'x'), ('c', 'outer')]
     sub.unsubscribe()
-    assert [(r.name, r.slot) for r in sub._records] == [('x', 1), ('x', 1), ('y', 1), ('y', 1)]
+    p.emit('y').emit('x').emit('outer')
+    assert seen[5:] == [('c', 'outer')]
+    assert p.off(stage='on') == 1  # the call's four pairs were all on-stage and all its own
 
 
 def test_r13_names_list_and_single_handler():
     p = Traced()
     p.on(['x', 'y'], p.rec('h'))
-    p._publish('x')._publish('y')
+    p.emit('x').emit('y')
     assert p.trace == ['h', 'complete x', 'h', 'complete y']
 
 
 def test_r13_mapping_in_mapping_order():
     p = Traced()
     sub = p.after({'y': p.rec('after y'), 'x': [p.rec('after x 1'), p.rec('after x 2')]})
-    assert [r.name for r in sub._records] == ['y', 'x', 'x']
-    p._publish('x')._publish('y')
+    p.emit('x').emit('y')
     assert p.trace == ['complete x', 'after x 1', 'after x 2', 'complete y', 'after y']
+    sub.unsubscribe()
+    assert p.off() == 0
 
 
 @pytest.mark.parametrize('args', [
@@ -545,20 +586,19 @@ def test_r13_mapping_in_mapping_order():
 ])
 def test_r13_bad_names_or_handlers_raise_type_error_and_register_nothing(args):
     p = Traced()
-    for method in (p.on, p.before, p.after, p.once_on, p._on, p._once_after):
+    for method in (p.on, p.before, p.after, p.once_on, p.internal()['on'], p.internal()['once_after']):
         with pytest.raises(TypeError):
             method(*args)
     assert p.off() == 0
-    p._publish('x')
+    p.emit('x')
     assert p.trace == ['complete x']
 
 
 def test_r13_every_subscribe_method_targets_its_stage():
     p = Traced()
-    for method in ('before', 'on', 'after', 'once_before', 'once_on', 'once_after',
-                   '_before', '_on', '_after', '_once_before', '_once_on', '_once_after'):
-        getattr(p, method)('x', p.rec(method))
-    p._publish('x')._publish('x')
+    for stage, method in every_subscribe_method(p):
+        method('x', p.rec(stage))
+    p.emit('x').emit('x')
     assert p.trace == [
         'before', 'once_before', '_before', '_once_before', 'on', 'once_on', '_on', '_once_on',
         'complete x', 'after', 'once_after', '_after', '_once_after',
@@ -571,13 +611,13 @@ def test_r13_every_subscribe_method_targets_its_stage():
 def test_r14_method_name_resolved_at_every_call():
     p = Traced()
     p.on('x', 'dyn')
-    p._publish('x')  # not resolvable: skipped
+    p.emit('x')  # not resolvable: skipped
     p.dyn = p.rec('dyn 1')  # type: ignore[attr-defined]
-    p._publish('x')
+    p.emit('x')
     p.dyn = p.rec('dyn 2')  # type: ignore[attr-defined]
-    p._publish('x')
+    p.emit('x')
     p.dyn = 'not callable'  # type: ignore[attr-defined]
-    p._publish('x')
+    p.emit('x')
     assert p.trace == ['complete x', 'dyn 1', 'complete x', 'dyn 2', 'complete x', 'complete x']
 
 
@@ -592,17 +632,17 @@ def test_r14_method_name_uses_subclass_override():
 
     p = Sub()
     p.on('x', 'handle')
-    p._publish('x')
+    p.emit('x')
     assert p.trace == ['sub', 'complete x']
 
 
 def test_r14_unresolved_once_string_handler_stays_until_it_resolves():
     p = Traced()
     sub = p.once_on('x', 'later')
-    p._publish('x')
+    p.emit('x')
     assert sub.subscribed
     p.later = p.rec('later')  # type: ignore[attr-defined]
-    p._publish('x')._publish('x')
+    p.emit('x').emit('x')
     assert p.trace == ['complete x', 'later', 'complete x', 'complete x']
     assert not sub.subscribed
 
@@ -616,7 +656,7 @@ def test_r15_one_subscription_per_call_unsubscribe_removes_all_it_created():
     assert isinstance(sub, Subscription) and sub.subscribed
     sub.unsubscribe()
     assert not sub.subscribed and keep.subscribed
-    p._publish('x')._publish('y')
+    p.emit('x').emit('y')
     assert p.trace == ['keep', 'complete x', 'complete y']
 
 
@@ -627,7 +667,7 @@ def test_r15_unsubscribe_is_idempotent_and_never_raises():
     sub.unsubscribe()
     p.off()
     sub.unsubscribe()
-    p._close_pubsub()
+    p.destroy()
     sub.unsubscribe()
     assert not sub.subscribed
 
@@ -655,9 +695,9 @@ def test_r16_same_handler_subscribed_twice_runs_twice():
     h = p.rec('h')
     s1 = p.on('x', h)
     p.on('x', h)
-    p._publish('x')
+    p.emit('x')
     s1.unsubscribe()
-    p._publish('x')
+    p.emit('x')
     assert p.trace == ['h', 'h', 'complete x', 'h', 'complete x']
 
 
@@ -666,7 +706,7 @@ def test_r16_same_handler_subscribed_twice_runs_twice():
 def test_r17_once_handler_runs_once():
     p = Traced()
     sub = p.once_on('x', p.rec('once'))
-    p._publish('x')._publish('x')
+    p.emit('x').emit('x')
     assert p.trace == ['once', 'complete x', 'complete x']
     assert not sub.subscribed
 
@@ -675,7 +715,7 @@ def test_r17_once_handler_removed_before_call():
     p = Traced()
     seen = []
     sub = p.once_before('x', lambda e: seen.append(sub.subscribed))
-    p._publish('x')
+    p.emit('x')
     assert seen == [False]
 
 
@@ -689,8 +729,8 @@ def test_r17_once_handler_that_raises_does_not_run_again():
 
     p.once_on('x', boom)
     with pytest.raises(RuntimeError):
-        p._publish('x')
-    p._publish('x')
+        p.emit('x')
+    p.emit('x')
     assert calls == [1]
     assert p.trace == ['complete x']
 
@@ -701,10 +741,10 @@ def test_r17_once_handler_that_republishes_runs_once():
 
     def again(e):
         calls.append(e)
-        p._publish('x')
+        p.emit('x')
 
     p.once_on('x', again)
-    p._publish('x')
+    p.emit('x')
     assert len(calls) == 1
     assert p.trace == ['complete x', 'complete x']
 
@@ -719,7 +759,7 @@ def test_r18_handler_added_to_current_stage_runs_in_same_pass_after_existing():
 
     p.once_on('x', adder)
     p.on('x', p.rec('existing'))
-    p._publish('x')
+    p.emit('x')
     assert p.trace == ['existing', 'added', 'complete x']
 
 
@@ -734,7 +774,7 @@ def test_r18_handlers_added_repeatedly_during_stage_all_run():
             p.once_on('x', chain)
 
     p.once_on('x', chain)
-    p._publish('x')
+    p.emit('x')
     assert p.trace == ['chain 1', 'chain 2', 'chain 3', 'complete x']
 
 
@@ -742,7 +782,7 @@ def test_r18_handler_added_to_later_stage_runs_in_this_publish():
     p = Traced()
     p.before('x', lambda e: p.after('x', p.rec('after added')) if not p.trace else None)
     p.before('x', lambda e: p.on('x', p.rec('on added')) if not p.trace else None)
-    p._publish('x')
+    p.emit('x')
     assert p.trace == ['on added', 'complete x', 'after added']
 
 
@@ -752,7 +792,7 @@ def test_r18_handler_added_by_complete_function_to_after_runs():
             self.after('y', self.rec('after added'))
 
     p = P()
-    p._publish('y')
+    p.emit('y')
     assert p.trace == ['after added']
 
 
@@ -763,7 +803,7 @@ def test_r18_handler_removed_before_its_turn_is_skipped():
     later.append(p.on('x', p.rec('removed')))
     p.before('x', lambda e: after_sub.unsubscribe())
     after_sub = p.after('x', p.rec('after removed'))
-    p._publish('x')
+    p.emit('x')
     assert p.trace == ['complete x']
 
 
@@ -772,8 +812,8 @@ def test_r18_removing_handler_that_already_ran_does_not_affect_this_publish():
     first = p.on('x', p.rec('first'))
     p.on('x', lambda e: first.unsubscribe())
     p.on('x', p.rec('third'))
-    p._publish('x')
-    p._publish('x')
+    p.emit('x')
+    p.emit('x')
     assert p.trace == ['first', 'third', 'complete x', 'third', 'complete x']
 
 
@@ -782,7 +822,7 @@ def test_r18_off_during_stage_skips_remaining():
     p.on('x', lambda e: p.off('x', stage='on'))
     p.on('x', p.rec('skipped'))
     p.after('x', p.rec('after'))
-    p._publish('x')
+    p.emit('x')
     assert p.trace == ['complete x', 'after']
 
 
@@ -792,9 +832,9 @@ def test_r19_off_without_criteria_removes_all_public_subscriptions():
     p = Traced()
     subscribe_all(p, 'x')
     subscribe_all(p, 'y')
-    internal = p._on('x', p.rec('internal'))
+    internal = p.internal()['on']('x', p.rec('internal'))
     assert p.off() == 6
-    p._publish('x')._publish('y')
+    p.emit('x').emit('y')
     assert p.trace == ['internal', 'complete x', 'complete y']
     assert internal.subscribed
 
@@ -807,7 +847,7 @@ def test_r19_off_by_name_stage_and_handler():
     p.on('y', h)
     p.on('x', p.rec('other'))
     assert p.off('x', h, stage='on') == 1
-    p._publish('x')._publish('y')
+    p.emit('x').emit('y')
     assert p.trace == ['other', 'complete x', 'h', 'h', 'complete y']
     assert p.off(handler=h) == 2
     assert p.off(stage='on') == 1
@@ -823,7 +863,7 @@ def test_r19_off_matches_method_name():
     p.on('x', 'handle')
     p.on('x', 'other')
     assert p.off(handler='handle') == 1
-    p._publish('x')
+    p.emit('x')
     assert p.trace == ['complete x']
 
 
@@ -835,18 +875,18 @@ def test_r19_off_matches_equal_bound_method():
     p = P()
     p.on('x', p.handle)
     assert p.off('x', p.handle) == 1
-    p._publish('x')
+    p.emit('x')
     assert p.trace == ['complete x']
 
 
 def test_r19_off_never_removes_internal_subscriptions():
     p = Traced()
     h = p.rec('internal')
-    for method in (p._before, p._on, p._after, p._once_on):
+    for method in (p.internal()[stage] for stage in ('before', 'on', 'after', 'once_on')):
         method('x', h)
     assert p.off('x', h) == 0
     assert p.off() == 0
-    p._publish('x')
+    p.emit('x')
     assert p.trace == ['internal', 'internal', 'internal', 'complete x', 'internal']
 
 
@@ -862,7 +902,7 @@ def test_r19_off_returns_zero_for_unknown_and_rejects_unknown_stage():
 def test_r20_complete_once_later_publishes_ignored_entirely():
     p = Traced()
     subscribe_all(p, 'copen')
-    p._publish('copen')._publish('copen')
+    p.emit('copen').emit('copen')
     assert p.trace == ['before copen', 'on copen', 'complete copen', 'after copen']
 
 
@@ -874,29 +914,29 @@ def test_r20_complete_once_marked_just_before_complete_function():
 
     p = P()
     p.before('copen', p.rec('before copen'))
-    p._publish('copen')
+    p.emit('copen')
     assert p.trace == ['before copen', 'complete copen']
 
 
 def test_r20_prevented_or_stopped_publish_does_not_mark():
     p = Traced()
     sub = p.once_on('copen', lambda e: e.prevent())
-    p._publish('copen')
+    p.emit('copen')
     assert p.trace == []
     p.once_before('copen', lambda e: e.stop_event())
-    p._publish('copen')
+    p.emit('copen')
     assert p.trace == []
-    p._publish('copen')
+    p.emit('copen')
     assert p.trace == ['complete copen']
     assert not sub.subscribed
 
 
 def test_r20_nested_publish_marking_ends_outer_at_its_complete_stage():
     p = Traced()
-    p.once_on('copen', lambda e: p._publish('copen'))
+    p.once_on('copen', lambda e: p.emit('copen'))
     p.on('copen', p.rec('on copen'))
     p.after('copen', p.rec('after copen'))
-    p._publish('copen')
+    p.emit('copen')
     # inner: on, complete, after; outer: its remaining 'on' handler, then ends
     assert p.trace == ['on copen', 'complete copen', 'after copen', 'on copen']
 
@@ -908,9 +948,9 @@ def test_r20_exception_after_mark_keeps_mark():
 
     p = P()
     with pytest.raises(RuntimeError):
-        p._publish('copen')
+        p.emit('copen')
     p.on('copen', p.rec('on copen'))  # late subscriber is called at once (R22)
-    p._publish('copen')
+    p.emit('copen')
     assert p.trace == ['on copen']
 
 
@@ -919,17 +959,17 @@ def test_r20_exception_after_mark_keeps_mark():
 def test_r21_publish_once_marked_at_start_even_if_prevented():
     p = Traced()
     p.once_before('popen', lambda e: e.prevent('on'))
-    p._publish('popen')
+    p.emit('popen')
     subscribe_all(p, 'popen')  # prevented: late subscribers not called (R22)
-    p._publish('popen')
+    p.emit('popen')
     assert p.trace == []
 
 
 def test_r21_publish_once_nested_republish_ignored():
     p = Traced()
-    p.on('popen', lambda e: p._publish('popen'))
+    p.on('popen', lambda e: p.emit('popen'))
     p.on('popen', p.rec('on popen'))
-    p._publish('popen')
+    p.emit('popen')
     assert p.trace == ['on popen', 'complete popen']
 
 
@@ -941,8 +981,8 @@ def test_r21_publish_once_marked_even_when_first_raised():
 
     p.once_on('popen', boom)
     with pytest.raises(RuntimeError):
-        p._publish('popen')
-    p._publish('popen')
+        p.emit('popen')
+    p.emit('popen')
     assert p.trace == []
 
 
@@ -961,7 +1001,7 @@ def test_r22_late_subscriber_called_at_once_with_stored_event(method, name):
     p = Traced()
     first = []
     p.on(name, first.append)
-    p._publish(name, {'k': 1})
+    p.emit(name, {'k': 1})
     late = []
     sub = getattr(p, method)(name, late.append)
     assert late == first and late[0] is first[0]
@@ -977,18 +1017,18 @@ def test_r22_late_subscriber_string_handler_and_multiple_pairs():
             self.trace.append(f'late {event.name}')
 
     p = P()
-    p._publish('copen')._publish('popen')
+    p.emit('copen').emit('popen')
     sub = p.on(['copen', 'x', 'popen'], 'handle')
     assert p.trace == ['complete copen', 'complete popen', 'late copen', 'late popen']
     assert sub.subscribed  # the 'x' pair is registered normally
-    p._publish('x')
+    p.emit('x')
     assert p.trace[-2:] == ['late x', 'complete x']
 
 
 def test_r22_late_subscriber_not_called_when_stored_publish_ended_by_prevent():
     p = Traced()
     p.once_on('copen', lambda e: e.prevent('after'))
-    p._publish('copen')  # complete ran (marked), after prevented
+    p.emit('copen')  # complete ran (marked), after prevented
     late = []
     sub = p.after('copen', late.append)
     assert late == [] and not sub.subscribed
@@ -998,7 +1038,7 @@ def test_r22_late_subscriber_not_called_when_stored_publish_ended_by_prevent():
 def test_r22_late_subscriber_called_when_stored_publish_was_stopped():
     p = Traced()
     p.once_before('popen', lambda e: e.stop_event())
-    p._publish('popen')
+    p.emit('popen')
     late = []
     p.on('popen', late.append)
     assert len(late) == 1
@@ -1008,21 +1048,21 @@ def test_r22_event_not_marked_registers_normally():
     p = Traced()
     sub = p.on('copen', p.rec('on copen'))
     assert sub.subscribed
-    p._publish('copen')
+    p.emit('copen')
     assert p.trace == ['on copen', 'complete copen']
 
 
 # -- R23: library once events (declared in lifecycle/primary); shown with an equivalent table ------
 
 def test_r23_handler_attached_after_publish_once_completion_runs_immediately():
-    class P(Publisher):
+    class P(Emitter):
         _pubsub = {'shut_down': {'complete_once': True}, 'shut_down_complete': {'publish_once': True}}
 
         def _event_shut_down(self, event):
             self._publish('shut_down_complete')
 
     p = P()
-    p._publish('shut_down')
+    p.emit('shut_down')
     seen = []
     p.on('shut_down_complete', lambda e: seen.append(e.name))
     p.once_after('shut_down', lambda e: seen.append(e.name))
@@ -1032,7 +1072,7 @@ def test_r23_handler_attached_after_publish_once_completion_runs_immediately():
 # -- R24: declarations ---------------------------------------------------------------------------
 
 def test_r24_table_merges_mro_nearer_class_replaces_entry():
-    class A(Publisher):
+    class A(Emitter):
         _pubsub = {'a': {'public_publish': True}, 'shared': {'complete': '_from_a'}}
 
         def _from_a(self, event):
@@ -1049,22 +1089,22 @@ def test_r24_table_merges_mro_nearer_class_replaces_entry():
 
     seen: list[str] = []
     b = B()
-    b.publish('a')._publish('shared').publish('m')
+    b.publish('a').emit('shared').publish('m')
     assert seen == ['b', 'a']  # 'a' has no _event_a; shared uses B's entry; mixin entry merged
-    A()._publish('shared')
+    A().emit('shared')
     assert seen == ['b', 'a', 'a']
 
 
 def test_r24_subclass_declaration_does_not_change_base():
-    class A(Publisher):
+    class A(Emitter):
         _pubsub = {'e': {'complete_once': True}}
 
     class B(A):
         _pubsub = {'e': {}}
 
     a, b = A(), B()
-    a._publish('e')._publish('e')
-    b._publish('e')._publish('e')
+    a.emit('e').emit('e')
+    b.emit('e').emit('e')
     seen = []
     a.on('e', seen.append)  # marked: called at once
     b.on('e', seen.append)  # never marked: registered
@@ -1073,7 +1113,7 @@ def test_r24_subclass_declaration_does_not_change_base():
 
 
 def test_r24_inherited_table_without_own_declaration():
-    class A(Publisher):
+    class A(Emitter):
         _pubsub = {'e': {'publish_once': True}}
 
     class B(A):
@@ -1082,19 +1122,19 @@ def test_r24_inherited_table_without_own_declaration():
     b = B()
     seen = []
     b.on('e', seen.append)
-    b._publish('e')._publish('e')
+    b.emit('e').emit('e')
     assert len(seen) == 1
 
 
 def test_r24_default_complete_name_is_event_prefix():
-    class A(Publisher):
+    class A(Emitter):
         _pubsub = {'thing': {}}
 
         def _event_thing(self, event):
             seen.append(event.name)
 
     seen = []
-    A()._publish('thing')
+    A().emit('thing')
     assert seen == ['thing']
 
 
@@ -1121,14 +1161,14 @@ def test_r25_undeclared_names_have_no_complete_function_and_publish_publicly():
 
     p = P()
     subscribe_all(p, 'free')
-    p.publish('free')._publish('free')
+    p.publish('free').emit('free')
     assert p.trace == ['before free', 'on free', 'after free'] * 2
 
 
 def test_r25_undeclared_names_have_no_once_flag():
     p = Traced()
     p.on('free', p.rec('on free'))
-    p._publish('free')._publish('free')
+    p.publish('free').publish('free')
     assert p.trace == ['on free', 'on free']
 
 
@@ -1139,7 +1179,7 @@ def test_r26_public_publish_ignores_declared_non_public_events():
     subscribe_all(p, 'x')
     assert p.publish('x', {'a': 1}) is p
     assert p.trace == []
-    p._publish('x')
+    p.emit('x')
     assert p.trace == ['before x', 'on x', 'complete x', 'after x']
 
 
@@ -1151,7 +1191,7 @@ def test_r26_public_publish_allowed_when_declared_public():
 
 
 def test_r26_public_publish_ignored_does_not_mark_once_events():
-    class P(Publisher):
+    class P(Emitter):
         _pubsub = {'e': {'publish_once': True}}
 
     p = P()
@@ -1159,11 +1199,23 @@ def test_r26_public_publish_ignored_does_not_mark_once_events():
     seen = []
     p.on('e', seen.append)
     assert seen == []
-    p._publish('e')
+    p.emit('e')
     assert len(seen) == 1
 
 
 # -- R27, R28: coroutine handlers ----------------------------------------------------------------
+
+def spawned(loop: asyncio.AbstractEventLoop | None = None) -> set[asyncio.Task]:
+    """The unfinished tasks on `loop` (default: the running one) other than the test's own."""
+    loop = loop or asyncio.get_running_loop()
+    return asyncio.all_tasks(loop) - {asyncio.current_task(loop)}
+
+
+def released(task_ref: weakref.ref) -> bool:
+    """True when nothing but garbage refers to the task any more."""
+    gc.collect()
+    return task_ref() is None
+
 
 class LoopPublisher(Traced):
     """Records task failures instead of raising them into the loop."""
@@ -1187,12 +1239,11 @@ def test_r27_coroutine_handler_does_not_run_inline_and_publish_does_not_wait():
 
         p.on('x', handler)
         p.after('x', p.rec('after x'))
-        p._publish('x')
+        p.emit('x')
         assert p.trace == ['complete x', 'after x']
-        assert len(p._ps_tasks) == 1
-        await asyncio.gather(*p._ps_tasks)
+        assert len(spawned()) == 1
+        await asyncio.gather(*spawned())
         assert p.trace == ['complete x', 'after x', 'coro start', 'coro end']
-        assert p._ps_tasks == set()
 
     asyncio.run(main())
 
@@ -1210,8 +1261,8 @@ def test_r27_coroutine_handler_prevent_and_stop_have_no_effect():
         sub = p.before('x', handler)
         p.before('x', p.rec('before x'))
         p.after('x', p.rec('after x'))
-        p._publish('x')
-        await asyncio.gather(*p._ps_tasks)
+        p.emit('x')
+        await asyncio.gather(*spawned())
         assert p.trace == ['before x', 'complete x', 'after x']
         assert sub.subscribed
 
@@ -1226,9 +1277,9 @@ def test_r27_coroutine_complete_function_is_scheduled():
     async def main():
         p = P()
         p.after('x', p.rec('after x'))
-        p._publish('x')
+        p.emit('x')
         assert p.trace == ['after x']
-        await asyncio.gather(*p._ps_tasks)
+        await asyncio.gather(*spawned())
         assert p.trace == ['after x', 'complete x']
 
     asyncio.run(main())
@@ -1239,8 +1290,8 @@ def test_r27_non_coroutine_awaitable_is_wrapped_in_a_task():
         p = LoopPublisher()
         fut = asyncio.get_running_loop().create_future()
         p.on('x', lambda e: fut)
-        p._publish('x')
-        (task,) = p._ps_tasks
+        p.emit('x')
+        (task,) = spawned()
         assert isinstance(task, asyncio.Task) and not task.done()
         fut.set_result(7)
         assert await task == 7
@@ -1251,7 +1302,7 @@ def test_r27_non_coroutine_awaitable_is_wrapped_in_a_task():
 def test_r27_late_subscriber_coroutine_is_scheduled():
     async def main():
         p = LoopPublisher()
-        p._publish('copen')
+        p.emit('copen')
         ran = []
 
         async def late(event):
@@ -1259,7 +1310,7 @@ def test_r27_late_subscriber_coroutine_is_scheduled():
 
         p.on('copen', late)
         assert ran == []
-        await asyncio.gather(*p._ps_tasks)
+        await asyncio.gather(*spawned())
         assert ran == ['copen']
 
     asyncio.run(main())
@@ -1272,15 +1323,14 @@ def test_r27_tasks_use_the_loop_running_at_construction():
             return LoopPublisher()
 
         p = loop.run_until_complete(build())
-        assert p._pubsub_loop() is loop
 
         async def handler(event):
             ran.append(asyncio.get_running_loop())
 
         ran = []
         p.on('x', handler)
-        p._publish('x')  # no loop running now: the task still goes to p's loop
-        loop.run_until_complete(asyncio.gather(*p._ps_tasks))
+        p.emit('x')  # no loop running now: the task still goes to p's loop
+        loop.run_until_complete(asyncio.gather(*spawned(loop)))
         assert ran == [loop]
     finally:
         loop.close()
@@ -1299,8 +1349,8 @@ def test_r27_pubsub_loop_override_is_used_by_spawn():
             return 'done'
 
         p.on('x', handler)
-        p._publish('x')
-        (task,) = p._ps_tasks
+        p.emit('x')
+        (task,) = spawned(loop)
         assert task.get_loop() is loop
         assert loop.run_until_complete(task) == 'done'
     finally:
@@ -1310,20 +1360,26 @@ def test_r27_pubsub_loop_override_is_used_by_spawn():
 def test_r28_task_reference_kept_until_done():
     async def main():
         p = LoopPublisher()
-        gate = asyncio.Event()
+        waits: list[weakref.ref] = []
 
         async def handler(event):
-            await gate.wait()
+            future = asyncio.get_running_loop().create_future()
+            waits.append(weakref.ref(future))
+            await future  # only this task refers to the future, and only the future's callback to the task
             p.trace.append('finished')
 
         p.on('x', handler)
-        p._publish('x')
-        gc.collect()
+        p.emit('x')
+        (task,) = spawned()
+        task_ref = weakref.ref(task)
+        del task
         await asyncio.sleep(0)
-        assert len(p._ps_tasks) == 1
-        gate.set()
-        await asyncio.gather(*list(p._ps_tasks))
-        assert p.trace == ['complete x', 'finished'] and not p._ps_tasks
+        assert not released(task_ref)
+        waits[0]().set_result(None)
+        await task_ref()
+        assert p.trace == ['complete x', 'finished']
+        await asyncio.sleep(0)
+        assert released(task_ref)
 
     asyncio.run(main())
 
@@ -1337,8 +1393,8 @@ def test_r28_exception_escaping_task_reaches_task_failed():
             raise error
 
         p.on('x', handler)
-        p._publish('x')
-        task = next(iter(p._ps_tasks))
+        p.emit('x')
+        (task,) = spawned()
         await asyncio.wait([task])
         await asyncio.sleep(0)  # let the done-callback run
         assert p.failures == [error]
@@ -1354,13 +1410,15 @@ def test_r28_cancelled_task_is_not_a_failure():
             await asyncio.sleep(3600)
 
         p.on('x', handler)
-        p._publish('x')
-        task = next(iter(p._ps_tasks))
+        p.emit('x')
+        (task,) = spawned()
         await asyncio.sleep(0)
         task.cancel()
         await asyncio.wait([task])
         await asyncio.sleep(0)
-        assert p.failures == [] and not p._ps_tasks
+        task_ref = weakref.ref(task)
+        del task
+        assert p.failures == [] and released(task_ref)
 
     asyncio.run(main())
 
@@ -1380,8 +1438,8 @@ def test_r28_default_task_failed_raises_into_the_loop_exception_handler():
             raise error
 
         p.on('x', handler)
-        p._publish('x')
-        task = next(iter(p._ps_tasks))
+        p.emit('x')
+        (task,) = spawned(loop)
         loop.run_until_complete(asyncio.wait([task]))
         loop.run_until_complete(asyncio.sleep(0))
         assert caught == [error]
@@ -1397,13 +1455,13 @@ def test_r31_exception_propagates_and_stops_outer_publishes():
     def boom(e):
         raise LookupError('boom')
 
-    p.on('outer', lambda e: p._publish('inner'))
+    p.on('outer', lambda e: p.emit('inner'))
     p.on('outer', p.rec('on outer 2'))
     p.on('inner', boom)
     p.on('inner', p.rec('on inner 2'))
     p.after('outer', p.rec('after outer'))
     with pytest.raises(LookupError):
-        p._publish('outer')
+        p.emit('outer')
     assert p.trace == []
 
 
@@ -1415,7 +1473,7 @@ def test_r31_exception_from_complete_function_propagates():
     p = P()
     p.after('x', p.rec('after x'))
     with pytest.raises(KeyError):
-        p.publish('free')._publish('x')
+        p.publish('free').emit('x')
     assert p.trace == []
 
 
@@ -1423,15 +1481,14 @@ def test_r31_exception_from_complete_function_propagates():
 
 def test_r50_after_close_publish_subscribe_and_off_raise_destroyed_error():
     p = Traced()
-    p._close_pubsub()
-    assert p._pubsub_closed
+    p.destroy()
+    assert p.destroyed
     calls = [
-        lambda: p.publish('x'), lambda: p.publish('public'), lambda: p._publish('x'),
+        lambda: p.publish('x'), lambda: p.publish('public'), lambda: p.emit('x'),
         lambda: p.off(), lambda: p.off('x'),
     ]
-    for method in ('before', 'on', 'after', 'once_before', 'once_on', 'once_after',
-                   '_before', '_on', '_after', '_once_before', '_once_on', '_once_after'):
-        calls.append(lambda m=method: getattr(p, m)('x', p.rec('never')))
+    for _, method in every_subscribe_method(p):
+        calls.append(lambda m=method: m('x', p.rec('never')))
     for call in calls:
         with pytest.raises(DestroyedError) as info:
             call()
@@ -1443,13 +1500,13 @@ def test_r50_after_close_publish_subscribe_and_off_raise_destroyed_error():
 def test_r50_close_removes_public_and_internal_subscriptions():
     p = Traced()
     public = p.on('x', p.rec('public'))
-    internal = p._after('x', p.rec('internal'))
-    assert not p._pubsub_closed
-    p._close_pubsub()
+    internal = p.internal()['after']('x', p.rec('internal'))
+    assert not p.destroyed
+    p.destroy()
     assert not public.subscribed and not internal.subscribed
     public.unsubscribe()
     internal.unsubscribe()
-    p._close_pubsub()  # idempotent
+    p.destroy()  # idempotent
     assert p.trace == []
 
 
@@ -1462,40 +1519,49 @@ def test_r48_close_during_publish_runs_no_more_handlers_and_does_not_raise():
     p = P()
     p.on('x', p.rec('on x'))
     p.after('x', p.rec('after x'))
-    p._after('x', p.rec('internal after x'))
-    assert p._publish('x') is p
+    p.internal()['after']('x', p.rec('internal after x'))
+    assert p.emit('x') is p
     assert p.trace == ['on x', 'complete x']
 
 
 def test_r48_close_from_handler_skips_rest_of_stage_and_later_stages():
     p = Traced()
-    p.before('x', lambda e: p._close_pubsub())
+    p.before('x', lambda e: p.destroy())
     p.before('x', p.rec('before 2'))
     p.on('x', p.rec('on x'))
-    p._publish('x')
+    p.emit('x')
     assert p.trace == []
-    assert p._pubsub_closed
+    assert p.destroyed
 
 
 def test_r50_event_unsubscribe_after_close_is_noop():
     p = Traced()
     events = []
-    p.on('x', lambda e: (events.append(e), p._close_pubsub(), e.unsubscribe()))
-    p._publish('x')
+    p.on('x', lambda e: (events.append(e), p.destroy(), e.unsubscribe()))
+    p.emit('x')
     events[0].unsubscribe()
-    assert p._pubsub_closed
+    assert p.destroyed
 
 
 def test_r27_without_running_loop_uses_the_current_loop_at_first_use():
     p = LoopPublisher()  # built outside any running loop
+    ran = []
+
+    async def handler(event):
+        ran.append(asyncio.get_running_loop())
+
+    p.on('x', handler)
     loop = asyncio.new_event_loop()
+    other = asyncio.new_event_loop()
     asyncio.set_event_loop(loop)
     try:
-        assert p._pubsub_loop() is loop
-        other = asyncio.new_event_loop()
+        p.emit('x')
         asyncio.set_event_loop(other)
-        assert p._pubsub_loop() is loop  # bound at first use
-        other.close()
+        p.emit('x')  # bound at first use: still the first loop
+        assert not spawned(other)
+        loop.run_until_complete(asyncio.gather(*spawned(loop)))
+        assert ran == [loop, loop]
     finally:
         asyncio.set_event_loop(None)
+        other.close()
         loop.close()

@@ -30,7 +30,7 @@ ray = ray_local.ray_for_tests()
 from test_ray_transport import Cluster  # noqa: E402
 
 from isocluster import ClusterPrimary, ClusterWorker, ReadyTimeout, WorkerLost  # noqa: E402
-from isocluster.transport.ray import RayTransport  # noqa: E402
+from ray_links import RecordingRayTransport  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -99,7 +99,7 @@ async def where(cluster: Cluster, workers: list[Any]) -> dict[int, str]:
 
 def start(by_id: dict[int, str], **options: Any) -> Cluster:
     options.setdefault('ready_timeout', READY_TIMEOUT)
-    return Cluster(node_worker, transport=RayTransport(worker_options=placed(by_id)), **options)
+    return Cluster(node_worker, transport=RecordingRayTransport(worker_options=placed(by_id)), **options)
 
 
 def run(main: Callable[[], Any]) -> Any:
@@ -270,7 +270,7 @@ def test_node_loss_without_room_for_replacements_is_reported_and_the_rest_keeps_
         ready_timeout = READY_TIMEOUT  # also the first workers' start: a loaded machine needs it
         # the replacement of worker 1 asks for the lost node's resource: no live node has it
         options = placed({1: name, 2: 'node_a'}, otherwise=name)
-        cluster = Cluster(node_worker, transport=RayTransport(worker_options=options),
+        cluster = Cluster(node_worker, transport=RecordingRayTransport(worker_options=options),
                           ready_timeout=ready_timeout, restart_intensity=1)
         primary = cluster.primary
         reported: list[Any] = []

@@ -17,7 +17,7 @@ from isocluster.transport import ray_local  # noqa: E402
 ray = ray_local.ray_for_tests()
 
 from isocluster import ClusterPrimary, ClusterWorker, MapError, WorkerLost  # noqa: E402
-from isocluster.transport.ray import RayTransport  # noqa: E402
+from ray_links import RecordingRayTransport  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -54,7 +54,7 @@ def one_at_a_time_worker() -> None:
 
 def run(scenario: Callable[[ClusterPrimary], Any], target: Callable[[], None] = queue_worker, workers: int = 2) -> Any:
     async def main() -> Any:
-        primary = ClusterPrimary(worker_target=target, transport=RayTransport(), ready_timeout=60.0)
+        primary = ClusterPrimary(worker_target=target, transport=RecordingRayTransport(), ready_timeout=60.0)
         ready = asyncio.get_running_loop().create_future()
         primary.after('worker_ready', lambda event: len(primary.workers) >= workers and not ready.done()
                       and ready.set_result(None))
@@ -93,7 +93,7 @@ def test_a_worker_killed_mid_map_has_its_messages_resent_with_retries() -> None:
         async for reply in primary.map(tasks, max_in_flight=2, retries=2):
             replies.append(reply)
             if len(replies) == 2:
-                ray.kill(victim.life.link.actor)  # from outside the cluster's code, mid-map
+                ray.kill(primary.transport.link_of(victim).actor)  # from outside the cluster's code, mid-map
         return replies
 
     replies = run(scenario)
@@ -107,7 +107,7 @@ def test_a_worker_killed_mid_map_without_retries_fails_naming_a_message() -> Non
         victim = primary.workers[0]
         with pytest.raises(MapError) as error:
             async for _reply in primary.map(tasks, max_in_flight=1):
-                ray.kill(victim.life.link.actor)
+                ray.kill(primary.transport.link_of(victim).actor)
         return error.value
 
     error = run(scenario)

@@ -35,6 +35,7 @@ from conftest import Scenario, TransportCase  # noqa: E402
 from isocluster import ClusterPrimary, ClusterWorker, NotSupportedError, SendError  # noqa: E402
 from isocluster.transport import base  # noqa: E402
 from isocluster.transport.ray import RayTransport  # noqa: E402
+from ray_links import RecordingRayTransport, actors_alive  # noqa: E402
 
 TESTS = Path(__file__).resolve().parent
 ROOT = TESTS.parent
@@ -105,7 +106,7 @@ def blocking_target() -> None:
     def on_disconnect(event: Any) -> None:
         event.prevent()
         base.current_link().arm_kill_timer(0.5)
-        worker._pubsub_loop().call_soon(time.sleep, 3600)
+        asyncio.get_running_loop().call_soon(time.sleep, 3600)
 
     worker.on('primary_disconnect', on_disconnect)
 
@@ -118,7 +119,8 @@ class Cluster:
 
     def __init__(self, target: Callable[[], Any] = echo_target, cls: type = ClusterPrimary, **options: Any) -> None:
         self.loop = asyncio.get_running_loop()
-        self.transport = options.pop('transport', None) or RayTransport()
+        self.transport = options.pop('transport', None) or RecordingRayTransport()
+        assert isinstance(self.transport, RecordingRayTransport), 'close() checks the actors the transport started'
         self.primary = cls(worker_target=target, transport=self.transport, **options)
         self.log: list[tuple[str, int, Any, Any]] = []
         self.messages: list[tuple[int, Any]] = []
@@ -157,7 +159,7 @@ class Cluster:
     async def close(self, timeout: float = 30.0) -> None:
         self.primary.destroy()
         await asyncio.wait_for(self.primary.wait_closed(), timeout)
-        assert self.transport._links == set(), 'an actor outlived its primary'
+        assert actors_alive(self.transport, actor_is_dead) == [], 'an actor outlived its primary'
         self.transport.close()
 
 
@@ -210,12 +212,12 @@ def test_fork_two_workers_ready():
         # each worker is its own actor process, and the handle knows its pid
         assert pids == {w.id: w.pid for w in workers}
         assert len(set(pids.values())) == 2 and os.getpid() not in pids.values()
-        assert all(w.life.link.node_id for w in workers)
+        assert all(cluster.transport.link_of(w).node_id for w in workers)
         assert cluster.events(1) == ['worker_fork', 'worker_online', 'worker_ready']
         await cluster.close()
         assert [cluster.exit_of(i) for i in (1, 2)] == [(0, None), (0, None)]
         assert all(w.exited_after_disconnect for w in workers)
-        assert all(actor_is_dead(w.life.link.actor) for w in workers)
+        assert all(actor_is_dead(cluster.transport.link_of(w).actor) for w in workers)
 
     run(main)
 
@@ -228,7 +230,7 @@ def test_async_target_and_placement_options():
             seen.append(spec.id)
             return {'num_cpus': 0.25}
 
-        cluster = Cluster(async_echo_target, transport=RayTransport(worker_options=options))
+        cluster = Cluster(async_echo_target, transport=RecordingRayTransport(worker_options=options))
         cluster.primary.fork(1)
         [worker] = await cluster.ready(1)
         cluster.primary.send({'type': 'echo', 'n': 1}, to=worker)
@@ -313,7 +315,7 @@ def test_worker_death_is_disconnect_then_exit_then_replacement(how, expected):
         elif how == 'handle_kill_9':
             worker.kill(signal.SIGKILL)
         elif how == 'ray_kill':
-            ray.kill(worker.life.link.actor)  # from outside the cluster's code
+            ray.kill(cluster.transport.link_of(worker).actor)  # from outside the cluster's code
         elif how == 'os_exit':
             primary.send({'type': 'os_exit'}, to=worker)
         else:
@@ -322,14 +324,14 @@ def test_worker_death_is_disconnect_then_exit_then_replacement(how, expected):
         assert cluster.events(1) == ['worker_fork', 'worker_online', 'worker_ready', 'worker_disconnect', 'worker_exit']
         assert cluster.exit_of(1) == expected
         assert worker.exited_after_disconnect is (how == 'destroy')
-        assert worker.is_dead() and actor_is_dead(worker.life.link.actor)
+        assert worker.is_dead() and actor_is_dead(cluster.transport.link_of(worker).actor)
         # the replacement works
         primary.send({'type': 'echo', 'n': 5}, to=2)
         await cluster.until(lambda: cluster.received('echo', 2))
         assert primary.stats()['restarts'] >= 1
         # a write to the dead worker's link is refused, never raised (R116)
         with pytest.raises(Exception):
-            worker.life.link.write('message', b'"late"')
+            cluster.transport.link_of(worker).write('message', b'"late"')
         await cluster.close()
 
     run(main)
@@ -341,8 +343,7 @@ def test_send_to_a_dead_actor_rejects():
         cluster.primary.on('no_workers', lambda event: event.prevent())  # stay up with no worker
         cluster.primary.fork(1)
         [worker] = await cluster.ready(1)
-        link = worker.life.link
-        ray.kill(link.actor)
+        ray.kill(cluster.transport.link_of(worker).actor)
         await cluster.until(lambda: worker.is_dead())
         with pytest.raises(SendError):
             await cluster.primary.send('late', to=worker)
@@ -455,7 +456,7 @@ class RayScenario(Scenario):
 
     async def _main(self, build: Callable[[Scenario], None], timeout: float) -> None:
         self.loop = asyncio.get_running_loop()
-        self.transport = RayTransport()
+        self.transport = RecordingRayTransport()
         try:
             build(self)
             await asyncio.wait_for(asyncio.gather(*(p.wait_closed() for p in self.primaries)), timeout)
@@ -464,8 +465,9 @@ class RayScenario(Scenario):
                 await asyncio.sleep(0.01)
             if self.tasks:
                 await asyncio.wait_for(asyncio.gather(*self.tasks), 5.0)
-            if self.transport._links:
-                self.problems.append(f'actors left after the primary closed: {self.transport._links}')
+            alive = actors_alive(self.transport, actor_is_dead)
+            if alive:
+                self.problems.append(f'actors left after the primary closed: workers {alive}')
         finally:
             self.transport.close()
 

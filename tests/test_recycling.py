@@ -109,14 +109,14 @@ def test_max_requests_counts_messages_and_requests_to_that_worker_only():
 
 def test_request_jitter_gives_each_worker_its_own_limit_drawn_from_the_seeded_source():
     sim, primary, recycled, _ = start(worker_count=3, max_requests=10, max_requests_jitter=10)
-    drawn = {}
-    primary.on('worker_recycle', lambda event: drawn.setdefault(event.data['worker'].id, event.data['limit']))
-    originals = primary.workers
-    for handle in originals:
-        for _ in range(20):  # the most a limit can be
-            primary.send('job', to=handle)
-    sim.run_until(lambda: len(drawn) == len(originals))
-    limits = sorted(drawn.values())
+    for worker in list(primary.workers):
+        for _ in range(20 + 1):  # one message at a time, up to the largest limit jitter allows
+            if any(entry[0] == worker.id for entry in recycled):
+                break
+            primary.send({'n': 1}, to=worker)
+            sim.run_until_idle()
+    assert [(entry[0], entry[1]) for entry in recycled] == [(1, 'max_requests'), (2, 'max_requests'), (3, 'max_requests')]
+    limits = [entry[2] for entry in recycled]  # each recycled on reaching its own limit
     assert all(10 <= limit <= 20 for limit in limits) and len(set(limits)) > 1
     finish(sim, primary)
 

@@ -34,7 +34,7 @@ def listening_worker() -> None:
             sock.close()
             await worker.send({'type': 'listened', 'address': name, 'error': None})
 
-    worker.on('primary_message', lambda event: worker._spawn(listen(event.data['message']['address'])))
+    worker.on('primary_message', lambda event: listen(event.data['message']['address']))  # runs as a task (R27)
 
 
 def answers(primary: ClusterPrimary) -> list[dict[str, Any]]:

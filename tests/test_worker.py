@@ -177,8 +177,10 @@ def test_worker_run_on_the_memory_transport_raises_transport_error():
 def test_request_outside_a_worker_rejects_with_not_a_worker_error():
     loop = asyncio.new_event_loop()
     try:
-        worker = ClusterWorker(initialize=False)
-        worker._ps_loop = loop  # the loop its run() would drive (R53)
+        async def build():
+            return ClusterWorker(initialize=False)
+
+        worker = loop.run_until_complete(build())  # its loop: the one running at construction (R53)
         result = worker.request({'type': 'x'})
         assert isinstance(result.exception(), NotAWorkerError)
         assert 'only works inside a worker process' in str(result.exception())
@@ -579,7 +581,7 @@ def later_destroy_target(timeout):
                 note('cleanup', 'started')
                 worker.destroy(timeout=timeout)
                 await asyncio.sleep(100)  # would keep it busy, but destroy ends it
-            worker._spawn(clean_up())
+            return clean_up()  # a handler's awaitable runs as a task (R27)
         worker.on('primary_disconnect', on_disconnect)
     return target
 
@@ -600,7 +602,7 @@ def hanging_cleanup_target(timeout):
 
         def on_disconnect(event):
             event.prevent()
-            worker._pubsub_loop().call_later(0.5, lambda: worker.destroy(timeout=timeout))
+            asyncio.get_running_loop().call_later(0.5, lambda: worker.destroy(timeout=timeout))
         worker.on('primary_disconnect', on_disconnect)
         worker.on('destroy_complete', lambda e: note('destroyed', ClusterWorker.worker_id))
     return target
@@ -676,8 +678,8 @@ def cleanup_target():
             await asyncio.sleep(1000)
         finally:
             note('cleanup', ClusterWorker.worker_id)
-    worker._spawn(long_task())
     worker.on('primary_message', lambda e: worker.destroy())
+    return long_task()  # runs as a task on the worker's loop (R99)
 
 
 def test_r113_destroy_cancels_tasks_lets_them_clean_up_and_exits_0_at_once():
@@ -735,11 +737,11 @@ def raising_task_target():
 
 
 def raising_callback_target():
-    worker = ClusterWorker()
+    ClusterWorker()
 
     def fail():
         raise ArithmeticError('callback failed')
-    worker._pubsub_loop().call_later(2.0, fail)
+    asyncio.get_running_loop().call_later(2.0, fail)
 
 
 @pytest.mark.parametrize('target, text, needs_message', [
@@ -841,7 +843,7 @@ def pending_listen_target(then):
                     listen.send(None)
                 except ListenError as error:
                     note('listen', str(error))
-            worker._call_soon(destroy)
+            asyncio.get_running_loop().call_soon(destroy)
             return
 
         async def wait_for_answer():
@@ -849,7 +851,7 @@ def pending_listen_target(then):
                 await worker.listen(('127.0.0.1', 0))
             except ListenError as error:
                 note('listen', str(error))
-        worker._spawn(wait_for_answer())
+        return wait_for_answer()
     return target
 
 
@@ -866,7 +868,7 @@ def test_r109_disconnect_rejects_a_pending_listen_with_listen_error():
     p.fork(1)
     sim.run_until(lambda: len(p.workers) == 1, timeout=10)
     sim.hold(1, 'to_primary')  # the LISTEN request stays in flight
-    sim.run_until(lambda: sim._links[1].to_primary.queue, timeout=10)
+    sim.run_until(lambda: sim.links[1].to_primary.queue, timeout=10)
     p.workers[0].disconnect()
     sim.run_until(lambda: seen.get('listen'), timeout=10)
     assert 'primary disconnected before answering' in seen['listen'][0]
@@ -975,7 +977,7 @@ def bad_listen_target():
                 await worker.listen(address)
             except (TypeError, ValueError) as error:
                 note('errors', type(error))
-    worker._spawn(attempts())
+    return attempts()
 
 
 def test_r114_listen_rejects_malformed_addresses_before_asking_the_primary():
@@ -994,7 +996,7 @@ def unix_listen_target(path):
             sock = await worker.listen(path)
             note('unix', sock.getsockname())
             sock.close()
-        worker._spawn(listen())
+        return listen()
     return target
 
 
@@ -1017,7 +1019,7 @@ def listen_after_close_target():
             note('listen', error)
     def on_disconnect(event):
         event.prevent()
-        worker._spawn(listen())
+        return listen()
     worker.on('primary_disconnect', on_disconnect)
 
 
@@ -1033,13 +1035,14 @@ def test_r114_listen_after_the_link_closed_rejects_with_listen_error():
 def cancelled_listen_target(address, then):
     def target():
         worker = ClusterWorker()
-        task = worker._spawn(worker.listen(address))
+        loop = asyncio.get_running_loop()
+        task = loop.create_task(worker.listen(address))
 
         def cancel_then():
             task.cancel()
             if then == 'destroy':
-                worker._call_soon(worker.destroy)
-        worker._call_soon(cancel_then)  # after the task sent LISTEN
+                loop.call_soon(worker.destroy)
+        loop.call_soon(cancel_then)  # after the task sent LISTEN
         worker.on('primary_disconnect', lambda event: note('disconnected', True))
     return target
 
@@ -1062,7 +1065,7 @@ def test_r114_cancelled_listen_is_forgotten_without_harm(then):
         elif then == 'disconnect':
             sim.hold(1, 'to_primary')
             handle = rec.of('worker_fork')[0]['worker']
-            sim.run_until(lambda: handle.state == 'online' and sim._links[1].to_primary.queue, timeout=10)
+            sim.run_until(lambda: handle.state == 'online' and sim.links[1].to_primary.queue, timeout=10)
             handle.disconnect()
             sim.release(1, 'to_primary')
             sim.run_until(lambda: rec.count('worker_exit') == 1, timeout=30)
@@ -1106,7 +1109,7 @@ def test_r130_heartbeat_after_the_worker_closed_its_link_is_not_answered():
     handle = p.workers[0]
     handle.disconnect()  # the worker closes its end but keeps running (prevented)
     sim.run_until(lambda: handle.state == 'disconnected', timeout=10)
-    sim._links[1].to_worker.push((protocol.HEARTBEAT, None))  # a heartbeat already on the wire
+    sim.links[1].to_worker.push((protocol.HEARTBEAT, None))  # a heartbeat already on the wire
     sim.advance(1.0)
     assert sim.alive(1) and sim.tracebacks == {}
     close(sim, p)
