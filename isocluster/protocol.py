@@ -16,6 +16,8 @@ the body.
 
 from __future__ import annotations
 
+import sys
+
 import json
 import json.encoder
 import struct
@@ -271,6 +273,12 @@ def frame_size(kind: str, payload: Any) -> int:
     return len(header) - 4 + len(body)
 
 
+# The largest frame buffer a decoder keeps for the next large frame: one per link, idle.
+SPARE_LIMIT = 64 * 1024 * 1024
+# Where references are not counted (not CPython), a buffer is never known free: never reused.
+_refcount = getattr(sys, 'getrefcount', lambda obj: -1)
+
+
 class FrameDecoder:
     """Feeds bytes in, takes frames out. Raises ProtocolError (and nothing else) on an
     oversized, unknown or malformed frame; after that the stream is unusable (there is no way to resynchronise a length-prefixed stream)."""
@@ -285,6 +293,7 @@ class FrameDecoder:
         # A large MESSAGE's body is handed over as the bytearray it was read into, not copied
         # to bytes: set by the links whose codec reads any buffer (out_of_band.reads_buffers).
         self.message_buffers = False
+        self._spare: bytearray | None = None  # the last large frame's buffer, for the next one
 
     @property
     def error(self) -> ProtocolError | None:
@@ -347,7 +356,7 @@ class FrameDecoder:
                         code = view[start]
                         if code >= len(kinds):
                             raise ProtocolError(f'unknown frame kind code {code}')
-                        self._large = bytearray(length - 1)
+                        self._large = self._large_buffer(length - 1)
                         self._large_code = code
                         self._large_filled = 0
                         self._gather(view[start + 1:end], frames)
@@ -406,8 +415,24 @@ class FrameDecoder:
         self._large = None
         return [self._large_frame(large)]
 
+    def _large_buffer(self, size: int) -> bytearray:
+        """A buffer for a large frame's body: the previous large frame's when nothing kept it
+        (no message, view or backlog refers to it) and it is big enough, else a new one. A new
+        bytearray is zero-filled, and its pages are fresh: that, not the socket, was most of
+        the time a large frame took to arrive."""
+        spare, self._spare = self._spare, None
+        # 2: `spare` and getrefcount's own argument. A view of it (a memoryview the pickle
+        # codec handed to the application) holds a reference too, so it is never written over.
+        if spare is not None and size <= len(spare) < 2 * size and _refcount(spare) == 2:
+            del spare[size:]  # in place: shrinking by less than half never reallocates
+            return spare
+        del spare
+        return bytearray(size)
+
     def _large_frame(self, body_buffer: bytearray) -> Frame:
         kind = KINDS[self._large_code]
+        if len(body_buffer) <= SPARE_LIMIT:
+            self._spare = body_buffer
         if kind == MESSAGE and self.message_buffers:
             return (kind, body_buffer)
         body = bytes(body_buffer)
