@@ -270,6 +270,24 @@ def frame_size(kind: str, payload: Any) -> int:
     return len(header) - 4 + len(body)
 
 
+def _one_frame(data: Any, limit: int) -> Frame | None:
+    """`data` as the one whole message, request or reply frame it holds, else None (for
+    `FrameDecoder.feed` to cut and judge). A round trip reads exactly one such frame per
+    read: this skips the general loop's set-up, and copies the body once."""
+    size = len(data) - 4
+    if size < 1 or size > limit or _LENGTH.unpack_from(data)[0] != size:
+        return None
+    code = data[4]
+    if code == _MESSAGE_CODE:
+        return (MESSAGE, bytes(data[5:]))
+    if code == _REQUEST_CODE and size > _REQUEST_ID.size:
+        return (REQUEST, (_REQUEST_ID.unpack_from(data, 5)[0], bytes(data[5 + _REQUEST_ID.size:])))
+    if code == _REPLY_CODE and size > _REPLY_ID.size:
+        request_id, ok = _REPLY_ID.unpack_from(data, 5)
+        return (REPLY, (request_id, bool(ok), bytes(data[5 + _REPLY_ID.size:])))
+    return None
+
+
 class FrameDecoder:
     """Feeds bytes in, takes frames out. Raises ProtocolError (and nothing else) on an
     oversized, unknown or malformed frame; after that the stream is unusable (there is no way to resynchronise a length-prefixed stream)."""
@@ -306,6 +324,10 @@ class FrameDecoder:
         good frames before it were returned: it is raised by the next call."""
         if self._error is not None:
             raise self._error
+        if not self._buffer and self._large is None:
+            frame = _one_frame(data, self.max_frame_size)
+            if frame is not None:
+                return [frame]
         frames: list[Frame] = []
         if self._large is not None:
             used = self._gather(data, frames)

@@ -243,7 +243,10 @@ class ClusterWorker(Initializable):
         link = self._link
         if kind == protocol.MESSAGE:
             if not self._disconnected and link is not None:
-                message = protocol.decode_message(link.codec, payload, link.worker_id)
+                try:
+                    message = link.codec.decode(payload)
+                except Exception as error:  # inline, not decode_message(): this is the hot path
+                    raise protocol.decode_error(link.codec, error, link.worker_id) from error
                 self._publish('primary_message', {'message': message})
         elif kind == protocol.REQUEST:
             if not self._disconnected and link is not None:

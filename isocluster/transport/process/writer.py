@@ -31,15 +31,11 @@ class _Batch:
     (sent at the end of the turn). One batch per transport: a broadcast costs one send per
     link per turn, not two."""
 
-    __slots__ = ('active', 'corked', 'sent')
+    __slots__ = ('active', 'corked')
 
     def __init__(self) -> None:
         self.active = False
         self.corked: list[_FrameWriter] = []
-        # A write went out at once since the last read or held turn ended. The turn is held
-        # only when a second write comes: holding it at the first write cost every round
-        # trip a loop pass (an epoll_wait and a handle) that only a stream needs.
-        self.sent = False
 
     def begin(self) -> bool:
         if self.active:
@@ -49,7 +45,6 @@ class _Batch:
 
     def end(self) -> None:
         self.active = False
-        self.sent = False
         corked, self.corked = self.corked, []
         for writer in corked:
             writer._uncork()
@@ -84,10 +79,8 @@ class _FrameWriter:
         queue = self._queue
         if not (queue or self._corked or self._writing or self._batch.active or fd is not None
                 or len(body) > _COPY_LIMIT):
-            if not self._batch.sent:
-                self._send_now(header + body)  # the turn's first frame: straight out (latency)
-                return
-            self._batch.hold_turn(self._loop)  # a second one: coalesce the rest of the turn
+            self._send_now(header + body)  # the turn's first frame: straight out (latency)
+            return
         if fd is not None:
             queue.append((header + body, fd))
         elif len(body) > _COPY_LIMIT:
@@ -134,7 +127,7 @@ class _FrameWriter:
             self.flow.queued(len(data) - sent)
             self._start_writing()
         else:
-            self._batch.sent = True
+            self._batch.hold_turn(self._loop)
 
     def _flush(self) -> None:
         """Send what the socket takes; raises OSError other than EAGAIN."""
