@@ -1,4 +1,4 @@
-"""Frames, codecs and length-prefixed framing: pure functions, no I/O.
+"""Frames and length-prefixed framing: pure functions, no I/O (the codecs: `message_codecs`).
 
 A frame is `(kind, payload)`. User messages travel as kind `'message'` with the codec's
 bytes as payload; `'request'` carries `(request_id, bytes)` and `'reply'` carries
@@ -16,19 +16,17 @@ the body.
 
 from __future__ import annotations
 
-import sys
-
 import json
-import json.encoder
 import struct
-from typing import Any, Protocol, runtime_checkable
+import sys
+from typing import Any
 
-from .errors import DecodeError, EncodeError, ProtocolError
-
-try:
-    from _json import make_encoder as _c_make_encoder
-except ImportError:  # pragma: no cover - not CPython
-    _c_make_encoder = None
+from .errors import ProtocolError
+# The codecs and what turns a user message into a frame's bytes and back live there; they
+# are part of this module's interface (protocol.get_codec, protocol.encode_message, ...).
+from .message_codecs import (  # noqa: F401
+    Codec, JsonCodec, MsgpackCodec, OrjsonCodec, PickleCodec, decode_error, decode_message, encode_message, get_codec,
+)
 
 MESSAGE = 'message'
 ONLINE = 'online'
@@ -70,131 +68,6 @@ REQUEST_OVERHEAD = _REQUEST_ID.size  # a REQUEST frame's request id, besides the
 REPLY_OVERHEAD = _REPLY_ID.size  # a REPLY frame's request id and ok flag
 _REQUEST_HEADER = struct.Struct('>IBQ')
 _REPLY_HEADER = struct.Struct('>IBQB')
-
-
-@runtime_checkable
-class Codec(Protocol):
-    """Turns user messages into bytes and back. `name` travels to exec-mode workers."""
-
-    name: str
-
-    def encode(self, message: Any) -> bytes: ...
-
-    def decode(self, data: bytes) -> Any: ...
-
-
-class JsonCodec:
-    """Data only (the default): a compromised worker cannot run code in the primary."""
-
-    name = 'json'
-
-    def __init__(self) -> None:
-        # The C encoder and scanner, built once: json.dumps/loads rebuild or re-check them on
-        # every call, which is most of the cost of a small message.
-        self._encoder = json.JSONEncoder(separators=(',', ':'), ensure_ascii=False, allow_nan=True)
-        self._iterencode = _c_make_encoder(
-            None, self._encoder.default, json.encoder.encode_basestring, None, ':', ',', False, False, True,
-        ) if _c_make_encoder is not None else None
-        self._decoder = json.JSONDecoder()
-        self._scan_once = self._decoder.scan_once
-
-    def encode(self, message: Any) -> bytes:
-        if self._iterencode is None:  # pragma: no cover - CPython always has _json
-            return self._encoder.encode(message).encode('utf-8')
-        return ''.join(self._iterencode(message, 0)).encode('utf-8')
-
-    def decode(self, data: bytes) -> Any:
-        text = (data if type(data) is bytes else bytes(data)).decode('utf-8')
-        try:
-            value, end = self._scan_once(text, 0)
-        except StopIteration:
-            end = -1
-        if end != len(text):  # whitespace or trailing data: let the full decoder judge it
-            return self._decoder.decode(text)
-        return value
-
-
-class PickleCodec:
-    """Any picklable object. Only for workers you trust: unpickling runs code."""
-
-    name = 'pickle'
-    reads_buffers = True  # decode() takes a bytearray: see out_of_band.reads_buffers
-
-    def __init__(self) -> None:
-        # Imported here: a worker that never uses pickle does not pay its import at start-up.
-        from . import pickle_buffers  # large buffers travel beside the stream, uncopied
-
-        self.encode = pickle_buffers.dumps  # type: ignore[method-assign]
-        self.decode = pickle_buffers.loads  # type: ignore[method-assign]
-
-    def encode(self, message: Any) -> bytes:  # replaced per instance by pickle_buffers.dumps
-        raise NotImplementedError
-
-    def decode(self, data: bytes) -> Any:  # replaced per instance by pickle_buffers.loads
-        raise NotImplementedError
-
-
-class MsgpackCodec:
-    """Compact and fast; needs the optional `msgpack` package (`isocluster[msgpack]`)."""
-
-    name = 'msgpack'
-
-    def __init__(self) -> None:
-        try:
-            import msgpack
-        except ImportError as exc:  # pragma: no cover - depends on the environment
-            raise ValueError(
-                "codec='msgpack' needs the msgpack package: pip install 'isocluster[msgpack]'"
-            ) from exc
-        self._packb = msgpack.packb
-        self._unpackb = msgpack.unpackb
-
-    def encode(self, message: Any) -> bytes:
-        return self._packb(message, use_bin_type=True)
-
-    def decode(self, data: bytes) -> Any:
-        return self._unpackb(data, raw=False)
-
-
-class OrjsonCodec:
-    """JSON (data only, like the default) through the optional `orjson` package: about twice
-    as fast. Differences from 'json': non-str dict keys and NaN are rejected on encode."""
-
-    name = 'orjson'
-
-    def __init__(self) -> None:
-        try:
-            import orjson
-        except ImportError as exc:
-            raise ValueError("codec='orjson' needs the orjson package: pip install 'isocluster[orjson]'") from exc
-        self.encode = orjson.dumps  # type: ignore[method-assign]
-        self.decode = orjson.loads  # type: ignore[method-assign]
-
-    def encode(self, message: Any) -> bytes:  # replaced per instance by orjson.dumps
-        raise NotImplementedError
-
-    def decode(self, data: bytes) -> Any:  # replaced per instance by orjson.loads
-        raise NotImplementedError
-
-
-_CODECS = {'json': JsonCodec, 'pickle': PickleCodec, 'msgpack': MsgpackCodec, 'orjson': OrjsonCodec}
-
-
-def get_codec(codec: 'str | Codec') -> Codec:
-    """Resolve the `codec` option; raises ValueError/TypeError naming it."""
-    if isinstance(codec, str):
-        try:
-            factory = _CODECS[codec]
-        except KeyError:
-            raise ValueError(
-                f"codec: unknown codec {codec!r}; use one of {sorted(_CODECS)} or a codec object"
-            ) from None
-        return factory()
-    if isinstance(codec, Codec) and isinstance(getattr(codec, 'name', None), str):
-        return codec
-    raise TypeError(
-        f'codec: expected a codec name or an object with name, encode() and decode(), got {codec!r}'
-    )
 
 
 def encode_control(payload: Any) -> bytes:
@@ -279,6 +152,24 @@ SPARE_LIMIT = 64 * 1024 * 1024
 _refcount = getattr(sys, 'getrefcount', lambda obj: -1)
 
 
+def _one_frame(data: Any, limit: int) -> Frame | None:
+    """`data` as the one whole message, request or reply frame it holds, else None (for
+    `FrameDecoder.feed` to cut and judge). A round trip reads exactly one such frame per
+    read: this skips the general loop's set-up, and copies the body once."""
+    size = len(data) - 4
+    if size < 1 or size > limit or _LENGTH.unpack_from(data)[0] != size:
+        return None
+    code = data[4]
+    if code == _MESSAGE_CODE:
+        return (MESSAGE, bytes(data[5:]))
+    if code == _REQUEST_CODE and size > _REQUEST_ID.size:
+        return (REQUEST, (_REQUEST_ID.unpack_from(data, 5)[0], bytes(data[5 + _REQUEST_ID.size:])))
+    if code == _REPLY_CODE and size > _REPLY_ID.size:
+        request_id, ok = _REPLY_ID.unpack_from(data, 5)
+        return (REPLY, (request_id, bool(ok), bytes(data[5 + _REPLY_ID.size:])))
+    return None
+
+
 class FrameDecoder:
     """Feeds bytes in, takes frames out. Raises ProtocolError (and nothing else) on an
     oversized, unknown or malformed frame; after that the stream is unusable (there is no way to resynchronise a length-prefixed stream)."""
@@ -319,6 +210,10 @@ class FrameDecoder:
         good frames before it were returned: it is raised by the next call."""
         if self._error is not None:
             raise self._error
+        if not self._buffer and self._large is None:
+            frame = _one_frame(data, self.max_frame_size)
+            if frame is not None:
+                return [frame]
         frames: list[Frame] = []
         if self._large is not None:
             used = self._gather(data, frames)
@@ -460,37 +355,3 @@ class FrameDecoder:
             self._large = None
             frames.append(self._large_frame(large))
         return count
-
-
-def decode_message(codec: Codec, data: bytes, worker_id: int | None = None) -> Any:
-    """Decode a user message, turning any codec failure into DecodeError."""
-    try:
-        return codec.decode(data)
-    except Exception as exc:
-        raise decode_error(codec, exc, worker_id) from exc
-
-
-def decode_error(codec: Codec, exc: Exception, worker_id: int | None = None) -> DecodeError:
-    concerned = f'worker {worker_id}: ' if worker_id is not None else ''
-    error = DecodeError(f'{concerned}could not decode a message with the {codec.name!r} codec: {exc!r}', worker_id=worker_id)
-    error.__cause__ = exc
-    return error
-
-
-def encode_message(codec: Codec, message: Any, max_frame_size: int, worker_id: int | None = None,
-                   overhead: int = 0) -> bytes:
-    """Encode a user message once, or raise EncodeError (codec failure or frame too large).
-    `overhead`: what its frame adds besides the kind byte (REQUEST_OVERHEAD, REPLY_OVERHEAD)."""
-    try:
-        data = codec.encode(message)
-    except Exception as exc:
-        raise EncodeError(
-            f'could not encode the message with the {codec.name!r} codec: {exc!r}; nothing was sent',
-            worker_id=worker_id,
-        ) from exc
-    if len(data) + 1 + overhead > max_frame_size:
-        raise EncodeError(
-            f'the encoded message is {len(data)} bytes, over the maximum frame size of {max_frame_size} '
-            f'bytes{" with its request header" if overhead else ""}; nothing was sent', worker_id=worker_id,
-        )
-    return data

@@ -8,72 +8,10 @@ from inspect import isawaitable, iscoroutine
 from typing import Any, ClassVar, Self
 
 from .errors import DestroyedError
+from .pubsub_config import _ALL_STAGES, _SLOT_INDEX, _STAGES, _Config, _build_table, _stage_index
+from .subscriptions import Handler, Subscription, _pairs, _Record
 
 __all__ = ['Event', 'Publisher', 'Subscription']
-
-Handler = Callable[['Event'], Any] | str
-
-_STAGES = ('before', 'on', 'complete', 'after')
-_STAGE_INDEX = {name: i for i, name in enumerate(_STAGES)}
-_SLOT_INDEX = {'before': 0, 'on': 1, 'after': 2}  # subscribable stages -> slot in a subscription list
-_ALL_STAGES = 0b1111
-_CONFIG_KEYS = frozenset({'complete', 'complete_once', 'publish_once', 'public_publish', 'preventable'})
-
-
-class _Config:
-    """One event's effective declaration (R24); `preventable` is a bit mask over stage indexes."""
-
-    __slots__ = ('complete', 'complete_once', 'publish_once', 'once', 'public_publish', 'preventable')
-
-    def __init__(self, owner: type, name: Any, spec: Any) -> None:
-        where = f'{owner.__qualname__}._pubsub[{name!r}]'
-        if not isinstance(name, str) or not isinstance(spec, Mapping):
-            raise TypeError(f'{where}: expected a str event name mapped to a config mapping')
-        if unknown := set(spec) - _CONFIG_KEYS:
-            raise ValueError(f'{where}: unknown keys {sorted(map(str, unknown))}')
-        self.complete: str | None = spec.get('complete', '_event_' + name)
-        if self.complete is not None and not isinstance(self.complete, str):
-            raise TypeError(f'{where}: complete must be a method name or None')
-        self.complete_once = bool(spec.get('complete_once', False))
-        self.publish_once = bool(spec.get('publish_once', False))
-        if self.complete_once and self.publish_once:
-            raise ValueError(f'{where}: complete_once and publish_once are mutually exclusive')
-        self.once = self.complete_once or self.publish_once
-        self.public_publish = bool(spec.get('public_publish', False))
-        preventable = spec.get('preventable', True)
-        if isinstance(preventable, bool):
-            self.preventable = _ALL_STAGES if preventable else 0
-        elif isinstance(preventable, (set, frozenset, list, tuple)):
-            if bad := [s for s in preventable if s not in _STAGE_INDEX]:
-                raise ValueError(f'{where}: unknown stages {bad} in preventable')
-            self.preventable = sum(1 << i for s, i in _STAGE_INDEX.items() if s in preventable)
-        else:
-            raise TypeError(f'{where}: preventable must be a bool or a set of stage names')
-
-
-def _build_table(cls: type) -> dict[str, _Config]:
-    table: dict[str, _Config] = {}
-    for klass in reversed(cls.__mro__):
-        declared = klass.__dict__.get('_pubsub')
-        if declared is None:
-            continue
-        if not isinstance(declared, Mapping):
-            raise TypeError(f'{klass.__qualname__}._pubsub must be a mapping')
-        for name, spec in declared.items():
-            table[name] = _Config(klass, name, spec)
-    return table
-
-
-class _Record:
-    """One (event, stage, handler) registration; `seq` orders registrations of a publisher."""
-
-    __slots__ = ('name', 'slot', 'handler', 'once', 'internal', 'active', 'seq')
-
-    def __init__(self, name: str, slot: int, handler: Handler, once: bool, internal: bool, seq: int) -> None:
-        self.name, self.slot, self.handler = name, slot, handler
-        self.once, self.internal, self.seq = once, internal, seq
-        self.active = True
-
 
 class Event:
     """The one object passed to every handler and to the complete function of a publish (R4)."""
@@ -132,62 +70,6 @@ class Event:
 
     def __repr__(self) -> str:
         return f'<Event {self.name!r} stage={self.stage!r}>'
-
-
-def _stage_index(stage: str) -> int:
-    i = _STAGE_INDEX.get(stage) if isinstance(stage, str) else None
-    if i is None:
-        raise ValueError(f'unknown stage {stage!r}; expected one of {_STAGES}')
-    return i
-
-
-class Subscription:
-    """What one subscribe call registered (R15)."""
-
-    __slots__ = ('_publisher', '_records')
-
-    def __init__(self, publisher: Publisher, records: tuple[_Record, ...]) -> None:
-        self._publisher = publisher
-        self._records = records
-
-    @property
-    def subscribed(self) -> bool:
-        return any(record.active for record in self._records)
-
-    def unsubscribe(self) -> None:
-        """Remove every registration of this call; idempotent, never raises."""
-        for record in self._records:
-            if record.active:  # _close_pubsub deactivates all, so this is a no-op afterwards
-                self._publisher._ps_unlink(record)
-
-
-def _pairs(target: Any, handler: Any) -> list[tuple[str, Handler]]:
-    """Expand the R13 argument shapes into (name, handler) pairs, validating everything first."""
-    if isinstance(target, Mapping):
-        if handler is not None:
-            raise TypeError('a handler cannot be given together with a mapping')
-        items = list(target.items())
-    else:
-        if handler is None:
-            raise TypeError('a handler is required')
-        if isinstance(target, str):
-            names: Any = (target,)
-        elif isinstance(target, (list, tuple)):
-            names = target
-        else:
-            raise TypeError(f'event names must be str, not {type(target).__name__}')
-        items = [(name, handler) for name in names]
-    pairs: list[tuple[str, Handler]] = []
-    for name, handlers in items:
-        if not isinstance(name, str):
-            raise TypeError(f'event names must be str, not {type(name).__name__}')
-        for h in handlers if isinstance(handlers, (list, tuple)) else (handlers,):
-            if isinstance(h, str):
-                h = str(h)  # dispatch tests `__class__ is str`
-            elif not callable(h):
-                raise TypeError(f'a handler must be callable or a method name, not {type(h).__name__}')
-            pairs.append((name, h))
-    return pairs
 
 
 async def _await(awaitable: Awaitable[Any]) -> Any:

@@ -26,15 +26,22 @@ class RequestGate:
     one that arrives in the same read: the process transport sends the frames written while
     it delivers a read when the delivery ends, so a CPU-bound handler started at once would
     hold the finished request's reply back for its whole run (the primary would hear of
-    every second reply one task late, and the worker would idle for a round trip)."""
+    every second reply one task late, and the worker would idle for a round trip).
 
-    def __init__(self, limit: int | None, call_soon: Callable[[Callable[[], None]], Any]) -> None:
+    `reads()`, when the link counts its read deliveries (`PrimaryLink.reads`), tells a later
+    read from the same one: a request that finished with nobody waiting then costs no loop
+    pass, and the next one, arriving in a later read, starts at once."""
+
+    def __init__(self, limit: int | None, call_soon: Callable[[Callable[[], None]], Any],
+                 reads: Callable[[], int] | None = None) -> None:
         self.limit = limit
         self.active = 0
         self._waiting: deque[Job] = deque()
         self._admitting = False
         self._call_soon = call_soon
         self._scheduled = False
+        self._reads = reads
+        self._finished_in = -1  # the read delivery during which a request last finished
 
     @property
     def waiting(self) -> int:
@@ -42,7 +49,11 @@ class RequestGate:
 
     def submit(self, job: Job) -> None:
         self._waiting.append(job)
-        if not self._scheduled:
+        if self._scheduled:
+            return
+        if self._reads is not None and self._finished_in == self._reads():
+            self._schedule()  # a request finished in this very read: its reply is still held
+        else:
             self._admit()
 
     def _admit(self) -> None:
@@ -59,9 +70,16 @@ class RequestGate:
 
     def _finished(self) -> None:
         self.active -= 1
-        if not self._scheduled:
-            self._scheduled = True
-            self._call_soon(self._admit_next_turn)
+        if self._scheduled:
+            return
+        if self._waiting or self._reads is None:
+            self._schedule()
+        else:
+            self._finished_in = self._reads()
+
+    def _schedule(self) -> None:
+        self._scheduled = True
+        self._call_soon(self._admit_next_turn)
 
     def _admit_next_turn(self) -> None:
         self._scheduled = False

@@ -77,8 +77,9 @@ class ClusterWorker(Initializable):
         if max_concurrency is not None and (type(max_concurrency) is not int or max_concurrency < 1):
             raise ValueError(f'max_concurrency: expected an int >= 1 or None, got {max_concurrency!r}')
         # Requests beyond max_concurrency wait their turn here, in order (request_gate.py).
-        self._gate = RequestGate(max_concurrency, self._call_soon) if max_concurrency is not None else None
         self._link: PrimaryLink | None = current_link()
+        self._gate = RequestGate(max_concurrency, self._call_soon, _read_counter(self._link)) \
+            if max_concurrency is not None else None
         self._receiving = False
         self._disconnected = False
         self._kill_timeout = DEFAULT_KILL_TIMEOUT
@@ -244,7 +245,10 @@ class ClusterWorker(Initializable):
         link = self._link
         if kind == protocol.MESSAGE:
             if not self._disconnected and link is not None:
-                message = protocol.decode_message(link.codec, payload, link.worker_id)
+                try:
+                    message = link.codec.decode(payload)
+                except Exception as error:  # inline, not decode_message(): this is the hot path
+                    raise protocol.decode_error(link.codec, error, link.worker_id) from error
                 self._publish('primary_message', {'message': message})
         elif kind == protocol.REQUEST:
             if not self._disconnected and link is not None:
@@ -367,6 +371,13 @@ class ClusterWorker(Initializable):
                 if wait not in self._ps_tasks:
                     wait.cancel()  # our own waiters only: a handler's task is cancelled by the worker's end
         self.destroy()
+
+
+def _read_counter(link: PrimaryLink | None) -> Any:
+    """How the request gate tells one read of `link` from the next (None: it cannot)."""
+    if link is None or link.reads is None:
+        return None
+    return lambda: link.reads
 
 
 def _drain_timeout_of(payload: Any) -> float:

@@ -428,3 +428,39 @@ def test_after_a_request_finishes_the_next_starts_on_a_later_loop_turn() -> None
     assert started == ['first'] and len(turns) == 1
     turns.pop()()  # the next loop turn
     assert started == ['first', 'second']
+
+
+def test_a_request_arriving_in_a_later_read_starts_at_once() -> None:
+    """When the link counts its reads, the gate tells a later read from the same one: a request
+    that finished with nobody waiting costs no loop turn, the next one, arriving in a later
+    read, starts at once, and one arriving in the same read still waits a turn (R145)."""
+    from isocluster.request_gate import RequestGate
+
+    reads = [1]
+    turns: list[Any] = []
+    gate = RequestGate(1, turns.append, lambda: reads[0])
+    started: list[str] = []
+    finish: dict[str, Any] = {}
+
+    def job(name: str) -> Any:
+        def start(done: Any) -> None:
+            started.append(name)
+            finish[name] = done
+        return start
+
+    gate.submit(job('first'))
+    finish['first']()
+    assert turns == []
+    reads[0] += 1
+    gate.submit(job('second'))
+    assert started == ['first', 'second'] and turns == []
+    finish['second']()
+    gate.submit(job('third'))  # in the read that delivered the second
+    assert started == ['first', 'second'] and len(turns) == 1
+    turns.pop()()
+    assert started == ['first', 'second', 'third']
+    gate.submit(job('fourth'))  # the limit is taken: it waits for the third, then a turn
+    finish['third']()
+    assert started == ['first', 'second', 'third'] and len(turns) == 1
+    turns.pop()()
+    assert started == ['first', 'second', 'third', 'fourth']

@@ -7,6 +7,8 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from isocluster import ClusterPrimary, ClusterWorker, protocol
 from isocluster.transport import process
 from tests.cluster_helpers import ready_waiter, run_cluster
@@ -134,3 +136,23 @@ def test_a_large_mutable_body_broadcast_then_followed_by_small_frames_reaches_ea
     to_first, to_second = run_cluster('process', scenario, worker_target=collector, codec=BytearrayCodec())
     assert to_first == [(0, 1), (1, len(big)), (3, 1)]
     assert to_second == [(1, len(big)), (2, 1)]
+
+
+def test_a_read_of_one_whole_frame_decodes_as_the_general_path_does() -> None:
+    cases = [('message', b''), ('message', b'abc'), ('request', (7, b'')), ('request', (2**40, b'xy')),
+             ('reply', (9, True, b'z')), ('reply', (9, False, b'')), ('request_batch', (3, b'[1]')),
+             ('online', None), ('listen', {'id': 1, 'address': 'p'})]
+    for kind, payload in cases:
+        frame = protocol.encode_frame(kind, payload)
+        general = protocol.FrameDecoder().feed(frame + protocol.encode_frame('online', None))[:1]
+        for data in (frame, bytearray(frame), memoryview(frame)):
+            assert protocol.FrameDecoder().feed(data) == general == [(kind, payload)], (kind, payload)
+    # Too short for its kind, over the limit, unknown: judged as before, not read as a frame.
+    for bad in (b'\x00\x00\x00\x05' + bytes([protocol.KINDS.index('request')]) + b'1234',
+                b'\x00\x00\x00\x09' + bytes([protocol.KINDS.index('reply')]) + b'12345678',
+                b'\x00\x00\x00\x02\xff\x00'):
+        decoder = protocol.FrameDecoder()
+        with pytest.raises(protocol.ProtocolError):
+            decoder.feed(bad)
+    with pytest.raises(protocol.ProtocolError):
+        protocol.FrameDecoder(max_frame_size=3).feed(protocol.encode_frame('message', b'abcd'))

@@ -191,6 +191,9 @@ class PrimaryLink(LinkEnd):
     max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     ready_sent: bool = False  # READY goes out at most once per worker process (R105)
     draining: bool = False  # the primary asked this worker to leave; it is finishing its work
+    # How many reads this end has delivered, when it counts them: the frames it delivers during
+    # one read are all written back when the read ends (see request_gate.RequestGate).
+    reads: int | None = None
 
     @property
     @abc.abstractmethod

@@ -144,15 +144,20 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
             batch.end()
 
     def _feed(self, count: int, direct: bool = False) -> None:
-        self._last_read_at = self._loop.time()
+        decoder = self._decoder
         try:
-            frames = self._decoder.gathered(count) if direct else self._decoder.feed(self._view[:count])
+            frames = decoder.gathered(count) if direct else decoder.feed(self._view[:count])
         except ProtocolError:
             frames = []
+        if decoder.pending:  # only a frame left unfinished needs to know when it was read
+            self._last_read_at = self._loop.time()
         self._inbox.extend(frames)
         self._deliver()
-        error = self._decoder.error
-        self._partial_deadline.update(self._decoder.pending if error is None and self._reading else 0, bool(frames))
+        error = decoder.error
+        pending = decoder.pending if error is None and self._reading else 0
+        deadline = self._partial_deadline
+        if pending or deadline.armed:
+            deadline.update(pending, bool(frames))
         if error is not None:
             # The good frames before the fault were delivered first (they are the worker's).
             self._fail(_named(error, self.id))
@@ -235,7 +240,8 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
         inbox = self._inbox
         listener = self._listener
         loop = self._loop
-        deadline = loop.time() + _DELIVERY_SLICE
+        # One frame (a round trip's read) needs no clock: the check below comes at 64 frames.
+        deadline = loop.time() + _DELIVERY_SLICE if len(inbox) > 1 else 0.0
         delivered = 0
         while inbox:
             delivered += 1
@@ -250,7 +256,8 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
                 if inbox:
                     self._loop.call_soon(self._deliver)
                 raise
-        self._resume_reading()
+        if self._paused:
+            self._resume_reading()
         if self._eof and not self._closed_reported:
             self._closed_reported = True
             try:

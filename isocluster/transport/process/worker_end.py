@@ -49,6 +49,7 @@ class ChildLink(_FrameWriter, WorkerEnd):
         self._own_listeners: list[socket.socket] = []  # listen(reuse_port=True): this worker's alone
         self._reading = False
         self._closed = False
+        self.reads = 0
         self._init_end()
         self._init_writer()
         sock.setblocking(False)
@@ -97,6 +98,7 @@ class ChildLink(_FrameWriter, WorkerEnd):
         if direct is None and count == len(self._buffer) and count < _CHILD_READ_SIZE:  # a stream: read more at once
             self._buffer = bytearray(_CHILD_READ_SIZE)
             self._view = memoryview(self._buffer)
+        self.reads += 1
         batch = self._batch
         batch.begin()
         try:
