@@ -378,6 +378,24 @@ def side_by_side(keep_alive, seconds, reps, prepared=False):
             'failed': sum(sum(pair['failed'].values()) for pair in pairs)}
 
 
+def accepted_connections(pid):
+    """How many TCP connections (not listening sockets) process `pid` has open: its fds'
+    socket inodes found in /proc/net/tcp in a state other than LISTEN (0A)."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f'/proc/{pid}/fd'):
+            try:
+                target = os.readlink(f'/proc/{pid}/fd/{fd}')
+            except OSError:
+                continue
+            if target.startswith('socket:['):
+                inodes.add(target[8:-1])
+        lines = Path('/proc/net/tcp').read_text().splitlines()[1:]
+    except OSError:
+        return 0
+    return sum(1 for line in lines if (fields := line.split())[9] in inodes and fields[3] != '0A')
+
+
 def event_run(event, keep_alive, seconds):
     """isocluster under load while `event` happens once (or, for kill, every second)."""
     server = Server('iso', free_port(), recycle=1000 if event == 'recycle' else 0).ready()
@@ -390,7 +408,11 @@ def event_run(event, keep_alive, seconds):
             for _ in range(max(1, int(seconds) - 2)):
                 with server.changed:
                     worker_id, pid = sorted(server.live.items())[0]
-                held_by_it = sum(1 for worker in held.values() if worker == str(worker_id))
+                # What the killed worker holds: the connections its clients know it served (a
+                # keep-alive between requests), or, as the kernel sees it, every connection the
+                # worker has accepted (a request in flight, whose client cannot know its worker yet).
+                held_by_it = max(sum(1 for worker in held.values() if worker == str(worker_id)),
+                                 accepted_connections(pid))
                 os.kill(pid, signal.SIGKILL)
                 kills.append(held_by_it)
                 await asyncio.sleep(1.0)
