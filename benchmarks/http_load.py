@@ -381,15 +381,10 @@ def side_by_side(keep_alive, seconds, reps, prepared=False):
 def accepted_connections(pid):
     """How many TCP connections (not listening sockets) process `pid` has open: its fds'
     socket inodes found in /proc/net/tcp in a state other than LISTEN (0A)."""
-    inodes = set()
+    from isocluster.transport import procfs
+
+    inodes = procfs.socket_inodes(pid)
     try:
-        for fd in os.listdir(f'/proc/{pid}/fd'):
-            try:
-                target = os.readlink(f'/proc/{pid}/fd/{fd}')
-            except OSError:
-                continue
-            if target.startswith('socket:['):
-                inodes.add(target[8:-1])
         lines = Path('/proc/net/tcp').read_text().splitlines()[1:]
     except OSError:
         return 0

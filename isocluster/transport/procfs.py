@@ -1,5 +1,5 @@
-"""A worker's resident memory and CPU time, read from Linux's /proc (None elsewhere, or once
-the process is gone)."""
+"""A worker's resident memory, CPU time and sockets, read from Linux's /proc (None or empty
+elsewhere, or once the process is gone)."""
 
 from __future__ import annotations
 
@@ -28,3 +28,19 @@ def cpu_seconds(pid: int) -> float | None:
         return (int(fields[11]) + int(fields[12])) / _CLOCK_TICKS
     except (OSError, ValueError, IndexError):
         return None
+
+
+def socket_inodes(pid: int) -> set[str]:
+    """The inodes of the sockets process `pid` has open (to find them in /proc/net/*)."""
+    inodes = set()
+    try:
+        for fd in os.listdir(f'/proc/{pid}/fd'):
+            try:
+                target = os.readlink(f'/proc/{pid}/fd/{fd}')
+            except OSError:
+                continue
+            if target.startswith('socket:['):
+                inodes.add(target[8:-1])
+    except OSError:
+        pass
+    return inodes

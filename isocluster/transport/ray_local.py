@@ -26,6 +26,8 @@ import secrets
 import sys
 from typing import Any, Iterable, Mapping
 
+from . import procfs
+
 LOOPBACK = '127.0.0.1'
 OBJECT_STORE_BYTES = 80 * 1024 * 1024  # Ray's minimum is 75 MiB
 # Ray's node address is 127.0.0.1 when this is 0 (its "single machine" mode), and no usage
@@ -156,20 +158,6 @@ def _descendants(root: int) -> set[int]:
     return found
 
 
-def _socket_inodes(pid: int) -> set[str]:
-    inodes = set()
-    try:
-        for fd in os.listdir(f'/proc/{pid}/fd'):
-            try:
-                target = os.readlink(f'/proc/{pid}/fd/{fd}')
-            except OSError:
-                continue
-            if target.startswith('socket:['):
-                inodes.add(target[8:-1])
-    except OSError:
-        pass
-    return inodes
-
 
 def _address(hex_address: str) -> str:
     if len(hex_address) == 8:  # IPv4, little-endian
@@ -204,7 +192,7 @@ def ray_listeners(root: int | None = None) -> list[tuple[int, str, str, int]]:
     listening = _listening()
     result = []
     for pid in sorted(_descendants(os.getpid() if root is None else root)):
-        for inode in _socket_inodes(pid):
+        for inode in procfs.socket_inodes(pid):
             if inode in listening:
                 try:
                     with open(f'/proc/{pid}/cmdline', 'rb') as cmdline:
