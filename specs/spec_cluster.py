@@ -727,11 +727,13 @@ class ClusterMachine(RuleBasedStateMachine):
 
     # -- liveness, shutdown, determinism ------------------------------------------------------
 
-    def run_until(self, predicate: Any, bound: float) -> bool:
+    def run_until(self, predicate: Any, bound: float, real_bound: float = 20.0) -> bool:
+        """Run the cluster until `predicate()` holds: at most `bound` virtual seconds on memory,
+        `real_bound` real seconds elsewhere."""
         def checked() -> bool:
             self.sync()
             return predicate()
-        reached, checks = self.driver.run_until(checked, bound if self.memory else 20.0)
+        reached, checks = self.driver.run_until(checked, bound if self.memory else real_bound)
         self.program.append(('run_until_check', {'checks': checks, 'reached': reached}))
         self.sync()
         return reached
