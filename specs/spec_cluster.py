@@ -839,8 +839,15 @@ TestMemoryCluster.settings = settings(max_examples=MEMORY_EXAMPLES, stateful_ste
 # violation is reported with the steps as they ran; the checks are the model's, as on memory
 # (where the full Hypothesis search, shrinking included, still runs). Two examples a run:
 # Hypothesis's first is always the simplest program, the second a random one.
-PROCESS_SETTINGS = settings(max_examples=2, stateful_step_count=PROCESS_STEPS, phases=[Phase.generate],
-                            database=None, **_COMMON)
+def one_example_per_run(steps: int) -> settings:
+    """Settings for one Hypothesis run per example (random seed, no shrinking, no database).
+    derandomize=False: with CI set, Hypothesis loads its 'ci' profile, which derandomizes, and
+    every run would then be the same program (CI ran one Ray program 15 times)."""
+    return settings(max_examples=2, stateful_step_count=steps, phases=[Phase.generate], database=None,
+                    derandomize=False, **_COMMON)
+
+
+PROCESS_SETTINGS = one_example_per_run(PROCESS_STEPS)
 
 _unavailable = process_transport_unavailable()
 

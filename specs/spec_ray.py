@@ -41,12 +41,11 @@ from isocluster.transport import ray_local
 
 ray = ray_local.ray_for_tests()
 
-from hypothesis import Phase, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 from hypothesis.stateful import precondition, rule, run_state_machine_as_test  # noqa: E402
 
 from . import driver  # noqa: E402
-from .spec_cluster import _COMMON, FULL, STATS, ClusterMachine, event  # noqa: E402
+from .spec_cluster import FULL, STATS, ClusterMachine, event, one_example_per_run  # noqa: E402
 
 RAY_EXAMPLES = 30 if FULL else 15
 RAY_STEPS = 15
@@ -167,8 +166,7 @@ class RayClusterMachine(ClusterMachine):
 # database): a violation is reported with the steps as they ran, and the model's checks are
 # the same as everywhere else. Two examples a run: Hypothesis's first is always the simplest
 # one (a step or two), the second a random program.
-RAY_SETTINGS = settings(max_examples=2, stateful_step_count=RAY_STEPS, phases=[Phase.generate], database=None,
-                        **_COMMON)
+RAY_SETTINGS = one_example_per_run(RAY_STEPS)
 
 
 def test_ray_cluster_spec() -> None:
