@@ -41,6 +41,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Protocol
 
+from ..errors import TransportError
 from ..protocol import DEFAULT_MAX_FRAME_SIZE, Codec
 from .flow import HIGH_WATER, LinkFlow
 
@@ -179,6 +180,14 @@ class WorkerLink(LinkEnd):
     def cpu_seconds(self) -> float | None:
         """User + system CPU seconds the worker has used, or None where the transport cannot tell."""
         return None
+
+    def _describe(self) -> str:
+        return f'the link to worker {self.id}'
+
+    def closed_error(self) -> TransportError:
+        """What a write to this link raises once it is closed (raised by the caller, so a
+        send's hot path pays no call while the link is open)."""
+        return TransportError(f'{self._describe()} is closed', worker_id=self.id)
 
 
 

@@ -131,7 +131,7 @@ class MemoryWorkerLink(WorkerLink):
 
     def _check_writable(self) -> None:
         if not self.open or self.faulted:
-            raise TransportError(f'the link to worker {self.id} is closed', worker_id=self.id)
+            raise self.closed_error()
         if not self.process.alive or not self.worker_open:
             raise TransportError(f'worker {self.id} is gone (broken pipe)', worker_id=self.id)
 

@@ -83,12 +83,12 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
 
     def write(self, kind: str, payload: Any) -> None:
         if not self.is_open:
-            raise TransportError(f'{self._describe()} is closed', worker_id=self.id)
+            raise self.closed_error()
         self._write_frame(kind, payload)
 
     def send_socket(self, sock: Any, payload: Any) -> None:
         if not self.is_open:
-            raise TransportError(f'{self._describe()} is closed', worker_id=self.id)
+            raise self.closed_error()
         # The queue owns a duplicate: the primary may close its socket before this is sent.
         self._write_frame(protocol.LISTENING, payload, os.dup(sock.fileno()))
 

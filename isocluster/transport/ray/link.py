@@ -74,7 +74,7 @@ class RayWorkerLink(base.WorkerLink):
 
     def write(self, kind: str, payload: Any) -> None:
         if not self.is_open:
-            raise TransportError(f'{self._describe()} is closed', worker_id=self.id)
+            raise self.closed_error()
         data = protocol.encode_frame(kind, payload)
         self._out.append(data)
         self._out_bytes += len(data)
