@@ -64,6 +64,34 @@ def close_gate_pipe() -> None:
             os.close(fd)
 
 
+def gated_receiver(received: InOrder, report: 'asyncio.Future[Any]', gated: bool = True) -> Any:
+    """The primary's worker_message handler in a worker-floods-primary test: the first item
+    blocks its loop on the gate (when `gated`), every item is counted, the report settles."""
+    def on_message(event: Any) -> None:
+        message = event.data['message']
+        if message['type'] == 'report':
+            report.set_result(message)
+            return
+        if received.count == 0 and gated:
+            os.read(GATE['read'], 1)  # the primary stops reading until the worker flooded
+        received.take(message)
+    return on_message
+
+
+def traced_growth(send: Any, count: int) -> int:
+    """How many bytes traced memory grew by while `send(item(i))` ran `count` times, unawaited."""
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(count):
+            send(item(i))  # fire and forget
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
 class GatedConsumer(ClusterWorker):
     """Primary to worker: blocks on the gate at the first item, then checks the order."""
 
@@ -142,17 +170,7 @@ def test_a_worker_flooding_a_stalled_primary_keeps_no_task_per_send(transport: s
         await ready_waiter(primary, 1)
         worker = primary.workers[0]
         report = asyncio.get_running_loop().create_future()
-
-        def on_message(event: Any) -> None:
-            message = event.data['message']
-            if message['type'] == 'report':
-                report.set_result(message)
-                return
-            if received.count == 0 and transport == 'process':
-                os.read(GATE['read'], 1)  # the primary stops reading until the worker flooded
-            received.take(message)
-
-        primary.on('worker_message', on_message)
+        primary.on('worker_message', gated_receiver(received, report, gated=transport == 'process'))
         if transport == 'memory':
             GATE['flooded'] = asyncio.get_running_loop().create_future()
             primary.transport.hold(worker, 'to_primary')
@@ -345,8 +363,6 @@ def test_the_futures_of_unawaited_sends_to_a_stalled_worker_cost_no_memory() -> 
     """A congested link keeps the bytes of each pending send and nothing else: the futures its
     callers dropped are freed (before: ~150 bytes of future per ~100-byte send). A dropped
     future with a done callback, or one awaited later, still resolves."""
-    import tracemalloc
-
     async def scenario(primary: ClusterPrimary) -> Any:
         primary.fork(1)
         await ready_waiter(primary, 1)
@@ -354,14 +370,7 @@ def test_the_futures_of_unawaited_sends_to_a_stalled_worker_cost_no_memory() -> 
         report = asyncio.get_running_loop().create_future()
         primary.on('worker_message', lambda event: report.set_result(event.data['message']))
         called: list[str] = []
-        tracemalloc.start()
-        try:
-            before = tracemalloc.get_traced_memory()[0]
-            for i in range(FLOOD - 2):
-                primary.send(item(i), to=worker)  # fire and forget
-            grown = tracemalloc.get_traced_memory()[0] - before
-        finally:
-            tracemalloc.stop()
+        grown = traced_growth(lambda message: primary.send(message, to=worker), FLOOD - 2)
         queued = primary.transport.links[worker.id].pending_writes()
         primary.send(item(FLOOD - 2), to=worker).add_done_callback(lambda _: called.append('callback'))
         kept = primary.send(item(FLOOD - 1), to=worker)
@@ -385,16 +394,7 @@ class MeasuredFlooder(ClusterWorker):
     """Worker to primary: floods unawaited while tracemalloc watches, then reports."""
 
     def _event_primary_message_flood(self, event: Any) -> None:
-        import tracemalloc
-
-        tracemalloc.start()
-        try:
-            before = tracemalloc.get_traced_memory()[0]
-            for i in range(FLOOD):
-                self.send(item(i))  # fire and forget
-            grown = tracemalloc.get_traced_memory()[0] - before
-        finally:
-            tracemalloc.stop()
+        grown = traced_growth(self.send, FLOOD)
         queued = self._link.flow.pending
         os.write(GATE['write'], b'x')  # the primary's loop may read again
         self.send({'type': 'report', 'grown': grown, 'queued': queued})
@@ -407,17 +407,7 @@ def test_the_futures_of_unawaited_sends_to_a_stalled_primary_cost_no_memory() ->
         primary.fork(1)
         await ready_waiter(primary, 1)
         report = asyncio.get_running_loop().create_future()
-
-        def on_message(event: Any) -> None:
-            message = event.data['message']
-            if message['type'] == 'report':
-                report.set_result(message)
-                return
-            if received.count == 0:
-                os.read(GATE['read'], 1)  # the primary stops reading until the worker flooded
-            received.take(message)
-
-        primary.on('worker_message', on_message)
+        primary.on('worker_message', gated_receiver(received, report))
         primary.send({'type': 'flood'}, to=primary.workers[0])
         return await report
 
