@@ -405,6 +405,16 @@ def test_a_chunk_message_nobody_routes_fails_clearly() -> None:
     assert error.index == 2 and "no handler answered the request (message type 'nobody_handles_this')" in str(error)
 
 
+def recording_job(started: list[str], finish: dict[str, Any]) -> Any:
+    """Gate jobs that note their start in `started` and leave their done callback in `finish`."""
+    def job(name: str) -> Any:
+        def start(done: Any) -> None:
+            started.append(name)
+            finish[name] = done
+        return start
+    return job
+
+
 def test_after_a_request_finishes_the_next_starts_on_a_later_loop_turn() -> None:
     """A request that arrives in the same read as the one that just finished must not start
     at once: the finished one's reply would wait for its whole run (R145)."""
@@ -414,12 +424,7 @@ def test_after_a_request_finishes_the_next_starts_on_a_later_loop_turn() -> None
     gate = RequestGate(1, turns.append)
     started: list[str] = []
     finish: dict[str, Any] = {}
-
-    def job(name: str) -> Any:
-        def start(done: Any) -> None:
-            started.append(name)
-            finish[name] = done
-        return start
+    job = recording_job(started, finish)
 
     gate.submit(job('first'))
     assert started == ['first']
@@ -441,12 +446,7 @@ def test_a_request_arriving_in_a_later_read_starts_at_once() -> None:
     gate = RequestGate(1, turns.append, lambda: reads[0])
     started: list[str] = []
     finish: dict[str, Any] = {}
-
-    def job(name: str) -> Any:
-        def start(done: Any) -> None:
-            started.append(name)
-            finish[name] = done
-        return start
+    job = recording_job(started, finish)
 
     gate.submit(job('first'))
     finish['first']()

@@ -40,9 +40,9 @@ asyncio.run(main())
 '''
 
 
-def _end_both(pid: int | None, primary: Any) -> None:
-    """Whatever the test saw: the worker `pid` and the primary subprocess are ended."""
-    if pid is not None:
+def _end_both(pids: 'int | None | list[int]', primary: Any) -> None:
+    """Whatever the test saw: the worker(s) `pids` and the primary subprocess are ended."""
+    for pid in [] if pids is None else [pids] if isinstance(pids, int) else pids:
         try:
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -79,14 +79,7 @@ def test_workers_of_a_killed_primary_clean_up_and_leave(tmp_path: Path) -> None:
         assert all(_gone(pid) for pid in pids) and gone_after < ORPHAN_GONE_BOUND
         assert sorted(path.name for path in tmp_path.iterdir()) == ['disconnected-1', 'disconnected-2']
     finally:
-        for pid in pids:
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        if primary.poll() is None:
-            primary.kill()
-            primary.wait()
+        _end_both(pids, primary)
 
 
 # A worker stuck in a C call that holds the GIL (the builtin sum over a range checks no
