@@ -62,6 +62,12 @@ _LENGTH = struct.Struct('>I')
 # size: appending its pieces to the decoder's buffer would reallocate (copy) it again and again.
 _LARGE_FRAME = 64 * 1024
 HEADER_SIZE = _HEADER.size
+
+
+def message_header(body_size: int) -> bytes:
+    """The header of a MESSAGE frame whose body is `body_size` bytes (what frame_parts puts
+    first), for a writer that appends a stream's frames to its buffer itself."""
+    return _HEADER.pack(body_size + 1, _MESSAGE_CODE)
 _REQUEST_ID = struct.Struct('>Q')
 _REPLY_ID = struct.Struct('>QB')
 REQUEST_OVERHEAD = _REQUEST_ID.size  # a REQUEST frame's request id, besides the kind byte

@@ -62,11 +62,7 @@ class Outbox:
             except TransportError as error:
                 return self._rejected(write_failure(to, error))
             self._stats['messages_out'] += 1
-            life = to.life
-            if life.recycle_limits is None:  # the recycler's count, without its call per message
-                life.messages_out += 1
-            else:
-                self._handled(to, 1)
+            self._handled(to, 1)
             if flow.pending > HIGH_WATER:  # backpressure: resolves once the link has drained
                 return flow.completion()
             return self._resolved()

@@ -9,7 +9,6 @@ import collections
 import itertools
 import os
 import socket
-import struct
 from typing import Any
 
 from ... import protocol
@@ -26,11 +25,7 @@ _IOV_MAX = 64
 _CHUNK_SIZE = 256 * 1024
 _SEND_FLAGS = getattr(socket, 'MSG_NOSIGNAL', 0)
 _MESSAGE = protocol.MESSAGE
-_MESSAGE_CODE = protocol.KINDS.index(protocol.MESSAGE)
-_MESSAGE_HEADER = struct.Struct('>IB').pack  # protocol's frame header: length, kind byte
-# The fast path below frames messages itself: it must frame them as protocol does.
-if _MESSAGE_HEADER(5, _MESSAGE_CODE) != protocol.frame_parts(_MESSAGE, b'body')[0]:  # pragma: no cover
-    raise ImportError('writer.py frames messages unlike protocol.frame_parts')
+_message_header = protocol.message_header
 
 
 class _Batch:
@@ -90,9 +85,9 @@ class _FrameWriter:
             tail = queue[-1]
             size = len(payload)
             if type(tail) is bytearray and len(tail) < _CHUNK_SIZE and size <= _COPY_LIMIT:
-                tail += _MESSAGE_HEADER(size + 1, _MESSAGE_CODE)
+                tail += _message_header(size)
                 tail += payload
-                self.flow.pending += size + protocol.HEADER_SIZE  # what flow.queued() does
+                self.flow.queued(size + protocol.HEADER_SIZE)
                 return
         header, body = protocol.frame_parts(kind, payload)
         if not (queue or self._corked or self._writing or self._batch.active or fd is not None
