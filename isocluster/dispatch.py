@@ -47,7 +47,9 @@ def pick(registry: 'Registry', tag: Any, limit: int | None = None,
     round-robin pick, so round_robin(tag) and least_busy(tag) share one order."""
     pool = registry.pool
     in_flight = registry.requests.in_flight
-    ids = [worker_id for worker_id in registry.pool_ids if worker_id not in avoid] if avoid else registry.pool_ids
+    ids = registry.choosable_ids()
+    if avoid:
+        ids = [worker_id for worker_id in ids if worker_id not in avoid]
     chosen = least_busy_id(
         ids, lambda worker_id: in_flight(pool[worker_id]), registry.round_robin_history.get(tag, {}), limit,
     )

@@ -74,6 +74,12 @@ class WorkerHandle:
             raise RuntimeError(f'worker {self.id}: this handle belongs to no primary')
         return self._figures(self)
 
+    @property
+    def leaving(self) -> bool:
+        """The primary asked this worker to leave (retired, recycled, reloaded, shut down,
+        disconnected): it gets no new work, though it may still answer what it has (R147)."""
+        return self.life.asked_to_leave
+
     def is_connected(self) -> bool:
         return self.life.state in CONNECTED
 

@@ -118,7 +118,7 @@ class ClusterPrimary(Initializable):
         self._supervisor = Supervisor(options.policy)
         self._stats = primary_counters()
         self._escalation = Escalation(self._call_later, self._stats, options.shutdown_timeout,
-                                      options.kill_timeout, options.drain_timeout)
+                                      options.kill_timeout, options.drain_timeout, registry, self._now)
         self._heartbeats = Heartbeats(
             options.heartbeat_interval, options.heartbeat_timeout, self._now, self._call_later,
             lambda: self._live.values(), lambda: self._phase.active, lambda handle, error: self._events.fault(handle, error),

@@ -24,6 +24,7 @@ class Registry:
         self.live: dict[int, WorkerHandle] = {}
         self.pool: dict[int, WorkerHandle] = {}
         self.pool_ids: list[int] = []  # ascending
+        self.leaving: set[int] = set()  # in the pool, asked to leave: no new work goes to them
         self.round_robin_history: dict[Any, dict[int, int]] = {}  # tag -> worker id -> when last picked
         self.round_robin_counter = 0
         self.requests = CountingRequests()
@@ -63,8 +64,11 @@ class Registry:
         if handle.id not in self.pool:
             self.pool[handle.id] = handle
             bisect.insort(self.pool_ids, handle.id)
+            if handle.life.asked_to_leave:  # it became ready after it was asked to leave
+                self.leaving.add(handle.id)
 
     def pool_remove(self, handle: 'WorkerHandle') -> None:
+        self.leaving.discard(handle.id)
         if self.pool.pop(handle.id, None) is not None:
             self.pool_ids.remove(handle.id)
             for history in self.round_robin_history.values():
@@ -73,18 +77,35 @@ class Registry:
     def clear_pool(self) -> None:
         self.pool.clear()
         self.pool_ids.clear()
+        self.leaving.clear()
         self.round_robin_history.clear()
+
+    def leaving_add(self, handle: 'WorkerHandle') -> None:
+        if handle.id in self.pool:
+            self.leaving.add(handle.id)
 
     # -- choosing a worker -------------------------------------------------------------
 
+    def choosable_ids(self) -> list[int]:
+        """The pool's ids, ascending, without the workers asked to leave: the ones new work goes to."""
+        if not self.leaving:
+            return self.pool_ids
+        leaving = self.leaving
+        return [worker_id for worker_id in self.pool_ids if worker_id not in leaving]
+
+    def choosable(self) -> 'list[WorkerHandle]':
+        pool = self.pool
+        return [pool[worker_id] for worker_id in self.choosable_ids()]
+
     def round_robin(self, tag: Any) -> 'WorkerHandle | None':
         """The ready worker the tag picked least recently (never picked first, in id order)."""
-        if not self.pool_ids:
+        ids = self.choosable_ids()
+        if not ids:
             return None
         history = self.round_robin_history.setdefault(tag, {})
         chosen = None
         oldest = 0
-        for worker_id in self.pool_ids:
+        for worker_id in ids:
             picked = history.get(worker_id)
             if picked is None:
                 chosen = worker_id

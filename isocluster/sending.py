@@ -147,7 +147,7 @@ class Outbox:
 
     def _destinations(self, to: Any) -> list[tuple[Any, Any]]:
         if to is None:
-            return [(handle, handle) for handle in self._registry.ready()]
+            return [(handle, handle) for handle in self._registry.choosable()]
         if isinstance(to, (list, tuple)):
             return [(item, self.resolve_one(item)) for item in to]
         return [(to, self.resolve_one(to))]

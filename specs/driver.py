@@ -241,7 +241,7 @@ class Driver:
     def op_send(self, to: Any, message: Any) -> tuple[Any, ...]:
         """Returns (resolved_now, destination ids or None, per-destination outcome, top-level error)."""
         if to == 'all':
-            destinations = list(self.primary.workers)
+            destinations = [handle for handle in self.primary.workers if not handle.leaving]  # R147
             future = self.primary.send(message)
             labels = [('handle', handle.id) for handle in destinations]
         else:

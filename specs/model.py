@@ -131,6 +131,10 @@ class ClusterModel:
     def pool(self) -> list[int]:
         return sorted(self._pool)
 
+    def choosable(self) -> list[int]:
+        """R147: the pool without the workers asked to leave: the ones new work goes to."""
+        return [worker_id for worker_id in self.pool() if not self.workers[worker_id].disconnect_requested]
+
     def worker(self, worker_id: int) -> WorkerModel:
         return self.workers[worker_id]
 
@@ -178,7 +182,7 @@ class ClusterModel:
 
     def round_robin(self, tag: Any) -> int | None:
         """R67, R68, R69: the lowest id never picked for tag, else the least recently picked."""
-        pool = self.pool()
+        pool = self.choosable()
         if not pool:
             return None
         history = self.rr_history.setdefault(tag, {})
@@ -191,7 +195,7 @@ class ClusterModel:
     def least_busy(self, tag: Any, in_flight: dict[int, int]) -> int | None:
         """R141: the ready worker with the fewest requests in flight; ties in round-robin order
         (R67), and the pick counts as the tag's round-robin pick."""
-        pool = self.pool()
+        pool = self.choosable()
         if not pool:
             return None
         fewest = min(in_flight.get(worker_id, 0) for worker_id in pool)

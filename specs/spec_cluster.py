@@ -269,7 +269,7 @@ class ClusterMachine(RuleBasedStateMachine):
             labels = to
         else:
             to = self.resolve_spec(to)
-            labels = [('handle', worker_id) for worker_id in model.pool()] if to == 'all' else [to]
+            labels = [('handle', worker_id) for worker_id in model.choosable()] if to == 'all' else [to]
         valid = [label[0] != 'invalid' and model.destination(*label) for label in labels]
         writes = [model.write_outcome(label[1]) if ok else None for label, ok in zip(labels, valid)]
         for label, ok, write in zip(labels, valid, writes):
