@@ -191,9 +191,11 @@ class MapRun:
             # its worker, it dies alone, and the messages sent beside it the first time do not
             # spend their retries dying with it again (the map would name an innocent one).
             retry = bool(self._again) and self._attempts.get(self._again[0].start, 0) > 0
-            avoid = self._broken | self._isolated
+            avoid = self._broken
             if retry:
-                avoid = avoid | {worker_id for worker_id, count in self._mine.items() if count}
+                avoid = avoid | self._isolated | {worker_id for worker_id, count in self._mine.items() if count}
+            elif self._isolated:
+                avoid = avoid | self._isolated
             worker = pick(self._parts.registry, self._tag, self._limit, avoid)
             if worker is None:
                 return
