@@ -50,5 +50,5 @@ test-ray: install
 	$(BIN)/python -m pip install -q -e '.[test,ray]'
 	RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_USAGE_STATS_ENABLED=0 \
 		$(PYTEST) -q -p no:xdist tests/test_ray_transport.py tests/test_ray_cluster.py tests/test_ray_flow.py \
-			tests/test_ray_dispatch.py tests/contract specs/spec_ray.py \
+			tests/test_ray_dispatch.py tests/test_ray_gate.py tests/contract specs/spec_ray.py \
 			'tests/test_examples.py::test_ray_cluster_runs_on_ray_or_says_it_needs_it'

@@ -12,7 +12,7 @@ from itertools import islice
 from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, Iterable, Mapping, NamedTuple
 
 from . import protocol
-from .checks import check_seconds
+from .checks import check_bool, check_seconds
 from .errors import (
     EncodeError, MapError, ProtocolError, RemoteError, SendError, WorkerLost,
 )
@@ -128,6 +128,8 @@ class MapRun:
         self._tag = object()  # the map's own tie-break order, not the user's tags
         self._wake = asyncio.Event()
         self._broken: set[int] = set()  # workers a write failed to: gone, though not yet out of the pool
+        self._mine: dict[int, int] = {}  # by worker id: this map's requests in flight there
+        self._isolated: set[int] = set()  # workers running a re-sent message: nothing else of this map goes there
 
     async def run(self) -> AsyncIterator[Any]:
         parts = self._parts
@@ -186,10 +188,20 @@ class MapRun:
 
     def _dispatch(self) -> None:
         while self._has_work():
-            worker = pick(self._parts.registry, self._tag, self._limit, self._broken)
+            # A message lost with its worker goes alone to a worker with nothing else of this map
+            # (it waits for one, and nothing is sent before it): when it is the message that kills
+            # its worker, it dies alone, and the messages sent beside it the first time do not
+            # spend their retries dying with it again (the map would name an innocent one).
+            retry = bool(self._again) and self._attempts.get(self._again[0].start, 0) > 0
+            avoid = self._broken
+            if retry:
+                avoid = avoid | self._isolated | {worker_id for worker_id, count in self._mine.items() if count}
+            elif self._isolated:
+                avoid = avoid | self._isolated
+            worker = pick(self._parts.registry, self._tag, self._limit, avoid)
             if worker is None:
                 return
-            self._send(worker, self._again.popleft() if self._again else self._next_chunk())
+            self._send(worker, self._again.popleft() if self._again else self._next_chunk(), retry)
 
     def _next_chunk(self) -> Chunk:
         chunk, self._carry = self._carry, None
@@ -226,21 +238,29 @@ class MapRun:
                 self._again.appendleft(Chunk(chunk.start + half, messages[half:]))
                 del messages[half:]
 
-    def _send(self, worker: 'WorkerHandle', chunk: Chunk) -> None:
+    def _send(self, worker: 'WorkerHandle', chunk: Chunk, isolated: bool = False) -> None:
         kind, body = self._encode(chunk)
         future = self._parts.outbox.write_request(worker, kind, body, self._timeout,
                                                   f'the map request to worker {worker.id}', len(chunk.messages))
         self._outstanding += 1
-        future.add_done_callback(lambda done: self._done(chunk, worker, done))
+        self._mine[worker.id] = self._mine.get(worker.id, 0) + 1
+        if isolated:
+            self._isolated.add(worker.id)
+        future.add_done_callback(lambda done: self._done(chunk, worker, done, isolated))
 
-    def _done(self, chunk: Chunk, worker: 'WorkerHandle', future: 'asyncio.Future[Any]') -> None:
+    def _done(self, chunk: Chunk, worker: 'WorkerHandle', future: 'asyncio.Future[Any]', isolated: bool) -> None:
         if not future.cancelled():
             future.exception()  # retrieved here: a map that already ended must not log it
-        self._finished.append((chunk, worker, future))
+        self._finished.append((chunk, worker, future, isolated))
         self._wake.set()
 
-    def _take(self, chunk: Chunk, worker: 'WorkerHandle', future: 'asyncio.Future[Any]') -> None:
+    def _take(self, chunk: Chunk, worker: 'WorkerHandle', future: 'asyncio.Future[Any]', isolated: bool) -> None:
         self._outstanding -= 1
+        left = self._mine.pop(worker.id) - 1
+        if left:
+            self._mine[worker.id] = left
+        if isolated:
+            self._isolated.discard(worker.id)
         error = future.exception() if not future.cancelled() else WorkerLost('the request was cancelled')
         if error is not None:
             if _unsent(error):
@@ -287,7 +307,8 @@ class MapRun:
                     index=index, worker_id=worker.id,
                 ) from error
             self._attempts[index] = attempts
-        self._again.append(chunk)
+        # Each lost message is re-sent on its own: which of them killed the worker is unknown.
+        self._again.extend(Chunk(chunk.start + offset, [message]) for offset, message in enumerate(chunk.messages))
 
 
 def map_replies(parts: MapParts, messages: Iterable[Any], *, ordered: bool = True,
@@ -297,7 +318,7 @@ def map_replies(parts: MapParts, messages: Iterable[Any], *, ordered: bool = Tru
     check_map_options(max_in_flight, chunksize, retries)
     if isinstance(messages, (str, bytes, dict)):
         raise TypeError(f'messages: expected an iterable of messages (a list, a generator), got {type(messages).__name__}')
-    return MapRun(parts, messages, bool(ordered), max_in_flight, chunksize, timeout, retries).run()
+    return MapRun(parts, messages, check_bool('ordered', ordered), max_in_flight, chunksize, timeout, retries).run()
 
 
 def collect_replies(loop: asyncio.AbstractEventLoop, start_map: Callable[[], AsyncIterator[Any]]) -> list[Any]:

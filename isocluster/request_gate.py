@@ -28,9 +28,12 @@ class RequestGate:
     hold the finished request's reply back for its whole run (the primary would hear of
     every second reply one task late, and the worker would idle for a round trip).
 
-    `reads()`, when the link counts its read deliveries (`PrimaryLink.reads`), tells a later
-    read from the same one: a request that finished with nobody waiting then costs no loop
-    pass, and the next one, arriving in a later read, starts at once."""
+    `reads()` counts the link's read deliveries (`PrimaryLink.reads`: a socket read, a
+    simulated frame, a Ray batch; every worker end counts them), so the gate has one rule on
+    every transport: a request that finished with nobody waiting costs no loop pass, and the
+    next one starts at once when it arrives in a later read, on a later loop turn when it
+    arrives in the same read. A link that does not count (`reads` None) is taken as one
+    endless read: the next request always waits a turn, which never holds a reply back."""
 
     def __init__(self, limit: int | None, call_soon: Callable[[Callable[[], None]], Any],
                  reads: Callable[[], int] | None = None) -> None:
@@ -40,7 +43,7 @@ class RequestGate:
         self._admitting = False
         self._call_soon = call_soon
         self._scheduled = False
-        self._reads = reads
+        self._reads = reads if reads is not None else _one_endless_read
         self._finished_in = -1  # the read delivery during which a request last finished
 
     @property
@@ -51,7 +54,7 @@ class RequestGate:
         self._waiting.append(job)
         if self._scheduled:
             return
-        if self._reads is not None and self._finished_in == self._reads():
+        if self._finished_in == self._reads():
             self._schedule()  # a request finished in this very read: its reply is still held
         else:
             self._admit()
@@ -72,7 +75,7 @@ class RequestGate:
         self.active -= 1
         if self._scheduled:
             return
-        if self._waiting or self._reads is None:
+        if self._waiting:
             self._schedule()
         else:
             self._finished_in = self._reads()
@@ -84,6 +87,10 @@ class RequestGate:
     def _admit_next_turn(self) -> None:
         self._scheduled = False
         self._admit()
+
+
+def _one_endless_read() -> int:
+    return 0
 
 
 def _once(function: Callable[[], None]) -> Callable[[], None]:

@@ -194,6 +194,21 @@ class Driver:
             self.primary.on(name, self._recorder('on', name))
             self.primary.after(name, self._recorder('after', name))
         self.pids: set[int] = set()
+        self.request_targets: list[tuple[int, str, bool]] = []
+        self._record_request_targets()
+
+    def _record_request_targets(self) -> None:
+        """Every request the primary opens (request() or a map), with its worker's state and
+        whether it was in the pool then (R141): the spec sends no request with `to`."""
+        requests = self.primary._requests
+        open_request = requests.open
+        registry = self.primary._registry
+
+        def recording_open(loop: Any, peer: Any, *args: Any, **kwargs: Any) -> Any:
+            self.request_targets.append((peer.id, peer.state, peer.id in registry.pool_ids))
+            return open_request(loop, peer, *args, **kwargs)
+
+        requests.open = recording_open
 
     def _recorder(self, stage: str, name: str) -> Callable[[Any], None]:
         def record(event: Any) -> None:
@@ -307,6 +322,36 @@ class Driver:
         async def consume() -> None:
             try:
                 async for reply in self.primary.map(tasks, chunksize=chunksize, max_in_flight=max_in_flight,
+                                                    retries=retries):
+                    replies.append(reply)
+            except Exception as error:
+                cause = type(error.__cause__).__name__ if error.__cause__ is not None else None
+                outcome.append(('error', getattr(error, 'index', None), cause, type(error).__name__))
+            else:
+                outcome.append(('done',))
+
+        task = self.loop.create_task(consume())
+        self.run_until(task.done, bound)
+        if not task.done():
+            task.cancel()
+            self.run_until(task.done, 1.0)
+            return ('unfinished', replies)
+        if outcome[0][0] == 'done':
+            return ('done', replies)
+        return ('error', replies, *outcome[0][1:])
+
+    def op_map_unordered(self, count: int, die_on: int | None, chunksize: int, retries: int,
+                         bound: float) -> tuple[Any, ...]:
+        """One `ordered=False` map of `count` tasks (at most one request on a worker), run until
+        it ends or `bound` seconds pass: ('done', replies) | ('error', replies, index, cause,
+        kind) | ('unfinished', replies), the replies in the order they were yielded."""
+        tasks = [{'type': 'task', 'value': value, 'die_on': die_on} for value in range(count)]
+        replies: list[Any] = []
+        outcome: list[Any] = []
+
+        async def consume() -> None:
+            try:
+                async for reply in self.primary.map(tasks, ordered=False, chunksize=chunksize, max_in_flight=1,
                                                     retries=retries):
                     replies.append(reply)
             except Exception as error:

@@ -604,6 +604,51 @@ class ClusterMachine(RuleBasedStateMachine):
             require(not self.model.pool() or not self.memory, 'R142',
                     f'map unfinished within {bound}s with ready workers {self.model.pool()}')
 
+    @precondition(lambda self: self.usable() and self.model.phase == 'active' and bool(self.model.pool())
+                  and self.quiet_links())
+    @rule(count=st.integers(1, 9), victim=st.one_of(st.none(), WORKER_INDEX), chunksize=st.sampled_from([1, 2]),
+          retries=st.sampled_from([0, 2]))
+    def map_unordered(self, count: int, victim: int | None, chunksize: int, retries: int) -> None:
+        """R142, R143 with `ordered=False`: no reply is yielded twice or left out, whatever order
+        they come in, even when the worker named `victim` exits on the first message it is given."""
+        die_on = self.pick(victim, self.model.pool()) if victim is not None else None
+        if die_on is not None:
+            self.model.workers[die_on].may_exit_by_itself = True
+        start = self.cursor
+        bound = 60.0 if self.memory else 15.0
+        result = self.step('map_unordered', count=count, die_on=die_on, chunksize=chunksize, retries=retries,
+                           bound=bound)
+        lost = sum(1 for stage, name, *_rest in self.driver.trace[start:] if stage == 'on' and name == 'worker_disconnect')
+        event(f'map_unordered: {result[0]}' + (', a worker lost' if lost else ''))
+        replies = result[1]
+        expected = {2 * value for value in range(count)}
+        require(len(set(replies)) == len(replies) and set(replies) <= expected, 'R142',
+                f'an unordered map of {count} tasks yielded {replies}: a reply twice or one never asked for')
+        if result[0] == 'done':
+            require(set(replies) == expected, 'R142', f'map ended after {len(replies)} of {count} replies')
+        elif result[0] == 'error':
+            _status, _replies, index, cause, kind = result
+            require(kind == 'MapError' and index is not None and 0 <= index < count and 2 * index not in replies,
+                    'R142', f'map failed with {kind} index {index} after yielding {sorted(replies)}')
+            stopped = cause is None and self.model.phase != 'active'
+            require(stopped or (cause == 'WorkerLost' and lost >= retries + 1), 'R143',
+                    f'map failed ({cause}) at message {index} with retries={retries} after {lost} workers lost')
+        else:
+            require(not self.model.pool() or not self.memory, 'R142',
+                    f'map unfinished within {bound}s with ready workers {self.model.pool()}')
+
+    @invariant()
+    def r141_requests_only_to_ready_workers(self) -> None:
+        """R141: neither request() without `to` nor a map sends to a worker that is not ready
+        (in the pool) when the request is written; the spec names no worker with `to`."""
+        if self.driver is None:
+            return
+        targets, self.driver.request_targets = self.driver.request_targets, []
+        for worker_id, state, in_pool in targets:
+            require(state == 'ready' and in_pool, 'R141',
+                    f'a request went to worker {worker_id} in state {state!r}, '
+                    f'{"in" if in_pool else "out of"} the pool')
+
     @invariant()
     def r140_in_flight_counts(self) -> None:
         """R140: per worker, the requests in flight are never negative, none once it disconnected,

@@ -111,6 +111,9 @@ class BaseWorkerEnd(PrimaryLink):
         self._backlog: collections.deque[protocol.Frame] = collections.deque()
         self._delivering = False
         self._eof = False
+        # Every end counts its read deliveries (a socket read, a simulated frame, a Ray batch):
+        # the request gate tells a later read from the same one by it (request_gate.py).
+        self.reads = 0
 
     # frames from the primary
 

@@ -298,7 +298,8 @@ class MemoryPrimaryLink(BaseWorkerEnd):
         raise TransportError('the memory transport runs only worker_target workers; there is no script to run')
 
     def _receive(self, frame: Any) -> None:
-        """A frame (or EOF) from the primary arrives at the worker."""
+        """A frame (or EOF) from the primary arrives at the worker: one read of its own."""
+        self.reads += 1
         if frame is _EOF:
             self._end_of_input()
         else:

@@ -53,6 +53,7 @@ class _RayPrimaryLink(WorkerEnd):
         try:
             if self._closed or self._eof:
                 return  # this end is closed: what arrives now is discarded (R109)
+            self.reads += 1  # one batch from the primary is one read (request_gate.py)
             if blob:
                 # A ProtocolError here is fatal to the worker (R120): it reaches the loop's handler.
                 for kind, payload in self._decoder.feed(blob):
