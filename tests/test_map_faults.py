@@ -75,13 +75,9 @@ def test_map_ordered_must_be_a_bool() -> None:
     run_cluster('memory', scenario, worker_target=faulty_worker)
 
 
-# Known defect, left to the owner of the primary's retiring path (see the report of branch
-# s4-tq): the primary retires a worker (recycling, reload, scale down) by sending DISCONNECT
-# at once, although the worker still has map requests in flight; the worker closes its link
-# on DISCONNECT (R109), so their replies are lost and a map with retries=0 fails, with
-# retries=n their handlers run twice. Strict: the test fails once the defect is fixed, so the
-# marker goes with the fix.
-@pytest.mark.xfail(strict=True, reason='a retiring worker is disconnected with requests in flight')
+# Recycling (max_requests) retires workers mid-map: each retired worker answers the map's
+# requests it has before its DISCONNECT (R147). Before, the replies were lost: retries=0 failed
+# the map, retries>0 ran those handlers twice.
 @pytest.mark.parametrize('transport', TRANSPORTS)
 def test_recycling_a_worker_loses_no_message_of_a_map(transport: str) -> None:
     async def scenario(primary: ClusterPrimary) -> Any:
