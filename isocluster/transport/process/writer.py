@@ -34,27 +34,38 @@ class _Batch:
     (sent at the end of the turn). One batch per transport: a broadcast costs one send per
     link per turn, not two."""
 
-    __slots__ = ('active', 'corked')
+    __slots__ = ('active', 'corked', 'sent')
 
     def __init__(self) -> None:
         self.active = False
         self.corked: list[_FrameWriter] = []
+        # A write went out at once since the last read batch: the next one is held until the
+        # end of its turn. Marked without a callback: a call_soon per write sent at once cost
+        # every round trip a callback and an extra loop pass (an epoll_wait). A mark left over
+        # from an earlier turn only holds that next write until the end of its own turn.
+        self.sent = False
 
     def begin(self) -> bool:
         if self.active:
             return False
         self.active = True
+        self.sent = False
         return True
 
     def end(self) -> None:
         self.active = False
+        self.sent = False
         corked, self.corked = self.corked, []
         for writer in corked:
             writer._uncork()
 
     def hold_turn(self, loop: asyncio.AbstractEventLoop) -> None:
-        """A write has just gone out at once (latency): hold every later one of this loop
-        turn, on any link, until the turn ends (throughput)."""
+        """A write has just gone out at once (latency): mark it, so a later one is held."""
+        self.sent = True
+
+    def hold(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A second write since the mark: hold every write, on any link, until the end of
+        this loop turn (throughput: one send per link per turn)."""
         self.active = True
         loop.call_soon(self.end)
 
@@ -90,10 +101,13 @@ class _FrameWriter:
                 self.flow.queued(size + protocol.HEADER_SIZE)
                 return
         header, body = protocol.frame_parts(kind, payload)
-        if not (queue or self._corked or self._writing or self._batch.active or fd is not None
+        batch = self._batch
+        if not (queue or self._corked or self._writing or batch.active or fd is not None
                 or len(body) > _COPY_LIMIT):
-            self._send_now(header + body)  # the turn's first frame: straight out (latency)
-            return
+            if not batch.sent:
+                self._send_now(header + body)  # the turn's first frame: straight out (latency)
+                return
+            batch.hold(self._loop)
         if fd is not None:
             queue.append((header + body, fd))
         elif type(body) is OutOfBand:
