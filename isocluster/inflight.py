@@ -23,16 +23,16 @@ class CountingRequests(PendingRequests):
     def __init__(self) -> None:
         super().__init__()
         self._peer_of: dict[int, Any] = {}
-        self._counts: dict[Any, int] = {}
+        self.counts: dict[Any, int] = {}  # peer -> requests in flight (absent: none); read only outside
         self.on_end: set[Callable[[], None]] = set()
 
     def in_flight(self, peer: Any) -> int:
-        return self._counts.get(peer, 0)
+        return self.counts.get(peer, 0)
 
     def open(self, loop: Any, peer: Any, timeout: float | None, describe: str) -> tuple[int, Any]:
         request_id, future = super().open(loop, peer, timeout, describe)
         self._peer_of[request_id] = peer
-        self._counts[peer] = self._counts.get(peer, 0) + 1
+        self.counts[peer] = self.counts.get(peer, 0) + 1
         return request_id, future
 
     def cancel(self, request_id: int) -> None:
@@ -59,11 +59,11 @@ class CountingRequests(PendingRequests):
         peer = self._peer_of.pop(request_id, _NO_PEER)
         if peer is _NO_PEER:
             return
-        left = self._counts[peer] - 1
+        left = self.counts[peer] - 1
         if left:
-            self._counts[peer] = left
+            self.counts[peer] = left
         else:
-            del self._counts[peer]
+            del self.counts[peer]
         if self.on_end:
             for callback in list(self.on_end):
                 callback()

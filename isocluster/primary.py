@@ -228,12 +228,14 @@ class ClusterPrimary(Initializable):
 
         Fails with RequestTimeout, WorkerLost (the worker left first) or RemoteError (its handler raised).
         """
-        check_seconds('timeout', timeout, allow_none=True, allow_zero=False)
+        if timeout is not None:
+            check_seconds('timeout', timeout, allow_none=True, allow_zero=False)
         if to is None:
-            to = self.least_busy()
+            to = dispatch.pick(self._registry, '')  # least_busy(): a ready worker of this primary
             if to is None:
                 return self._rejected(InvalidDestinationError(
                     'request(): no ready worker to send to; wait for worker_ready, or name a worker with to='))
+            return self._outbox.request_ready(message, to, timeout)
         return self._outbox.request(message, to, timeout)
 
     def least_busy(self, tag: Any = '') -> WorkerHandle | None:
@@ -359,6 +361,8 @@ class ClusterPrimary(Initializable):
                 self._stats['messages_in'] += 1
                 handle.life.messages_in += 1
                 self._publish('worker_message', {'worker': handle, 'message': message})
+            elif kind == protocol.REPLY:  # every request's answer: settled here, not dispatched
+                self._events.reply_frame(handle, payload)
             else:
                 self._events.control_frame(handle, kind, payload)
         except Exception as error:

@@ -151,8 +151,14 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
             frames = []
         if decoder.pending:  # only a frame left unfinished needs to know when it was read
             self._last_read_at = self._loop.time()
-        self._inbox.extend(frames)
-        self._deliver()
+        if len(frames) == 1 and not self._inbox:
+            # A round trip's read: one frame, nothing queued before it. Straight to what it
+            # means, without the inbox and the time slice (one frame cannot overrun a slice).
+            kind, payload = frames[0]
+            self._listener.link_frame(self, kind, payload)
+        else:
+            self._inbox.extend(frames)
+            self._deliver()
         error = decoder.error
         pending = decoder.pending if error is None and self._reading else 0
         deadline = self._partial_deadline
