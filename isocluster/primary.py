@@ -25,6 +25,7 @@ from .heartbeats import Heartbeats
 from .lifecycle import Initializable
 from .link_events import WorkerEvents
 from .listening import Listening
+from .observers import message_observed
 from .options import primary_options
 from .pacing import DEFAULT_MAX_QUEUED_BYTES
 from .readiness import Readiness
@@ -360,7 +361,9 @@ class ClusterPrimary(Initializable):
                     return self._worker_fault(handle, protocol.decode_error(self._codec, error, handle.id))
                 self._stats['messages_in'] += 1
                 handle.life.messages_in += 1
-                self._publish('worker_message', {'worker': handle, 'message': message})
+                if self._ps_subscribed('worker_message') or message_observed(
+                        self, message, ClusterPrimary._event_worker_message):
+                    self._publish('worker_message', {'worker': handle, 'message': message})
             elif kind == protocol.REPLY:  # every request's answer: settled here, not dispatched
                 self._events.reply_frame(handle, payload)
             else:
