@@ -59,10 +59,6 @@ class _Batch:
         for writer in corked:
             writer._uncork()
 
-    def hold_turn(self, loop: asyncio.AbstractEventLoop) -> None:
-        """A write has just gone out at once (latency): mark it, so a later one is held."""
-        self.sent = True
-
     def hold(self, loop: asyncio.AbstractEventLoop) -> None:
         """A second write since the mark: hold every write, on any link, until the end of
         this loop turn (throughput: one send per link per turn)."""
@@ -104,8 +100,21 @@ class _FrameWriter:
         batch = self._batch
         if not (queue or self._corked or self._writing or batch.active or fd is not None
                 or len(body) > _COPY_LIMIT):
-            if not batch.sent:
-                self._send_now(header + body)  # the turn's first frame: straight out (latency)
+            if not batch.sent:  # the turn's first frame: straight out (latency)
+                data = header + body
+                try:
+                    sent = self._sock.send(data, _SEND_FLAGS)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError as exc:
+                    self._write_failed(exc)
+                    raise TransportError(f'{self._describe()}: write failed ({exc})', worker_id=self._worker_id()) from exc
+                if sent < len(data):
+                    queue.append(memoryview(data)[sent:])
+                    self.flow.queued(len(data) - sent)
+                    self._start_writing()
+                else:
+                    batch.sent = True
                 return
             batch.hold(self._loop)
         if fd is not None:
@@ -142,22 +151,7 @@ class _FrameWriter:
         if self._queue:
             self._start_writing()
         else:
-            self._batch.hold_turn(self._loop)
-
-    def _send_now(self, data: bytes) -> None:
-        try:
-            sent = self._sock.send(data, _SEND_FLAGS)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as exc:
-            self._write_failed(exc)
-            raise TransportError(f'{self._describe()}: write failed ({exc})', worker_id=self._worker_id()) from exc
-        if sent < len(data):
-            self._queue.append(memoryview(data)[sent:])
-            self.flow.queued(len(data) - sent)
-            self._start_writing()
-        else:
-            self._batch.hold_turn(self._loop)
+            self._batch.sent = True  # gone out at once: a later write of this turn is held
 
     def _flush(self) -> None:
         """Send what the socket takes; raises OSError other than EAGAIN."""
