@@ -21,7 +21,7 @@ def message_observed(primary: Any, message: Any, routing_action: Callable[..., A
     subscriber at any stage, no other default action (a subclass's or an instance's override, or
     another `complete` in the class's pubsub table), no callable `_event_worker_message_<type>`.
     The type rules are `routing.route`'s: a dict whose 'type' is an identifier."""
-    if primary._ps_subscribed(_EVENT):  # the primary asks this first, inline: the common case
+    if primary._ps_subscribed(_EVENT):
         return True
     config = primary._ps_config.get(_EVENT)
     if config is None or config.complete != _ACTION:

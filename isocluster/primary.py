@@ -361,7 +361,9 @@ class ClusterPrimary(Initializable):
                     return self._worker_fault(handle, protocol.decode_error(self._codec, error, handle.id))
                 self._stats['messages_in'] += 1
                 handle.life.messages_in += 1
-                if self._ps_subscribed('worker_message') or message_observed(
+                # Has it ever been subscribed (a key is kept after the last unsubscribe): then
+                # publish, no further question; else ask precisely whether anyone observes it.
+                if 'worker_message' in self._ps_subs or message_observed(
                         self, message, ClusterPrimary._event_worker_message):
                     self._publish('worker_message', {'worker': handle, 'message': message})
             elif kind == protocol.REPLY:  # every request's answer: settled here, not dispatched
