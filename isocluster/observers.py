@@ -19,13 +19,14 @@ def message_observed(primary: Any, message: Any, routing_action: Callable[..., A
     """False only when publishing worker_message for `message` would run nothing but the
     primary's own `routing_action` (the default action) and it would route to no method: no
     subscriber at any stage, no other default action (a subclass's or an instance's override, or
-    another `complete` in the class's pubsub table), no callable `_event_worker_message_<type>`.
+    another `complete` in the class's pubsub table), not declared once (a once event is kept for
+    later subscribers), no callable `_event_worker_message_<type>`.
     The type rules are `routing.route`'s: a dict whose 'type' is an identifier."""
     if primary._ps_subscribed(_EVENT):
         return True
     config = primary._ps_config.get(_EVENT)
-    if config is None or config.complete != _ACTION:
-        return True
+    if config is None or config.complete != _ACTION or config.once:
+        return True  # another default action, or a once event a later subscriber sees (R22)
     action = getattr(primary, _ACTION, None)
     if getattr(action, '__func__', None) is not routing_action:
         return True

@@ -221,3 +221,23 @@ def test_a_write_sent_at_once_schedules_no_callback_and_a_second_one_waits_for_t
     assert first_bytes == protocol.HEADER_SIZE + len(b'"first"')
     assert held == 1  # the later writes of the turn wait for one end-of-turn callback
     assert rest == protocol.message_header(len(b'"second"')) + b'"second"' + protocol.message_header(len(b'"third"')) + b'"third"'
+
+
+class OncePrimary(ClusterPrimary):
+    """worker_message declared publish_once: its first publish is kept for later subscribers (R22)."""
+
+    _pubsub = {**ClusterPrimary._pubsub, 'worker_message': {'publish_once': True}}
+
+
+def test_a_once_worker_message_unobserved_when_published_still_reaches_a_later_subscriber() -> None:
+    async def scenario(primary: ClusterPrimary) -> Any:
+        primary.fork(1)
+        await ready_waiter(primary, 1)
+        (worker,) = primary.workers
+        await primary.request({'type': 'notes', 'numbers': [7]}, to=worker)  # nobody subscribed yet
+        late: list[Any] = []
+        primary.on('worker_message', lambda event: late.append(event.data['message']))
+        return late
+
+    assert run_cluster('memory', scenario, primary_class=OncePrimary, worker_target=note_worker) == [
+        {'type': 'note', 'n': 7}]
