@@ -191,7 +191,7 @@ class _Pair(_FrameWriter):
         return 'test link'
 
 
-def test_a_write_sent_at_once_schedules_no_callback_and_a_second_one_waits_for_the_turn_end() -> None:
+def test_a_write_sent_at_once_schedules_no_callback_and_later_ones_wait_for_a_turn_end_until_a_read() -> None:
     async def main() -> Any:
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair()
@@ -210,13 +210,27 @@ def test_a_write_sent_at_once_schedules_no_callback_and_a_second_one_waits_for_t
             await asyncio.sleep(0)
             await asyncio.sleep(0)
             rest = theirs.recv(1000, socket.MSG_DONTWAIT)
+            # A later turn with no read since: a stream's writes go out as one batch at the
+            # end of the turn, not a lone first frame at once and then the rest.
+            writer._write_frame(protocol.MESSAGE, b'"fourth"')
+            with pytest.raises(BlockingIOError):
+                theirs.recv(1000, socket.MSG_DONTWAIT)
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+            fourth = theirs.recv(1000, socket.MSG_DONTWAIT)
+            writer._batch.begin()  # a read batch (what a link's read does) clears the mark
+            writer._batch.end()
+            writer._write_frame(protocol.MESSAGE, b'"fifth"')
+            fifth = theirs.recv(1000, socket.MSG_DONTWAIT)
         finally:
             del loop.call_soon
             ours.close()
             theirs.close()
-        return after_first, held, rest
+        return after_first, held, rest, fourth, fifth
 
-    (scheduled_after_first, first_bytes), held, rest = asyncio.run(main())
+    (scheduled_after_first, first_bytes), held, rest, fourth, fifth = asyncio.run(main())
+    assert fourth == protocol.message_header(len(b'"fourth"')) + b'"fourth"'
+    assert fifth == protocol.message_header(len(b'"fifth"')) + b'"fifth"'  # at once again
     assert scheduled_after_first == 0  # no callback per write sent at once (and no loop pass)
     assert first_bytes == protocol.HEADER_SIZE + len(b'"first"')
     assert held == 1  # the later writes of the turn wait for one end-of-turn callback

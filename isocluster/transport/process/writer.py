@@ -1,6 +1,6 @@
-"""Write batching for both ends of a process link: the first frame of a loop turn goes out at
-once, later ones are coalesced into one send per link per turn; large bodies go out with
-sendmsg without a copy; a passed fd travels with its own send."""
+"""Write batching for both ends of a process link: the first write since the last read goes
+out at once, later ones are coalesced into one send per link per turn; large bodies go out
+with sendmsg without a copy; a passed fd travels with its own send."""
 
 from __future__ import annotations
 
@@ -30,8 +30,8 @@ _message_header = protocol.message_header
 
 class _Batch:
     """Writes held back and sent together: those made while a read callback delivers frames
-    (sent when it returns), and those that follow a write sent at once in the same loop turn
-    (sent at the end of the turn). One batch per transport: a broadcast costs one send per
+    (sent when it returns), and those that follow a write sent at once since the last read
+    (sent at the end of their turn). One batch per transport: a broadcast costs one send per
     link per turn, not two."""
 
     __slots__ = ('active', 'corked', 'sent')
@@ -39,10 +39,12 @@ class _Batch:
     def __init__(self) -> None:
         self.active = False
         self.corked: list[_FrameWriter] = []
-        # A write went out at once since the last read batch: the next one is held until the
-        # end of its turn. Marked without a callback: a call_soon per write sent at once cost
-        # every round trip a callback and an extra loop pass (an epoll_wait). A mark left over
-        # from an earlier turn only holds that next write until the end of its own turn.
+        # A write went out at once since the last read batch began: the next one is held
+        # until the end of its turn. Marked without a callback: a call_soon per write sent at
+        # once cost every round trip a callback and an extra loop pass (an epoll_wait). Only a
+        # read clears the mark, so a sender that reads nothing (a stream) sends one batch per
+        # turn, not a lone first frame and then the rest; the cost of a mark left over is that
+        # next write waiting for the end of its own turn.
         self.sent = False
 
     def begin(self) -> bool:
@@ -54,7 +56,6 @@ class _Batch:
 
     def end(self) -> None:
         self.active = False
-        self.sent = False
         corked, self.corked = self.corked, []
         for writer in corked:
             writer._uncork()
@@ -67,9 +68,9 @@ class _Batch:
 
 
 class _FrameWriter:
-    """Non-blocking writes shared by both ends. The first frame of a loop turn goes out at
-    once (latency); later frames of the same turn are coalesced, one send per link at the
-    end of the turn (throughput)."""
+    """Non-blocking writes shared by both ends. The first frame since the last read goes out
+    at once (a round trip's latency); later frames are coalesced, one send per link at the
+    end of their turn (throughput)."""
 
     _sock: socket.socket
     _loop: asyncio.AbstractEventLoop
