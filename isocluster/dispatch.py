@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from .sending import Outbox
     from .states import PrimaryState
 
+_NONE: Mapping[int, int] = {}  # a tag never picked: no history (read only)
 DEFAULT_MAX_IN_FLIGHT = 2  # one request running, one waiting on the worker: it never idles for a round trip
 
 
@@ -30,14 +31,14 @@ def least_busy_id(pool_ids: Iterable[int], in_flight: Callable[[int], int], hist
                   limit: int | None = None) -> int | None:
     """The id with the fewest requests in flight, below `limit` if given; ties go to the one
     the tag's round-robin would pick (never picked first, in id order; else least recently)."""
-    chosen, best = None, None
+    chosen, fewest, oldest = None, 0, 0
     for worker_id in pool_ids:
         count = in_flight(worker_id)
         if limit is not None and count >= limit:
             continue
-        key = (count, history.get(worker_id, 0))  # round-robin picks count from 1: 0 is never picked
-        if best is None or key < best:
-            chosen, best = worker_id, key
+        picked = history.get(worker_id, 0)  # round-robin picks count from 1: 0 is never picked
+        if chosen is None or count < fewest or (count == fewest and picked < oldest):
+            chosen, fewest, oldest = worker_id, count, picked
     return chosen
 
 
@@ -46,12 +47,12 @@ def pick(registry: 'Registry', tag: Any, limit: int | None = None,
     """The least busy ready worker (None: none ready, or all at `limit`); recorded as the tag's
     round-robin pick, so round_robin(tag) and least_busy(tag) share one order."""
     pool = registry.pool
-    in_flight = registry.requests.in_flight
+    counts = registry.requests.counts
     ids = registry.choosable_ids()
     if avoid:
         ids = [worker_id for worker_id in ids if worker_id not in avoid]
     chosen = least_busy_id(
-        ids, lambda worker_id: in_flight(pool[worker_id]), registry.round_robin_history.get(tag, {}), limit,
+        ids, lambda worker_id: counts.get(pool[worker_id], 0), registry.round_robin_history.get(tag, _NONE), limit,
     )
     if chosen is None:
         return None

@@ -11,59 +11,64 @@ from typing import Any, Callable
 
 from .routing import PendingRequests
 
-_NO_PEER: Any = object()
-
 
 class CountingRequests(PendingRequests):
     """PendingRequests that also counts, per peer, the requests still awaiting an answer.
+
+    A request's peer is read from its pending entry, just before whatever may end it runs; the
+    count drops when that entry is gone afterwards (a refused reply leaves it pending).
 
     `on_end` callbacks run each time a count drops (a slot freed), so a dispatcher that was
     waiting for room can send again."""
 
     def __init__(self) -> None:
         super().__init__()
-        self._peer_of: dict[int, Any] = {}
-        self._counts: dict[Any, int] = {}
+        self.counts: dict[Any, int] = {}  # peer -> requests in flight (absent: none); read only outside
         self.on_end: set[Callable[[], None]] = set()
 
     def in_flight(self, peer: Any) -> int:
-        return self._counts.get(peer, 0)
+        return self.counts.get(peer, 0)
 
     def open(self, loop: Any, peer: Any, timeout: float | None, describe: str) -> tuple[int, Any]:
-        request_id, future = super().open(loop, peer, timeout, describe)
-        self._peer_of[request_id] = peer
-        self._counts[peer] = self._counts.get(peer, 0) + 1
+        request_id, future = PendingRequests.open(self, loop, peer, timeout, describe)
+        counts = self.counts
+        counts[peer] = counts.get(peer, 0) + 1
         return request_id, future
 
-    def cancel(self, request_id: int) -> None:
-        super().cancel(request_id)
-        self._end_if_gone(request_id)
-
-    def _time_out(self, request_id: int, timeout: float, describe: str) -> None:
-        super()._time_out(request_id, timeout, describe)
-        self._end_if_gone(request_id)
-
     def settle(self, payload: Any, *args: Any, **kwargs: Any) -> str | None:
-        why = super().settle(payload, *args, **kwargs)
-        self._end_if_gone(payload[0])
+        pending = self._pending
+        entry = pending.get(payload[0])
+        why = PendingRequests.settle(self, payload, *args, **kwargs)
+        if entry is not None and payload[0] not in pending:
+            self._ended(entry[1])
         return why
 
-    def lose(self, peer: Any, make_error: Callable[[], BaseException]) -> None:
-        super().lose(peer, make_error)
-        for request_id in [request_id for request_id in self._peer_of if request_id not in self._pending]:
-            self._end_if_gone(request_id)
+    def cancel(self, request_id: int) -> None:
+        entry = self._pending.get(request_id)
+        super().cancel(request_id)
+        if entry is not None and request_id not in self._pending:
+            self._ended(entry[1])
 
-    def _end_if_gone(self, request_id: int) -> None:
-        if request_id in self._pending:
-            return  # still awaited (e.g. a reply from the wrong peer was refused)
-        peer = self._peer_of.pop(request_id, _NO_PEER)
-        if peer is _NO_PEER:
-            return
-        left = self._counts[peer] - 1
+    def _time_out(self, request_id: int, timeout: float, describe: str) -> None:
+        entry = self._pending.get(request_id)
+        super()._time_out(request_id, timeout, describe)
+        if entry is not None and request_id not in self._pending:
+            self._ended(entry[1])
+
+    def lose(self, peer: Any, make_error: Callable[[], BaseException]) -> None:
+        sent = [(request_id, entry[1]) for request_id, entry in self._pending.items() if peer is None or entry[1] is peer]
+        super().lose(peer, make_error)
+        for request_id, target in sent:
+            if request_id not in self._pending:
+                self._ended(target)
+
+    def _ended(self, peer: Any) -> None:
+        counts = self.counts
+        left = counts[peer] - 1
         if left:
-            self._counts[peer] = left
+            counts[peer] = left
         else:
-            del self._counts[peer]
+            del counts[peer]
         if self.on_end:
             for callback in list(self.on_end):
                 callback()

@@ -60,6 +60,18 @@ class WorkerEvents:
             return self.violation(handle, why, kind)
         self._ACTIONS[kind](self, handle, payload)
 
+    def reply_frame(self, handle: 'WorkerHandle', payload: Any) -> None:
+        """A REPLY, the frame every request waits for: the table's and the shape's checks, then
+        the settle, without the general dispatch. Anything refused goes the general way, which
+        says why."""
+        if handle.life.state in _REPLY_STATES:
+            try:
+                frames.check_payload(protocol.REPLY, payload)
+            except Exception:
+                return self.control_frame(handle, protocol.REPLY, payload)
+            return self._reply(handle, payload)
+        self.control_frame(handle, protocol.REPLY, payload)
+
     # One method per kind a worker may send besides MESSAGE (link_frame's hot path); each runs
     # only once the state table and the payload's shape have accepted the frame.
 
@@ -215,3 +227,4 @@ WorkerEvents._ACTIONS = {
     protocol.LISTEN: WorkerEvents._listen,
 }
 assert set(WorkerEvents._ACTIONS) == set(FRAMES_ALLOWED_IN), 'every kind a worker may send has one action'
+_REPLY_STATES = FRAMES_ALLOWED_IN[protocol.REPLY]

@@ -25,6 +25,7 @@ from .heartbeats import Heartbeats
 from .lifecycle import Initializable
 from .link_events import WorkerEvents
 from .listening import Listening
+from .observers import message_observed
 from .options import primary_options
 from .pacing import DEFAULT_MAX_QUEUED_BYTES
 from .readiness import Readiness
@@ -228,12 +229,14 @@ class ClusterPrimary(Initializable):
 
         Fails with RequestTimeout, WorkerLost (the worker left first) or RemoteError (its handler raised).
         """
-        check_seconds('timeout', timeout, allow_none=True, allow_zero=False)
+        if timeout is not None:
+            check_seconds('timeout', timeout, allow_none=True, allow_zero=False)
         if to is None:
-            to = self.least_busy()
+            to = dispatch.pick(self._registry, '')  # least_busy(): a ready worker of this primary
             if to is None:
                 return self._rejected(InvalidDestinationError(
                     'request(): no ready worker to send to; wait for worker_ready, or name a worker with to='))
+            return self._outbox.request_ready(message, to, timeout)
         return self._outbox.request(message, to, timeout)
 
     def least_busy(self, tag: Any = '') -> WorkerHandle | None:
@@ -358,7 +361,13 @@ class ClusterPrimary(Initializable):
                     return self._worker_fault(handle, protocol.decode_error(self._codec, error, handle.id))
                 self._stats['messages_in'] += 1
                 handle.life.messages_in += 1
-                self._publish('worker_message', {'worker': handle, 'message': message})
+                # Has it ever been subscribed (a key is kept after the last unsubscribe): then
+                # publish, no further question; else ask precisely whether anyone observes it.
+                if 'worker_message' in self._ps_subs or message_observed(
+                        self, message, ClusterPrimary._event_worker_message):
+                    self._publish('worker_message', {'worker': handle, 'message': message})
+            elif kind == protocol.REPLY:  # every request's answer: settled here, not dispatched
+                self._events.reply_frame(handle, payload)
             else:
                 self._events.control_frame(handle, kind, payload)
         except Exception as error:

@@ -211,6 +211,14 @@ class FrameDecoder:
         self._buffer = bytearray()
         self._large = None
 
+    def whole_frame(self, data: bytes | bytearray | memoryview) -> Frame | None:
+        """The one message, request or reply frame `data` is exactly, when nothing came before
+        it unfinished (a round trip's read); else None, and `data` is for `feed`. Nothing is
+        kept: after it the decoder is as idle as before."""
+        if self._buffer or self._large is not None or self._error is not None:
+            return None
+        return _one_frame(data, self.max_frame_size)
+
     def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
         """The whole frames received so far. A fault raises ProtocolError, but only after the
         good frames before it were returned: it is raised by the next call."""

@@ -111,8 +111,23 @@ class Outbox:
         target = self.resolve_one(to)
         if isinstance(target, BaseException):
             return self._rejected(target)
+        return self._write_request(target, data, timeout)
+
+    def request_ready(self, message: Any, target: WorkerHandle, timeout: float | None) -> 'asyncio.Future[Any]':
+        """request() to `target`, a worker the primary just took from its ready pool (so it
+        names one connected worker of this primary: nothing to resolve)."""
+        try:
+            data = protocol.encode_message(self._codec, message, self._transport.max_frame_size,
+                                           overhead=protocol.REQUEST_OVERHEAD)
+        except EncodeError as error:
+            return self._rejected(error)
+        return self._write_request(target, data, timeout)
+
+    def _write_request(self, target: WorkerHandle, data: bytes, timeout: float | None) -> 'asyncio.Future[Any]':
         requests = self._registry.requests
-        request_id, reply = requests.open(self._loop(), target, timeout, f'the request to worker {target.id}')
+        # The description is for a timeout's error only: not formatted for every request.
+        describe = f'the request to worker {target.id}' if timeout is not None else ''
+        request_id, reply = requests.open(self._loop(), target, timeout, describe)
         try:
             target.life.link.write(protocol.REQUEST, (request_id, data))
         except TransportError as error:

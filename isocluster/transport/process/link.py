@@ -82,7 +82,7 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
     # writing
 
     def write(self, kind: str, payload: Any) -> None:
-        if not self.is_open:
+        if self._closing or self._eof or self._write_broken:  # not is_open: a call less per send
             raise self.closed_error()
         self._write_frame(kind, payload)
 
@@ -121,7 +121,8 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
     # reading
 
     def _on_readable(self) -> None:
-        direct = self._decoder.gather_target()  # the rest of a large frame: read straight in
+        decoder = self._decoder
+        direct = decoder.gather_target()  # the rest of a large frame: read straight in
         try:
             count = self._sock.recv_into(self._buffer if direct is None else direct)
         except (BlockingIOError, InterruptedError):
@@ -134,14 +135,19 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
         if count == 0:
             self._on_eof()
             return
+        # A round trip's read is one whole frame with nothing before it: straight to what it
+        # means. The decoder stays idle, so no partial-frame deadline is armed or to update.
+        frame = None if direct is not None or self._inbox else decoder.whole_frame(self._view[:count])
         batch = self._batch
-        if not batch.begin():
-            self._feed(count, direct is not None)
-            return
+        began = batch.begin()
         try:
-            self._feed(count, direct is not None)
+            if frame is not None:
+                self._listener.link_frame(self, frame[0], frame[1])
+            else:
+                self._feed(count, direct is not None)
         finally:
-            batch.end()
+            if began:
+                batch.end()
 
     def _feed(self, count: int, direct: bool = False) -> None:
         decoder = self._decoder
@@ -151,8 +157,14 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
             frames = []
         if decoder.pending:  # only a frame left unfinished needs to know when it was read
             self._last_read_at = self._loop.time()
-        self._inbox.extend(frames)
-        self._deliver()
+        if len(frames) == 1 and not self._inbox:
+            # A round trip's read: one frame, nothing queued before it. Straight to what it
+            # means, without the inbox and the time slice (one frame cannot overrun a slice).
+            kind, payload = frames[0]
+            self._listener.link_frame(self, kind, payload)
+        else:
+            self._inbox.extend(frames)
+            self._deliver()
         error = decoder.error
         pending = decoder.pending if error is None and self._reading else 0
         deadline = self._partial_deadline

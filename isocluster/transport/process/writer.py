@@ -1,6 +1,6 @@
-"""Write batching for both ends of a process link: the first frame of a loop turn goes out at
-once, later ones are coalesced into one send per link per turn; large bodies go out with
-sendmsg without a copy; a passed fd travels with its own send."""
+"""Write batching for both ends of a process link: the first write since the last read goes
+out at once, later ones are coalesced into one send per link per turn; large bodies go out
+with sendmsg without a copy; a passed fd travels with its own send."""
 
 from __future__ import annotations
 
@@ -30,20 +30,28 @@ _message_header = protocol.message_header
 
 class _Batch:
     """Writes held back and sent together: those made while a read callback delivers frames
-    (sent when it returns), and those that follow a write sent at once in the same loop turn
-    (sent at the end of the turn). One batch per transport: a broadcast costs one send per
+    (sent when it returns), and those that follow a write sent at once since the last read
+    (sent at the end of their turn). One batch per transport: a broadcast costs one send per
     link per turn, not two."""
 
-    __slots__ = ('active', 'corked')
+    __slots__ = ('active', 'corked', 'sent')
 
     def __init__(self) -> None:
         self.active = False
         self.corked: list[_FrameWriter] = []
+        # A write went out at once since the last read batch began: the next one is held
+        # until the end of its turn. Marked without a callback: a call_soon per write sent at
+        # once cost every round trip a callback and an extra loop pass (an epoll_wait). Only a
+        # read clears the mark, so a sender that reads nothing (a stream) sends one batch per
+        # turn, not a lone first frame and then the rest; the cost of a mark left over is that
+        # next write waiting for the end of its own turn.
+        self.sent = False
 
     def begin(self) -> bool:
         if self.active:
             return False
         self.active = True
+        self.sent = False
         return True
 
     def end(self) -> None:
@@ -52,17 +60,17 @@ class _Batch:
         for writer in corked:
             writer._uncork()
 
-    def hold_turn(self, loop: asyncio.AbstractEventLoop) -> None:
-        """A write has just gone out at once (latency): hold every later one of this loop
-        turn, on any link, until the turn ends (throughput)."""
+    def hold(self, loop: asyncio.AbstractEventLoop) -> None:
+        """A second write since the mark: hold every write, on any link, until the end of
+        this loop turn (throughput: one send per link per turn)."""
         self.active = True
         loop.call_soon(self.end)
 
 
 class _FrameWriter:
-    """Non-blocking writes shared by both ends. The first frame of a loop turn goes out at
-    once (latency); later frames of the same turn are coalesced, one send per link at the
-    end of the turn (throughput)."""
+    """Non-blocking writes shared by both ends. The first frame since the last read goes out
+    at once (a round trip's latency); later frames are coalesced, one send per link at the
+    end of their turn (throughput)."""
 
     _sock: socket.socket
     _loop: asyncio.AbstractEventLoop
@@ -90,10 +98,26 @@ class _FrameWriter:
                 self.flow.queued(size + protocol.HEADER_SIZE)
                 return
         header, body = protocol.frame_parts(kind, payload)
-        if not (queue or self._corked or self._writing or self._batch.active or fd is not None
+        batch = self._batch
+        if not (queue or self._corked or self._writing or batch.active or fd is not None
                 or len(body) > _COPY_LIMIT):
-            self._send_now(header + body)  # the turn's first frame: straight out (latency)
-            return
+            if not batch.sent:  # the turn's first frame: straight out (latency)
+                data = header + body
+                try:
+                    sent = self._sock.send(data, _SEND_FLAGS)
+                except (BlockingIOError, InterruptedError):
+                    sent = 0
+                except OSError as exc:
+                    self._write_failed(exc)
+                    raise TransportError(f'{self._describe()}: write failed ({exc})', worker_id=self._worker_id()) from exc
+                if sent < len(data):
+                    queue.append(memoryview(data)[sent:])
+                    self.flow.queued(len(data) - sent)
+                    self._start_writing()
+                else:
+                    batch.sent = True
+                return
+            batch.hold(self._loop)
         if fd is not None:
             queue.append((header + body, fd))
         elif type(body) is OutOfBand:
@@ -128,22 +152,7 @@ class _FrameWriter:
         if self._queue:
             self._start_writing()
         else:
-            self._batch.hold_turn(self._loop)
-
-    def _send_now(self, data: bytes) -> None:
-        try:
-            sent = self._sock.send(data, _SEND_FLAGS)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as exc:
-            self._write_failed(exc)
-            raise TransportError(f'{self._describe()}: write failed ({exc})', worker_id=self._worker_id()) from exc
-        if sent < len(data):
-            self._queue.append(memoryview(data)[sent:])
-            self.flow.queued(len(data) - sent)
-            self._start_writing()
-        else:
-            self._batch.hold_turn(self._loop)
+            self._batch.sent = True  # gone out at once: a later write of this turn is held
 
     def _flush(self) -> None:
         """Send what the socket takes; raises OSError other than EAGAIN."""
