@@ -129,13 +129,13 @@ def build_scenarios() -> list[Scenario]:
         Target('orjson + uvloop <= 1.0 x multiprocessing.Pipe', 'isocluster orjson+uvloop', 'multiprocessing.Pipe', '<=', 1.0),
         # Pipe blocks in recv at both ends; an event loop pays an epoll wake-up per message:
         # the nearest sound target is against the same design's own floor, measured here.
-        Target('orjson + uvloop <= 1.1 x its floor (raw asyncio both ends orjson+uvloop)',
+        Target('orjson + uvloop <= 1.1 x its floor (raw asyncio orjson+uvloop)',
                'isocluster orjson+uvloop', 'raw asyncio both ends orjson+uvloop', '<=', 1.1, note='info'),
-        Target('the floor itself: raw asyncio both ends orjson+uvloop <= 1.0 x Pipe',
+        Target('floor itself: raw asyncio orjson+uvloop <= 1.0 x Pipe',
                'raw asyncio both ends orjson+uvloop', 'multiprocessing.Pipe', '<=', 1.0, note='info'),
-        Target('the floor itself: raw asyncio both ends pickle (Pipe\'s codec) / Pipe',
+        Target('floor itself: raw asyncio pickle (Pipe\'s codec) / Pipe',
                'raw asyncio both ends pickle', 'multiprocessing.Pipe', 'ratio', 0.0, note='info'),
-        Target('the floor itself: raw asyncio both ends json / Pipe',
+        Target('floor itself: raw asyncio json / Pipe',
                'raw asyncio both ends json', 'multiprocessing.Pipe', 'ratio', 0.0, note='info'),
     ]))
 
@@ -173,7 +173,7 @@ def build_scenarios() -> list[Scenario]:
                    'multiprocessing.Pipe', '>=', 2.5),
         ] + [
             target for c, bound in (('json', 1.5), ('pickle', 2.5)) for target in (
-                Target(f'the floor itself: raw asyncio both ends {c} >= {bound} x Pipe',
+                Target(f'floor itself: raw asyncio both ends {c} >= {bound} x Pipe',
                        f'raw asyncio both ends {c}', 'multiprocessing.Pipe', '>=', bound, note='info'),
                 Target(f'fire-and-forget {c} / its floor (raw asyncio both ends {c})',
                        f'isocluster {c} fire-and-forget', f'raw asyncio both ends {c}', 'ratio', 0.0, note='info'),
@@ -215,10 +215,10 @@ def build_scenarios() -> list[Scenario]:
                f'raw socketpair {label}', '>=', 0.5)
         for label in ('1 MB', '16 MB', '60 MB') for arrow in ('primary->worker', 'worker->primary')
     ] + [
-        Target('the floor itself: raw asyncio both ends 1 MB / raw socketpair 1 MB', 'raw asyncio both ends 1 MB',
+        Target('floor itself: raw asyncio both ends 1 MB / raw socketpair 1 MB', 'raw asyncio both ends 1 MB',
                'raw socketpair 1 MB', 'ratio', 0.0, note='info'),
     ] + [
-        Target(f'1 MB pickle bytes {arrow} / its floor (raw asyncio both ends 1 MB)',
+        Target(f'1 MB pickle bytes {arrow} / its floor (raw asyncio 1 MB)',
                f'isocluster 1 MB pickle bytes {arrow}', 'raw asyncio both ends 1 MB', 'ratio', 0.0, note='info')
         for arrow in ('primary->worker', 'worker->primary')
     ], timeout=120))
