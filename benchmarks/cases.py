@@ -712,10 +712,21 @@ def raw_rtt(p):
     return {'value': elapsed / n * 1e6, 'unit': 'us', 'n': n}
 
 
+def _floor_loop_policy(p):
+    """uvloop at both ends when asked: set before the fork, so the child's new_event_loop()
+    is a uvloop loop too (run_async sets it again for the parent; harmless)."""
+    if p.get('loop') == 'uvloop':
+        import uvloop
+
+        asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
 def aio_rtt(p):
     """The floor of any asyncio design: both ends run an asyncio loop reading the socket with
     add_reader into a preallocated buffer, the same codec and framing, and the sender awaits
-    a future per round trip (as the isocluster case does). No supervision, no routing."""
+    a future per round trip (as the isocluster case does). No supervision, no routing.
+    `loop: uvloop` runs both ends on uvloop."""
+    _floor_loop_policy(p)
     codec = get_codec(p['codec'])
     n, warm = p['n'], max(p['n'] // 10, 10)
     header = struct.Struct('>I')
@@ -778,6 +789,302 @@ def aio_rtt(p):
     return {'value': elapsed / n * 1e6, 'unit': 'us', 'n': n}
 
 
+# The send buffer isocluster's writer asks for while it writes a large body
+# (transport/process/writer.py): the baselines' senders get it too, not to handicap them.
+LARGE_SNDBUF = 4 * 1024 * 1024
+
+
+def _large_sender(sock):
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, LARGE_SNDBUF)
+
+
+# --- the floors of an event-loop design for streams and large payloads: both ends run a bare
+# asyncio loop, with isocluster's codec objects and framing (4-byte length counting a kind
+# byte, the kind byte, the body); no supervision, events or flow control beyond the socket's.
+
+_FLOOR_FRAME = struct.Struct('>IB')
+_FLOOR_MESSAGE = 0  # the kind byte of a message frame (protocol.KINDS[0])
+_FLOOR_HIGH_WATER = 1024 * 1024  # isocluster's per-link high-water mark (transport/flow.py)
+
+
+def _floor_frame(codec, msg):
+    body = codec.encode(msg)
+    return _FLOOR_FRAME.pack(len(body) + 1, _FLOOR_MESSAGE) + body
+
+
+def _floor_reader(loop, sock, codec, handlers, on_eof):
+    """Starts reading `sock` with add_reader: recv_into a preallocated 256 KiB buffer, frames
+    cut straight out of it (only a partial frame at the end is kept), each decoded message
+    dispatched on its 'type' to `handlers` (a dict lookup and a call)."""
+    buffer = bytearray(256 * 1024)
+    view = memoryview(buffer)
+    pending = bytearray()
+    decode = codec.decode
+    unpack = _FLOOR_FRAME.unpack_from
+
+    def on_readable():
+        try:
+            count = sock.recv_into(buffer)
+        except (BlockingIOError, InterruptedError):
+            return
+        if count == 0:
+            loop.remove_reader(sock.fileno())
+            on_eof()
+            return
+        if pending:
+            pending.extend(view[:count])
+            data = bytes(pending)
+            pending.clear()
+        else:
+            data = view[:count]
+        offset, end = 0, len(data)
+        while end - offset >= 5:
+            length, _kind = unpack(data, offset)
+            stop = offset + 4 + length
+            if stop > end:
+                break
+            message = decode(bytes(data[offset + 5:stop]))
+            handlers[message['type']](message)
+            offset = stop
+        if offset < end:
+            pending.extend(data[offset:end])
+
+    loop.add_reader(sock.fileno(), on_readable)
+
+
+class _FloorWriter:
+    """Non-blocking writes: what the socket does not take is kept and written when the loop
+    says the socket is writable; `drain()` waits until at most LOW bytes are pending."""
+
+    def __init__(self, loop, sock):
+        self.loop, self.sock = loop, sock
+        self.pending = bytearray()
+        self.writing = False
+        self.waiter = None
+
+    def write(self, data):
+        if self.writing:
+            self.pending += data
+            return
+        try:
+            sent = self.sock.send(data)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent < len(data):
+            self.pending += memoryview(data)[sent:]
+            self.writing = True
+            self.loop.add_writer(self.sock.fileno(), self._on_writable)
+
+    def _on_writable(self):
+        try:
+            sent = self.sock.send(self.pending)
+        except (BlockingIOError, InterruptedError):
+            return
+        del self.pending[:sent]
+        if not self.pending:
+            self.writing = False
+            self.loop.remove_writer(self.sock.fileno())
+        if self.waiter is not None and len(self.pending) <= _FLOOR_HIGH_WATER // 4:
+            self.waiter.set_result(None)
+            self.waiter = None
+
+    async def drain(self):
+        if len(self.pending) > _FLOOR_HIGH_WATER // 4:
+            self.waiter = self.loop.create_future()
+            await self.waiter
+
+
+async def _floor_stream(loop, writer, codec, n):
+    """Sends n messages, yielding every YIELD_EVERY as isocluster's senders do; the frames of
+    a loop turn are coalesced into one write (isocluster's per-turn batch). Waits for the
+    socket only past isocluster's high-water mark."""
+    encode, pack = codec.encode, _FLOOR_FRAME.pack
+    chunk = bytearray()
+    for i in range(n):
+        body = encode(message(i))
+        chunk += pack(len(body) + 1, _FLOOR_MESSAGE)
+        chunk += body
+        if i % YIELD_EVERY == YIELD_EVERY - 1:
+            writer.write(chunk)
+            chunk = bytearray()
+            if len(writer.pending) > _FLOOR_HIGH_WATER:
+                await writer.drain()
+            else:
+                await asyncio.sleep(0)
+    if chunk:
+        writer.write(chunk)
+
+
+def _floor_child(body):
+    """A forked child's main: a new loop (uvloop when the policy says so), `body(loop, sock)`
+    sets it up; it runs until the parent closes the link."""
+    def child(sock):
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        sock.setblocking(False)
+        body(loop, sock)
+        loop.run_forever()
+    return child
+
+
+def aio_stream_p2w(p):
+    """The floor of an event-loop design for a stream primary->worker: n messages from an
+    asyncio sender (one write per loop turn) to an asyncio receiver that dispatches each on
+    its 'type'; timed until the receiver's 'done' arrives, as `iso_stream_p2w`."""
+    _floor_loop_policy(p)
+    codec, n = get_codec(p['codec']), p['n']
+
+    def child_body(loop, sock):
+        state = {'expected': -1, 'count': 0}
+
+        def on_expect(msg):
+            state['expected'], state['count'] = msg['n'], 0
+
+        def on_task(msg):
+            state['count'] += 1
+            if state['count'] == state['expected']:
+                sock.send(_floor_frame(codec, {'type': 'done', 'count': state['count']}))
+
+        _floor_reader(loop, sock, codec, {'expect': on_expect, 'task': on_task}, loop.stop)
+
+    pid, sock, reader = _raw_fork(_floor_child(child_body))
+
+    async def primary(params):
+        loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        done = loop.create_future()
+        _floor_reader(loop, sock, codec, {'done': done.set_result}, lambda: None)
+        writer = _FloorWriter(loop, sock)
+        writer.write(_floor_frame(codec, {'type': 'expect', 'n': n}))
+        start = now()
+        await _floor_stream(loop, writer, codec, n)
+        await asyncio.wait_for(done, 120)
+        elapsed = now() - start
+        loop.remove_reader(sock.fileno())
+        return elapsed
+
+    elapsed = run_async(primary, p)
+    _raw_close(pid, sock, reader)
+    return {'value': n / elapsed, 'unit': 'msg/s', 'n': n}
+
+
+def aio_stream_w2p(p):
+    """The floor for a stream worker->primary: the child's asyncio loop streams n messages on
+    'produce' (one write per loop turn); the parent's dispatches each on its 'type' and counts."""
+    _floor_loop_policy(p)
+    codec, n = get_codec(p['codec']), p['n']
+
+    def child_body(loop, sock):
+        writer = _FloorWriter(loop, sock)
+
+        def on_produce(msg):
+            loop.create_task(_floor_stream(loop, writer, codec, msg['n']))
+
+        _floor_reader(loop, sock, codec, {'produce': on_produce}, loop.stop)
+
+    pid, sock, reader = _raw_fork(_floor_child(child_body))
+
+    async def primary(params):
+        loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        done = loop.create_future()
+        count = 0
+
+        def on_task(msg):
+            nonlocal count
+            count += 1
+            if count == n:
+                done.set_result(None)
+
+        _floor_reader(loop, sock, codec, {'task': on_task}, lambda: None)
+        start = now()
+        sock.send(_floor_frame(codec, {'type': 'produce', 'n': n}))
+        await asyncio.wait_for(done, 120)
+        elapsed = now() - start
+        loop.remove_reader(sock.fileno())
+        return elapsed
+
+    elapsed = run_async(primary, p)
+    _raw_close(pid, sock, reader)
+    return {'value': n / elapsed, 'unit': 'msg/s', 'n': n}
+
+
+def aio_large(p):
+    """The floor of an event-loop design for one `size`-byte payload (bytes, no codec), as
+    `raw_large` but with an asyncio loop at both ends: the sender writes the non-blocking
+    socket as the loop says it is writable, the receiver recv_into's a buffer of the payload's
+    size from an add_reader callback (until EAGAIN), then answers a one-byte ack. The
+    sender's SO_SNDBUF is isocluster's for a large body."""
+    _floor_loop_policy(p)
+    reps = p['reps']
+    data = os.urandom(1024) * (p['size'] // 1024)
+    size = len(data)
+
+    def child_body(loop, sock):
+        buffer = memoryview(bytearray(size))
+        got = 0
+
+        def on_readable():
+            nonlocal got
+            while got < size:
+                try:
+                    count = sock.recv_into(buffer[got:])
+                except (BlockingIOError, InterruptedError):
+                    return
+                if count == 0:
+                    loop.remove_reader(sock.fileno())
+                    loop.stop()
+                    return
+                got += count
+            got = 0
+            sock.send(b'k')
+
+        loop.add_reader(sock.fileno(), on_readable)
+
+    pid, sock, reader = _raw_fork(_floor_child(child_body))
+    _large_sender(sock)
+
+    async def primary(params):
+        loop = asyncio.get_running_loop()
+        sock.setblocking(False)
+        fd = sock.fileno()
+        view = memoryview(data)
+        times = []
+        for _ in range(reps + 1):
+            acked = loop.create_future()
+            sent = 0
+
+            def on_writable():
+                nonlocal sent
+                while sent < size:
+                    try:
+                        sent += sock.send(view[sent:])
+                    except (BlockingIOError, InterruptedError):
+                        return
+                loop.remove_writer(fd)
+
+            def on_ack():
+                if sock.recv(1):
+                    loop.remove_reader(fd)
+                    acked.set_result(None)
+
+            start = now()
+            loop.add_reader(fd, on_ack)
+            while sent < size:  # at once, then as the socket drains
+                try:
+                    sent += sock.send(view[sent:])
+                except (BlockingIOError, InterruptedError):
+                    loop.add_writer(fd, on_writable)
+                    break
+            await acked
+            times.append(now() - start)
+        return times
+
+    times = run_async(primary, p)
+    _raw_close(pid, sock, reader)
+    return {'value': size / _median(times[1:]) / 1e6, 'unit': 'MB/s', 'size': size}
+
+
 def raw_stream_p2w(p):
     codec, n = get_codec(p['codec']), p['n']
 
@@ -820,7 +1127,7 @@ def raw_stream_w2p(p):
 
 def raw_large(p):
     """The wire's bandwidth for one `size`-byte payload: sendall, recv_into a sized buffer,
-    a one-byte ack (bytes, no codec)."""
+    a one-byte ack (bytes, no codec); the sender's SO_SNDBUF as isocluster's for a large body."""
     reps = p['reps']
     data = os.urandom(1024) * (p['size'] // 1024)
     size = len(data)
@@ -837,6 +1144,7 @@ def raw_large(p):
             sock.sendall(b'k')
 
     pid, sock, reader = _raw_fork(child)
+    _large_sender(sock)
     times = []
     for _ in range(reps + 1):
         start = now()
@@ -1222,7 +1530,8 @@ ASYNC_CASES = {
 SYNC_CASES = {
     'raw_rtt': raw_rtt, 'aio_rtt': aio_rtt, 'raw_stream_p2w': raw_stream_p2w, 'raw_stream_w2p': raw_stream_w2p,
     'raw_startup': raw_startup, 'raw_exec_startup': raw_exec_startup, 'raw_crash': raw_crash,
-    'raw_many': raw_many, 'raw_large': raw_large, 'mp_rtt': mp_rtt, 'mp_stream_p2w': mp_stream_p2w, 'mp_stream_w2p': mp_stream_w2p,
+    'raw_many': raw_many, 'raw_large': raw_large, 'aio_stream_p2w': aio_stream_p2w, 'aio_stream_w2p': aio_stream_w2p,
+    'aio_large': aio_large, 'mp_rtt': mp_rtt, 'mp_stream_p2w': mp_stream_p2w, 'mp_stream_w2p': mp_stream_w2p,
     'mp_startup': mp_startup, 'mp_crash': mp_crash, 'ppe_rtt': ppe_rtt, 'ppe_pipeline': ppe_pipeline,
     'ray_all': ray_all, 'pool_task_queue': pool_task_queue, 'ppe_task_queue': ppe_task_queue,
 }

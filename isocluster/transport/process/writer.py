@@ -24,6 +24,12 @@ _IOV_MAX = 64
 # so appending never reallocates (copies) a buffer the socket is still draining.
 _CHUNK_SIZE = 256 * 1024
 _SEND_FLAGS = getattr(socket, 'MSG_NOSIGNAL', 0)
+# While a large body is being written the socket may hold this much (the kernel doubles it,
+# within net.core.wmem_max): a 1 MB message then goes to the kernel in one sendmsg and is read
+# in one or two recv_into, instead of ~5 of each, with a wake-up of both loops per socket
+# buffer (~200 KiB by default on AF_UNIX). Put back once the queue has drained, so a flood of
+# small frames is held, and pushed back on, as before.
+_LARGE_SNDBUF = 4 * 1024 * 1024
 _MESSAGE = protocol.MESSAGE
 _message_header = protocol.message_header
 
@@ -82,6 +88,7 @@ class _FrameWriter:
         self._corked = False
         self._writing = False
         self._write_broken = False
+        self._sndbuf = 0  # the socket's own send buffer size, while a large body has raised it
 
     def _write_frame(self, kind: str, payload: Any, fd: int | None = None) -> None:
         """Queue one frame (with `fd` passed alongside it), then send at once, or at the end
@@ -121,9 +128,13 @@ class _FrameWriter:
         if fd is not None:
             queue.append((header + body, fd))
         elif type(body) is OutOfBand:
+            if not self._sndbuf:
+                self._raise_sndbuf()
             queue.append(header)
             queue.extend(body.parts)  # gathered by sendmsg: the payload is never joined
         elif len(body) > _COPY_LIMIT:
+            if not self._sndbuf:
+                self._raise_sndbuf()
             # Written as they are, with sendmsg: a large body is never copied. Unless it is
             # mutable (a custom codec's bytearray): the caller may change it, a broadcast
             # queues the same object on every link, and the queue appends to bytearrays.
@@ -152,7 +163,27 @@ class _FrameWriter:
         if self._queue:
             self._start_writing()
         else:
+            if self._sndbuf:
+                self._restore_sndbuf()
             self._batch.sent = True  # gone out at once: a later write of this turn is held
+
+    def _raise_sndbuf(self) -> None:
+        sock = self._sock
+        try:
+            size = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+            if size < _LARGE_SNDBUF:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, _LARGE_SNDBUF)
+                self._sndbuf = size
+        except OSError:  # not a socket that has one (a test's pipe): written as it is
+            pass
+
+    def _restore_sndbuf(self) -> None:
+        size, self._sndbuf = self._sndbuf, 0
+        try:
+            # Linux reports twice what was set (its bookkeeping overhead): set half of it back.
+            self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, max(size // 2, 1))
+        except OSError:
+            pass
 
     def _flush(self) -> None:
         """Send what the socket takes; raises OSError other than EAGAIN."""
@@ -210,6 +241,8 @@ class _FrameWriter:
         if self._queue:
             self._start_writing()
         else:
+            if self._sndbuf:
+                self._restore_sndbuf()
             self._stop_writing()
             self._flushed()
 
