@@ -13,6 +13,7 @@ from . import drain, protocol, read_buffers
 from .errors import EncodeError, ListenError, NotAWorkerError, PrimaryLost, ProtocolError, SendError, TransportError
 from .lifecycle import Initializable
 from .routing import PendingRequests, Request, route
+from .routed_publish import routed_publisher
 from .request_gate import BatchAnswer, RequestGate, chunk_publisher
 from .checks import check_seconds
 from .pacing import DEFAULT_MAX_QUEUED_BYTES, check_max_queued_bytes, over_cap
@@ -107,6 +108,8 @@ class ClusterWorker(Initializable):
             )
         if not self._receiving:
             self._receiving = True
+            self._deliver = routed_publisher(self, 'primary_message', '_event_primary_message_',
+                                             ClusterWorker._event_primary_message)
             self._link.attach(self)
 
     def _on_initialized(self) -> None:
@@ -241,15 +244,26 @@ class ClusterWorker(Initializable):
 
     # -- link events (called by the transport) ----------------------------------------
 
+    def link_message(self, payload: Any) -> None:
+        """A MESSAGE frame: `link_frame(MESSAGE, payload)`, which a link may call directly."""
+        link = self._link
+        if not self._disconnected and link is not None:
+            try:
+                message = link.codec.decode(payload)
+            except Exception as error:  # inline, not decode_message(): this is the hot path
+                raise protocol.decode_error(link.codec, error, link.worker_id) from error
+            self._deliver({'message': message})
+
+    def _deliver(self, data: dict[str, Any]) -> None:
+        """Publish primary_message (R108). Once attached to its link, the worker's instance
+        attribute takes over: the same publish, straight to the routed method while nothing
+        else can observe it (routed_publish.py)."""
+        self._publish('primary_message', data)
+
     def link_frame(self, kind: str, payload: Any) -> None:
         link = self._link
         if kind == protocol.MESSAGE:
-            if not self._disconnected and link is not None:
-                try:
-                    message = link.codec.decode(payload)
-                except Exception as error:  # inline, not decode_message(): this is the hot path
-                    raise protocol.decode_error(link.codec, error, link.worker_id) from error
-                self._publish('primary_message', {'message': message})
+            self.link_message(payload)
         elif kind == protocol.REQUEST:
             if not self._disconnected and link is not None:
                 if self._gate is None:
@@ -310,7 +324,7 @@ class ClusterWorker(Initializable):
 
     def _publish_request(self, message: Any, request: Request) -> None:
         try:
-            self._publish('primary_message', {'message': message, 'request': request})
+            self._deliver({'message': message, 'request': request})
         except Exception as error:
             # A handler error inside a request goes back to the requester; the worker lives on.
             if request.answered:

@@ -24,6 +24,7 @@ _CHILD_FIRST_READ_SIZE = 8 * 1024
 _CHILD_READ_SIZE = 256 * 1024
 _ANCILLARY_SIZE = socket.CMSG_SPACE(16 * array.array('i').itemsize)
 _RECV_FLAGS = getattr(socket, 'MSG_CMSG_CLOEXEC', 0)
+_MESSAGE = protocol.MESSAGE
 
 
 class ChildLink(_FrameWriter, WorkerEnd):
@@ -110,7 +111,14 @@ class ChildLink(_FrameWriter, WorkerEnd):
         # A ProtocolError here is fatal to the worker (R120): it reaches the loop's handler.
         frames = self._decoder.gathered(count) if data is None else self._decoder.feed(data)
         for kind, payload in frames:
-            if kind == protocol.LISTENING:
+            if kind == _MESSAGE:
+                # _accept() without its layer: to the receiver when it is attached and nothing
+                # waits before this frame.
+                sink = self._message_sink
+                if sink is not None and not self._backlog:
+                    sink(payload)
+                    continue
+            elif kind == protocol.LISTENING:
                 payload = dict(payload or {})
                 if self._fds:
                     payload['socket'] = socket.socket(fileno=self._fds.popleft())
