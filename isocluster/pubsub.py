@@ -177,7 +177,7 @@ class Publisher:
     def _ps_observed(self, name: str) -> bool:
         """Whether a publish of `name` would run anything but its complete function: a
         subscription in some stage, or a destroyed publisher (the publish raises). O(1): kept
-        by subscribe, unsubscribe, off and destroy. A hot path may inline it."""
+        by subscribe, unsubscribe and off. A hot path may inline it."""
         return self._ps_closed or name in self._ps_heard
 
     def _ps_dispatch(self, event: Event, subs: list[tuple[_Record, ...]], slot: int) -> None:
@@ -342,7 +342,6 @@ class Publisher:
                     record.active = False  # a publish still running skips them (R48)
             subs[:] = ((), (), ())
         self._ps_subs.clear()
-        self._ps_heard.clear()
 
     @property
     def _pubsub_closed(self) -> bool:

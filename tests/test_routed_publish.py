@@ -181,19 +181,19 @@ def test_r7_an_overridden_default_action_replaces_routing() -> None:
 
         r.__class__ = Later
         deliver(msg(1))
-        Later._event_primary_message = lambda self, e: self.trace.append(('class default', e.stage))
-        deliver(msg(2))
         r._event_primary_message = lambda e: r.trace.append(('instance default', e.stage))
-        deliver(msg(3))
+        deliver(msg(2))
         r._event_primary_message = None  # no callable: no default action (R7)
-        deliver(msg(4))
+        deliver(msg(3))
         del r._event_primary_message
+        Later._event_primary_message = lambda self, e: self.trace.append(('class default', e.stage))
+        deliver(msg(4))
         del Later._event_primary_message
         deliver(msg(5))
         return r.trace
 
-    assert both(scenario) == [('task', 1, 'complete', True), ('class default', 'complete'),
-                              ('instance default', 'complete'), ('task', 5, 'complete', True)]
+    assert both(scenario) == [('task', 1, 'complete', True), ('instance default', 'complete'),
+                              ('class default', 'complete'), ('task', 5, 'complete', True)]
 
 
 def test_a_declaration_without_routing_takes_the_full_publish() -> None:
