@@ -7,6 +7,7 @@ so the same code works in a forked process, an exec'd script, and a simulated wo
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import Any, ClassVar
 
 from . import drain, protocol, read_buffers
@@ -87,6 +88,7 @@ class ClusterWorker(Initializable):
         self._listen_requests: dict[int, asyncio.Future[Any]] = {}
         self._next_request = 1
         self._requests = PendingRequests()
+        self._write_reply: Any = None  # link.write(REPLY, ...) as one C-level call
         self._listen_sockets: list[Any] = []
         self._drain_timeout = 0.0
         self._drain_servers: list[Any] = []
@@ -296,8 +298,9 @@ class ClusterWorker(Initializable):
     def _serve_request(self, link: PrimaryLink, payload: Any, done: Any = None) -> None:
         request_id, data = payload
         if done is None:
-            def write(reply: Any) -> None:
-                link.write(protocol.REPLY, reply)
+            write = self._write_reply
+            if write is None:
+                write = self._write_reply = partial(link.write, protocol.REPLY)
         else:
             def write(reply: Any) -> None:
                 try:
