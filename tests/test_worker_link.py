@@ -22,7 +22,7 @@ class Replier:
     def __init__(self, link: ChildLink, replies: Any) -> None:
         self.link, self.replies = link, replies
         self.received: list[Any] = []  # every frame delivered, in order
-        self.other_frame: asyncio.Future[Any] = link.loop.create_future()
+        self.disconnected: asyncio.Future[Any] = link.loop.create_future()
 
     def link_message(self, payload: Any) -> None:
         self.received.append(payload)
@@ -34,8 +34,8 @@ class Replier:
             self.link_message(payload)
             return
         self.received.append(kind)
-        if not self.other_frame.done():
-            self.other_frame.set_result(kind)
+        if kind == protocol.DISCONNECT:
+            self.disconnected.set_result(kind)
 
     def link_closed(self) -> None:
         pass
@@ -118,7 +118,7 @@ def test_every_answer_of_one_read_arrives_in_order() -> None:
         loop.close()
 
 
-def test_a_message_after_a_disconnect_in_the_same_read_reaches_the_worker_after_it() -> None:
+def test_frames_after_a_disconnect_in_the_same_read_reach_the_worker_after_it() -> None:
     loop = asyncio.new_event_loop()
     ours, theirs = socket.socketpair()
     link = ChildLink(1, get_codec('json'), ours, loop, exit_on_finish=False,
@@ -128,11 +128,12 @@ def test_a_message_after_a_disconnect_in_the_same_read_reaches_the_worker_after_
         replier = Replier(link, lambda payload: [])
         link.attach(replier)
         link._start(write_online=False)
-        theirs.sendall(protocol.encode_frame('message', b'"before"') + protocol.encode_frame('disconnect', None)
+        theirs.sendall(protocol.encode_frame('message', b'"before"') + protocol.encode_frame('request', (1, b'"r1"'))
+                       + protocol.encode_frame('disconnect', None) + protocol.encode_frame('request', (2, b'"r2"'))
                        + protocol.encode_frame('message', b'"after"'))
-        loop.run_until_complete(asyncio.wait_for(replier.other_frame, TIMEOUT))
+        loop.run_until_complete(asyncio.wait_for(replier.disconnected, TIMEOUT))
         # DISCONNECT is delivered a loop pass later (after accept callbacks): what follows it waits too.
-        assert replier.received == [b'"before"', protocol.DISCONNECT, b'"after"']
+        assert replier.received == [b'"before"', protocol.REQUEST, protocol.DISCONNECT, protocol.REQUEST, b'"after"']
     finally:
         link.close()
         theirs.close()
