@@ -284,3 +284,14 @@ def test_observed_follows_subscribe_unsubscribe_off_and_destroy() -> None:
     assert not r._ps_observed('x') and r._ps_observed('y')
     r._close_pubsub()
     assert r._ps_observed('y') and r._ps_observed('x')  # destroyed: a publish raises
+
+
+def test_route_names_are_remembered_up_to_a_bound_and_stay_right_past_it() -> None:
+    from isocluster import routing
+
+    names: dict[str, str] = {}
+    for i in range(routing._ROUTE_NAMES_KEPT + 50):
+        assert routing.route_name(names, 'p_', f't{i}') == f'p_t{i}'
+    assert len(names) == routing._ROUTE_NAMES_KEPT  # a stream of made-up types cannot grow it
+    assert routing.route_name(names, 'p_', 'a-b') == '' and routing.route_name(names, 'p_', 'ok') == 'p_ok'
+    assert names['t0'] == 'p_t0'
