@@ -53,9 +53,6 @@ class ChildLink(_FrameWriter, WorkerEnd):
         self._reading = False
         self._closed = False
         self._first_write = False  # in a read pass that has written nothing yet
-        # LISTEN frames written and not yet answered: descriptors come only with their answers
-        # (LISTENING), so only then are reads made with recvmsg.
-        self._fds_awaited = 0
         self.reads = 0
         self._init_end()
         self._init_writer()
@@ -84,17 +81,13 @@ class ChildLink(_FrameWriter, WorkerEnd):
 
     def _on_readable(self) -> None:
         direct = self._decoder.gather_target()  # the rest of a large frame: read straight in
-        ancillary: Any = ()
         try:
-            if self._fds_awaited:
-                count, ancillary, _, _ = self._sock.recvmsg_into(
-                    [self._buffer if direct is None else direct], _ANCILLARY_SIZE, _RECV_FLAGS)
-            else:  # no descriptor can come: the cheaper call (one int back, no ancillary buffer)
-                count = self._sock.recv_into(self._buffer if direct is None else direct)
+            count, ancillary, _, _ = self._sock.recvmsg_into(
+                [self._buffer if direct is None else direct], _ANCILLARY_SIZE, _RECV_FLAGS)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            count, ancillary = 0, ()  # reset by a primary that died: same as EOF
+            count, ancillary = 0, []  # reset by a primary that died: same as EOF
         for level, kind, data in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 fds = array.array('i')
@@ -131,7 +124,6 @@ class ChildLink(_FrameWriter, WorkerEnd):
                     sink(payload)
                     continue
             elif kind == protocol.LISTENING:
-                self._fds_awaited = max(self._fds_awaited - 1, 0)
                 payload = dict(payload or {})
                 if self._fds:
                     payload['socket'] = socket.socket(fileno=self._fds.popleft())
@@ -176,9 +168,7 @@ class ChildLink(_FrameWriter, WorkerEnd):
     def write(self, kind: str, payload: Any) -> None:
         if self._closed or self._eof or self._write_broken:  # not is_open: one call less a write
             raise TransportError(f'{self._describe()} is closed', worker_id=self.worker_id)
-        if kind == protocol.LISTEN:
-            self._fds_awaited += 1  # before the primary can answer: its descriptor is read with recvmsg
-        elif self._first_write and kind in _AT_ONCE and not (self._queue or self._corked or self._writing):
+        if self._first_write and kind in _AT_ONCE and not (self._queue or self._corked or self._writing):
             # The first answer of a read pass (a reply, an echo) goes out at once, as the
             # writer sends the first frame of a turn, without being held to the end of the
             # read and flushed from there; later writes of the pass are held and coalesced.
