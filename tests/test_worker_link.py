@@ -5,6 +5,7 @@ the link's order, whether it goes out at once or waits behind earlier writes."""
 from __future__ import annotations
 
 import asyncio
+import select
 import socket
 import threading
 from typing import Any
@@ -138,3 +139,58 @@ def test_frames_after_a_disconnect_in_the_same_read_reach_the_worker_after_it() 
         link.close()
         theirs.close()
         loop.close()
+
+
+class CountingSocket(socket.socket):
+    """Counts the link's sends: how its writes were grouped."""
+
+    sends = 0
+
+    def send(self, *args: Any) -> int:
+        self.sends += 1
+        return super().send(*args)
+
+    def sendmsg(self, *args: Any) -> int:
+        self.sends += 1
+        return super().sendmsg(*args)
+
+
+def test_the_answer_to_a_lone_frame_goes_out_at_once_and_a_pipeline_s_answers_together() -> None:
+    loop = asyncio.new_event_loop()
+    plain, theirs = socket.socketpair()
+    ours = CountingSocket(plain.family, plain.type, fileno=plain.detach())
+    link = ChildLink(1, get_codec('json'), ours, loop, exit_on_finish=False,
+                     max_frame_size=protocol.DEFAULT_MAX_FRAME_SIZE)
+    loop.set_exception_handler(None)
+    seen_by_peer: list[bool] = []  # was the answer already in the peer's socket when write() returned?
+    expected, answered = 0, loop.create_future()
+
+    class Answering(Replier):
+        def link_message(self, payload: Any) -> None:
+            super().link_message(payload)
+            seen_by_peer.append(bool(select.select([theirs], [], [], 0)[0]))
+            if len(seen_by_peer) == expected and not answered.done():
+                answered.set_result(None)
+
+    try:
+        link.attach(Answering(link, lambda payload: [payload]))
+        link._start(write_online=False)
+        for bodies in ([b'"alone"'], [f'"{i}"'.encode() for i in range(50)], [b'"alone again"']):
+            sends, seen_by_peer[:], expected = ours.sends, [], len(bodies)
+            answered = loop.create_future()
+            theirs.sendall(b''.join(protocol.encode_frame('message', body) for body in bodies))  # one read
+            loop.run_until_complete(asyncio.wait_for(answered, TIMEOUT))
+            # The read pass has ended: whatever it wrote is in the peer's socket (small: it all fits).
+            total = sum(len(protocol.encode_frame('message', body)) for body in bodies)
+            data = bytearray()
+            while len(data) < total:
+                data += theirs.recv(total - len(data))
+            assert protocol.FrameDecoder().feed(data) == [('message', body) for body in bodies]
+            assert ours.sends - sends == 1  # one send for the whole read
+            # A lone frame's answer was sent before its handler returned; a pipeline's wait for the read's end.
+            assert seen_by_peer == ([True] if len(bodies) == 1 else [False] * len(bodies))
+    finally:
+        link.close()
+        theirs.close()
+        loop.close()
+

@@ -52,7 +52,7 @@ class ChildLink(_FrameWriter, WorkerEnd):
         self._own_listeners: list[socket.socket] = []  # listen(reuse_port=True): this worker's alone
         self._reading = False
         self._closed = False
-        self._first_write = False  # in a read pass that has written nothing yet
+        self._first_write = False  # in a read pass of one frame that has written nothing yet
         self.reads = 0
         self._init_end()
         self._init_writer()
@@ -105,7 +105,6 @@ class ChildLink(_FrameWriter, WorkerEnd):
         self.reads += 1
         batch = self._batch
         batch.begin()
-        self._first_write = True
         try:
             self._dispatch(data, count)
         finally:
@@ -115,6 +114,9 @@ class ChildLink(_FrameWriter, WorkerEnd):
     def _dispatch(self, data: memoryview | None, count: int) -> None:
         # A ProtocolError here is fatal to the worker (R120): it reaches the loop's handler.
         frames = self._decoder.gathered(count) if data is None else self._decoder.feed(data)
+        # A read of one frame (a request, a ping) has nothing to coalesce its answer with: the
+        # answer goes out at once. Many frames (a pipeline, a stream): their answers go together.
+        self._first_write = len(frames) == 1
         for kind, payload in frames:
             if kind == _MESSAGE:
                 # _accept() without its layer: to the receiver when it is attached and nothing
@@ -169,8 +171,8 @@ class ChildLink(_FrameWriter, WorkerEnd):
         if self._closed or self._eof or self._write_broken:  # not is_open: one call less a write
             raise TransportError(f'{self._describe()} is closed', worker_id=self.worker_id)
         if self._first_write and kind in _AT_ONCE and not (self._queue or self._corked or self._writing):
-            # The first answer of a read pass (a reply, an echo) goes out at once, as the
-            # writer sends the first frame of a turn, without being held to the end of the
+            # The first answer to a read of one frame (a reply, an echo) goes out at once, as
+            # the writer sends the first frame of a turn, without being held to the end of the
             # read and flushed from there; later writes of the pass are held and coalesced.
             self._first_write = False
             header, body = protocol.frame_parts(kind, payload)
