@@ -96,6 +96,9 @@ class Publisher:
     def __init__(self) -> None:
         self._ps_config = type(self)._ps_table  # instance attribute: the fastest lookup on the hot path
         self._ps_subs: dict[str, list[tuple[_Record, ...]]] = {}
+        # The names with at least one subscription in some stage: a publisher may hand an event
+        # nobody observes straight to its default action (`_ps_observed`).
+        self._ps_heard: set[str] = set()
         self._ps_done: dict[str, Event] = {}  # once events already marked (R20, R21) -> stored event
         self._ps_tasks: set[asyncio.Task[Any]] = set()
         self._ps_seq = 0
@@ -171,6 +174,12 @@ class Publisher:
             self._ps_dispatch(event, subs, 2)
         return self
 
+    def _ps_observed(self, name: str) -> bool:
+        """Whether a publish of `name` would run anything but its complete function: a
+        subscription in some stage, or a destroyed publisher (the publish raises). O(1): kept
+        by subscribe, unsubscribe and off. A hot path may inline it."""
+        return self._ps_closed or name in self._ps_heard
+
     def _ps_dispatch(self, event: Event, subs: list[tuple[_Record, ...]], slot: int) -> None:
         records = subs[slot]
         while True:
@@ -237,6 +246,7 @@ class Publisher:
             if subs is None:
                 subs = self._ps_subs[name] = [(), (), ()]
             subs[slot] += (record,)
+            self._ps_heard.add(name)
             records.append(record)
         return Subscription(self, tuple(records))
 
@@ -258,6 +268,12 @@ class Publisher:
         subs = self._ps_subs.get(record.name)
         if subs is not None:
             subs[record.slot] = tuple(r for r in subs[record.slot] if r is not record)
+            self._ps_forget_if_unheard(record.name, subs)
+
+    def _ps_forget_if_unheard(self, name: str, subs: list[tuple[_Record, ...]]) -> None:
+        # The lists stay (a publish running now holds them and must see later subscriptions, R18).
+        if not (subs[0] or subs[1] or subs[2]):
+            self._ps_heard.discard(name)
 
     def off(self, name: str | None = None, handler: Handler | None = None, *, stage: str | None = None) -> int:
         """Remove the public subscriptions matching every given criterion; return how many (R19)."""
@@ -288,6 +304,7 @@ class Publisher:
                         keep.append(record)
                 if len(keep) != len(subs[slot]):
                     subs[slot] = tuple(keep)
+            self._ps_forget_if_unheard(n, subs)
         return removed
 
     # -- tasks, loop and closing ------------------------------------------------------------

@@ -27,6 +27,20 @@ def _awaitable(result: Any) -> bool:
     return result is not None and type(result) not in _PLAIN and inspect.isawaitable(result)
 
 
+_ROUTE_NAMES_KEPT = 1024
+
+
+def route_name(names: dict[str, str], prefix: str, kind: str) -> str:
+    """The method name a message of type `kind` routes to ('' when `kind` is no identifier,
+    R76), remembered in `names` (at most `_ROUTE_NAMES_KEPT` types: a stream of made-up types
+    cannot grow it). Only the name is kept: the method itself is looked up on every message,
+    so one added or overridden later, on the class or the instance, is found (R7)."""
+    name = prefix + kind if kind.isidentifier() else ''
+    if len(names) < _ROUTE_NAMES_KEPT:
+        names[kind] = name
+    return name
+
+
 def route(publisher: Any, prefix: str, event: Any) -> None:
     """Call `<prefix><type>` for a typed dict message; feed its result to a pending request."""
     message = event.data['message']

@@ -7,12 +7,14 @@ so the same code works in a forked process, an exec'd script, and a simulated wo
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from typing import Any, ClassVar
 
 from . import drain, protocol, read_buffers
 from .errors import EncodeError, ListenError, NotAWorkerError, PrimaryLost, ProtocolError, SendError, TransportError
 from .lifecycle import Initializable
 from .routing import PendingRequests, Request, route
+from .routed_publish import routed_publisher
 from .request_gate import BatchAnswer, RequestGate, chunk_publisher
 from .checks import check_seconds
 from .pacing import DEFAULT_MAX_QUEUED_BYTES, check_max_queued_bytes, over_cap
@@ -86,6 +88,7 @@ class ClusterWorker(Initializable):
         self._listen_requests: dict[int, asyncio.Future[Any]] = {}
         self._next_request = 1
         self._requests = PendingRequests()
+        self._write_reply: Any = None  # link.write(REPLY, ...) as one C-level call
         self._listen_sockets: list[Any] = []
         self._drain_timeout = 0.0
         self._drain_servers: list[Any] = []
@@ -107,6 +110,8 @@ class ClusterWorker(Initializable):
             )
         if not self._receiving:
             self._receiving = True
+            self._deliver = routed_publisher(self, 'primary_message', '_event_primary_message_',
+                                             ClusterWorker._event_primary_message)
             self._link.attach(self)
 
     def _on_initialized(self) -> None:
@@ -241,15 +246,26 @@ class ClusterWorker(Initializable):
 
     # -- link events (called by the transport) ----------------------------------------
 
+    def link_message(self, payload: Any) -> None:
+        """A MESSAGE frame: `link_frame(MESSAGE, payload)`, which a link may call directly."""
+        link = self._link
+        if not self._disconnected and link is not None:
+            try:
+                message = link.codec.decode(payload)
+            except Exception as error:  # inline, not decode_message(): this is the hot path
+                raise protocol.decode_error(link.codec, error, link.worker_id) from error
+            self._deliver({'message': message})
+
+    def _deliver(self, data: dict[str, Any]) -> None:
+        """Publish primary_message (R108). Once attached to its link, the worker's instance
+        attribute takes over: the same publish, straight to the routed method while nothing
+        else can observe it (routed_publish.py)."""
+        self._publish('primary_message', data)
+
     def link_frame(self, kind: str, payload: Any) -> None:
         link = self._link
         if kind == protocol.MESSAGE:
-            if not self._disconnected and link is not None:
-                try:
-                    message = link.codec.decode(payload)
-                except Exception as error:  # inline, not decode_message(): this is the hot path
-                    raise protocol.decode_error(link.codec, error, link.worker_id) from error
-                self._publish('primary_message', {'message': message})
+            self.link_message(payload)
         elif kind == protocol.REQUEST:
             if not self._disconnected and link is not None:
                 if self._gate is None:
@@ -282,8 +298,9 @@ class ClusterWorker(Initializable):
     def _serve_request(self, link: PrimaryLink, payload: Any, done: Any = None) -> None:
         request_id, data = payload
         if done is None:
-            def write(reply: Any) -> None:
-                link.write(protocol.REPLY, reply)
+            write = self._write_reply
+            if write is None:
+                write = self._write_reply = partial(link.write, protocol.REPLY)
         else:
             def write(reply: Any) -> None:
                 try:
@@ -310,7 +327,7 @@ class ClusterWorker(Initializable):
 
     def _publish_request(self, message: Any, request: Request) -> None:
         try:
-            self._publish('primary_message', {'message': message, 'request': request})
+            self._deliver({'message': message, 'request': request})
         except Exception as error:
             # A handler error inside a request goes back to the requester; the worker lives on.
             if request.answered:

@@ -108,6 +108,8 @@ class BaseWorkerEnd(PrimaryLink):
 
     def _init_end(self) -> None:
         self._receiver: LinkReceiver | None = None
+        # The receiver's link_message, for a transport that hands MESSAGE frames over directly.
+        self._message_sink: Callable[[Any], None] | None = None
         self._backlog: collections.deque[protocol.Frame] = collections.deque()
         self._delivering = False
         self._eof = False
@@ -119,6 +121,7 @@ class BaseWorkerEnd(PrimaryLink):
 
     def attach(self, receiver: LinkReceiver) -> None:
         self._receiver = receiver
+        self._message_sink = getattr(receiver, 'link_message', None)
         if (self._backlog or self._eof) and not self._delivering:
             self._delivering = True
             self.loop.call_soon(self._deliver_backlog)
@@ -126,6 +129,7 @@ class BaseWorkerEnd(PrimaryLink):
     def detach(self, receiver: LinkReceiver) -> None:
         if self._receiver is receiver:
             self._receiver = None
+            self._message_sink = None
 
     def _accept(self, kind: str, payload: Any) -> None:
         receiver = self._receiver

@@ -24,6 +24,9 @@ _CHILD_FIRST_READ_SIZE = 8 * 1024
 _CHILD_READ_SIZE = 256 * 1024
 _ANCILLARY_SIZE = socket.CMSG_SPACE(16 * array.array('i').itemsize)
 _RECV_FLAGS = getattr(socket, 'MSG_CMSG_CLOEXEC', 0)
+_MESSAGE = protocol.MESSAGE
+_AT_ONCE = frozenset({protocol.MESSAGE, protocol.REPLY})
+_AT_ONCE_LIMIT = 64 * 1024  # larger bodies take the writer's sendmsg path (no copy)
 
 
 class ChildLink(_FrameWriter, WorkerEnd):
@@ -49,6 +52,7 @@ class ChildLink(_FrameWriter, WorkerEnd):
         self._own_listeners: list[socket.socket] = []  # listen(reuse_port=True): this worker's alone
         self._reading = False
         self._closed = False
+        self._first_write = False  # in a read pass of one frame that has written nothing yet
         self.reads = 0
         self._init_end()
         self._init_writer()
@@ -104,13 +108,24 @@ class ChildLink(_FrameWriter, WorkerEnd):
         try:
             self._dispatch(data, count)
         finally:
+            self._first_write = False
             batch.end()
 
     def _dispatch(self, data: memoryview | None, count: int) -> None:
         # A ProtocolError here is fatal to the worker (R120): it reaches the loop's handler.
         frames = self._decoder.gathered(count) if data is None else self._decoder.feed(data)
+        # A read of one frame (a request, a ping) has nothing to coalesce its answer with: the
+        # answer goes out at once. Many frames (a pipeline, a stream): their answers go together.
+        self._first_write = len(frames) == 1
         for kind, payload in frames:
-            if kind == protocol.LISTENING:
+            if kind == _MESSAGE:
+                # _accept() without its layer: to the receiver when it is attached and nothing
+                # waits before this frame.
+                sink = self._message_sink
+                if sink is not None and not self._backlog:
+                    sink(payload)
+                    continue
+            elif kind == protocol.LISTENING:
                 payload = dict(payload or {})
                 if self._fds:
                     payload['socket'] = socket.socket(fileno=self._fds.popleft())
@@ -153,9 +168,31 @@ class ChildLink(_FrameWriter, WorkerEnd):
     # writing
 
     def write(self, kind: str, payload: Any) -> None:
-        if not self.is_open:
+        if self._closed or self._eof or self._write_broken:  # not is_open: one call less a write
             raise TransportError(f'{self._describe()} is closed', worker_id=self.worker_id)
+        if self._first_write and kind in _AT_ONCE and not (self._queue or self._corked or self._writing):
+            # The first answer to a read of one frame (a reply, an echo) goes out at once, as
+            # the writer sends the first frame of a turn, without being held to the end of the
+            # read and flushed from there; later writes of the pass are held and coalesced.
+            self._first_write = False
+            header, body = protocol.frame_parts(kind, payload)
+            if type(body) is bytes and len(body) <= _AT_ONCE_LIMIT:
+                self._send_at_once(header + body)
+                return
         self._write_frame(kind, payload)
+
+    def _send_at_once(self, data: bytes) -> None:
+        try:
+            sent = self._sock.send(data, _SEND_FLAGS)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self._write_failed(exc)
+            raise TransportError(f'{self._describe()}: write failed ({exc})', worker_id=self.worker_id) from exc
+        if sent < len(data):
+            self._queue.append(memoryview(data)[sent:])
+            self.flow.queued(len(data) - sent)
+            self._start_writing()
 
     def close(self) -> None:
         if self._closed:

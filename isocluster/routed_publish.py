@@ -1,0 +1,70 @@
+"""The publish of a message event whose default action is type routing (`primary_message`,
+R108), without the publish's machinery while nothing but that default action can see it.
+
+A publish runs before, on, complete and after (R1). While nobody is subscribed to the event
+in any stage and its complete function is the library's routing (not overridden on the class
+or the instance, R7), the before and on stages have nothing to run: the publish is the Event,
+the routed method (R76) and then the after stage, which the routed method may have subscribed
+to meanwhile (R18). That is what `deliver` does in one call; anything else takes the full
+`_publish`, so every rule of SPEC §1 holds either way.
+"""
+
+from __future__ import annotations
+
+from inspect import isawaitable
+from typing import Any, Callable
+
+from .pubsub import Event, Publisher
+from .routing import _PLAIN, route_name
+
+
+def routed_publisher(publisher: Publisher, name: str, prefix: str,
+                     default_action: Callable[..., Any]) -> Callable[[dict[str, Any]], None]:
+    """`deliver(data)`, the same as `publisher._publish(name, data)` where `data` holds the
+    'message' (and the 'request' of a message sent with request()) and `default_action`, the
+    class's complete function of `name`, calls `routing.route(publisher, prefix, event)`."""
+    config = publisher._ps_config.get(name)
+    publish = publisher._publish
+    if config is None or config.once or config.complete is None:
+        return lambda data: publish(name, data)  # a declaration the direct path does not know
+    complete = config.complete
+    mask = config.preventable
+    heard = publisher._ps_heard
+    subscriptions = publisher._ps_subs
+    spawn = publisher._spawn
+    names: dict[str, str] = {}  # type -> routed method name
+
+    def deliver(data: dict[str, Any]) -> None:
+        if (publisher._ps_closed or name in heard or complete in publisher.__dict__
+                or getattr(type(publisher), complete, None) is not default_action):
+            publish(name, data)  # observed, destroyed, or another default action: the full publish
+            return
+        event = Event(publisher, name, data, mask)
+        event._si = 2  # the complete stage: before and on had nothing to run
+        message = data['message']
+        if type(message) is dict:
+            kind = message.get('type')
+            if type(kind) is str:
+                method_name = names.get(kind)
+                if method_name is None:
+                    method_name = route_name(names, prefix, kind)
+                method = getattr(publisher, method_name, None) if method_name else None
+                if callable(method):
+                    result = method(event)
+                    request = data.get('request')
+                    if request is not None:
+                        request.answer_with(result)
+                    elif result is not None and type(result) not in _PLAIN and isawaitable(result):
+                        spawn(result)
+        # What _publish does after the complete function (R8, R11, R18).
+        if event.event_stopped or publisher._ps_closed:
+            return
+        if event._prevented & 0b1000:
+            event._ended_by_prevent = True
+            return
+        event._si = 3
+        subs = subscriptions.get(name)
+        if subs is not None and subs[2]:
+            publisher._ps_dispatch(event, subs, 2)
+
+    return deliver

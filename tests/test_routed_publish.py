@@ -1,0 +1,297 @@
+"""The direct publish of a routed message event (routed_publish.py) against the full publish:
+every scenario runs once through `deliver` and once through `_publish`, and both must leave
+the same trace (SPEC R1–R28, R76, R108), including when handlers subscribe, unsubscribe or
+fire once while it runs, when methods are added or overridden later (R7) and after destroy."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable
+
+import pytest
+
+from isocluster.errors import DestroyedError
+from isocluster.pubsub import Publisher
+from isocluster.routed_publish import routed_publisher
+from isocluster.routing import route
+
+
+class Receiver(Publisher):
+    _pubsub = {'primary_message': {}}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trace: list[Any] = []
+        self.events: list[Any] = []
+
+    def _event_primary_message(self, event: Any) -> None:
+        route(self, '_event_primary_message_', event)
+
+    def _event_primary_message_task(self, event: Any) -> Any:
+        self.events.append(event)
+        self.trace.append(('task', event.data['message'].get('id'), event.stage, event.completed))
+        return event.data['message'].get('id')
+
+
+def make(kind: type[Receiver] = Receiver) -> tuple[Receiver, Callable[[dict[str, Any]], None]]:
+    receiver = kind()
+    return receiver, routed_publisher(receiver, 'primary_message', '_event_primary_message_',
+                                      Receiver._event_primary_message)
+
+
+def both(scenario: Callable[[Receiver, Callable[[dict[str, Any]], None]], Any], kind: type[Receiver] = Receiver) -> Any:
+    """The scenario's result, which must be the same whichever way it publishes."""
+    direct_receiver, deliver = make(kind)
+    full_receiver, _ = make(kind)
+    direct = scenario(direct_receiver, deliver)
+    full = scenario(full_receiver, lambda data: full_receiver._publish('primary_message', data))
+    assert direct == full
+    return direct
+
+
+def msg(i: int, kind: Any = 'task') -> dict[str, Any]:
+    return {'message': {'type': kind, 'id': i}}
+
+
+def test_an_unobserved_message_routes_in_the_complete_stage_and_ends_in_after() -> None:
+    def scenario(r: Receiver, deliver: Any) -> Any:
+        deliver(msg(1))
+        event = r.events[0]
+        return r.trace, event.stage, event.completed, event.name, event.publisher is r
+
+    assert both(scenario) == ([('task', 1, 'complete', True)], 'after', True, 'primary_message', True)
+
+
+def test_messages_that_do_not_route_reach_nothing() -> None:
+    def scenario(r: Receiver, deliver: Any) -> Any:
+        r.not_callable = 5
+        for message in ('text', None, 3, [1], {'id': 1}, {'type': 7}, {'type': 'a-b'}, {'type': 'missing'},
+                        {'type': 'not_callable'}):
+            deliver({'message': message})
+        r.after('primary_message', lambda e: r.trace.append(('after', e.data['message'])))
+        deliver({'message': {'type': 'a-b'}})
+        return r.trace
+
+    assert both(scenario) == [('after', {'type': 'a-b'})]
+
+
+def test_r18_an_after_handler_subscribed_by_the_routed_method_runs_in_the_same_publish() -> None:
+    class Subscribing(Receiver):
+        def _event_primary_message_task(self, event: Any) -> None:
+            self.trace.append('routed')
+            self.once_after('primary_message', lambda e: self.trace.append(('after', e.stage)))
+
+    def scenario(r: Receiver, deliver: Any) -> Any:
+        deliver(msg(1))
+        deliver(msg(2))
+        return r.trace
+
+    assert both(scenario, Subscribing) == ['routed', ('after', 'after'), 'routed', ('after', 'after')]
+
+
+@pytest.mark.parametrize('call', ['prevent_after', 'stop_event', 'destroy'])
+def test_r8_r11_the_routed_method_ends_the_publish_before_after(call: str) -> None:
+    class Ending(Receiver):
+        def _event_primary_message_task(self, event: Any) -> None:
+            self.after('primary_message', lambda e: self.trace.append('after ran'))
+            if call == 'prevent_after':
+                event.prevent('after')
+            elif call == 'stop_event':
+                event.stop_event()
+            else:
+                self._close_pubsub()
+            self.events.append(event)
+
+    def scenario(r: Receiver, deliver: Any) -> Any:
+        deliver(msg(1))
+        event = r.events[0]
+        return r.trace, event.stage, event.is_prevented('after'), event._ended_by_prevent, event.event_stopped
+
+    trace, stage, prevented, ended, stopped = both(scenario, Ending)
+    assert trace == [] and stage == 'complete'
+    assert (prevented, ended, stopped) == (call == 'prevent_after', call == 'prevent_after', call == 'stop_event')
+
+
+def test_observers_in_every_stage_see_the_publish_and_once_handlers_fire_once() -> None:
+    def scenario(r: Receiver, deliver: Any) -> Any:
+        deliver(msg(1))
+        sub = r.before('primary_message', lambda e: r.trace.append(('before', e.stage)))
+        r.once_on('primary_message', lambda e: r.trace.append(('once on', e.stage)))
+        r.after('primary_message', lambda e: r.trace.append(('after', e.stage)))
+        deliver(msg(2))
+        deliver(msg(3))
+        sub.unsubscribe()
+        deliver(msg(4))
+        r.off('primary_message')
+        deliver(msg(5))
+        r.on('primary_message', lambda e: e.prevent())  # prevents routing (R108)
+        deliver(msg(6))
+        return r.trace
+
+    assert both(scenario) == [
+        ('task', 1, 'complete', True),
+        ('before', 'before'), ('once on', 'on'), ('task', 2, 'complete', True), ('after', 'after'),
+        ('before', 'before'), ('task', 3, 'complete', True), ('after', 'after'),
+        ('task', 4, 'complete', True), ('after', 'after'),
+        ('task', 5, 'complete', True),
+    ]
+
+
+def test_a_handler_unsubscribing_itself_leaves_the_event_unobserved_again() -> None:
+    def scenario(r: Receiver, deliver: Any) -> Any:
+        def on(event: Any) -> None:
+            r.trace.append('on')
+            event.unsubscribe()
+
+        r.on('primary_message', on)
+        deliver(msg(1))
+        observed = r._ps_observed('primary_message')
+        deliver(msg(2))
+        return r.trace, observed
+
+    assert both(scenario) == (['on', ('task', 1, 'complete', True), ('task', 2, 'complete', True)], False)
+
+
+def test_r7_methods_added_overridden_or_removed_later_are_found() -> None:
+    def scenario(r: Receiver, deliver: Any) -> Any:
+        class Later(Receiver):
+            pass
+
+        r.__class__ = Later
+        deliver(msg(1, 'late'))  # nothing yet: not routed, and the miss must not be remembered
+        Later._event_primary_message_late = lambda self, e: self.trace.append('class late')
+        deliver(msg(2, 'late'))
+        r._event_primary_message_late = lambda e: r.trace.append('instance late')
+        deliver(msg(3, 'late'))
+        del r._event_primary_message_late
+        deliver(msg(4, 'late'))
+        del Later._event_primary_message_late
+        deliver(msg(5, 'late'))
+        Later._event_primary_message_task = lambda self, e: self.trace.append('task overridden')
+        deliver(msg(6))
+        return r.trace
+
+    assert both(scenario) == ['class late', 'instance late', 'class late', 'task overridden']
+
+
+def test_r7_an_overridden_default_action_replaces_routing() -> None:
+    def scenario(r: Receiver, deliver: Any) -> Any:
+        class Later(Receiver):
+            pass
+
+        r.__class__ = Later
+        deliver(msg(1))
+        r._event_primary_message = lambda e: r.trace.append(('instance default', e.stage))
+        deliver(msg(2))
+        r._event_primary_message = None  # no callable: no default action (R7)
+        deliver(msg(3))
+        del r._event_primary_message
+        Later._event_primary_message = lambda self, e: self.trace.append(('class default', e.stage))
+        deliver(msg(4))
+        del Later._event_primary_message
+        deliver(msg(5))
+        return r.trace
+
+    assert both(scenario) == [('task', 1, 'complete', True), ('instance default', 'complete'),
+                              ('class default', 'complete'), ('task', 5, 'complete', True)]
+
+
+def test_a_declaration_without_routing_takes_the_full_publish() -> None:
+    class Once(Receiver):
+        _pubsub = {'primary_message': {'publish_once': True}}
+
+    class Elsewhere(Receiver):
+        _pubsub = {'primary_message': {'complete': '_elsewhere'}}
+
+        def _elsewhere(self, event: Any) -> None:
+            self.trace.append('elsewhere')
+
+    class Unpreventable(Receiver):
+        _pubsub = {'primary_message': {'preventable': False}}
+
+        def _event_primary_message_task(self, event: Any) -> None:
+            self.after('primary_message', lambda e: self.trace.append('after'))
+            event.prevent('after')
+
+    def scenario(r: Receiver, deliver: Any) -> Any:
+        deliver(msg(1))
+        deliver(msg(2))
+        return r.trace
+
+    assert both(scenario, Once) == [('task', 1, 'complete', True)]
+    assert both(scenario, Elsewhere) == ['elsewhere', 'elsewhere']
+    assert both(scenario, Unpreventable) == ['after', 'after', 'after']
+
+
+def test_r50_a_destroyed_receiver_raises() -> None:
+    def scenario(r: Receiver, deliver: Any) -> Any:
+        r._close_pubsub()
+        with pytest.raises(DestroyedError) as caught:
+            deliver(msg(1))
+        return str(caught.value).replace(repr(r), 'R'), r.trace
+
+    assert both(scenario) == ('R was destroyed: cannot publish', [])
+
+
+def test_r27_a_coroutine_routed_method_runs_as_a_task_after_the_publish() -> None:
+    class Coroutine(Receiver):
+        async def _event_primary_message_task(self, event: Any) -> None:
+            self.trace.append(('task', event.data['message']['id']))
+
+    def scenario(r: Receiver, deliver: Any) -> Any:
+        async def main() -> list[Any]:
+            deliver(msg(1))
+            r.trace.append('published')
+            await asyncio.gather(*r._ps_tasks)
+            return r.trace
+        return asyncio.run(main())
+
+    assert both(scenario, Coroutine) == ['published', ('task', 1)]
+
+
+def test_a_request_is_answered_with_the_routed_result() -> None:
+    class Request:
+        def __init__(self, trace: list[Any]) -> None:
+            self.trace = trace
+
+        def answer_with(self, result: Any) -> None:
+            self.trace.append(('answer', result))
+
+    def scenario(r: Receiver, deliver: Any) -> Any:
+        deliver({'message': {'type': 'task', 'id': 7}, 'request': Request(r.trace)})
+        deliver({'message': {'type': 'missing'}, 'request': Request(r.trace)})
+        return r.trace
+
+    assert both(scenario) == [('task', 7, 'complete', True), ('answer', 7)]
+
+
+def test_observed_follows_subscribe_unsubscribe_off_and_destroy() -> None:
+    r = Receiver()
+    assert not r._ps_observed('x')
+    sub = r.on('x', lambda e: None)
+    internal = r._after('x', lambda e: None)
+    assert r._ps_observed('x') and not r._ps_observed('y')
+    sub.unsubscribe()
+    assert r._ps_observed('x')  # the internal one remains
+    internal.unsubscribe()
+    assert not r._ps_observed('x')
+    r.once_before('x', lambda e: None)
+    r._publish('x')
+    assert not r._ps_observed('x')  # the once handler is gone
+    r.on(['x', 'y'], lambda e: None)
+    r._on('y', lambda e: None)
+    assert r.off() == 2
+    assert not r._ps_observed('x') and r._ps_observed('y')
+    r._close_pubsub()
+    assert r._ps_observed('y') and r._ps_observed('x')  # destroyed: a publish raises
+
+
+def test_route_names_are_remembered_up_to_a_bound_and_stay_right_past_it() -> None:
+    from isocluster import routing
+
+    names: dict[str, str] = {}
+    for i in range(routing._ROUTE_NAMES_KEPT + 50):
+        assert routing.route_name(names, 'p_', f't{i}') == f'p_t{i}'
+    assert len(names) == routing._ROUTE_NAMES_KEPT  # a stream of made-up types cannot grow it
+    assert routing.route_name(names, 'p_', 'a-b') == '' and routing.route_name(names, 'p_', 'ok') == 'p_ok'
+    assert names['t0'] == 'p_t0'

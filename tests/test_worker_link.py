@@ -1,0 +1,196 @@
+"""The worker's end of a process link, driven directly over a socketpair: a message frame goes
+straight to the attached worker, and what the worker writes while a read is delivered keeps
+the link's order, whether it goes out at once or waits behind earlier writes."""
+
+from __future__ import annotations
+
+import asyncio
+import select
+import socket
+import threading
+from typing import Any
+
+from isocluster import protocol
+from isocluster.message_codecs import get_codec
+from isocluster.transport.process.worker_end import ChildLink
+
+TIMEOUT = 30.0
+
+
+class Replier:
+    """A receiver that answers each message with the frames `replies(payload)` names."""
+
+    def __init__(self, link: ChildLink, replies: Any) -> None:
+        self.link, self.replies = link, replies
+        self.received: list[Any] = []  # every frame delivered, in order
+        self.disconnected: asyncio.Future[Any] = link.loop.create_future()
+
+    def link_message(self, payload: Any) -> None:
+        self.received.append(payload)
+        for body in self.replies(payload):
+            self.link.write(protocol.MESSAGE, body)
+
+    def link_frame(self, kind: str, payload: Any) -> None:
+        if kind == protocol.MESSAGE:
+            self.link_message(payload)
+            return
+        self.received.append(kind)
+        if kind == protocol.DISCONNECT:
+            self.disconnected.set_result(kind)
+
+    def link_closed(self) -> None:
+        pass
+
+
+def _collect(sock: socket.socket, total: int, loop: asyncio.AbstractEventLoop, done: asyncio.Future[bytes],
+             data: bytearray) -> None:
+    sock.settimeout(TIMEOUT)
+    while len(data) < total:
+        chunk = sock.recv(1 << 20)
+        if not chunk:
+            break
+        data += chunk
+    loop.call_soon_threadsafe(done.set_result, bytes(data))
+
+
+def test_what_a_read_pass_writes_waits_behind_a_write_the_socket_did_not_take() -> None:
+    loop = asyncio.new_event_loop()
+    ours, theirs = socket.socketpair()
+    link = ChildLink(1, get_codec('json'), ours, loop, exit_on_finish=False,
+                     max_frame_size=protocol.DEFAULT_MAX_FRAME_SIZE)
+    loop.set_exception_handler(None)  # a failure is this test's, not a worker's to die of
+    try:
+        replier = Replier(link, lambda payload: [b'"first"', b'"second"'])
+        link.attach(replier)
+        link._start(write_online=False)
+        large = b'"' + b'x' * (8 * 1024 * 1024) + b'"'  # far more than the socket takes at once
+        link.write(protocol.MESSAGE, large)
+        assert link.flow.pending > 0  # the rest waits for the socket
+        # Room in the socket again, and a message to answer: the loop runs the read callback
+        # before the write callback, so the answers are written while the rest still waits.
+        head = bytearray()
+        theirs.setblocking(False)
+        try:
+            while True:
+                head += theirs.recv(1024 * 1024)
+        except BlockingIOError:
+            pass
+        theirs.setblocking(True)
+        theirs.sendall(protocol.encode_frame('message', b'"ping"'))
+        expected = [large, b'"first"', b'"second"']
+        total = sum(len(protocol.encode_frame('message', body)) for body in expected)
+        done: asyncio.Future[bytes] = loop.create_future()
+        reader = threading.Thread(target=_collect, args=(theirs, total, loop, done, head), daemon=True)
+        reader.start()
+        data = loop.run_until_complete(asyncio.wait_for(done, TIMEOUT))
+        reader.join(TIMEOUT)
+        assert replier.received == [b'"ping"']
+        assert protocol.FrameDecoder(max_frame_size=len(large) + 1).feed(data) == [('message', body) for body in expected]
+    finally:
+        link.close()
+        theirs.close()
+        loop.close()
+
+
+def test_every_answer_of_one_read_arrives_in_order() -> None:
+    loop = asyncio.new_event_loop()
+    ours, theirs = socket.socketpair()
+    link = ChildLink(1, get_codec('json'), ours, loop, exit_on_finish=False,
+                     max_frame_size=protocol.DEFAULT_MAX_FRAME_SIZE)
+    loop.set_exception_handler(None)
+    try:
+        replier = Replier(link, lambda payload: [payload, payload + b' '])
+        link.attach(replier)
+        link._start(write_online=False)
+        bodies = [f'"{i}"'.encode() for i in range(50)]
+        expected = [body for payload in bodies for body in (payload, payload + b' ')]
+        total = sum(len(protocol.encode_frame('message', body)) for body in expected)
+        done: asyncio.Future[bytes] = loop.create_future()
+        theirs.sendall(b''.join(protocol.encode_frame('message', body) for body in bodies))  # one read
+        reader = threading.Thread(target=_collect, args=(theirs, total, loop, done, bytearray()), daemon=True)
+        reader.start()
+        data = loop.run_until_complete(asyncio.wait_for(done, TIMEOUT))
+        reader.join(TIMEOUT)
+        assert replier.received == bodies
+        assert protocol.FrameDecoder().feed(data) == [('message', body) for body in expected]
+    finally:
+        link.close()
+        theirs.close()
+        loop.close()
+
+
+def test_frames_after_a_disconnect_in_the_same_read_reach_the_worker_after_it() -> None:
+    loop = asyncio.new_event_loop()
+    ours, theirs = socket.socketpair()
+    link = ChildLink(1, get_codec('json'), ours, loop, exit_on_finish=False,
+                     max_frame_size=protocol.DEFAULT_MAX_FRAME_SIZE)
+    loop.set_exception_handler(None)
+    try:
+        replier = Replier(link, lambda payload: [])
+        link.attach(replier)
+        link._start(write_online=False)
+        theirs.sendall(protocol.encode_frame('message', b'"before"') + protocol.encode_frame('request', (1, b'"r1"'))
+                       + protocol.encode_frame('disconnect', None) + protocol.encode_frame('request', (2, b'"r2"'))
+                       + protocol.encode_frame('message', b'"after"'))
+        loop.run_until_complete(asyncio.wait_for(replier.disconnected, TIMEOUT))
+        # DISCONNECT is delivered a loop pass later (after accept callbacks): what follows it waits too.
+        assert replier.received == [b'"before"', protocol.REQUEST, protocol.DISCONNECT, protocol.REQUEST, b'"after"']
+    finally:
+        link.close()
+        theirs.close()
+        loop.close()
+
+
+class CountingSocket(socket.socket):
+    """Counts the link's sends: how its writes were grouped."""
+
+    sends = 0
+
+    def send(self, *args: Any) -> int:
+        self.sends += 1
+        return super().send(*args)
+
+    def sendmsg(self, *args: Any) -> int:
+        self.sends += 1
+        return super().sendmsg(*args)
+
+
+def test_the_answer_to_a_lone_frame_goes_out_at_once_and_a_pipeline_s_answers_together() -> None:
+    loop = asyncio.new_event_loop()
+    plain, theirs = socket.socketpair()
+    ours = CountingSocket(plain.family, plain.type, fileno=plain.detach())
+    link = ChildLink(1, get_codec('json'), ours, loop, exit_on_finish=False,
+                     max_frame_size=protocol.DEFAULT_MAX_FRAME_SIZE)
+    loop.set_exception_handler(None)
+    seen_by_peer: list[bool] = []  # was the answer already in the peer's socket when write() returned?
+    expected, answered = 0, loop.create_future()
+
+    class Answering(Replier):
+        def link_message(self, payload: Any) -> None:
+            super().link_message(payload)
+            seen_by_peer.append(bool(select.select([theirs], [], [], 0)[0]))
+            if len(seen_by_peer) == expected and not answered.done():
+                answered.set_result(None)
+
+    try:
+        link.attach(Answering(link, lambda payload: [payload]))
+        link._start(write_online=False)
+        for bodies in ([b'"alone"'], [f'"{i}"'.encode() for i in range(50)], [b'"alone again"']):
+            sends, seen_by_peer[:], expected = ours.sends, [], len(bodies)
+            answered = loop.create_future()
+            theirs.sendall(b''.join(protocol.encode_frame('message', body) for body in bodies))  # one read
+            loop.run_until_complete(asyncio.wait_for(answered, TIMEOUT))
+            # The read pass has ended: whatever it wrote is in the peer's socket (small: it all fits).
+            total = sum(len(protocol.encode_frame('message', body)) for body in bodies)
+            data = bytearray()
+            while len(data) < total:
+                data += theirs.recv(total - len(data))
+            assert protocol.FrameDecoder().feed(data) == [('message', body) for body in bodies]
+            assert ours.sends - sends == 1  # one send for the whole read
+            # A lone frame's answer was sent before its handler returned; a pipeline's wait for the read's end.
+            assert seen_by_peer == ([True] if len(bodies) == 1 else [False] * len(bodies))
+    finally:
+        link.close()
+        theirs.close()
+        loop.close()
+
