@@ -22,7 +22,7 @@ def message_observed(primary: Any, message: Any, routing_action: Callable[..., A
     another `complete` in the class's pubsub table), not declared once (a once event is kept for
     later subscribers), no callable `_event_worker_message_<type>`.
     The type rules are `routing.route`'s: a dict whose 'type' is an identifier."""
-    if primary._ps_subscribed(_EVENT):
+    if primary._ps_observed(_EVENT):  # a subscription at some stage (or destroyed: the publish raises)
         return True
     config = primary._ps_config.get(_EVENT)
     if config is None or config.complete != _ACTION or config.once:

@@ -225,11 +225,6 @@ class Publisher:
     _once_on = _subscriber(1, True, True, 'Library-internal once_on().')
     _once_after = _subscriber(2, True, True, 'Library-internal once_after().')
 
-    def _ps_subscribed(self, name: str) -> bool:
-        """Whether `name` has a subscription now, at any stage (a publish would run a handler)."""
-        subs = self._ps_subs.get(name)
-        return subs is not None and bool(subs[0] or subs[1] or subs[2])
-
     def _ps_subscribe(self, slot: int, once: bool, internal: bool, target: Any, handler: Any) -> Subscription:
         if self._ps_closed:
             raise self._ps_destroyed('subscribe')
