@@ -223,16 +223,20 @@ class BatchAnswer:
 
 
 def chunk_publisher(worker: Any, default_action: Any) -> Callable[[Any, Request], None]:
-    """How a chunk hands each message to the worker's handlers. While nobody subscribed to
-    `primary_message` and its default action is the library's routing, the publish would
-    only route (R108): the message goes straight to its `_event_primary_message_<type>`
-    method, with the same event data, which takes a tiny task's cost from several
-    microseconds of publishing to one call. Anything else takes the full publish."""
+    """How a chunk hands each message to the worker's handlers. While nothing but the library's
+    routing can observe `primary_message` (no subscription in any stage, the default action not
+    overridden on the class or the instance, the worker not destroyed), the publish would only
+    route (R108): the message goes straight to its `_event_primary_message_<type>` method, with
+    the same event data, then the after stage the method may have subscribed to (R18), as
+    `routed_publish` does for single messages. The routed method is looked up once per chunk
+    (late binding, R7). Anything else takes the full publish."""
     config = worker._ps_config['primary_message']
     subscriptions = worker._ps_subs
+    heard = worker._ps_heard
     publish = worker._publish_request
-    direct = type(worker)._event_primary_message is default_action and config.complete == '_event_primary_message'
-    methods: dict[Any, Any] = {}  # type -> routed method, looked up once per chunk (late binding, R7)
+    direct = (type(worker)._event_primary_message is default_action and config.complete == '_event_primary_message'
+              and '_event_primary_message' not in worker.__dict__)
+    methods: dict[Any, Any] = {}  # type -> routed method
 
     def routed_method(kind: str) -> Any:
         if kind.isidentifier():
@@ -242,8 +246,7 @@ def chunk_publisher(worker: Any, default_action: Any) -> Callable[[Any, Request]
         return None
 
     def hand_over(message: Any, request: Request) -> None:
-        subs = subscriptions.get('primary_message')
-        if not direct or (subs is not None and (subs[0] or subs[1] or subs[2])):
+        if not direct or worker._ps_closed or 'primary_message' in heard:
             return publish(message, request)
         kind = message.get('type') if type(message) is dict else None
         if type(kind) is not str:
@@ -255,6 +258,15 @@ def chunk_publisher(worker: Any, default_action: Any) -> Callable[[Any, Request]
         event._si = 2  # the complete stage, where routing runs in a publish
         try:
             request.answer_with(method(event))
+            # What _publish does after the complete function (R8, R11, R18).
+            if not (event.event_stopped or worker._ps_closed):
+                if event._prevented & 0b1000:
+                    event._ended_by_prevent = True
+                else:
+                    event._si = 3
+                    subs = subscriptions.get('primary_message')
+                    if subs is not None and subs[2]:
+                        worker._ps_dispatch(event, subs, 2)
         except Exception as error:
             if request.answered:
                 raise
