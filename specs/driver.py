@@ -314,45 +314,23 @@ class Driver:
     def op_map(self, count: int, die_on: int | None, chunksize: int, max_in_flight: int, retries: int,
                bound: float) -> tuple[Any, ...]:
         """One map of `count` tasks, run until it ends or `bound` seconds pass; then
-        ('done', replies) | ('error', replies, index, cause) | ('unfinished', replies)."""
-        tasks = [{'type': 'task', 'value': value, 'die_on': die_on} for value in range(count)]
-        replies: list[Any] = []
-        outcome: list[Any] = []
-
-        async def consume() -> None:
-            try:
-                async for reply in self.primary.map(tasks, chunksize=chunksize, max_in_flight=max_in_flight,
-                                                    retries=retries):
-                    replies.append(reply)
-            except Exception as error:
-                cause = type(error.__cause__).__name__ if error.__cause__ is not None else None
-                outcome.append(('error', getattr(error, 'index', None), cause, type(error).__name__))
-            else:
-                outcome.append(('done',))
-
-        task = self.loop.create_task(consume())
-        self.run_until(task.done, bound)
-        if not task.done():
-            task.cancel()
-            self.run_until(task.done, 1.0)
-            return ('unfinished', replies)
-        if outcome[0][0] == 'done':
-            return ('done', replies)
-        return ('error', replies, *outcome[0][1:])
+        ('done', replies) | ('error', replies, index, cause, kind) | ('unfinished', replies)."""
+        return self._run_map(count, die_on, bound, chunksize=chunksize, max_in_flight=max_in_flight, retries=retries)
 
     def op_map_unordered(self, count: int, die_on: int | None, chunksize: int, retries: int,
                          bound: float) -> tuple[Any, ...]:
-        """One `ordered=False` map of `count` tasks (at most one request on a worker), run until
-        it ends or `bound` seconds pass: ('done', replies) | ('error', replies, index, cause,
-        kind) | ('unfinished', replies), the replies in the order they were yielded."""
+        """One `ordered=False` map of `count` tasks (at most one request on a worker), the same
+        outcomes as op_map, the replies in the order they were yielded."""
+        return self._run_map(count, die_on, bound, ordered=False, chunksize=chunksize, max_in_flight=1, retries=retries)
+
+    def _run_map(self, count: int, die_on: int | None, bound: float, **options: Any) -> tuple[Any, ...]:
         tasks = [{'type': 'task', 'value': value, 'die_on': die_on} for value in range(count)]
         replies: list[Any] = []
         outcome: list[Any] = []
 
         async def consume() -> None:
             try:
-                async for reply in self.primary.map(tasks, ordered=False, chunksize=chunksize, max_in_flight=1,
-                                                    retries=retries):
+                async for reply in self.primary.map(tasks, **options):
                     replies.append(reply)
             except Exception as error:
                 cause = type(error.__cause__).__name__ if error.__cause__ is not None else None
