@@ -25,7 +25,8 @@ from .errors import ProtocolError
 # The codecs and what turns a user message into a frame's bytes and back live there; they
 # are part of this module's interface (protocol.get_codec, protocol.encode_message, ...).
 from .message_codecs import (  # noqa: F401
-    Codec, JsonCodec, MsgpackCodec, OrjsonCodec, PickleCodec, decode_error, decode_message, encode_message, get_codec,
+    Codec, JsonCodec, MsgpackCodec, OrjsonCodec, PickleCodec, decode_error, decode_message, encode_failure, encode_message,
+    get_codec, oversized,
 )
 
 MESSAGE = 'message'

@@ -22,6 +22,7 @@ send costs its bytes, not ~250 bytes of future and bookkeeping besides.
 from __future__ import annotations
 
 import asyncio
+import sys
 import weakref
 from collections import deque
 from typing import Any
@@ -30,6 +31,8 @@ from typing import Any
 HIGH_WATER = 1024 * 1024
 LOW_WATER = HIGH_WATER // 4
 BUCKET = 16 * 1024
+# Where references are not counted (not CPython) a future is never known unreferenced: never reused.
+_refcount = getattr(sys, 'getrefcount', lambda obj: -1)
 
 
 class _Completion(asyncio.Future):  # type: ignore[type-arg]
@@ -48,7 +51,7 @@ class _Completion(asyncio.Future):  # type: ignore[type-arg]
 
 
 class LinkFlow:
-    __slots__ = ('loop', 'pending', '_flushed', '_waiters', '_bucket_start', '_pinned')
+    __slots__ = ('loop', 'pending', '_flushed', '_waiters', '_bucket_start', '_pinned', '_last', '_last_bucket')
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -59,6 +62,10 @@ class LinkFlow:
         self._waiters: deque[list[Any]] = deque()
         self._bucket_start = 0  # the mark of the first send in the last bucket
         self._pinned: set[asyncio.Future[None]] = set()  # futures something waits on, until done
+        # The future completion() made last, and the bucket it is in: handed out again for the
+        # next send of that bucket while nothing but this attribute refers to it (see there).
+        self._last: _Completion | None = None
+        self._last_bucket: list[Any] | None = None
 
     # -- the transport's side ----------------------------------------------------------
 
@@ -94,19 +101,27 @@ class LinkFlow:
 
     def completion(self) -> 'asyncio.Future[None]':
         """A future that resolves once at most LOW_WATER of the bytes queued so far remain."""
-        future = _Completion(loop=self.loop)
-        future._pins = self._pinned
         mark = self._flushed + self.pending - LOW_WATER
         waiters = self._waiters
         if waiters and mark - self._bucket_start < BUCKET:
             last = waiters[-1]
             last[0] = mark
+            # The previous send's future, when its caller dropped it (fire and forget) and it
+            # is in this bucket: nothing else refers to it (2: the attribute and getrefcount's
+            # argument), so no one can tell it from a new one, and it resolves when a new one
+            # would (at the bucket's mark). A congested stream then costs no future per send.
+            if self._last_bucket is last and _refcount(self._last) == 2 and not self._last.done():  # type: ignore[union-attr]
+                return self._last  # type: ignore[return-value]
         else:
             self._bucket_start = mark
             bucket: dict[Any, None] = {}
             last = [mark, bucket, bucket.pop]
             waiters.append(last)
+        future = _Completion(loop=self.loop)
+        future._pins = self._pinned
         last[1][weakref.ref(future, last[2])] = None
+        self._last = future
+        self._last_bucket = last
         return future
 
     async def drain(self) -> None:

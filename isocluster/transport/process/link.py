@@ -16,7 +16,7 @@ from ...out_of_band import reads_buffers
 from .. import base, procfs
 from ..partial import PartialFrameDeadline
 from .output import _OutputReader
-from .writer import _FrameWriter
+from .writer import _CHUNK_SIZE, _COPY_LIMIT, _HEADER_SIZE, _MESSAGE, _MESSAGE_CODE, _FrameWriter, _pack_header
 
 if TYPE_CHECKING:
     from .spawn import ProcessTransport
@@ -84,6 +84,18 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
     def write(self, kind: str, payload: Any) -> None:
         if self._closing or self._eof or self._write_broken:  # not is_open: a call less per send
             raise self.closed_error()
+        if kind == _MESSAGE and (self._corked or self._writing) and type(payload) is bytes:
+            # A stream's frames after the first of a turn: appended here to the chunk being
+            # filled (what _write_frame's first branch does, without its call).
+            queue = self._queue
+            if queue:
+                tail = queue[-1]
+                size = len(payload)
+                if type(tail) is bytearray and len(tail) < _CHUNK_SIZE and size <= _COPY_LIMIT:
+                    tail += _pack_header(size + 1, _MESSAGE_CODE)
+                    tail += payload
+                    self.flow.pending += size + _HEADER_SIZE
+                    return
         self._write_frame(kind, payload)
 
     def send_socket(self, sock: Any, payload: Any) -> None:
