@@ -186,3 +186,24 @@ def test_link_frames_gives_an_override_of_link_frame_every_frame() -> None:
     primary.link_frames(handle.life.link, inbox, 3)
     assert primary.frames == [protocol.MESSAGE] * 3 and len(inbox) == 2
     close(sim, primary)
+
+
+# -- the decoder cuts a read's messages from one copy of it ---------------------------------
+
+
+@pytest.mark.parametrize('read_size', [1000, 256 * 1024, protocol._CUT_FROM_COPY + 4096])
+def test_a_read_of_many_small_frames_is_cut_into_the_same_messages_at_any_read_size(read_size: int) -> None:
+    codec = protocol.get_codec('json')
+    bodies = [codec.encode({'type': 'n', 'n': n, 'pad': 'x' * (n % 50)}) for n in range(30_000)]
+    wire = b''.join(protocol.message_header(len(body)) + body for body in bodies)
+    wire += protocol.encode_frame(protocol.HEARTBEAT_ACK, {'seq': 1})  # a control frame after them
+    decoder = protocol.FrameDecoder()
+    frames: list[Any] = []
+    buffer = bytearray(read_size)  # reused for every read, as the links' shared read buffer is
+    for offset in range(0, len(wire), read_size):
+        piece = wire[offset:offset + read_size]
+        buffer[:len(piece)] = piece
+        frames.extend(decoder.feed(memoryview(buffer)[:len(piece)]))
+    assert frames[:-1] == [(protocol.MESSAGE, body) for body in bodies]
+    assert all(type(payload) is bytes for _, payload in frames[:-1])
+    assert frames[-1] == (protocol.HEARTBEAT_ACK, {'seq': 1}) and decoder.pending == 0
