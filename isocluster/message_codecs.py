@@ -162,13 +162,25 @@ def encode_message(codec: Codec, message: Any, max_frame_size: int, worker_id: i
     try:
         data = codec.encode(message)
     except Exception as exc:
-        raise EncodeError(
-            f'could not encode the message with the {codec.name!r} codec: {exc!r}; nothing was sent',
-            worker_id=worker_id,
-        ) from exc
+        raise encode_failure(codec, exc, worker_id) from exc
     if len(data) + 1 + overhead > max_frame_size:
-        raise EncodeError(
-            f'the encoded message is {len(data)} bytes, over the maximum frame size of {max_frame_size} '
-            f'bytes{" with its request header" if overhead else ""}; nothing was sent', worker_id=worker_id,
-        )
+        raise oversized(len(data), max_frame_size, worker_id, overhead)
     return data
+
+
+def encode_failure(codec: Codec, exc: Exception, worker_id: int | None = None) -> EncodeError:
+    """The EncodeError of a codec that raised `exc` (for a sender that calls the codec itself)."""
+    error = EncodeError(
+        f'could not encode the message with the {codec.name!r} codec: {exc!r}; nothing was sent',
+        worker_id=worker_id,
+    )
+    error.__cause__ = exc
+    return error
+
+
+def oversized(size: int, max_frame_size: int, worker_id: int | None = None, overhead: int = 0) -> EncodeError:
+    """The EncodeError of an encoded message of `size` bytes too large for one frame."""
+    return EncodeError(
+        f'the encoded message is {size} bytes, over the maximum frame size of {max_frame_size} '
+        f'bytes{" with its request header" if overhead else ""}; nothing was sent', worker_id=worker_id,
+    )

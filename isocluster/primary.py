@@ -373,6 +373,41 @@ class ClusterPrimary(Initializable):
         except Exception as error:
             self._fatal(error)
 
+    def link_frames(self, link: WorkerLink, inbox: Any, count: int) -> None:
+        """The next `count` frames of `inbox` (the link's deque), each taken off it and handled
+        as link_frame handles it: a worker's stream costs a call per batch, not per frame, and
+        the per-frame checks are attribute reads. What a raise leaves stays in `inbox`."""
+        if type(self).link_frame is not ClusterPrimary.link_frame:  # an override sees every frame
+            while count and inbox:
+                count -= 1
+                self.link_frame(link, *inbox.popleft())
+            return
+        live, link_id, popleft = self._live, link.id, inbox.popleft
+        handle = live.get(link_id)
+        life = handle.life if handle is not None else None
+        phase, stats, decode, publish = self._phase, self._stats, self._codec.decode, self._publish
+        message_kind = protocol.MESSAGE
+        while count and inbox:
+            count -= 1
+            kind, payload = popleft()
+            if (kind != message_kind or life is None or life.error is not None or life.state == 'forked'
+                    or phase.name == 'destroyed' or live.get(link_id) is not handle):
+                self.link_frame(link, kind, payload)  # anything but a stream's message: the general way
+                continue
+            try:
+                try:
+                    message = decode(payload)
+                except Exception as error:
+                    self._worker_fault(handle, protocol.decode_error(self._codec, error, link_id))
+                    continue
+                stats['messages_in'] += 1
+                life.messages_in += 1
+                if 'worker_message' in self._ps_subs or message_observed(
+                        self, message, ClusterPrimary._event_worker_message):
+                    publish('worker_message', {'worker': handle, 'message': message})
+            except Exception as error:
+                self._fatal(error)
+
     def link_error(self, link: WorkerLink, error: BaseException) -> None:
         handle = self._live.get(link.id)
         if handle is None or self._phase.name == 'destroyed':

@@ -25,7 +25,8 @@ from .errors import ProtocolError
 # The codecs and what turns a user message into a frame's bytes and back live there; they
 # are part of this module's interface (protocol.get_codec, protocol.encode_message, ...).
 from .message_codecs import (  # noqa: F401
-    Codec, JsonCodec, MsgpackCodec, OrjsonCodec, PickleCodec, decode_error, decode_message, encode_message, get_codec,
+    Codec, JsonCodec, MsgpackCodec, OrjsonCodec, PickleCodec, decode_error, decode_message, encode_failure, encode_message,
+    get_codec, oversized,
 )
 
 MESSAGE = 'message'
@@ -62,6 +63,9 @@ _LENGTH = struct.Struct('>I')
 # size: appending its pieces to the decoder's buffer would reallocate (copy) it again and again.
 _LARGE_FRAME = 64 * 1024
 HEADER_SIZE = _HEADER.size
+# A read up to this size is copied once to cut its messages from (FrameDecoder.feed): the
+# primary's reads are 256 KiB, plus at most a partial frame under _LARGE_FRAME kept before it.
+_CUT_FROM_COPY = 1024 * 1024
 
 
 def message_header(body_size: int) -> bytes:
@@ -249,6 +253,10 @@ class FrameDecoder:
         offset = 0
         end = len(view)
         kind = None
+        # A read of many small frames is copied to bytes once and each message cut from that
+        # copy: a bytes slice is one allocation, where bytes(view[a:b]) builds a memoryview
+        # first (most of the cost of cutting a small frame).
+        cut = bytes(view) if end <= _CUT_FROM_COPY else None
         try:
             while end - offset >= 4:
                 (length,) = unpack_length(view, offset)
@@ -275,7 +283,7 @@ class FrameDecoder:
                     break
                 code = view[start]
                 if code == _MESSAGE_CODE:  # by far the commonest
-                    append((MESSAGE, bytes(view[start + 1:offset])))
+                    append((MESSAGE, cut[start + 1:offset] if cut is not None else bytes(view[start + 1:offset])))
                     continue
                 kind = None
                 if code >= len(kinds):

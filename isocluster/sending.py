@@ -18,6 +18,9 @@ if TYPE_CHECKING:
     from .transport.base import Transport
 
 
+_MESSAGE = protocol.MESSAGE
+
+
 def write_failure(target: WorkerHandle, error: TransportError) -> SendError:
     failure = SendError(
         f'could not write to worker {target.id}: {error}; the worker is gone or its link broke',
@@ -38,6 +41,7 @@ class Outbox:
                  handled: Callable[[WorkerHandle, int], None]) -> None:
         self._registry = registry
         self._codec = codec
+        self._encode = codec.encode
         self._transport = transport
         self._queue_cap = queue_cap
         self._stats = stats
@@ -47,25 +51,39 @@ class Outbox:
         self._handled = handled  # `count` more messages written to a worker (figures, recycling)
 
     def send(self, message: Any, to: Any) -> 'asyncio.Future[None]':
+        if type(to) is WorkerHandle:
+            life = to.life
+            if life.state in CONNECTED and self._registry.live.get(to.id) is to:
+                # One connected worker, the common case (a stream's every message): the codec
+                # called here, no destination lists, no layer a connected link does not need.
+                try:
+                    data = self._encode(message)
+                except Exception as exc:
+                    return self._rejected(protocol.encode_failure(self._codec, exc))
+                size = len(data)
+                if size >= self._transport.max_frame_size:  # its frame adds the kind byte
+                    return self._rejected(protocol.oversized(size, self._transport.max_frame_size))
+                link = life.link
+                flow = link.flow
+                pending = flow.pending
+                if pending and pending + size > self._queue_cap:
+                    return self._rejected(_over_cap(to, pending, self._queue_cap))
+                try:
+                    link.write(_MESSAGE, data)
+                except TransportError as error:
+                    return self._rejected(write_failure(to, error))
+                self._stats['messages_out'] += 1
+                if life.recycle_limits is None:
+                    life.messages_out += 1  # all Recycler.handled does for a worker it does not recycle
+                else:
+                    self._handled(to, 1)
+                if flow.pending > HIGH_WATER:  # backpressure: resolves once the link has drained
+                    return flow.completion()
+                return self._resolved()
         try:
             data = protocol.encode_message(self._codec, message, self._transport.max_frame_size)
         except EncodeError as error:
             return self._rejected(error)
-        if type(to) is WorkerHandle and to.life.state in CONNECTED and self._registry.live.get(to.id) is to:
-            # One connected worker, the common case: no destination lists.
-            link = to.life.link
-            flow = link.flow
-            if flow.pending and flow.pending + len(data) > self._queue_cap:
-                return self._rejected(_over_cap(to, flow.pending, self._queue_cap))
-            try:
-                link.write(protocol.MESSAGE, data)
-            except TransportError as error:
-                return self._rejected(write_failure(to, error))
-            self._stats['messages_out'] += 1
-            self._handled(to, 1)
-            if flow.pending > HIGH_WATER:  # backpressure: resolves once the link has drained
-                return flow.completion()
-            return self._resolved()
         destinations = self._destinations(to)
         if not destinations:
             return self._resolved()

@@ -22,6 +22,7 @@ send costs its bytes, not ~250 bytes of future and bookkeeping besides.
 from __future__ import annotations
 
 import asyncio
+import sys
 import weakref
 from collections import deque
 from typing import Any
@@ -30,6 +31,8 @@ from typing import Any
 HIGH_WATER = 1024 * 1024
 LOW_WATER = HIGH_WATER // 4
 BUCKET = 16 * 1024
+# Where references are not counted (not CPython) a future is never known unreferenced: never reused.
+_refcount = getattr(sys, 'getrefcount', lambda obj: -1)
 
 
 class _Completion(asyncio.Future):  # type: ignore[type-arg]
@@ -48,7 +51,7 @@ class _Completion(asyncio.Future):  # type: ignore[type-arg]
 
 
 class LinkFlow:
-    __slots__ = ('loop', 'pending', '_flushed', '_waiters', '_bucket_start', '_pinned')
+    __slots__ = ('loop', 'pending', '_flushed', '_waiters', '_bucket_start', '_pinned', '_last', '_before', '_bucket')
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         self.loop = loop
@@ -59,6 +62,11 @@ class LinkFlow:
         self._waiters: deque[list[Any]] = deque()
         self._bucket_start = 0  # the mark of the first send in the last bucket
         self._pinned: set[asyncio.Future[None]] = set()  # futures something waits on, until done
+        # The last two futures completion() made in the bucket `_bucket`: handed out again for
+        # a later send of that bucket while nothing but this slot refers to one (see there).
+        self._last: _Completion | None = None
+        self._before: _Completion | None = None
+        self._bucket: list[Any] | None = None
 
     # -- the transport's side ----------------------------------------------------------
 
@@ -94,19 +102,37 @@ class LinkFlow:
 
     def completion(self) -> 'asyncio.Future[None]':
         """A future that resolves once at most LOW_WATER of the bytes queued so far remain."""
-        future = _Completion(loop=self.loop)
-        future._pins = self._pinned
         mark = self._flushed + self.pending - LOW_WATER
         waiters = self._waiters
         if waiters and mark - self._bucket_start < BUCKET:
             last = waiters[-1]
             last[0] = mark
+            # One of the last two futures made, when it is in this bucket, not done, and its
+            # caller dropped it (fire and forget; the second is for a caller that keeps the
+            # previous send's future in a variable until the next send returns): nothing else
+            # refers to it (2: the slot and getrefcount's argument), so no one can tell it from
+            # a new one, and it resolves when a new one would (at the bucket's mark). A
+            # congested stream then costs no future per send.
+            if self._bucket is last:
+                if _refcount(self._last) == 2 and not self._last.done():  # type: ignore[union-attr]
+                    return self._last  # type: ignore[return-value]
+                if _refcount(self._before) == 2 and not self._before.done():  # type: ignore[union-attr]
+                    self._last, self._before = self._before, self._last
+                    return self._last  # type: ignore[return-value]
         else:
             self._bucket_start = mark
             bucket: dict[Any, None] = {}
             last = [mark, bucket, bucket.pop]
             waiters.append(last)
+        future = _Completion(loop=self.loop)
+        future._pins = self._pinned
         last[1][weakref.ref(future, last[2])] = None
+        if self._bucket is last:
+            self._before = self._last
+        else:
+            self._bucket = last
+            self._before = None
+        self._last = future
         return future
 
     async def drain(self) -> None:

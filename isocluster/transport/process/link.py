@@ -16,7 +16,7 @@ from ...out_of_band import reads_buffers
 from .. import base, procfs
 from ..partial import PartialFrameDeadline
 from .output import _OutputReader
-from .writer import _FrameWriter
+from .writer import _CHUNK_SIZE, _COPY_LIMIT, _HEADER_SIZE, _MESSAGE, _MESSAGE_CODE, _FrameWriter, _pack_header
 
 if TYPE_CHECKING:
     from .spawn import ProcessTransport
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
 # shutdown, kill and heartbeat timers with it.
 _DELIVERY_SLICE = 0.02
 _PEER_GONE = (BrokenPipeError, ConnectionResetError)
+_BATCH = 64  # frames delivered between two looks at the clock
 
 
 class _WorkerLink(_FrameWriter, base.WorkerLink):
@@ -38,6 +39,9 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
         self._sock = sock
         self._pidfd: int | None = pidfd
         self._listener = listener
+        # `link_frames(link, inbox, count)`, when the listener has it (the primary does): the
+        # next `count` frames taken off `inbox` in one call, as link_frame would take each.
+        self._take_frames = getattr(listener, 'link_frames', None)
         self._batch = transport._batch
         self._decoder = protocol.FrameDecoder(transport.max_frame_size)
         self._decoder.message_buffers = reads_buffers(spec.codec)
@@ -84,6 +88,18 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
     def write(self, kind: str, payload: Any) -> None:
         if self._closing or self._eof or self._write_broken:  # not is_open: a call less per send
             raise self.closed_error()
+        if kind == _MESSAGE and (self._corked or self._writing) and type(payload) is bytes:
+            # A stream's frames after the first of a turn: appended here to the chunk being
+            # filled (what _write_frame's first branch does, without its call).
+            queue = self._queue
+            if queue:
+                tail = queue[-1]
+                size = len(payload)
+                if type(tail) is bytearray and len(tail) < _CHUNK_SIZE and size <= _COPY_LIMIT:
+                    tail += _pack_header(size + 1, _MESSAGE_CODE)
+                    tail += payload
+                    self.flow.pending += size + _HEADER_SIZE
+                    return
         self._write_frame(kind, payload)
 
     def send_socket(self, sock: Any, payload: Any) -> None:
@@ -255,6 +271,20 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
         # One frame (a round trip's read) needs no clock: the check below comes at 64 frames.
         deadline = loop.time() + _DELIVERY_SLICE if len(inbox) > 1 else 0.0
         delivered = 0
+        take = self._take_frames
+        while inbox and take is not None:
+            # A listener that takes frames in batches: 64 at a time, the clock read between batches.
+            if delivered and loop.time() > deadline:
+                self._pause_reading()
+                loop.call_soon(self._deliver)
+                return
+            delivered = 1
+            try:
+                take(self, inbox, _BATCH)
+            except BaseException:
+                if inbox:
+                    self._loop.call_soon(self._deliver)
+                raise
         while inbox:
             delivered += 1
             if not delivered & 63 and loop.time() > deadline:

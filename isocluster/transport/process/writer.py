@@ -31,7 +31,10 @@ _SEND_FLAGS = getattr(socket, 'MSG_NOSIGNAL', 0)
 # small frames is held, and pushed back on, as before.
 _LARGE_SNDBUF = 4 * 1024 * 1024
 _MESSAGE = protocol.MESSAGE
-_message_header = protocol.message_header
+# A MESSAGE frame's header, packed here for a stream's appends (what message_header returns).
+_pack_header = protocol._HEADER.pack
+_MESSAGE_CODE = protocol._MESSAGE_CODE
+_HEADER_SIZE = protocol.HEADER_SIZE
 
 
 class _Batch:
@@ -100,9 +103,9 @@ class _FrameWriter:
             tail = queue[-1]
             size = len(payload)
             if type(tail) is bytearray and len(tail) < _CHUNK_SIZE and size <= _COPY_LIMIT:
-                tail += _message_header(size)
+                tail += _pack_header(size + 1, _MESSAGE_CODE)
                 tail += payload
-                self.flow.queued(size + protocol.HEADER_SIZE)
+                self.flow.pending += size + _HEADER_SIZE  # LinkFlow.queued, a call less per message
                 return
         header, body = protocol.frame_parts(kind, payload)
         batch = self._batch
