@@ -181,19 +181,6 @@ class ChildLink(_FrameWriter, WorkerEnd):
                 return
         self._write_frame(kind, payload)
 
-    def _send_at_once(self, data: bytes) -> None:
-        try:
-            sent = self._sock.send(data, _SEND_FLAGS)
-        except (BlockingIOError, InterruptedError):
-            sent = 0
-        except OSError as exc:
-            self._write_failed(exc)
-            raise TransportError(f'{self._describe()}: write failed ({exc})', worker_id=self.worker_id) from exc
-        if sent < len(data):
-            self._queue.append(memoryview(data)[sent:])
-            self.flow.queued(len(data) - sent)
-            self._start_writing()
-
     def close(self) -> None:
         if self._closed:
             return

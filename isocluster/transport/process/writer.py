@@ -112,19 +112,7 @@ class _FrameWriter:
         if not (queue or self._corked or self._writing or batch.active or fd is not None
                 or len(body) > _COPY_LIMIT):
             if not batch.sent:  # the turn's first frame: straight out (latency)
-                data = header + body
-                try:
-                    sent = self._sock.send(data, _SEND_FLAGS)
-                except (BlockingIOError, InterruptedError):
-                    sent = 0
-                except OSError as exc:
-                    self._write_failed(exc)
-                    raise TransportError(f'{self._describe()}: write failed ({exc})', worker_id=self._worker_id()) from exc
-                if sent < len(data):
-                    queue.append(memoryview(data)[sent:])
-                    self.flow.queued(len(data) - sent)
-                    self._start_writing()
-                else:
+                if self._send_at_once(header + body):
                     batch.sent = True
                 return
             batch.hold(self._loop)
@@ -187,6 +175,23 @@ class _FrameWriter:
             self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, max(size // 2, 1))
         except OSError:
             pass
+
+    def _send_at_once(self, data: bytes) -> bool:
+        """Send `data` now, with nothing queued before it; what the socket does not take is
+        queued and written on writability. True when it all went out."""
+        try:
+            sent = self._sock.send(data, _SEND_FLAGS)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        except OSError as exc:
+            self._write_failed(exc)
+            raise TransportError(f'{self._describe()}: write failed ({exc})', worker_id=self._worker_id()) from exc
+        if sent < len(data):
+            self._queue.append(memoryview(data)[sent:])
+            self.flow.queued(len(data) - sent)
+            self._start_writing()
+            return False
+        return True
 
     def _flush(self) -> None:
         """Send what the socket takes; raises OSError other than EAGAIN."""
