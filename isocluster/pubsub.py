@@ -120,18 +120,67 @@ class Publisher:
         return self._publish(name, data)
 
     def _publish(self, name: str, data: Any = None) -> Self:
-        """Run every stage of one publish synchronously (R1–R11, R20, R21)."""
+        """Run every stage of one publish synchronously (R1–R11, R18, R20, R21)."""
         if self._ps_closed:
             raise self._ps_destroyed('publish')
         config = self._ps_config.get(name)
         if config is None:
-            event = Event(self, name, {} if data is None else data, _ALL_STAGES)
+            mask, complete = _ALL_STAGES, None
+        elif config.once:
+            return self._ps_publish_general(name, data, config)
         else:
-            if config.once and name in self._ps_done:
-                return self
-            event = Event(self, name, {} if data is None else data, config.preventable)
-            if config.publish_once:
-                self._ps_done[name] = event
+            mask, complete = config.preventable, config.complete
+        event = Event(self, name, {} if data is None else data, mask)
+        # Only the stages with subscribers are walked. A stage's prevent mark can only have been
+        # set by code of this publish that already ran, so a mark is checked once something ran.
+        subs = self._ps_subs.get(name)
+        if subs is not None:
+            if subs[0]:
+                if self._ps_dispatch(event, subs, 0):
+                    return self
+                if event._prevented & 0b10:
+                    event._ended_by_prevent = True
+                    return self
+                event._si = 1
+                if subs[1]:
+                    if self._ps_dispatch(event, subs, 1):
+                        return self
+                if event._prevented & 0b100:
+                    event._ended_by_prevent = True
+                    return self
+            elif subs[1]:
+                event._si = 1
+                if self._ps_dispatch(event, subs, 1):
+                    return self
+                if event._prevented & 0b100:
+                    event._ended_by_prevent = True
+                    return self
+        event._si = 2
+        if complete is not None:
+            function = getattr(self, complete, None)  # late binding (R7)
+            if callable(function):
+                result = function(event)
+                if result is not None and isawaitable(result):
+                    self._spawn(result)
+                if event.event_stopped or self._ps_closed:
+                    return self
+                if subs is None:  # the complete function may have subscribed to after (R18)
+                    subs = self._ps_subs.get(name)
+        if event._prevented & 0b1000:
+            event._ended_by_prevent = True
+            return self
+        event._si = 3
+        if subs is not None and subs[2]:
+            self._ps_dispatch(event, subs, 2)
+        return self
+
+    def _ps_publish_general(self, name: str, data: Any, config: _Config) -> Self:
+        """`_publish` of a once event (R20, R21): every stage, with the once marks."""
+        if name in self._ps_done:
+            return self
+        event = Event(self, name, {} if data is None else data, config.preventable)
+        if config.publish_once:
+            self._ps_done[name] = event
         subs = self._ps_subs.get(name)
         if subs is not None and subs[0]:
             self._ps_dispatch(event, subs, 0)
@@ -151,19 +200,18 @@ class Publisher:
             event._ended_by_prevent = True
             return self
         event._si = 2
-        if config is not None:
-            if config.complete_once:
-                if name in self._ps_done:  # a nested publish completed it already (R20)
+        if config.complete_once:
+            if name in self._ps_done:  # a nested publish completed it already (R20)
+                return self
+            self._ps_done[name] = event
+        if config.complete is not None:
+            complete = getattr(self, config.complete, None)  # late binding (R7)
+            if callable(complete):
+                result = complete(event)
+                if result is not None and isawaitable(result):
+                    self._spawn(result)
+                if event.event_stopped or self._ps_closed:
                     return self
-                self._ps_done[name] = event
-            if config.complete is not None:
-                complete = getattr(self, config.complete, None)  # late binding (R7)
-                if callable(complete):
-                    result = complete(event)
-                    if result is not None and isawaitable(result):
-                        self._spawn(result)
-                    if event.event_stopped or self._ps_closed:
-                        return self
         if event._prevented & 0b1000:
             event._ended_by_prevent = True
             return self
@@ -180,7 +228,8 @@ class Publisher:
         by subscribe, unsubscribe and off. A hot path may inline it."""
         return self._ps_closed or name in self._ps_heard
 
-    def _ps_dispatch(self, event: Event, subs: list[tuple[_Record, ...]], slot: int) -> None:
+    def _ps_dispatch(self, event: Event, subs: list[tuple[_Record, ...]], slot: int) -> bool:
+        """Run the handlers of one stage; True when the publish ends here (R11, destroyed)."""
         records = subs[slot]
         while True:
             for record in records:
@@ -200,15 +249,18 @@ class Publisher:
                 if event.dispatch_stopped:
                     event.dispatch_stopped = False
                     event._sub = None
-                    return
+                    return event.event_stopped or self._ps_closed
             # Registrations are copy-on-write tuples in seq order, so anything added to this stage
-            # while it ran is exactly the tail with a higher seq (R18).
-            last = records[-1].seq
+            # while it ran is exactly the tail with a higher seq (R18); the same tuple: no change.
             current = subs[slot]
+            if current is records:
+                break
+            last = records[-1].seq
             if not current or current[-1].seq <= last:
                 break
             records = tuple(r for r in current if r.seq > last)
         event._sub = None
+        return event.event_stopped or self._ps_closed
 
     # -- subscribing ------------------------------------------------------------------------
 

@@ -41,15 +41,32 @@ def route_name(names: dict[str, str], prefix: str, kind: str) -> str:
     return name
 
 
+# prefix -> (type -> method name), as routed_publish keeps them: the few prefixes the library
+# routes with; an unknown one past the bound is computed per message, not kept.
+_ROUTE_NAMES: dict[str, dict[str, str]] = {}
+_PREFIXES_KEPT = 8
+
+
 def route(publisher: Any, prefix: str, event: Any) -> None:
     """Call `<prefix><type>` for a typed dict message; feed its result to a pending request."""
     message = event.data['message']
     if type(message) is not dict:
         return
     kind = message.get('type')
-    if type(kind) is not str or not kind.isidentifier():
+    if type(kind) is not str:
         return
-    method = getattr(publisher, prefix + kind, None)
+    names = _ROUTE_NAMES.get(prefix)
+    if names is None:
+        names = {}
+        if len(_ROUTE_NAMES) < _PREFIXES_KEPT:
+            _ROUTE_NAMES[prefix] = names
+    name = names.get(kind)
+    if name is None:
+        name = route_name(names, prefix, kind)
+    if not name:
+        return
+    # Only the name is kept: the method is looked up on every message (late binding, R7).
+    method = getattr(publisher, name, None)
     if not callable(method):
         return
     result = method(event)
