@@ -5,10 +5,11 @@ the link's order, whether it goes out at once or waits behind earlier writes."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import select
 import socket
 import threading
-from typing import Any
+from typing import Any, Iterator
 
 from isocluster import protocol
 from isocluster.message_codecs import get_codec
@@ -42,6 +43,24 @@ class Replier:
         pass
 
 
+@contextlib.contextmanager
+def child_link(ours: socket.socket | None = None,
+               theirs: socket.socket | None = None) -> Iterator[tuple[asyncio.AbstractEventLoop, ChildLink, socket.socket]]:
+    """A worker's link over a socketpair (or the pair given), on a loop of its own; closed after."""
+    loop = asyncio.new_event_loop()
+    if ours is None or theirs is None:
+        ours, theirs = socket.socketpair()
+    link = ChildLink(1, get_codec('json'), ours, loop, exit_on_finish=False,
+                     max_frame_size=protocol.DEFAULT_MAX_FRAME_SIZE)
+    loop.set_exception_handler(None)  # a failure is the test's, not a worker's to die of
+    try:
+        yield loop, link, theirs
+    finally:
+        link.close()
+        theirs.close()
+        loop.close()
+
+
 def _collect(sock: socket.socket, total: int, loop: asyncio.AbstractEventLoop, done: asyncio.Future[bytes],
              data: bytearray) -> None:
     sock.settimeout(TIMEOUT)
@@ -54,12 +73,7 @@ def _collect(sock: socket.socket, total: int, loop: asyncio.AbstractEventLoop, d
 
 
 def test_what_a_read_pass_writes_waits_behind_a_write_the_socket_did_not_take() -> None:
-    loop = asyncio.new_event_loop()
-    ours, theirs = socket.socketpair()
-    link = ChildLink(1, get_codec('json'), ours, loop, exit_on_finish=False,
-                     max_frame_size=protocol.DEFAULT_MAX_FRAME_SIZE)
-    loop.set_exception_handler(None)  # a failure is this test's, not a worker's to die of
-    try:
+    with child_link() as (loop, link, theirs):
         replier = Replier(link, lambda payload: [b'"first"', b'"second"'])
         link.attach(replier)
         link._start(write_online=False)
@@ -86,19 +100,10 @@ def test_what_a_read_pass_writes_waits_behind_a_write_the_socket_did_not_take() 
         reader.join(TIMEOUT)
         assert replier.received == [b'"ping"']
         assert protocol.FrameDecoder(max_frame_size=len(large) + 1).feed(data) == [('message', body) for body in expected]
-    finally:
-        link.close()
-        theirs.close()
-        loop.close()
 
 
 def test_every_answer_of_one_read_arrives_in_order() -> None:
-    loop = asyncio.new_event_loop()
-    ours, theirs = socket.socketpair()
-    link = ChildLink(1, get_codec('json'), ours, loop, exit_on_finish=False,
-                     max_frame_size=protocol.DEFAULT_MAX_FRAME_SIZE)
-    loop.set_exception_handler(None)
-    try:
+    with child_link() as (loop, link, theirs):
         replier = Replier(link, lambda payload: [payload, payload + b' '])
         link.attach(replier)
         link._start(write_online=False)
@@ -113,19 +118,10 @@ def test_every_answer_of_one_read_arrives_in_order() -> None:
         reader.join(TIMEOUT)
         assert replier.received == bodies
         assert protocol.FrameDecoder().feed(data) == [('message', body) for body in expected]
-    finally:
-        link.close()
-        theirs.close()
-        loop.close()
 
 
 def test_frames_after_a_disconnect_in_the_same_read_reach_the_worker_after_it() -> None:
-    loop = asyncio.new_event_loop()
-    ours, theirs = socket.socketpair()
-    link = ChildLink(1, get_codec('json'), ours, loop, exit_on_finish=False,
-                     max_frame_size=protocol.DEFAULT_MAX_FRAME_SIZE)
-    loop.set_exception_handler(None)
-    try:
+    with child_link() as (loop, link, theirs):
         replier = Replier(link, lambda payload: [])
         link.attach(replier)
         link._start(write_online=False)
@@ -135,10 +131,6 @@ def test_frames_after_a_disconnect_in_the_same_read_reach_the_worker_after_it() 
         loop.run_until_complete(asyncio.wait_for(replier.disconnected, TIMEOUT))
         # DISCONNECT is delivered a loop pass later (after accept callbacks): what follows it waits too.
         assert replier.received == [b'"before"', protocol.REQUEST, protocol.DISCONNECT, protocol.REQUEST, b'"after"']
-    finally:
-        link.close()
-        theirs.close()
-        loop.close()
 
 
 class CountingSocket(socket.socket):
@@ -156,12 +148,14 @@ class CountingSocket(socket.socket):
 
 
 def test_the_answer_to_a_lone_frame_goes_out_at_once_and_a_pipeline_s_answers_together() -> None:
-    loop = asyncio.new_event_loop()
     plain, theirs = socket.socketpair()
     ours = CountingSocket(plain.family, plain.type, fileno=plain.detach())
-    link = ChildLink(1, get_codec('json'), ours, loop, exit_on_finish=False,
-                     max_frame_size=protocol.DEFAULT_MAX_FRAME_SIZE)
-    loop.set_exception_handler(None)
+    with child_link(ours, theirs) as (loop, link, theirs):
+        run_lone_and_pipelined(loop, link, ours, theirs)
+
+
+def run_lone_and_pipelined(loop: asyncio.AbstractEventLoop, link: ChildLink, ours: 'CountingSocket',
+                           theirs: socket.socket) -> None:
     seen_by_peer: list[bool] = []  # was the answer already in the peer's socket when write() returned?
     expected, answered = 0, loop.create_future()
 
@@ -172,25 +166,20 @@ def test_the_answer_to_a_lone_frame_goes_out_at_once_and_a_pipeline_s_answers_to
             if len(seen_by_peer) == expected and not answered.done():
                 answered.set_result(None)
 
-    try:
-        link.attach(Answering(link, lambda payload: [payload]))
-        link._start(write_online=False)
-        for bodies in ([b'"alone"'], [f'"{i}"'.encode() for i in range(50)], [b'"alone again"']):
-            sends, seen_by_peer[:], expected = ours.sends, [], len(bodies)
-            answered = loop.create_future()
-            theirs.sendall(b''.join(protocol.encode_frame('message', body) for body in bodies))  # one read
-            loop.run_until_complete(asyncio.wait_for(answered, TIMEOUT))
-            # The read pass has ended: whatever it wrote is in the peer's socket (small: it all fits).
-            total = sum(len(protocol.encode_frame('message', body)) for body in bodies)
-            data = bytearray()
-            while len(data) < total:
-                data += theirs.recv(total - len(data))
-            assert protocol.FrameDecoder().feed(data) == [('message', body) for body in bodies]
-            assert ours.sends - sends == 1  # one send for the whole read
-            # A lone frame's answer was sent before its handler returned; a pipeline's wait for the read's end.
-            assert seen_by_peer == ([True] if len(bodies) == 1 else [False] * len(bodies))
-    finally:
-        link.close()
-        theirs.close()
-        loop.close()
+    link.attach(Answering(link, lambda payload: [payload]))
+    link._start(write_online=False)
+    for bodies in ([b'"alone"'], [f'"{i}"'.encode() for i in range(50)], [b'"alone again"']):
+        sends, seen_by_peer[:], expected = ours.sends, [], len(bodies)
+        answered = loop.create_future()
+        theirs.sendall(b''.join(protocol.encode_frame('message', body) for body in bodies))  # one read
+        loop.run_until_complete(asyncio.wait_for(answered, TIMEOUT))
+        # The read pass has ended: whatever it wrote is in the peer's socket (small: it all fits).
+        total = sum(len(protocol.encode_frame('message', body)) for body in bodies)
+        data = bytearray()
+        while len(data) < total:
+            data += theirs.recv(total - len(data))
+        assert protocol.FrameDecoder().feed(data) == [('message', body) for body in bodies]
+        assert ours.sends - sends == 1  # one send for the whole read
+        # A lone frame's answer was sent before its handler returned; a pipeline's wait for the read's end.
+        assert seen_by_peer == ([True] if len(bodies) == 1 else [False] * len(bodies))
 
