@@ -14,6 +14,7 @@ from typing import Any, Callable
 from . import protocol
 from .errors import EncodeError, TransportError
 from .pubsub import Event
+from .routed_publish import after_complete
 from .routing import Request
 
 Job = Callable[[Callable[[], None]], None]  # starts serving; calls its argument once answered
@@ -231,7 +232,6 @@ def chunk_publisher(worker: Any, default_action: Any) -> Callable[[Any, Request]
     `routed_publish` does for single messages. The routed method is looked up once per chunk
     (late binding, R7). Anything else takes the full publish."""
     config = worker._ps_config['primary_message']
-    subscriptions = worker._ps_subs
     heard = worker._ps_heard
     publish = worker._publish_request
     direct = (type(worker)._event_primary_message is default_action and config.complete == '_event_primary_message'
@@ -258,15 +258,7 @@ def chunk_publisher(worker: Any, default_action: Any) -> Callable[[Any, Request]
         event._si = 2  # the complete stage, where routing runs in a publish
         try:
             request.answer_with(method(event))
-            # What _publish does after the complete function (R8, R11, R18).
-            if not (event.event_stopped or worker._ps_closed):
-                if event._prevented & 0b1000:
-                    event._ended_by_prevent = True
-                else:
-                    event._si = 3
-                    subs = subscriptions.get('primary_message')
-                    if subs is not None and subs[2]:
-                        worker._ps_dispatch(event, subs, 2)
+            after_complete(worker, event, 'primary_message')
         except Exception as error:
             if request.answered:
                 raise

@@ -30,7 +30,6 @@ def routed_publisher(publisher: Publisher, name: str, prefix: str,
     complete = config.complete
     mask = config.preventable
     heard = publisher._ps_heard
-    subscriptions = publisher._ps_subs
     spawn = publisher._spawn
     names: dict[str, str] = {}  # type -> routed method name
 
@@ -56,15 +55,21 @@ def routed_publisher(publisher: Publisher, name: str, prefix: str,
                         request.answer_with(result)
                     elif result is not None and type(result) not in _PLAIN and isawaitable(result):
                         spawn(result)
-        # What _publish does after the complete function (R8, R11, R18).
-        if event.event_stopped or publisher._ps_closed:
-            return
-        if event._prevented & 0b1000:
-            event._ended_by_prevent = True
-            return
-        event._si = 3
-        subs = subscriptions.get(name)
-        if subs is not None and subs[2]:
-            publisher._ps_dispatch(event, subs, 2)
+        after_complete(publisher, event, name)
 
     return deliver
+
+
+def after_complete(publisher: Publisher, event: Event, name: str) -> None:
+    """What `_publish` does once the complete function ran (R8, R11, R18): nothing more when the
+    event was stopped, its after stage prevented or the publisher destroyed; else the after
+    stage, with the subscriptions made meanwhile (a routed method may have subscribed)."""
+    if event.event_stopped or publisher._ps_closed:
+        return
+    if event._prevented & 0b1000:
+        event._ended_by_prevent = True
+        return
+    event._si = 3
+    subs = publisher._ps_subs.get(name)
+    if subs is not None and subs[2]:
+        publisher._ps_dispatch(event, subs, 2)

@@ -4,7 +4,6 @@ such buffer in a worker, a third of a keep-alive request's CPU (benchmarks/READM
 
 from __future__ import annotations
 
-import asyncio
 import ctypes
 import platform
 import sys
