@@ -49,11 +49,13 @@ class Outbox:
         self._resolved = resolved
         self._rejected = rejected
         self._handled = handled  # `count` more messages written to a worker (figures, recycling)
+        self._live = registry.live  # the same dict for the registry's life: one lookup less per send
+        self._written: asyncio.Future[None] | None = None  # what `resolved` returns: asked for once
 
     def send(self, message: Any, to: Any) -> 'asyncio.Future[None]':
         if type(to) is WorkerHandle:
             life = to.life
-            if life.state in CONNECTED and self._registry.live.get(to.id) is to:
+            if life.state in CONNECTED and self._live.get(to.id) is to:
                 # One connected worker, the common case (a stream's every message): the codec
                 # called here, no destination lists, no layer a connected link does not need.
                 try:
@@ -79,7 +81,10 @@ class Outbox:
                     self._handled(to, 1)
                 if flow.pending > HIGH_WATER:  # backpressure: resolves once the link has drained
                     return flow.completion()
-                return self._resolved()
+                written = self._written
+                if written is None:
+                    written = self._written = self._resolved()
+                return written
         try:
             data = protocol.encode_message(self._codec, message, self._transport.max_frame_size)
         except EncodeError as error:
