@@ -151,7 +151,7 @@ class ClusterPrimary(Initializable):
             options.recycling, random=lambda: transport.random(), now=self._now, call_soon=self._call_soon,
             call_later=self._call_later, publish=self._publish, state=self._phase, registry=registry)
         self._readiness = Readiness(transport, self._call_later, lambda: self._closing.closed, self._phase, registry)
-        self._outbox = Outbox(registry, self._codec, transport, options.max_queued_bytes, self._stats,
+        self._outbox = Outbox(registry, self._codec, transport, options.max_queued_bytes,
                               self._pubsub_loop, self._resolved_future, self._rejected, self._recycler.handled)
         self._map_parts = dispatch.MapParts(self.after, registry, self._phase, self._outbox)
         self._closing = Closing(
@@ -298,6 +298,7 @@ class ClusterPrimary(Initializable):
         return self
 
     def stats(self) -> dict[str, Any]:
+        self._stats['messages_out'] = self._outbox.messages_out
         return primary_figures(self._stats, self._supervisor, self._registry, self._pubsub_loop().time())
 
     def run(self) -> None:

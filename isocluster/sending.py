@@ -36,7 +36,7 @@ def _over_cap(target: WorkerHandle, pending: int, cap: float) -> SendError:
 
 class Outbox:
     def __init__(self, registry: 'Registry', codec: protocol.Codec, transport: 'Transport', queue_cap: float,
-                 stats: dict[str, int], loop: Callable[[], asyncio.AbstractEventLoop],
+                 loop: Callable[[], asyncio.AbstractEventLoop],
                  resolved: Callable[[], 'asyncio.Future[None]'], rejected: Callable[[BaseException], 'asyncio.Future[Any]'],
                  handled: Callable[[WorkerHandle, int], None]) -> None:
         self._registry = registry
@@ -44,7 +44,9 @@ class Outbox:
         self._encode = codec.encode
         self._transport = transport
         self._queue_cap = queue_cap
-        self._stats = stats
+        # Messages written, all workers: primary.stats()'s 'messages_out', counted here (an
+        # attribute costs a send ~50 ns less than the stats dict's item).
+        self.messages_out = 0
         self._loop = loop
         self._resolved = resolved
         self._rejected = rejected
@@ -74,7 +76,7 @@ class Outbox:
                     link.write(_MESSAGE, data)
                 except TransportError as error:
                     return self._rejected(write_failure(to, error))
-                self._stats['messages_out'] += 1
+                self.messages_out += 1
                 if life.recycle_limits is None:
                     life.messages_out += 1  # all Recycler.handled does for a worker it does not recycle
                 else:
@@ -107,7 +109,7 @@ class Outbox:
             except TransportError as error:
                 failures.append((destination, write_failure(target, error)))
             else:
-                self._stats['messages_out'] += 1
+                self.messages_out += 1
                 self._handled(target, 1)
                 if flow.pending > HIGH_WATER:  # the same link twice waits for its later mark
                     waiting[flow] = flow.completion()
@@ -156,7 +158,7 @@ class Outbox:
         except TransportError as error:
             requests.cancel(request_id)
             return self._rejected(write_failure(target, error))
-        self._stats['messages_out'] += 1
+        self.messages_out += 1
         self._handled(target, 1)
         return reply
 
@@ -179,7 +181,7 @@ class Outbox:
         except TransportError as error:
             requests.cancel(request_id)
             return self._rejected(SendError(f'could not write to worker {worker.id}: {error}', worker_id=worker.id))
-        self._stats['messages_out'] += 1
+        self.messages_out += 1
         self._handled(worker, count)  # `count` messages of a chunk
         return future
 
