@@ -86,20 +86,21 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
     # writing
 
     def write(self, kind: str, payload: Any) -> None:
+        tail = self._tail
+        if tail is not None and kind == _MESSAGE and type(payload) is bytes and not self._closing:
+            # A stream's frames after the first of a turn: appended here to the chunk being
+            # filled (what _write_frame's first branch does, without its call). A chunk to
+            # append to means an open link: a broken or ended one has dropped its queue.
+            size = len(payload)
+            if size <= _COPY_LIMIT:
+                tail += _pack_header(size + 1, _MESSAGE_CODE)
+                tail += payload
+                self.flow.pending += size + _HEADER_SIZE
+                if len(tail) >= _CHUNK_SIZE:
+                    self._tail = None
+                return
         if self._closing or self._eof or self._write_broken:  # not is_open: a call less per send
             raise self.closed_error()
-        if kind == _MESSAGE and (self._corked or self._writing) and type(payload) is bytes:
-            # A stream's frames after the first of a turn: appended here to the chunk being
-            # filled (what _write_frame's first branch does, without its call).
-            queue = self._queue
-            if queue:
-                tail = queue[-1]
-                size = len(payload)
-                if type(tail) is bytearray and len(tail) < _CHUNK_SIZE and size <= _COPY_LIMIT:
-                    tail += _pack_header(size + 1, _MESSAGE_CODE)
-                    tail += payload
-                    self.flow.pending += size + _HEADER_SIZE
-                    return
         self._write_frame(kind, payload)
 
     def send_socket(self, sock: Any, payload: Any) -> None:

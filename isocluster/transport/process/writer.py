@@ -91,22 +91,28 @@ class _FrameWriter:
         self._corked = False
         self._writing = False
         self._write_broken = False
+        # The queue's last item while a small frame may be appended to it: a bytearray under
+        # _CHUNK_SIZE (so the queue is held: corked or writing). Set wherever the queue changes,
+        # so a stream's append asks one question, not five.
+        self._tail: bytearray | None = None
         self._sndbuf = 0  # the socket's own send buffer size, while a large body has raised it
 
     def _write_frame(self, kind: str, payload: Any, fd: int | None = None) -> None:
         """Queue one frame (with `fd` passed alongside it), then send at once, or at the end
         of the read batch, or when the socket is writable."""
-        queue = self._queue
-        if kind == _MESSAGE and (self._corked or self._writing) and type(payload) is bytes and queue:
+        tail = self._tail
+        if tail is not None and kind == _MESSAGE and type(payload) is bytes:
             # A stream's frames after the first of a turn: appended to the chunk being filled,
             # without building a header object or a (header, body) pair per message.
-            tail = queue[-1]
             size = len(payload)
-            if type(tail) is bytearray and len(tail) < _CHUNK_SIZE and size <= _COPY_LIMIT:
+            if size <= _COPY_LIMIT:
                 tail += _pack_header(size + 1, _MESSAGE_CODE)
                 tail += payload
                 self.flow.pending += size + _HEADER_SIZE  # LinkFlow.queued, a call less per message
+                if len(tail) >= _CHUNK_SIZE:
+                    self._tail = None
                 return
+        queue = self._queue
         header, body = protocol.frame_parts(kind, payload)
         batch = self._batch
         if not (queue or self._corked or self._writing or batch.active or fd is not None
@@ -116,6 +122,7 @@ class _FrameWriter:
                     batch.sent = True
                 return
             batch.hold(self._loop)
+        self._tail = None
         if fd is not None:
             queue.append((header + body, fd))
         elif type(body) is OutOfBand:
@@ -131,14 +138,17 @@ class _FrameWriter:
             # queues the same object on every link, and the queue appends to bytearrays.
             queue.append(header)
             queue.append(body if type(body) is bytes else bytes(body))
-        elif queue and type(queue[-1]) is bytearray and len(queue[-1]) < _CHUNK_SIZE:
-            tail = queue[-1]
-            tail += header
-            tail += body
         else:
-            tail = bytearray(header)
-            tail += body
-            queue.append(tail)
+            if queue and type(queue[-1]) is bytearray and len(queue[-1]) < _CHUNK_SIZE:
+                tail = queue[-1]
+                tail += header
+                tail += body
+            else:
+                tail = bytearray(header)
+                tail += body
+                queue.append(tail)
+            if len(tail) < _CHUNK_SIZE:
+                self._tail = tail
         self.flow.queued(len(header) + len(body))
         if self._corked or self._writing:
             return
@@ -195,6 +205,14 @@ class _FrameWriter:
 
     def _flush(self) -> None:
         """Send what the socket takes; raises OSError other than EAGAIN."""
+        try:
+            self._send_queue()
+        finally:
+            queue = self._queue  # its last chunk may be gone: appends go to what is left
+            tail = queue[-1] if queue else None
+            self._tail = tail if type(tail) is bytearray and len(tail) < _CHUNK_SIZE else None
+
+    def _send_queue(self) -> None:
         queue = self._queue
         sock = self._sock
         try:
@@ -269,6 +287,7 @@ class _FrameWriter:
             if isinstance(item, tuple):
                 os.close(item[1])
         self._queue.clear()
+        self._tail = None
         self.flow.discarded()
 
     def _write_failed(self, exc: OSError) -> None:
