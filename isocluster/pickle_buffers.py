@@ -115,8 +115,8 @@ class _Sink:
 # Why a kept pickler: looking for large buffers before pickling (a map over the message's
 # values) cost a small message ~0.3 us, most of what pickling it costs. This one finds them
 # while it pickles: C pickle writes every bytes-like of FRAME_SIZE_TARGET (64 KiB, =
-# MIN_OUT_OF_BAND) or more with a write of its own, a `bytes` as the object itself (no copy),
-# so a message written in one chunk holds none. Same protocol and dispatch table as
+# MIN_OUT_OF_BAND) or more with a write of its own, a `bytes` or `bytearray` as the object
+# itself (no copy), so a message written in one chunk holds none. Same protocol and dispatch table as
 # pickle.dumps: the same stream. Kept in a list so that taking it is atomic: another thread,
 # or a __reduce__ that sends, finds the list empty and looks first, as before.
 _idle: list[tuple[pickle.Pickler, list[bytes]]] = []
@@ -156,7 +156,7 @@ def dumps(message: Any) -> 'bytes | OutOfBand':
         return data
     _idle.append(_new_pickler())
     # Something of 64 KiB or more was written on its own: a large buffer at the top goes out
-    # of band (a bytearray was just copied for that write: it is copied twice, a bytes never);
+    # of band (what was pickled so far is dropped: ~1.5 us a message, nothing was copied);
     # anything else goes as the stream those chunks make.
     if _has_large_buffer(message):
         return _out_of_band(message)
