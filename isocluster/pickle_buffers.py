@@ -28,7 +28,7 @@ import pickle
 import struct
 from typing import Any
 
-from .out_of_band import OutOfBand
+from .out_of_band import OutOfBand, SplitBody
 
 # No pickle stream starts with PROTO 254 (every unpickler refuses it): an in-band stream and
 # an out-of-band body cannot be confused.
@@ -41,6 +41,7 @@ _dumps = pickle.dumps
 _loads = pickle.loads
 _BYTES, _BYTEARRAY, _VIEW = 0, 1, 2
 _BUFFER_TYPES = frozenset({bytes, bytearray, memoryview})
+_BytesIO = io.BytesIO
 
 
 def _buffer_kind(value: Any) -> int | None:
@@ -95,6 +96,10 @@ class _Unpickler(pickle.Unpickler):
     def persistent_load(self, pid: Any) -> Any:
         buffer_kind, index = pid
         view = self._buffers[index]
+        if type(view) is _BytesIO:  # a body's last buffer, read into memory of its own (SplitBody)
+            if buffer_kind == _BYTES:
+                return view.getvalue()  # that memory becomes the bytes: no copy
+            view = view.getbuffer()  # a bytearray copies it; a memoryview is a view of it
         if buffer_kind == _BYTES:
             return bytes(view)
         if buffer_kind == _BYTEARRAY:
@@ -120,7 +125,10 @@ def loads(data: Any) -> Any:
     try:
         return _loads(data)  # the common case pays nothing for out-of-band bodies
     except (ValueError, TypeError):
-        if type(data) is OutOfBand:  # in memory (the simulated transport): as if it had crossed a socket
+        tail = None
+        if type(data) is SplitBody:  # a large frame as a link read it: its last buffer apart
+            tail, tail_size, data = data.tail, data.size - len(data.head), data.head
+        elif type(data) is OutOfBand:  # in memory (the simulated transport): as if it had crossed a socket
             data = bytes(data)
         elif data[:2] != MAGIC:
             raise
@@ -129,10 +137,16 @@ def loads(data: Any) -> Any:
     offset = 2 + _COUNT.size
     lengths = [_LENGTH.unpack_from(view, offset + i * _LENGTH.size)[0] for i in range(count + 1)]
     offset += (count + 1) * _LENGTH.size
+    if tail is not None:
+        if count < 1 or lengths[-1] != tail_size:
+            raise ValueError(f'an out-of-band pickle body whose last buffer is not the {tail_size} bytes read apart')
+        lengths.pop()  # the parts below are the head's; the tail comes last
     if offset + sum(lengths) != len(view):
         raise ValueError(f'an out-of-band pickle body of {len(view)} bytes whose parts add up to {offset + sum(lengths)}')
-    parts = []
+    parts: list[Any] = []
     for length in lengths:
         parts.append(view[offset:offset + length])
         offset += length
+    if tail is not None:
+        parts.append(tail)
     return _Unpickler(io.BytesIO(parts[0]), parts[1:]).load()
