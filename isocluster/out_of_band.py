@@ -69,12 +69,13 @@ def tail_size(first: Any, body_size: int, minimum: int) -> int:
 
 class SplitBody:
     """An out-of-band body as a link read it: `head`, a bytearray with everything but the last
-    buffer, and `tail`, an `io.BytesIO` holding that buffer, read into its own memory so that
-    `tail.getvalue()` is the `bytes` with no copy (see pickle_buffers.loads)."""
+    buffer, and `tail`, that buffer read into memory of its own: a `bytes` (read whole at
+    once), or an `io.BytesIO` (read in pieces) whose `getvalue()` is that memory. Either way
+    a `bytes` payload is that memory, not a copy (see pickle_buffers.loads)."""
 
     __slots__ = ('head', 'tail', 'size')
 
-    def __init__(self, head: bytearray, tail: io.BytesIO, size: int) -> None:
+    def __init__(self, head: bytearray, tail: 'bytes | io.BytesIO', size: int) -> None:
         self.head = head
         self.tail = tail
         self.size = size  # the whole body's
@@ -83,7 +84,8 @@ class SplitBody:
         return self.size
 
     def __bytes__(self) -> bytes:  # for a reader that wants the body whole (one copy)
-        return b''.join([self.head, self.tail.getbuffer()])
+        tail = self.tail
+        return b''.join([self.head, tail if type(tail) is bytes else tail.getbuffer()])
 
     def __repr__(self) -> str:
         return f'<SplitBody {len(self)} bytes>'

@@ -96,9 +96,12 @@ class _Unpickler(pickle.Unpickler):
     def persistent_load(self, pid: Any) -> Any:
         buffer_kind, index = pid
         view = self._buffers[index]
-        if type(view) is _BytesIO:  # a body's last buffer, read into memory of its own (SplitBody)
+        kind = type(view)
+        if kind is not memoryview:  # a body's last buffer, read into memory of its own (SplitBody)
             if buffer_kind == _BYTES:
-                return view.getvalue()  # that memory becomes the bytes: no copy
+                return view if kind is bytes else view.getvalue()  # that memory is the bytes: no copy
+            if kind is bytes:  # a bytearray copies it, and so does a (writable) memoryview
+                return bytearray(view) if buffer_kind == _BYTEARRAY else memoryview(bytearray(view))
             view = view.getbuffer()  # a bytearray copies it; a memoryview is a view of it
         if buffer_kind == _BYTES:
             return bytes(view)

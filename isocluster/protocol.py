@@ -204,6 +204,9 @@ class FrameDecoder:
         self._tail: io.BytesIO | None = None  # an out-of-band body's last buffer (SplitBody)
         self._tail_view: memoryview | None = None  # the tail's writable view, while it is read into
         self._target: memoryview | None = None  # the last gather_target(), released once read into
+        # The last large frame had an out-of-band tail: a link looks at the next frame's head
+        # before reading it (split_read), so that the next tail is read into its own bytes.
+        self.split_next = False
 
     @property
     def error(self) -> ProtocolError | None:
@@ -351,6 +354,46 @@ class FrameDecoder:
         self._large = None
         return [self._large_frame(large)]
 
+    def split_read(self, peeked: Any) -> tuple[int, int]:
+        """`(prefix, tail)` when nothing is pending and `peeked`, the next bytes of the stream
+        (looked at, not read), begin a MESSAGE frame whose body is a pickle out-of-band body
+        with a tail (out_of_band.tail_size), and hold its `prefix` bytes before that tail:
+        the link can then read the prefix, and the tail into a `bytes` of its own, for
+        `read_split`. Else `(0, 0)`, and the link reads as usual."""
+        if self._buffer or self._large is not None or self._error is not None or not self.message_buffers \
+                or len(peeked) < 6 or peeked[4] != _MESSAGE_CODE:
+            self.split_next = False
+            return 0, 0
+        (length,) = _LENGTH.unpack_from(peeked)
+        tail = 0
+        if _LARGE_FRAME < length <= self.max_frame_size:
+            tail = tail_size(peeked[5:], length - 1, _LARGE_FRAME)
+        if not tail or 4 + length - tail > len(peeked):
+            self.split_next = False
+            return 0, 0
+        return 4 + length - tail, tail
+
+    def read_split(self, prefix: bytearray, piece: bytes, tail: int) -> list[Frame]:
+        """The frame `split_read` announced: its `prefix` was read, and `piece`, the first
+        bytes of its `tail`. A whole tail is the frame at once; else the rest of it is
+        gathered (`gather_target`) into memory of its own, after `piece`."""
+        head = prefix[HEADER_SIZE:]
+        size = len(head) + tail
+        self.split_next = True
+        if len(piece) == tail:
+            return [(MESSAGE, SplitBody(head, piece, size))]
+        stream = io.BytesIO()
+        stream.write(piece)
+        stream.seek(tail - 1)
+        stream.write(b'\0')  # sized once (zero-filled): read into in place, never regrown
+        self._large_code = _MESSAGE_CODE
+        self._large_size = size
+        self._large_filled = len(head) + len(piece)
+        self._tail = stream
+        self._tail_view = stream.getbuffer()
+        self._large = head
+        return []
+
     def _large_buffer(self, size: int) -> bytearray:
         """Called by feed() when a large frame of `size` bytes of body begins: its memory is
         chosen by the first `_gather`, which sees the body's first bytes."""
@@ -401,6 +444,7 @@ class FrameDecoder:
             view, self._tail, self._tail_view = self._tail_view, None, None
             assert view is not None
             view.release()
+            self.split_next = True
             return (kind, SplitBody(body_buffer, tail, self._large_size))
         if len(body_buffer) <= SPARE_LIMIT:
             self._spare = body_buffer
