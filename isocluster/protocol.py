@@ -165,6 +165,7 @@ _refcount = getattr(sys, 'getrefcount', lambda obj: -1)
 # What `_large_buffer` hands feed(): the body's memory is chosen by `_gather` from its first
 # piece (one buffer of its size, or a head and an out-of-band tail: `_choose_buffers`).
 _UNCHOSEN = bytearray()
+_SPLIT_LOOKS = 4  # looks at frames without a tail before a link stops looking (split_next)
 
 
 def _one_frame(data: Any, limit: int) -> Frame | None:
@@ -204,9 +205,11 @@ class FrameDecoder:
         self._tail: io.BytesIO | None = None  # an out-of-band body's last buffer (SplitBody)
         self._tail_view: memoryview | None = None  # the tail's writable view, while it is read into
         self._target: memoryview | None = None  # the last gather_target(), released once read into
-        # The last large frame had an out-of-band tail: a link looks at the next frame's head
-        # before reading it (split_read), so that the next tail is read into its own bytes.
-        self.split_next = False
+        # While positive, a link looks at the next frame's head before reading it (split_read),
+        # so that a large frame's out-of-band tail is read into its own bytes: set by such a
+        # frame, counted down by each other frame found there (a small one between two large
+        # ones keeps it; a stream of small ones pays a few looks, then none).
+        self.split_next = 0
 
     @property
     def error(self) -> ProtocolError | None:
@@ -362,14 +365,14 @@ class FrameDecoder:
         `read_split`. Else `(0, 0)`, and the link reads as usual."""
         if self._buffer or self._large is not None or self._error is not None or not self.message_buffers \
                 or len(peeked) < 6 or peeked[4] != _MESSAGE_CODE:
-            self.split_next = False
+            self.split_next = max(self.split_next - 1, 0)
             return 0, 0
         (length,) = _LENGTH.unpack_from(peeked)
         tail = 0
         if _LARGE_FRAME < length <= self.max_frame_size:
             tail = tail_size(peeked[5:], length - 1, _LARGE_FRAME)
         if not tail or 4 + length - tail > len(peeked):
-            self.split_next = False
+            self.split_next = max(self.split_next - 1, 0)
             return 0, 0
         return 4 + length - tail, tail
 
@@ -379,7 +382,7 @@ class FrameDecoder:
         gathered (`gather_target`) into memory of its own, after `piece`."""
         head = prefix[HEADER_SIZE:]
         size = len(head) + tail
-        self.split_next = True
+        self.split_next = _SPLIT_LOOKS
         if len(piece) == tail:
             return [(MESSAGE, SplitBody(head, piece, size))]
         stream = io.BytesIO()
@@ -444,7 +447,7 @@ class FrameDecoder:
             view, self._tail, self._tail_view = self._tail_view, None, None
             assert view is not None
             view.release()
-            self.split_next = True
+            self.split_next = _SPLIT_LOOKS
             return (kind, SplitBody(body_buffer, tail, self._large_size))
         if len(body_buffer) <= SPARE_LIMIT:
             self._spare = body_buffer

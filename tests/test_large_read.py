@@ -52,10 +52,16 @@ def test_a_frame_queued_whole_is_read_with_its_payload_as_the_sockets_own_bytes(
     assert kind == protocol.MESSAGE and type(body) is SplitBody and type(body.tail) is bytes
     decoded = CODEC.decode(body)
     assert decoded == MESSAGE and decoded['data'] is body.tail  # that read's bytes, not a copy
-    assert decoder.split_next and decoder.pending == 0
-    # Exactly the frame was read: the next one is read as usual (a small frame: not peeked into).
-    assert read_split(reader, decoder, bytearray(8192)) is None and not decoder.split_next
+    looks = decoder.split_next
+    assert looks > 1 and decoder.pending == 0
+    # Exactly the frame was read: the next one is read as usual (a small frame: not read by the
+    # look), and the link looks once less before reading.
+    assert read_split(reader, decoder, bytearray(8192)) is None and decoder.split_next == looks - 1
     assert [CODEC.decode(body) for _, body in decoder.feed(reader.recv(65536))] == [{'type': 'small'}]
+    # A large frame after a small one is still read as the payload's own bytes.
+    writer.sendall(_frame(MESSAGE))
+    ((_, body),) = read_split(reader, decoder, bytearray(8192))
+    assert type(body.tail) is bytes and CODEC.decode(body) == MESSAGE and decoder.split_next == looks
 
 
 @pytest.mark.parametrize('kind', ['bytes', 'bytearray', 'memoryview'])
@@ -90,8 +96,8 @@ def test_any_other_frame_is_left_whole_for_the_usual_read(pair: Any) -> None:
     for data in (plain, small, request):
         writer.sendall(data)
         decoder = _decoder()
-        decoder.split_next = True
-        assert read_split(reader, decoder, bytearray(8192)) is None and not decoder.split_next
+        decoder.split_next = 1
+        assert read_split(reader, decoder, bytearray(8192)) is None and decoder.split_next == 0
         received = b''
         while len(received) < len(data):
             received += reader.recv(1 << 20)
