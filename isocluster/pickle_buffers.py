@@ -10,7 +10,9 @@ writes with one `sendmsg` without joining them. A `bytes` (or a view of one) is 
 caller's object; a `bytearray` (or a view of one) is copied once at send(), which returns
 before the link writes it. The receiver unpickles from views of the one buffer the frame was
 read into: a `memoryview` comes back as a view of it (no copy), a `bytes` or `bytearray` as
-one copy (they must own their memory).
+one copy (they must own their memory). Except the body's last buffer, which a process link
+reads into memory of its own (`out_of_band.SplitBody`): a `bytes` there is that memory, with
+no copy (the payload of a large message is usually its last buffer).
 
 Why not protocol 5's `buffer_callback`: it only sees `PickleBuffer`s, and `bytes` is pickled
 in-band before any hook but `persistent_id` is consulted. Why only messages with such a
