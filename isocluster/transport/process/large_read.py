@@ -36,7 +36,7 @@ def read_split(sock: socket.socket, decoder: protocol.FrameDecoder, scratch: Any
     """The frames of one read as `decoder.split_read` / `read_split` see it, or None: nothing
     was read, and the link reads as usual (an EOF, an error and EAGAIN are met there)."""
     try:
-        peeked = sock.recv_into(scratch, PEEK_SIZE, socket.MSG_PEEK)
+        peeked = sock.recv_into(scratch, min(PEEK_SIZE, len(scratch)), socket.MSG_PEEK)
         prefix, tail = decoder.split_read(memoryview(scratch)[:peeked])
         whole = bool(tail) and queued(sock) >= prefix + tail
     except OSError:
