@@ -187,3 +187,76 @@ def test_a_peer_that_breaks_off_such_a_frame_is_faulted_as_before(data: bytes, t
     assert message == LARGE
     assert len(errors) == 1 and isinstance(errors[0], ProtocolError), errors
     assert 'worker 1' in str(errors[0]) and says in str(errors[0]), errors[0]
+
+
+# -- the worker's end: large frames read by the look, then a socket passed with its fd --------
+
+
+SPLIT_READS: list[int] = []  # in the worker: what each read by the look returned (frames)
+
+
+def _counted_read_split(sock: Any, decoder: Any, scratch: Any) -> Any:
+    frames = read_split(sock, decoder, scratch)
+    if frames is not None:
+        SPLIT_READS.append(len(frames))
+    return frames
+
+
+class Receiver(ClusterWorker):
+    def _event_primary_message_blob(self, event: Any) -> None:
+        data = event.data['message']['data']
+        self.send({'type': 'got', 'ok': data == LARGE['data'], 'kind': type(data).__name__,
+                   'split_reads': list(SPLIT_READS)})
+
+    def _event_primary_message_ping(self, event: Any) -> None:
+        self.send({'type': 'pong'})
+
+    async def _event_primary_message_listen(self, event: Any) -> None:
+        sock = await self.listen(('127.0.0.1', 0))
+        port = sock.getsockname()[1]
+        sock.close()
+        self.send({'type': 'listened', 'port': port})
+
+
+def receiver() -> None:
+    Receiver()
+
+
+def test_a_worker_reads_large_messages_by_the_look_and_still_gets_passed_sockets(monkeypatch: Any) -> None:
+    from isocluster.transport.process import worker_end
+
+    monkeypatch.setattr(worker_end, 'read_split', _counted_read_split)  # the forked worker inherits it
+    pids: set[int] = set()
+
+    async def main() -> list[Any]:
+        loop = asyncio.get_running_loop()
+        primary = ClusterPrimary(worker_target=receiver, codec='pickle', restart='never')
+        answers: asyncio.Queue[Any] = asyncio.Queue()
+        primary.after('worker_fork', lambda event: pids.add(event.data['worker'].pid))
+        primary.on('worker_message', lambda event: answers.put_nowait(event.data['message']))
+        try:
+            primary.fork(1)
+            await asyncio.wait_for(ready_waiter(primary, 1), WAIT)
+            worker = primary.workers[0]
+            got = []
+            for step in ('blob', 'blob', 'ping', 'blob', 'listen'):
+                message = {'type': step, 'data': LARGE['data']} if step == 'blob' else {'type': step}
+                await primary.send(message, to=worker)
+                got.append(await asyncio.wait_for(answers.get(), WAIT))
+            return got
+        finally:
+            primary.destroy()
+            await asyncio.wait_for(primary.wait_closed(), WAIT)
+            del loop
+
+    try:
+        first, second, pong, third, listened = asyncio.run(main())
+    finally:
+        kill_and_reap(pids)
+    assert [answer['type'] for answer in (first, second, pong, third)] == ['got', 'got', 'pong', 'got']
+    assert all(answer['ok'] and answer['kind'] == 'bytes' for answer in (first, second, third))
+    # The first large frame was read as usual; the second, and the third after a small one,
+    # by the look (a look that reads a frame: a list, [] while its payload is still arriving).
+    assert first['split_reads'] == [] and len(second['split_reads']) == 1
+    assert len(third['split_reads']) == 2
+    assert listened['type'] == 'listened' and listened['port'] > 0
