@@ -10,7 +10,9 @@ writes with one `sendmsg` without joining them. A `bytes` (or a view of one) is 
 caller's object; a `bytearray` (or a view of one) is copied once at send(), which returns
 before the link writes it. The receiver unpickles from views of the one buffer the frame was
 read into: a `memoryview` comes back as a view of it (no copy), a `bytes` or `bytearray` as
-one copy (they must own their memory).
+one copy (they must own their memory). Except the body's last buffer, which a process link
+reads into memory of its own (`out_of_band.SplitBody`): a `bytes` there is that memory, with
+no copy (the payload of a large message is usually its last buffer).
 
 Why not protocol 5's `buffer_callback`: it only sees `PickleBuffer`s, and `bytes` is pickled
 in-band before any hook but `persistent_id` is consulted. Why only messages with such a
@@ -28,7 +30,7 @@ import pickle
 import struct
 from typing import Any
 
-from .out_of_band import OutOfBand
+from .out_of_band import OutOfBand, SplitBody
 
 # No pickle stream starts with PROTO 254 (every unpickler refuses it): an in-band stream and
 # an out-of-band body cannot be confused.
@@ -41,6 +43,7 @@ _dumps = pickle.dumps
 _loads = pickle.loads
 _BYTES, _BYTEARRAY, _VIEW = 0, 1, 2
 _BUFFER_TYPES = frozenset({bytes, bytearray, memoryview})
+_BytesIO = io.BytesIO
 
 
 def _buffer_kind(value: Any) -> int | None:
@@ -95,6 +98,13 @@ class _Unpickler(pickle.Unpickler):
     def persistent_load(self, pid: Any) -> Any:
         buffer_kind, index = pid
         view = self._buffers[index]
+        kind = type(view)
+        if kind is not memoryview:  # a body's last buffer, read into memory of its own (SplitBody)
+            if buffer_kind == _BYTES:
+                return view if kind is bytes else view.getvalue()  # that memory is the bytes: no copy
+            if kind is bytes:  # a bytearray copies it, and so does a (writable) memoryview
+                return bytearray(view) if buffer_kind == _BYTEARRAY else memoryview(bytearray(view))
+            view = view.getbuffer()  # a bytearray copies it; a memoryview is a view of it
         if buffer_kind == _BYTES:
             return bytes(view)
         if buffer_kind == _BYTEARRAY:
@@ -185,7 +195,10 @@ def loads(data: Any) -> Any:
     try:
         return _loads(data)  # the common case pays nothing for out-of-band bodies
     except (ValueError, TypeError):
-        if type(data) is OutOfBand:  # in memory (the simulated transport): as if it had crossed a socket
+        tail = None
+        if type(data) is SplitBody:  # a large frame as a link read it: its last buffer apart
+            tail, tail_size, data = data.tail, data.size - len(data.head), data.head
+        elif type(data) is OutOfBand:  # in memory (the simulated transport): as if it had crossed a socket
             data = bytes(data)
         elif data[:2] != MAGIC:
             raise
@@ -194,10 +207,16 @@ def loads(data: Any) -> Any:
     offset = 2 + _COUNT.size
     lengths = [_LENGTH.unpack_from(view, offset + i * _LENGTH.size)[0] for i in range(count + 1)]
     offset += (count + 1) * _LENGTH.size
+    if tail is not None:
+        if count < 1 or lengths[-1] != tail_size:
+            raise ValueError(f'an out-of-band pickle body whose last buffer is not the {tail_size} bytes read apart')
+        lengths.pop()  # the parts below are the head's; the tail comes last
     if offset + sum(lengths) != len(view):
         raise ValueError(f'an out-of-band pickle body of {len(view)} bytes whose parts add up to {offset + sum(lengths)}')
-    parts = []
+    parts: list[Any] = []
     for length in lengths:
         parts.append(view[offset:offset + length])
         offset += length
+    if tail is not None:
+        parts.append(tail)
     return _Unpickler(io.BytesIO(parts[0]), parts[1:]).load()

@@ -16,12 +16,14 @@ the body.
 
 from __future__ import annotations
 
+import io
 import json
 import struct
 import sys
 from typing import Any
 
 from .errors import ProtocolError
+from .out_of_band import SplitBody, tail_size
 # The codecs and what turns a user message into a frame's bytes and back live there; they
 # are part of this module's interface (protocol.get_codec, protocol.encode_message, ...).
 from .message_codecs import (  # noqa: F401
@@ -160,6 +162,10 @@ def frame_size(kind: str, payload: Any) -> int:
 SPARE_LIMIT = 64 * 1024 * 1024
 # Where references are not counted (not CPython), a buffer is never known free: never reused.
 _refcount = getattr(sys, 'getrefcount', lambda obj: -1)
+# What `_large_buffer` hands feed(): the body's memory is chosen by `_gather` from its first
+# piece (one buffer of its size, or a head and an out-of-band tail: `_choose_buffers`).
+_UNCHOSEN = bytearray()
+_SPLIT_LOOKS = 4  # looks at frames without a tail before a link stops looking (split_next)
 
 
 def _one_frame(data: Any, limit: int) -> Frame | None:
@@ -195,6 +201,15 @@ class FrameDecoder:
         # to bytes: set by the links whose codec reads any buffer (out_of_band.reads_buffers).
         self.message_buffers = False
         self._spare: bytearray | None = None  # the last large frame's buffer, for the next one
+        self._large_size = 0  # the large frame's body: `_large` and, when split, `_tail` after it
+        self._tail: io.BytesIO | None = None  # an out-of-band body's last buffer (SplitBody)
+        self._tail_view: memoryview | None = None  # the tail's writable view, while it is read into
+        self._target: memoryview | None = None  # the last gather_target(), released once read into
+        # While positive, a link looks at the next frame's head before reading it (split_read),
+        # so that a large frame's out-of-band tail is read into its own bytes: set by such a
+        # frame, counted down by each other frame found there (a small one between two large
+        # ones keeps it; a stream of small ones pays a few looks, then none).
+        self.split_next = 0
 
     @property
     def error(self) -> ProtocolError | None:
@@ -213,7 +228,7 @@ class FrameDecoder:
         if self._error is None:
             self._error = ProtocolError('the stream was abandoned')
         self._buffer = bytearray()
-        self._large = None
+        self._large = self._tail = self._tail_view = self._target = None
 
     def whole_frame(self, data: bytes | bytearray | memoryview) -> Frame | None:
         """The one message, request or reply frame `data` is exactly, when nothing came before
@@ -317,22 +332,98 @@ class FrameDecoder:
 
     def gather_target(self) -> memoryview | None:
         """Where the rest of a large frame can be read straight into (`recv_into`), skipping
-        the read buffer; None when no large frame is being gathered."""
-        if self._large is None:
+        the read buffer; None when no large frame is being gathered. An out-of-band body's
+        last buffer is read into memory of its own (see `_choose_buffers`)."""
+        large = self._large
+        if large is None or large is _UNCHOSEN:
             return None
-        return memoryview(self._large)[self._large_filled:]
+        filled = self._large_filled
+        head = len(large)
+        tail = self._tail_view
+        if filled < head or tail is None:
+            target = memoryview(large)[filled:]
+        else:
+            target = tail[filled - head:]
+        self._target = target
+        return target
 
     def gathered(self, count: int) -> list[Frame]:
         """`count` bytes were read into `gather_target()`: the large frame, once it is whole."""
         large = self._large
         assert large is not None
         self._large_filled += count
-        if self._large_filled < len(large):
+        if self._large_filled < self._large_size:
             return []
         self._large = None
         return [self._large_frame(large)]
 
+    def split_read(self, peeked: Any) -> tuple[int, int]:
+        """`(prefix, tail)` when nothing is pending and `peeked`, the next bytes of the stream
+        (looked at, not read), begin a MESSAGE frame whose body is a pickle out-of-band body
+        with a tail (out_of_band.tail_size), and hold its `prefix` bytes before that tail:
+        the link can then read the prefix, and the tail into a `bytes` of its own, for
+        `read_split`. Else `(0, 0)`, and the link reads as usual."""
+        if self._buffer or self._large is not None or self._error is not None or not self.message_buffers \
+                or len(peeked) < 6 or peeked[4] != _MESSAGE_CODE:
+            self.split_next = max(self.split_next - 1, 0)
+            return 0, 0
+        (length,) = _LENGTH.unpack_from(peeked)
+        tail = 0
+        if _LARGE_FRAME < length <= self.max_frame_size:
+            tail = tail_size(peeked[5:], length - 1, _LARGE_FRAME)
+        if not tail or 4 + length - tail > len(peeked):
+            self.split_next = max(self.split_next - 1, 0)
+            return 0, 0
+        return 4 + length - tail, tail
+
+    def read_split(self, prefix: bytearray, piece: bytes, tail: int) -> list[Frame]:
+        """The frame `split_read` announced: its `prefix` was read, and `piece`, the first
+        bytes of its `tail`. A whole tail is the frame at once; else the rest of it is
+        gathered (`gather_target`) into memory of its own, after `piece`."""
+        head = prefix[HEADER_SIZE:]
+        size = len(head) + tail
+        self.split_next = _SPLIT_LOOKS
+        if len(piece) == tail:
+            return [(MESSAGE, SplitBody(head, piece, size))]
+        stream = io.BytesIO()
+        stream.write(piece)
+        stream.seek(tail - 1)
+        stream.write(b'\0')  # sized once (zero-filled): read into in place, never regrown
+        self._large_code = _MESSAGE_CODE
+        self._large_size = size
+        self._large_filled = len(head) + len(piece)
+        self._tail = stream
+        self._tail_view = stream.getbuffer()
+        self._large = head
+        return []
+
     def _large_buffer(self, size: int) -> bytearray:
+        """Called by feed() when a large frame of `size` bytes of body begins: its memory is
+        chosen by the first `_gather`, which sees the body's first bytes."""
+        self._large_size = size
+        self._tail = self._tail_view = None
+        return _UNCHOSEN
+
+    def _choose_buffers(self, first: Any) -> bytearray:
+        """The memory for the large frame's body, from `first`, its first bytes received. A
+        pickle out-of-band body (out_of_band.tail_size) gets its last buffer read into an
+        `io.BytesIO` of that buffer's exact size: `getvalue()` then hands that memory over as
+        the `bytes` the message holds, where a view of one body buffer had to be copied (1 MB:
+        ~25 us, after the last byte arrived). The rest of the body goes to a bytearray."""
+        size = self._large_size
+        tail = 0
+        if self._large_code == _MESSAGE_CODE and self.message_buffers:
+            tail = tail_size(first, size, _LARGE_FRAME)
+        if not tail:
+            return self._full_buffer(size)
+        stream = io.BytesIO()
+        stream.seek(tail - 1)
+        stream.write(b'\0')  # sized once (zero-filled): read into in place, never regrown
+        self._tail = stream
+        self._tail_view = stream.getbuffer()
+        return bytearray(size - tail)
+
+    def _full_buffer(self, size: int) -> bytearray:
         """A buffer for a large frame's body: the previous large frame's when nothing kept it
         (no message, view or backlog refers to it) and it is big enough, else a new one. A new
         bytearray is zero-filled, and its pages are fresh: that, not the socket, was most of
@@ -348,6 +439,16 @@ class FrameDecoder:
 
     def _large_frame(self, body_buffer: bytearray) -> Frame:
         kind = KINDS[self._large_code]
+        target, self._target = self._target, None
+        if target is not None:
+            target.release()  # the link's view into the tail: getvalue() copies while one exists
+        tail = self._tail
+        if tail is not None:
+            view, self._tail, self._tail_view = self._tail_view, None, None
+            assert view is not None
+            view.release()
+            self.split_next = _SPLIT_LOOKS
+            return (kind, SplitBody(body_buffer, tail, self._large_size))
         if len(body_buffer) <= SPARE_LIMIT:
             self._spare = body_buffer
         if kind == MESSAGE and self.message_buffers:
@@ -369,11 +470,23 @@ class FrameDecoder:
         it is whole; returns how many bytes of `data` it took."""
         large = self._large
         assert large is not None
+        if large is _UNCHOSEN:
+            large = self._large = self._choose_buffers(data)
         filled = self._large_filled
-        count = min(len(large) - filled, len(data))
-        large[filled:filled + count] = data[:count] if count < len(data) else data
+        size = self._large_size
+        count = min(size - filled, len(data))
+        piece = data[:count] if count < len(data) else data
+        head = len(large)
+        if filled < head:
+            into_head = min(head - filled, count)
+            large[filled:filled + into_head] = piece[:into_head] if into_head < count else piece
+        if filled + count > head:
+            tail = self._tail_view
+            assert tail is not None
+            skip = max(head - filled, 0)
+            tail[filled + skip - head:filled + count - head] = piece[skip:] if skip else piece
         self._large_filled = filled + count
-        if self._large_filled == len(large):
+        if self._large_filled == size:
             self._large = None
             frames.append(self._large_frame(large))
         return count

@@ -15,6 +15,7 @@ from ...errors import ProtocolError, TransportError
 from ...out_of_band import reads_buffers
 from .. import base, procfs
 from ..partial import PartialFrameDeadline
+from .large_read import read_split
 from .output import _OutputReader
 from .writer import _CHUNK_SIZE, _COPY_LIMIT, _HEADER_SIZE, _MESSAGE, _MESSAGE_CODE, _FrameWriter, _pack_header
 
@@ -140,6 +141,8 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
     def _on_readable(self) -> None:
         decoder = self._decoder
         direct = decoder.gather_target()  # the rest of a large frame: read straight in
+        if direct is None and decoder.split_next and self._read_split():
+            return
         try:
             count = self._sock.recv_into(self._buffer if direct is None else direct)
         except (BlockingIOError, InterruptedError):
@@ -166,12 +169,31 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
             if began:
                 batch.end()
 
-    def _feed(self, count: int, direct: bool = False) -> None:
-        decoder = self._decoder
+    def _read_split(self) -> bool:
+        """After a large frame with an out-of-band tail, the next one such is read so that its
+        payload is the socket's own bytes (large_read). False: nothing read, read as usual."""
         try:
-            frames = decoder.gathered(count) if direct else decoder.feed(self._view[:count])
+            frames = read_split(self._sock, self._decoder, self._buffer)  # the read buffer, to peek into
         except ProtocolError:
-            frames = []
+            frames = []  # the decoder keeps the fault: _feed reports it
+        if frames is None:
+            return False
+        batch = self._batch
+        began = batch.begin()
+        try:
+            self._feed(0, frames=frames)
+        finally:
+            if began:
+                batch.end()
+        return True
+
+    def _feed(self, count: int, direct: bool = False, frames: list[protocol.Frame] | None = None) -> None:
+        decoder = self._decoder
+        if frames is None:
+            try:
+                frames = decoder.gathered(count) if direct else decoder.feed(self._view[:count])
+            except ProtocolError:
+                frames = []
         if decoder.pending:  # only a frame left unfinished needs to know when it was read
             self._last_read_at = self._loop.time()
         if len(frames) == 1 and not self._inbox:

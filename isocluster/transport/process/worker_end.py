@@ -16,6 +16,7 @@ from ...out_of_band import reads_buffers
 from .. import sockets, watchdog
 from ..runtime import WorkerEnd
 from .fork_safety import _close_fds
+from .large_read import read_split
 from .writer import _SEND_FLAGS, _Batch, _FrameWriter
 
 # A worker's read buffer starts small (cheap at start-up: a fresh buffer is page faults in a
@@ -81,6 +82,20 @@ class ChildLink(_FrameWriter, WorkerEnd):
 
     def _on_readable(self) -> None:
         direct = self._decoder.gather_target()  # the rest of a large frame: read straight in
+        if direct is None and self._decoder.split_next:
+            # After a large frame with an out-of-band tail: the next such frame's payload is
+            # read as the socket's own bytes (large_read). A frame with fds is read below.
+            frames = read_split(self._sock, self._decoder, self._buffer)
+            if frames is not None:
+                self.reads += 1
+                batch = self._batch
+                batch.begin()
+                try:
+                    self._dispatch(None, 0, frames)
+                finally:
+                    self._first_write = False
+                    batch.end()
+                return
         try:
             count, ancillary, _, _ = self._sock.recvmsg_into(
                 [self._buffer if direct is None else direct], _ANCILLARY_SIZE, _RECV_FLAGS)
@@ -111,9 +126,10 @@ class ChildLink(_FrameWriter, WorkerEnd):
             self._first_write = False
             batch.end()
 
-    def _dispatch(self, data: memoryview | None, count: int) -> None:
+    def _dispatch(self, data: memoryview | None, count: int, frames: list[protocol.Frame] | None = None) -> None:
         # A ProtocolError here is fatal to the worker (R120): it reaches the loop's handler.
-        frames = self._decoder.gathered(count) if data is None else self._decoder.feed(data)
+        if frames is None:
+            frames = self._decoder.gathered(count) if data is None else self._decoder.feed(data)
         # A read of one frame (a request, a ping) has nothing to coalesce its answer with: the
         # answer goes out at once. Many frames (a pipeline, a stream): their answers go together.
         self._first_write = len(frames) == 1
