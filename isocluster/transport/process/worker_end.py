@@ -16,7 +16,7 @@ from ...out_of_band import reads_buffers
 from .. import sockets, watchdog
 from ..runtime import WorkerEnd
 from .fork_safety import _close_fds
-from .writer import _SEND_FLAGS, _Batch, _FrameWriter
+from .writer import _CHUNK_SIZE, _COPY_LIMIT, _HEADER_SIZE, _MESSAGE_CODE, _SEND_FLAGS, _Batch, _FrameWriter, _pack_header
 
 # A worker's read buffer starts small (cheap at start-up: a fresh buffer is page faults in a
 # forked child) and grows to the full size the first time a read fills it.
@@ -170,6 +170,19 @@ class ChildLink(_FrameWriter, WorkerEnd):
     def write(self, kind: str, payload: Any) -> None:
         if self._closed or self._eof or self._write_broken:  # not is_open: one call less a write
             raise TransportError(f'{self._describe()} is closed', worker_id=self.worker_id)
+        if kind == _MESSAGE and (self._corked or self._writing) and type(payload) is bytes:
+            # A stream's frames after the first of a turn: appended here to the chunk being
+            # filled (what _write_frame's first branch does, without its call), as the
+            # primary's link does.
+            queue = self._queue
+            if queue:
+                tail = queue[-1]
+                size = len(payload)
+                if type(tail) is bytearray and len(tail) < _CHUNK_SIZE and size <= _COPY_LIMIT:
+                    tail += _pack_header(size + 1, _MESSAGE_CODE)
+                    tail += payload
+                    self.flow.pending += size + _HEADER_SIZE
+                    return
         if self._first_write and kind in _AT_ONCE and not (self._queue or self._corked or self._writing):
             # The first answer to a read of one frame (a reply, an echo) goes out at once, as
             # the writer sends the first frame of a turn, without being held to the end of the
