@@ -60,6 +60,72 @@ def routed_publisher(publisher: Publisher, name: str, prefix: str,
     return deliver
 
 
+def routed_receiver(worker: Any, name: str, prefix: str, default_action: Callable[..., Any],
+                    decode: Callable[[Any], Any], decode_failed: Callable[[Exception], Exception]
+                    ) -> Callable[[Any], None]:
+    """A ClusterWorker's `link_message(payload)` in one call, for a stream's every frame: the
+    payload decoded, then what `deliver({'message': message})` does (R108), with the after
+    stage's check inline. A worker that lost its primary drops the frame, as link_message
+    does; `decode_failed(error)` is the DecodeError to raise for a payload the codec refuses."""
+    deliver = routed_publisher(worker, name, prefix, default_action)
+    config = worker._ps_config.get(name)
+    if config is None or config.once or config.complete is None:
+        def receive_any(payload: Any) -> None:
+            if not worker._disconnected:
+                try:
+                    message = decode(payload)
+                except Exception as error:
+                    raise decode_failed(error) from error
+                deliver({'message': message})
+        return receive_any
+    complete = config.complete
+    mask = config.preventable
+    heard = worker._ps_heard
+    subscriptions = worker._ps_subs
+    spawn = worker._spawn
+    publish = worker._publish
+    names: dict[str, str] = {}  # type -> routed method name
+
+    def receive(payload: Any) -> None:
+        if worker._disconnected:
+            return
+        try:
+            message = decode(payload)
+        except Exception as error:
+            raise decode_failed(error) from error
+        data = {'message': message}
+        if (worker._ps_closed or name in heard or complete in worker.__dict__
+                or getattr(type(worker), complete, None) is not default_action):
+            publish(name, data)  # observed, destroyed, or another default action: the full publish
+            return
+        event = Event(worker, name, data, mask)
+        event._si = 2  # the complete stage: before and on had nothing to run
+        if type(message) is dict:
+            kind = message.get('type')
+            if type(kind) is str:
+                method_name = names.get(kind)
+                if method_name is None:
+                    method_name = route_name(names, prefix, kind)
+                method = getattr(worker, method_name, None) if method_name else None
+                if callable(method):
+                    result = method(event)
+                    if result is not None and type(result) not in _PLAIN and isawaitable(result):
+                        spawn(result)
+                    # after_complete inline: the routed method may have ended the publish, or
+                    # subscribed to its after stage (R8, R11, R18)
+                    if event.event_stopped or worker._ps_closed:
+                        return
+        if event._prevented & 0b1000:
+            event._ended_by_prevent = True
+            return
+        event._si = 3
+        subs = subscriptions.get(name)
+        if subs is not None and subs[2]:
+            worker._ps_dispatch(event, subs, 2)
+
+    return receive
+
+
 def after_complete(publisher: Publisher, event: Event, name: str) -> None:
     """What `_publish` does once the complete function ran (R8, R11, R18): nothing more when the
     event was stopped, its after stage prevented or the publisher destroyed; else the after

@@ -14,7 +14,7 @@ from . import drain, protocol, read_buffers
 from .errors import EncodeError, ListenError, NotAWorkerError, PrimaryLost, ProtocolError, SendError, TransportError
 from .lifecycle import Initializable
 from .routing import PendingRequests, Request, route
-from .routed_publish import routed_publisher
+from .routed_publish import routed_publisher, routed_receiver
 from .request_gate import BatchAnswer, RequestGate, chunk_publisher
 from .checks import check_seconds
 from .pacing import DEFAULT_MAX_QUEUED_BYTES, check_max_queued_bytes, over_cap
@@ -113,6 +113,11 @@ class ClusterWorker(Initializable):
             self._receiving = True
             self._deliver = routed_publisher(self, 'primary_message', '_event_primary_message_',
                                              ClusterWorker._event_primary_message)
+            if type(self).link_message is ClusterWorker.link_message:  # not overridden: one call per frame
+                codec, worker_id = self._link.codec, self._link.worker_id
+                self.link_message = routed_receiver(  # type: ignore[method-assign]
+                    self, 'primary_message', '_event_primary_message_', ClusterWorker._event_primary_message,
+                    codec.decode, lambda error: protocol.decode_error(codec, error, worker_id))
             self._link.attach(self)
 
     def _on_initialized(self) -> None:
@@ -254,7 +259,9 @@ class ClusterWorker(Initializable):
     # -- link events (called by the transport) ----------------------------------------
 
     def link_message(self, payload: Any) -> None:
-        """A MESSAGE frame: `link_frame(MESSAGE, payload)`, which a link may call directly."""
+        """A MESSAGE frame: `link_frame(MESSAGE, payload)`, which a link may call directly. Once
+        attached to its link, the worker's instance attribute takes over: the same, in one call
+        (routed_publish.routed_receiver)."""
         link = self._link
         if not self._disconnected and link is not None:
             try:

@@ -1,18 +1,20 @@
 """The direct publish of a routed message event (routed_publish.py) against the full publish:
-every scenario runs once through `deliver` and once through `_publish`, and both must leave
-the same trace (SPEC R1–R28, R76, R108), including when handlers subscribe, unsubscribe or
-fire once while it runs, when methods are added or overridden later (R7) and after destroy."""
+every scenario runs through `deliver`, through a worker's one-call `receive` of the encoded
+message (`routed_receiver`) and through `_publish`, and all must leave the same trace (SPEC
+R1–R28, R76, R108), including when handlers subscribe, unsubscribe or fire once while it runs,
+when methods are added or overridden later (R7) and after destroy."""
 
 from __future__ import annotations
 
 import asyncio
+import pickle
 from typing import Any, Callable
 
 import pytest
 
-from isocluster.errors import DestroyedError
+from isocluster.errors import DecodeError, DestroyedError
 from isocluster.pubsub import Publisher
-from isocluster.routed_publish import routed_publisher
+from isocluster.routed_publish import routed_publisher, routed_receiver
 from isocluster.routing import route
 
 
@@ -21,6 +23,7 @@ class Receiver(Publisher):
 
     def __init__(self) -> None:
         super().__init__()
+        self._disconnected = False  # as a ClusterWorker's: routed_receiver drops frames once True
         self.trace: list[Any] = []
         self.events: list[Any] = []
 
@@ -39,13 +42,30 @@ def make(kind: type[Receiver] = Receiver) -> tuple[Receiver, Callable[[dict[str,
                                       Receiver._event_primary_message)
 
 
+def make_receiver(kind: type[Receiver] = Receiver) -> tuple[Receiver, Callable[[Any], None]]:
+    """A receiver and its `receive(payload)` of pickled messages (a DecodeError for bad bytes)."""
+    receiver = kind()
+    return receiver, routed_receiver(receiver, 'primary_message', '_event_primary_message_',
+                                     Receiver._event_primary_message, pickle.loads,
+                                     lambda error: DecodeError(f'undecodable: {error!r}'))
+
+
+def received(receive: Callable[[Any], None], deliver: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    """`deliver(data)` by way of `receive` for a plain message (a request takes `deliver`)."""
+    return lambda data: receive(pickle.dumps(data['message'])) if data.keys() == {'message'} else deliver(data)
+
+
 def both(scenario: Callable[[Receiver, Callable[[dict[str, Any]], None]], Any], kind: type[Receiver] = Receiver) -> Any:
     """The scenario's result, which must be the same whichever way it publishes."""
     direct_receiver, deliver = make(kind)
+    receiving, receive = make_receiver(kind)
     full_receiver, _ = make(kind)
     direct = scenario(direct_receiver, deliver)
+    one_call = scenario(receiving, received(receive, routed_publisher(
+        receiving, 'primary_message', '_event_primary_message_', Receiver._event_primary_message)))
     full = scenario(full_receiver, lambda data: full_receiver._publish('primary_message', data))
     assert direct == full
+    assert one_call == full
     return direct
 
 
@@ -295,3 +315,29 @@ def test_route_names_are_remembered_up_to_a_bound_and_stay_right_past_it() -> No
     assert len(names) == routing._ROUTE_NAMES_KEPT  # a stream of made-up types cannot grow it
     assert routing.route_name(names, 'p_', 'a-b') == '' and routing.route_name(names, 'p_', 'ok') == 'p_ok'
     assert names['t0'] == 'p_t0'
+
+
+def test_receive_drops_frames_once_the_worker_lost_its_primary_and_raises_for_bad_bytes() -> None:
+    r, receive = make_receiver()
+    receive(pickle.dumps({'type': 'task', 'id': 1}))
+    r._disconnected = True
+    receive(pickle.dumps({'type': 'task', 'id': 2}))
+    r._disconnected = False
+    with pytest.raises(DecodeError, match='undecodable'):
+        receive(b'not a pickle')
+    receive(pickle.dumps({'type': 'task', 'id': 3}))
+    assert [entry[1] for entry in r.trace] == [1, 3]
+
+
+def test_receive_of_a_declaration_without_routing_takes_the_full_publish_and_its_checks() -> None:
+    class Once(Receiver):
+        _pubsub = {'primary_message': {'publish_once': True}}
+
+    r, receive = make_receiver(Once)
+    receive(pickle.dumps({'type': 'task', 'id': 1}))
+    r._disconnected = True
+    receive(pickle.dumps({'type': 'task', 'id': 2}))
+    r._disconnected = False
+    with pytest.raises(DecodeError):
+        receive(b'not a pickle')
+    assert r.trace == [('task', 1, 'complete', True)]

@@ -118,6 +118,7 @@ def test_every_answer_of_one_read_arrives_in_order() -> None:
         reader.join(TIMEOUT)
         assert replier.received == bodies
         assert protocol.FrameDecoder().feed(data) == [('message', body) for body in expected]
+        assert link.flow.pending == 0  # every byte the stream's appends counted has been written
 
 
 def test_frames_after_a_disconnect_in_the_same_read_reach_the_worker_after_it() -> None:
