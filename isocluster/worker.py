@@ -115,7 +115,7 @@ class ClusterWorker(Initializable):
                                              ClusterWorker._event_primary_message)
             if type(self).link_message is ClusterWorker.link_message:  # not overridden: one call per frame
                 codec, worker_id = self._link.codec, self._link.worker_id
-                self.link_message = routed_receiver(  # type: ignore[method-assign]
+                self.link_message, self.link_messages = routed_receiver(  # type: ignore[method-assign]
                     self, 'primary_message', '_event_primary_message_', ClusterWorker._event_primary_message,
                     codec.decode, lambda error: protocol.decode_error(codec, error, worker_id))
             self._link.attach(self)
@@ -260,8 +260,8 @@ class ClusterWorker(Initializable):
 
     def link_message(self, payload: Any) -> None:
         """A MESSAGE frame: `link_frame(MESSAGE, payload)`, which a link may call directly. Once
-        attached to its link, the worker's instance attribute takes over: the same, in one call
-        (routed_publish.routed_receiver)."""
+        attached to its link, the worker's instance attribute takes over: the same, in one call,
+        and `link_messages` for a run of them (routed_publish.routed_receiver)."""
         link = self._link
         if not self._disconnected and link is not None:
             try:

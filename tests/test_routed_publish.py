@@ -42,12 +42,14 @@ def make(kind: type[Receiver] = Receiver) -> tuple[Receiver, Callable[[dict[str,
                                       Receiver._event_primary_message)
 
 
-def make_receiver(kind: type[Receiver] = Receiver) -> tuple[Receiver, Callable[[Any], None]]:
-    """A receiver and its `receive(payload)` of pickled messages (a DecodeError for bad bytes)."""
+def make_receiver(kind: type[Receiver] = Receiver) -> tuple[Receiver, Callable[[Any], None], Any]:
+    """A receiver, its `receive(payload)` of pickled messages (a DecodeError for bad bytes) and
+    its `receive_run(frames, link)`."""
     receiver = kind()
-    return receiver, routed_receiver(receiver, 'primary_message', '_event_primary_message_',
-                                     Receiver._event_primary_message, pickle.loads,
-                                     lambda error: DecodeError(f'undecodable: {error!r}'))
+    receive, receive_run = routed_receiver(receiver, 'primary_message', '_event_primary_message_',
+                                           Receiver._event_primary_message, pickle.loads,
+                                           lambda error: DecodeError(f'undecodable: {error!r}'))
+    return receiver, receive, receive_run
 
 
 def received(receive: Callable[[Any], None], deliver: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
@@ -58,7 +60,7 @@ def received(receive: Callable[[Any], None], deliver: Callable[[dict[str, Any]],
 def both(scenario: Callable[[Receiver, Callable[[dict[str, Any]], None]], Any], kind: type[Receiver] = Receiver) -> Any:
     """The scenario's result, which must be the same whichever way it publishes."""
     direct_receiver, deliver = make(kind)
-    receiving, receive = make_receiver(kind)
+    receiving, receive, _ = make_receiver(kind)
     full_receiver, _ = make(kind)
     direct = scenario(direct_receiver, deliver)
     one_call = scenario(receiving, received(receive, routed_publisher(
@@ -318,7 +320,7 @@ def test_route_names_are_remembered_up_to_a_bound_and_stay_right_past_it() -> No
 
 
 def test_receive_drops_frames_once_the_worker_lost_its_primary_and_raises_for_bad_bytes() -> None:
-    r, receive = make_receiver()
+    r, receive, _ = make_receiver()
     receive(pickle.dumps({'type': 'task', 'id': 1}))
     r._disconnected = True
     receive(pickle.dumps({'type': 'task', 'id': 2}))
@@ -333,11 +335,100 @@ def test_receive_of_a_declaration_without_routing_takes_the_full_publish_and_its
     class Once(Receiver):
         _pubsub = {'primary_message': {'publish_once': True}}
 
-    r, receive = make_receiver(Once)
+    r, receive, _ = make_receiver(Once)
     receive(pickle.dumps({'type': 'task', 'id': 1}))
     r._disconnected = True
     receive(pickle.dumps({'type': 'task', 'id': 2}))
     r._disconnected = False
     with pytest.raises(DecodeError):
         receive(b'not a pickle')
+    assert r.trace == [('task', 1, 'complete', True)]
+
+
+class Link:
+    """What a run reads of the link: the receiver its frames go to now."""
+
+    def __init__(self, receiver: Any) -> None:
+        self.receiver = receiver
+
+
+def frames_of(*messages: Any) -> list[tuple[str, Any]]:
+    return [('message', pickle.dumps(message)) for message in messages]
+
+
+def run_both(frames: list[tuple[str, Any]], kind: type[Receiver] = Receiver,
+             prepare: Callable[[Receiver, Link], None] = lambda r, link: None) -> Any:
+    """A run of frames through `receive_run` in one call, and the same frames published one
+    by one (each checked as the link checks it): the same trace and the same index left."""
+    r, _, receive_run = make_receiver(kind)
+    link = Link(r)
+    prepare(r, link)
+    left = iter(frames)
+    direct = (receive_run(left, link), list(left), r.trace)
+    full_receiver = kind()
+    link = Link(full_receiver)
+    prepare(full_receiver, link)
+    left, stopped_at = iter(frames), None
+    for kind_, payload in left:
+        if kind_ != 'message' or link.receiver is not full_receiver:
+            stopped_at = (kind_, payload)
+            break
+        if not full_receiver._disconnected:
+            full_receiver._publish('primary_message', {'message': pickle.loads(payload)})
+    full = (stopped_at, list(left), full_receiver.trace)
+    assert direct == full
+    return direct
+
+
+def test_a_run_publishes_each_message_after_what_the_one_before_it_did() -> None:
+    class Changing(Receiver):
+        def _event_primary_message_task(self, event: Any) -> None:
+            super()._event_primary_message_task(event)
+            n = event.data['message']['id']
+            if n == 1:  # R18: an after handler subscribed by the routed method, for this publish on
+                self.after('primary_message', lambda e: self.trace.append(('after', e.data['message']['id'])))
+            elif n == 2:  # R7: an override on the instance takes the next message
+                self._event_primary_message_task = self.overridden
+
+        def overridden(self, event: Any) -> None:
+            self.trace.append(('override', event.data['message']['id']))
+            if event.data['message']['id'] == 4:
+                self.off('primary_message')  # unobserved again: the direct path from the next on
+
+    stopped_at, left, trace = run_both(frames_of(*({'type': 'task', 'id': i} for i in range(1, 6))), Changing)
+    assert stopped_at is None and left == []
+    assert trace == [('task', 1, 'complete', True), ('after', 1), ('task', 2, 'complete', True), ('after', 2),
+                     ('override', 3), ('after', 3), ('override', 4), ('override', 5)]
+
+
+def test_a_run_stops_at_another_kind_of_frame_and_when_the_worker_stops_receiving() -> None:
+    class Leaving(Receiver):
+        link: Link
+
+        def _event_primary_message_task(self, event: Any) -> None:
+            super()._event_primary_message_task(event)
+            if event.data['message']['id'] == 2:
+                self.link.receiver = None  # destroyed: the link no longer delivers to it
+
+    def keep(r: Any, link: Link) -> None:
+        r.link = link
+
+    mixed = frames_of({'type': 'task', 'id': 1}) + [('request', (1, b''))] + frames_of({'type': 'task', 'id': 2})
+    assert run_both(mixed, Leaving, keep) == (mixed[1], mixed[2:], [('task', 1, 'complete', True)])
+    stream = frames_of(*({'type': 'task', 'id': i} for i in range(1, 5)))
+    assert run_both(stream, Leaving, keep) == (
+        stream[2], stream[3:], [('task', 1, 'complete', True), ('task', 2, 'complete', True)])
+
+
+def test_a_run_drops_frames_once_the_primary_is_lost_and_raises_for_bad_bytes_after_the_good_ones() -> None:
+    class Losing(Receiver):
+        def _event_primary_message_task(self, event: Any) -> None:
+            super()._event_primary_message_task(event)
+            self._disconnected = True
+
+    assert run_both(frames_of(*({'type': 'task', 'id': i} for i in range(1, 4))), Losing) == (
+        None, [], [('task', 1, 'complete', True)])
+    r, _, receive_run = make_receiver()
+    with pytest.raises(DecodeError):
+        receive_run(iter(frames_of({'type': 'task', 'id': 1}) + [('message', b'bad')]), Link(r))
     assert r.trace == [('task', 1, 'complete', True)]

@@ -49,6 +49,10 @@ class ChildLink(_FrameWriter, WorkerEnd):
         self._buffer = bytearray(_CHILD_FIRST_READ_SIZE)
         self._view = memoryview(self._buffer)
         self._fds: collections.deque[int] = collections.deque()
+        # The receiver frames go to now, and its link_messages (a run of MESSAGE frames in one
+        # call, which stops once the receiver is another): kept by attach and detach.
+        self.receiver: Any = None
+        self._message_run: Any = None
         self._own_listeners: list[socket.socket] = []  # listen(reuse_port=True): this worker's alone
         self._reading = False
         self._closed = False
@@ -78,6 +82,17 @@ class ChildLink(_FrameWriter, WorkerEnd):
         return not (self._closed or self._eof or self._write_broken)
 
     # receiving
+
+    def attach(self, receiver: Any) -> None:
+        self.receiver = receiver
+        self._message_run = getattr(receiver, 'link_messages', None)
+        super().attach(receiver)
+
+    def detach(self, receiver: Any) -> None:
+        if self.receiver is receiver:
+            self.receiver = None
+            self._message_run = None
+        super().detach(receiver)
 
     def _on_readable(self) -> None:
         direct = self._decoder.gather_target()  # the rest of a large frame: read straight in
@@ -117,7 +132,19 @@ class ChildLink(_FrameWriter, WorkerEnd):
         # A read of one frame (a request, a ping) has nothing to coalesce its answer with: the
         # answer goes out at once. Many frames (a pipeline, a stream): their answers go together.
         self._first_write = len(frames) == 1
-        for kind, payload in frames:
+        left = iter(frames)
+        while True:
+            run = self._message_run
+            if run is not None and not self._backlog:
+                # A stream's read: its MESSAGE frames from here on in one call, for as long as
+                # they go to that receiver; the first frame it does not take (another kind, or
+                # after it was destroyed) comes back for the frame-by-frame path below.
+                frame = run(left, self)
+            else:
+                frame = next(left, None)
+            if frame is None:
+                break
+            kind, payload = frame
             if kind == _MESSAGE:
                 # _accept() without its layer: to the receiver when it is attached and nothing
                 # waits before this frame.
