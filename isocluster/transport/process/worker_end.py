@@ -132,18 +132,10 @@ class ChildLink(_FrameWriter, WorkerEnd):
         # A read of one frame (a request, a ping) has nothing to coalesce its answer with: the
         # answer goes out at once. Many frames (a pipeline, a stream): their answers go together.
         self._first_write = len(frames) == 1
+        many = len(frames) > 1
         left = iter(frames)
-        while True:
-            run = self._message_run
-            if run is not None and not self._backlog:
-                # A stream's read: its MESSAGE frames from here on in one call, for as long as
-                # they go to that receiver; the first frame it does not take (another kind, or
-                # after it was destroyed) comes back for the frame-by-frame path below.
-                frame = run(left, self)
-            else:
-                frame = next(left, None)
-            if frame is None:
-                break
+        frame = next(left, None)
+        while frame is not None:
             kind, payload = frame
             if kind == _MESSAGE:
                 # _accept() without its layer: to the receiver when it is attached and nothing
@@ -151,6 +143,14 @@ class ChildLink(_FrameWriter, WorkerEnd):
                 sink = self._message_sink
                 if sink is not None and not self._backlog:
                     sink(payload)
+                    run = self._message_run
+                    if run is not None and many:
+                        # A stream's read: the MESSAGE frames after this one in one call, for as
+                        # long as they go to that receiver; the first frame it does not take
+                        # (another kind, or after a handler destroyed it) comes back here.
+                        frame = run(left, self)
+                    else:
+                        frame = next(left, None)
                     continue
             elif kind == protocol.LISTENING:
                 payload = dict(payload or {})
@@ -161,6 +161,7 @@ class ChildLink(_FrameWriter, WorkerEnd):
             elif kind == protocol.DISCONNECT:
                 self._refuse_new_connections()
             self._accept(kind, payload)
+            frame = next(left, None)
         if self._decoder.error is not None:
             raise self._decoder.error
 
