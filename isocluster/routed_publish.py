@@ -6,7 +6,9 @@ in any stage and its complete function is the library's routing (not overridden 
 or the instance, R7), the before and on stages have nothing to run: the publish is the Event,
 the routed method (R76) and then the after stage, which the routed method may have subscribed
 to meanwhile (R18). That is what `deliver` does in one call; anything else takes the full
-`_publish`, so every rule of SPEC §1 holds either way.
+`_publish`, so every rule of SPEC §1 holds either way. `routed_receiver` is the same for a
+worker's MESSAGE frames: decoded and published in one call each, or a read's run of them in
+one call, each message still its own publish, checked after what the one before it ran.
 """
 
 from __future__ import annotations
