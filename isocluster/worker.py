@@ -14,7 +14,7 @@ from . import drain, protocol, read_buffers
 from .errors import EncodeError, ListenError, NotAWorkerError, PrimaryLost, ProtocolError, SendError, TransportError
 from .lifecycle import Initializable
 from .routing import PendingRequests, Request, route
-from .routed_publish import routed_publisher
+from .routed_publish import routed_publisher, routed_receiver
 from .request_gate import BatchAnswer, RequestGate, chunk_publisher
 from .checks import check_seconds
 from .pacing import DEFAULT_MAX_QUEUED_BYTES, check_max_queued_bytes, over_cap
@@ -26,6 +26,7 @@ DEFAULT_KILL_TIMEOUT = 6.765
 # long past drain_timeout (never shorter than the kill timeout; with the default 5 s drain both are 6.765 s).
 DRAIN_CLEANUP = 1.765
 _MISSING: Any = object()
+_MESSAGE = protocol.MESSAGE
 
 
 def _link_closed(link: PrimaryLink, error: TransportError) -> SendError:
@@ -112,6 +113,11 @@ class ClusterWorker(Initializable):
             self._receiving = True
             self._deliver = routed_publisher(self, 'primary_message', '_event_primary_message_',
                                              ClusterWorker._event_primary_message)
+            if type(self).link_message is ClusterWorker.link_message:  # not overridden: one call per frame
+                codec, worker_id = self._link.codec, self._link.worker_id
+                self.link_message, self.link_messages = routed_receiver(  # type: ignore[method-assign]
+                    self, 'primary_message', '_event_primary_message_', ClusterWorker._event_primary_message,
+                    codec.decode, lambda error: protocol.decode_error(codec, error, worker_id))
             self._link.attach(self)
 
     def _on_initialized(self) -> None:
@@ -166,21 +172,27 @@ class ClusterWorker(Initializable):
         link = self._link  # inline, not _prepare(): this is the hot path
         if link is None:
             return self._rejected(_not_a_worker('send'))
-        flow = link.flow
+        codec = link.codec
         try:
-            data = protocol.encode_message(link.codec, message, link.max_frame_size, link.worker_id)
-            if flow.pending and flow.pending + len(data) > self._queue_cap:
-                return self._rejected(over_cap(
-                    f'the link of worker {link.worker_id} to the primary', link.worker_id, flow.pending, self._queue_cap,
-                ))
-            link.write(protocol.MESSAGE, data)
-        except EncodeError as error:
-            return self._rejected(error)
+            data = codec.encode(message)  # protocol.encode_message inline, as the primary's Outbox.send
+        except Exception as exc:
+            return self._rejected(protocol.encode_failure(codec, exc, link.worker_id))
+        size = len(data)
+        if size >= link.max_frame_size:  # its frame adds the kind byte
+            return self._rejected(protocol.oversized(size, link.max_frame_size, link.worker_id))
+        flow = link.flow
+        pending = flow.pending
+        if pending and pending + size > self._queue_cap:
+            return self._rejected(over_cap(
+                f'the link of worker {link.worker_id} to the primary', link.worker_id, pending, self._queue_cap,
+            ))
+        try:
+            link.write(_MESSAGE, data)
         except TransportError as error:
             return self._rejected(_link_closed(link, error))
         if flow.pending > HIGH_WATER:  # backpressure: resolves once the link has drained
             return flow.completion()
-        return self._resolved_future()
+        return self._written or self._resolved_future()
 
     def request(self, message: Any, *, timeout: float | None = None) -> 'asyncio.Future[Any]':
         """Send `message` to the primary and await its reply (its routed handler's return value)."""
@@ -247,7 +259,9 @@ class ClusterWorker(Initializable):
     # -- link events (called by the transport) ----------------------------------------
 
     def link_message(self, payload: Any) -> None:
-        """A MESSAGE frame: `link_frame(MESSAGE, payload)`, which a link may call directly."""
+        """A MESSAGE frame: `link_frame(MESSAGE, payload)`, which a link may call directly. Once
+        attached to its link, the worker's instance attribute takes over: the same, in one call,
+        and `link_messages` for a run of them (routed_publish.routed_receiver)."""
         link = self._link
         if not self._disconnected and link is not None:
             try:

@@ -1,18 +1,20 @@
 """The direct publish of a routed message event (routed_publish.py) against the full publish:
-every scenario runs once through `deliver` and once through `_publish`, and both must leave
-the same trace (SPEC R1–R28, R76, R108), including when handlers subscribe, unsubscribe or
-fire once while it runs, when methods are added or overridden later (R7) and after destroy."""
+every scenario runs through `deliver`, through a worker's one-call `receive` of the encoded
+message (`routed_receiver`) and through `_publish`, and all must leave the same trace (SPEC
+R1–R28, R76, R108), including when handlers subscribe, unsubscribe or fire once while it runs,
+when methods are added or overridden later (R7) and after destroy."""
 
 from __future__ import annotations
 
 import asyncio
+import pickle
 from typing import Any, Callable
 
 import pytest
 
-from isocluster.errors import DestroyedError
+from isocluster.errors import DecodeError, DestroyedError
 from isocluster.pubsub import Publisher
-from isocluster.routed_publish import routed_publisher
+from isocluster.routed_publish import routed_publisher, routed_receiver
 from isocluster.routing import route
 
 
@@ -21,6 +23,7 @@ class Receiver(Publisher):
 
     def __init__(self) -> None:
         super().__init__()
+        self._disconnected = False  # as a ClusterWorker's: routed_receiver drops frames once True
         self.trace: list[Any] = []
         self.events: list[Any] = []
 
@@ -39,13 +42,32 @@ def make(kind: type[Receiver] = Receiver) -> tuple[Receiver, Callable[[dict[str,
                                       Receiver._event_primary_message)
 
 
+def make_receiver(kind: type[Receiver] = Receiver) -> tuple[Receiver, Callable[[Any], None], Any]:
+    """A receiver, its `receive(payload)` of pickled messages (a DecodeError for bad bytes) and
+    its `receive_run(frames, link)`."""
+    receiver = kind()
+    receive, receive_run = routed_receiver(receiver, 'primary_message', '_event_primary_message_',
+                                           Receiver._event_primary_message, pickle.loads,
+                                           lambda error: DecodeError(f'undecodable: {error!r}'))
+    return receiver, receive, receive_run
+
+
+def received(receive: Callable[[Any], None], deliver: Callable[[dict[str, Any]], None]) -> Callable[[dict[str, Any]], None]:
+    """`deliver(data)` by way of `receive` for a plain message (a request takes `deliver`)."""
+    return lambda data: receive(pickle.dumps(data['message'])) if data.keys() == {'message'} else deliver(data)
+
+
 def both(scenario: Callable[[Receiver, Callable[[dict[str, Any]], None]], Any], kind: type[Receiver] = Receiver) -> Any:
     """The scenario's result, which must be the same whichever way it publishes."""
     direct_receiver, deliver = make(kind)
+    receiving, receive, _ = make_receiver(kind)
     full_receiver, _ = make(kind)
     direct = scenario(direct_receiver, deliver)
+    one_call = scenario(receiving, received(receive, routed_publisher(
+        receiving, 'primary_message', '_event_primary_message_', Receiver._event_primary_message)))
     full = scenario(full_receiver, lambda data: full_receiver._publish('primary_message', data))
     assert direct == full
+    assert one_call == full
     return direct
 
 
@@ -295,3 +317,118 @@ def test_route_names_are_remembered_up_to_a_bound_and_stay_right_past_it() -> No
     assert len(names) == routing._ROUTE_NAMES_KEPT  # a stream of made-up types cannot grow it
     assert routing.route_name(names, 'p_', 'a-b') == '' and routing.route_name(names, 'p_', 'ok') == 'p_ok'
     assert names['t0'] == 'p_t0'
+
+
+def test_receive_drops_frames_once_the_worker_lost_its_primary_and_raises_for_bad_bytes() -> None:
+    r, receive, _ = make_receiver()
+    receive(pickle.dumps({'type': 'task', 'id': 1}))
+    r._disconnected = True
+    receive(pickle.dumps({'type': 'task', 'id': 2}))
+    r._disconnected = False
+    with pytest.raises(DecodeError, match='undecodable'):
+        receive(b'not a pickle')
+    receive(pickle.dumps({'type': 'task', 'id': 3}))
+    assert [entry[1] for entry in r.trace] == [1, 3]
+
+
+def test_receive_of_a_declaration_without_routing_takes_the_full_publish_and_its_checks() -> None:
+    class Once(Receiver):
+        _pubsub = {'primary_message': {'publish_once': True}}
+
+    r, receive, _ = make_receiver(Once)
+    receive(pickle.dumps({'type': 'task', 'id': 1}))
+    r._disconnected = True
+    receive(pickle.dumps({'type': 'task', 'id': 2}))
+    r._disconnected = False
+    with pytest.raises(DecodeError):
+        receive(b'not a pickle')
+    assert r.trace == [('task', 1, 'complete', True)]
+
+
+class Link:
+    """What a run reads of the link: the receiver its frames go to now."""
+
+    def __init__(self, receiver: Any) -> None:
+        self.receiver = receiver
+
+
+def frames_of(*messages: Any) -> list[tuple[str, Any]]:
+    return [('message', pickle.dumps(message)) for message in messages]
+
+
+def run_both(frames: list[tuple[str, Any]], kind: type[Receiver] = Receiver,
+             prepare: Callable[[Receiver, Link], None] = lambda r, link: None) -> Any:
+    """A run of frames through `receive_run` in one call, and the same frames published one
+    by one (each checked as the link checks it): the same trace and the same index left."""
+    r, _, receive_run = make_receiver(kind)
+    link = Link(r)
+    prepare(r, link)
+    left = iter(frames)
+    direct = (receive_run(left, link), list(left), r.trace)
+    full_receiver = kind()
+    link = Link(full_receiver)
+    prepare(full_receiver, link)
+    left, stopped_at = iter(frames), None
+    for kind_, payload in left:
+        if kind_ != 'message' or link.receiver is not full_receiver:
+            stopped_at = (kind_, payload)
+            break
+        if not full_receiver._disconnected:
+            full_receiver._publish('primary_message', {'message': pickle.loads(payload)})
+    full = (stopped_at, list(left), full_receiver.trace)
+    assert direct == full
+    return direct
+
+
+def test_a_run_publishes_each_message_after_what_the_one_before_it_did() -> None:
+    class Changing(Receiver):
+        def _event_primary_message_task(self, event: Any) -> None:
+            super()._event_primary_message_task(event)
+            n = event.data['message']['id']
+            if n == 1:  # R18: an after handler subscribed by the routed method, for this publish on
+                self.after('primary_message', lambda e: self.trace.append(('after', e.data['message']['id'])))
+            elif n == 2:  # R7: an override on the instance takes the next message
+                self._event_primary_message_task = self.overridden
+
+        def overridden(self, event: Any) -> None:
+            self.trace.append(('override', event.data['message']['id']))
+            if event.data['message']['id'] == 4:
+                self.off('primary_message')  # unobserved again: the direct path from the next on
+
+    stopped_at, left, trace = run_both(frames_of(*({'type': 'task', 'id': i} for i in range(1, 6))), Changing)
+    assert stopped_at is None and left == []
+    assert trace == [('task', 1, 'complete', True), ('after', 1), ('task', 2, 'complete', True), ('after', 2),
+                     ('override', 3), ('after', 3), ('override', 4), ('override', 5)]
+
+
+def test_a_run_stops_at_another_kind_of_frame_and_when_the_worker_stops_receiving() -> None:
+    class Leaving(Receiver):
+        link: Link
+
+        def _event_primary_message_task(self, event: Any) -> None:
+            super()._event_primary_message_task(event)
+            if event.data['message']['id'] == 2:
+                self.link.receiver = None  # destroyed: the link no longer delivers to it
+
+    def keep(r: Any, link: Link) -> None:
+        r.link = link
+
+    mixed = frames_of({'type': 'task', 'id': 1}) + [('request', (1, b''))] + frames_of({'type': 'task', 'id': 2})
+    assert run_both(mixed, Leaving, keep) == (mixed[1], mixed[2:], [('task', 1, 'complete', True)])
+    stream = frames_of(*({'type': 'task', 'id': i} for i in range(1, 5)))
+    assert run_both(stream, Leaving, keep) == (
+        stream[2], stream[3:], [('task', 1, 'complete', True), ('task', 2, 'complete', True)])
+
+
+def test_a_run_drops_frames_once_the_primary_is_lost_and_raises_for_bad_bytes_after_the_good_ones() -> None:
+    class Losing(Receiver):
+        def _event_primary_message_task(self, event: Any) -> None:
+            super()._event_primary_message_task(event)
+            self._disconnected = True
+
+    assert run_both(frames_of(*({'type': 'task', 'id': i} for i in range(1, 4))), Losing) == (
+        None, [], [('task', 1, 'complete', True)])
+    r, _, receive_run = make_receiver()
+    with pytest.raises(DecodeError):
+        receive_run(iter(frames_of({'type': 'task', 'id': 1}) + [('message', b'bad')]), Link(r))
+    assert r.trace == [('task', 1, 'complete', True)]

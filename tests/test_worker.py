@@ -229,6 +229,31 @@ def test_r104_messages_before_the_cluster_worker_are_kept_in_order():
     close(sim, p)
 
 
+class FrameSeeingWorker(ClusterWorker):
+    """Overrides link_message: the worker's one-call receiver must not take its place."""
+
+    def link_message(self, payload):
+        note('frames', self._link.codec.decode(payload))
+        super().link_message(payload)
+
+    def _event_primary_message_task(self, event):
+        note('routed', event.data['message']['id'])
+
+
+def frame_seeing_target():
+    FrameSeeingWorker()
+
+
+def test_an_override_of_link_message_sees_every_message_frame_and_its_super_routes_it():
+    sim, p, rec = started(1, frame_seeing_target)
+    for i in range(3):
+        p.send({'type': 'task', 'id': i})
+    sim.run_until(lambda: len(seen.get('routed', ())) == 3)
+    assert seen['frames'] == [{'type': 'task', 'id': i} for i in range(3)]
+    assert seen['routed'] == [0, 1, 2]
+    close(sim, p)
+
+
 # == R105, R106 readiness ===============================================================================
 
 class NoSuperCompleteWorker(ClusterWorker):

@@ -11,6 +11,8 @@ import socket
 import threading
 from typing import Any, Iterator
 
+import pytest
+
 from isocluster import protocol
 from isocluster.message_codecs import get_codec
 from isocluster.transport.process.worker_end import ChildLink
@@ -118,6 +120,7 @@ def test_every_answer_of_one_read_arrives_in_order() -> None:
         reader.join(TIMEOUT)
         assert replier.received == bodies
         assert protocol.FrameDecoder().feed(data) == [('message', body) for body in expected]
+        assert link.flow.pending == 0  # every byte the stream's appends counted has been written
 
 
 def test_frames_after_a_disconnect_in_the_same_read_reach_the_worker_after_it() -> None:
@@ -131,6 +134,44 @@ def test_frames_after_a_disconnect_in_the_same_read_reach_the_worker_after_it() 
         loop.run_until_complete(asyncio.wait_for(replier.disconnected, TIMEOUT))
         # DISCONNECT is delivered a loop pass later (after accept callbacks): what follows it waits too.
         assert replier.received == [b'"before"', protocol.REQUEST, protocol.DISCONNECT, protocol.REQUEST, b'"after"']
+
+
+class RunReplier(Replier):
+    """A Replier that also takes a run of MESSAGE frames in one call (as a ClusterWorker does)."""
+
+    def link_messages(self, frames: Any, link: ChildLink) -> Any:
+        for kind, payload in frames:
+            if kind != protocol.MESSAGE or link.receiver is not self:
+                return kind, payload
+            self.link_message(payload)
+        return None
+
+
+@pytest.mark.parametrize('kind', [Replier, RunReplier])
+def test_a_read_reaches_the_receiver_attached_when_each_frame_is_delivered(kind: type[Replier]) -> None:
+    """The first receiver hands the link to a second one on its second message, in the middle of
+    one read: the frames after it go to the second, in order, whether taken one by one or in runs."""
+    with child_link() as (loop, link, theirs):
+        second = kind(link, lambda payload: [])
+        handed: asyncio.Future[None] = loop.create_future()
+
+        class Handing(kind):  # type: ignore[valid-type, misc]
+            def link_message(self, payload: Any) -> None:
+                super().link_message(payload)
+                if payload == b'"2"':
+                    link.detach(self)
+                    link.attach(second)
+                    handed.set_result(None)
+
+        first = Handing(link, lambda payload: [])
+        link.attach(first)
+        link._start(write_online=False)
+        theirs.sendall(b''.join(protocol.encode_frame('message', f'"{i}"'.encode()) for i in range(1, 4))
+                       + protocol.encode_frame('heartbeat', None)
+                       + b''.join(protocol.encode_frame('message', f'"{i}"'.encode()) for i in range(4, 6)))
+        loop.run_until_complete(asyncio.wait_for(handed, TIMEOUT))
+        assert first.received == [b'"1"', b'"2"']
+        assert second.received == [b'"3"', protocol.HEARTBEAT, b'"4"', b'"5"']
 
 
 class CountingSocket(socket.socket):

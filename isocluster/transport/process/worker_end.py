@@ -17,7 +17,7 @@ from .. import sockets, watchdog
 from ..runtime import WorkerEnd
 from .fork_safety import _close_fds
 from .large_read import read_split
-from .writer import _SEND_FLAGS, _Batch, _FrameWriter
+from .writer import _CHUNK_SIZE, _COPY_LIMIT, _HEADER_SIZE, _MESSAGE_CODE, _SEND_FLAGS, _Batch, _FrameWriter, _pack_header
 
 # A worker's read buffer starts small (cheap at start-up: a fresh buffer is page faults in a
 # forked child) and grows to the full size the first time a read fills it.
@@ -50,6 +50,10 @@ class ChildLink(_FrameWriter, WorkerEnd):
         self._buffer = bytearray(_CHILD_FIRST_READ_SIZE)
         self._view = memoryview(self._buffer)
         self._fds: collections.deque[int] = collections.deque()
+        # The receiver frames go to now, and its link_messages (a run of MESSAGE frames in one
+        # call, which stops once the receiver is another): kept by attach and detach.
+        self.receiver: Any = None
+        self._message_run: Any = None
         self._own_listeners: list[socket.socket] = []  # listen(reuse_port=True): this worker's alone
         self._reading = False
         self._closed = False
@@ -79,6 +83,17 @@ class ChildLink(_FrameWriter, WorkerEnd):
         return not (self._closed or self._eof or self._write_broken)
 
     # receiving
+
+    def attach(self, receiver: Any) -> None:
+        self.receiver = receiver
+        self._message_run = getattr(receiver, 'link_messages', None)
+        super().attach(receiver)
+
+    def detach(self, receiver: Any) -> None:
+        if self.receiver is receiver:
+            self.receiver = None
+            self._message_run = None
+        super().detach(receiver)
 
     def _on_readable(self) -> None:
         direct = self._decoder.gather_target()  # the rest of a large frame: read straight in
@@ -133,13 +148,25 @@ class ChildLink(_FrameWriter, WorkerEnd):
         # A read of one frame (a request, a ping) has nothing to coalesce its answer with: the
         # answer goes out at once. Many frames (a pipeline, a stream): their answers go together.
         self._first_write = len(frames) == 1
-        for kind, payload in frames:
+        many = len(frames) > 1
+        left = iter(frames)
+        frame = next(left, None)
+        while frame is not None:
+            kind, payload = frame
             if kind == _MESSAGE:
                 # _accept() without its layer: to the receiver when it is attached and nothing
                 # waits before this frame.
                 sink = self._message_sink
                 if sink is not None and not self._backlog:
                     sink(payload)
+                    run = self._message_run
+                    if run is not None and many:
+                        # A stream's read: the MESSAGE frames after this one in one call, for as
+                        # long as they go to that receiver; the first frame it does not take
+                        # (another kind, or after a handler destroyed it) comes back here.
+                        frame = run(left, self)
+                    else:
+                        frame = next(left, None)
                     continue
             elif kind == protocol.LISTENING:
                 payload = dict(payload or {})
@@ -150,6 +177,7 @@ class ChildLink(_FrameWriter, WorkerEnd):
             elif kind == protocol.DISCONNECT:
                 self._refuse_new_connections()
             self._accept(kind, payload)
+            frame = next(left, None)
         if self._decoder.error is not None:
             raise self._decoder.error
 
@@ -186,6 +214,19 @@ class ChildLink(_FrameWriter, WorkerEnd):
     def write(self, kind: str, payload: Any) -> None:
         if self._closed or self._eof or self._write_broken:  # not is_open: one call less a write
             raise TransportError(f'{self._describe()} is closed', worker_id=self.worker_id)
+        if kind == _MESSAGE and (self._corked or self._writing) and type(payload) is bytes:
+            # A stream's frames after the first of a turn: appended here to the chunk being
+            # filled (what _write_frame's first branch does, without its call), as the
+            # primary's link does.
+            queue = self._queue
+            if queue:
+                tail = queue[-1]
+                size = len(payload)
+                if type(tail) is bytearray and len(tail) < _CHUNK_SIZE and size <= _COPY_LIMIT:
+                    tail += _pack_header(size + 1, _MESSAGE_CODE)
+                    tail += payload
+                    self.flow.pending += size + _HEADER_SIZE
+                    return
         if self._first_write and kind in _AT_ONCE and not (self._queue or self._corked or self._writing):
             # The first answer to a read of one frame (a reply, an echo) goes out at once, as
             # the writer sends the first frame of a turn, without being held to the end of the
