@@ -25,6 +25,7 @@ from .heartbeats import Heartbeats
 from .lifecycle import Initializable
 from .link_events import WorkerEvents
 from .listening import Listening
+from .observed_publish import observed_publisher
 from .observers import message_observed
 from .options import primary_options
 from .pacing import DEFAULT_MAX_QUEUED_BYTES
@@ -165,6 +166,9 @@ class ClusterPrimary(Initializable):
             reload=self._reload, escalation=self._escalation, closing=self._closing, publish=self._publish,
             shut_down=lambda: self.shut_down(), stop_worker=lambda worker, replace: self.stop_worker(worker, replace=replace))
         super().__init__(initialize=initialize)
+        # worker_message's publish when someone observes it, its default action routed inline
+        self._deliver_message = observed_publisher(self, 'worker_message', '_event_worker_message_',
+                                                   ClusterPrimary._event_worker_message)
 
     # -- loop and lifecycle ----------------------------------------------------------
 
@@ -365,7 +369,7 @@ class ClusterPrimary(Initializable):
                 # publish, no further question; else ask precisely whether anyone observes it.
                 if 'worker_message' in self._ps_subs or message_observed(
                         self, message, ClusterPrimary._event_worker_message):
-                    self._publish('worker_message', {'worker': handle, 'message': message})
+                    self._deliver_message({'worker': handle, 'message': message})
             elif kind == protocol.REPLY:  # every request's answer: settled here, not dispatched
                 self._events.reply_frame(handle, payload)
             else:
@@ -385,7 +389,7 @@ class ClusterPrimary(Initializable):
         live, link_id, popleft = self._live, link.id, inbox.popleft
         handle = live.get(link_id)
         life = handle.life if handle is not None else None
-        phase, stats, decode, publish = self._phase, self._stats, self._codec.decode, self._publish
+        phase, stats, decode, publish = self._phase, self._stats, self._codec.decode, self._deliver_message
         message_kind = protocol.MESSAGE
         while count and inbox:
             count -= 1
@@ -404,7 +408,7 @@ class ClusterPrimary(Initializable):
                 life.messages_in += 1
                 if 'worker_message' in self._ps_subs or message_observed(
                         self, message, ClusterPrimary._event_worker_message):
-                    publish('worker_message', {'worker': handle, 'message': message})
+                    publish({'worker': handle, 'message': message})
             except Exception as error:
                 self._fatal(error)
 

@@ -228,9 +228,12 @@ class Publisher:
         by subscribe, unsubscribe and off. A hot path may inline it."""
         return self._ps_closed or name in self._ps_heard
 
-    def _ps_dispatch(self, event: Event, subs: list[tuple[_Record, ...]], slot: int) -> bool:
-        """Run the handlers of one stage; True when the publish ends here (R11, destroyed)."""
-        records = subs[slot]
+    def _ps_dispatch(self, event: Event, subs: list[tuple[_Record, ...]], slot: int,
+                     records: tuple[_Record, ...] | None = None) -> bool:
+        """Run the handlers of one stage; True when the publish ends here (R11, destroyed).
+        `records`: the part of the stage still to run (a caller ran the others), in seq order."""
+        if records is None:
+            records = subs[slot]
         while True:
             for record in records:
                 if not record.active:

@@ -1,0 +1,228 @@
+"""observed_publish.deliver (the primary's worker_message publish with its routing inline) must
+behave exactly as `_publish` followed by the default action `routing.route` (SPEC §1 R1–R18,
+R76): each scenario runs both ways on fresh publishers and the traces must be equal, and the
+direct path must have been taken where it applies."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Callable
+
+import pytest
+
+from isocluster import ClusterPrimary
+from isocluster.observed_publish import observed_publisher
+from isocluster.pubsub import Publisher
+from isocluster.routing import route
+from isocluster.transport.memory import MemoryTransport
+
+
+class Host(Publisher):
+    _pubsub = {'msg': {}}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.trace: list[Any] = []
+        self.spawned: list[Any] = []
+        self.routed_hook: Callable[[Any], Any] | None = None
+
+    def _event_msg(self, event: Any) -> None:
+        route(self, '_on_', event)
+
+    def _on_t(self, event: Any) -> Any:
+        self.trace.append(('routed', event.stage, event.data['message'].get('n'), event._sub))
+        if self.routed_hook is not None:
+            return self.routed_hook(event)
+        return None
+
+    def _spawn(self, awaitable: Any) -> Any:
+        self.spawned.append(awaitable)
+        if asyncio.iscoroutine(awaitable):
+            awaitable.close()
+        return None
+
+    def rec(self, label: str, then: Callable[[Any], Any] | None = None) -> Callable[[Any], Any]:
+        def handler(event: Any) -> Any:
+            self.trace.append((label, event.stage, event.data['message'].get('n') if type(event.data['message']) is dict else None))
+            return then(event) if then is not None else None
+        return handler
+
+    def named_handler(self, event: Any) -> None:
+        self.trace.append(('named', event.stage))
+
+
+def msg(n: int = 0, kind: Any = 't') -> dict[str, Any]:
+    return {'message': {'type': kind, 'n': n}}
+
+
+async def _coroutine() -> None:
+    return None
+
+
+# Each scenario: (set up subscriptions on p, then publish some messages with `pub`).
+def only_on(p: Host, pub: Any) -> None:
+    p.on('msg', p.rec('on'))
+    pub(msg(1)), pub(msg(2, 'other')), pub({'message': 'not a dict'}), pub(msg(3, 'not-an-identifier'))
+
+
+def subscribed_meanwhile_in_on(p: Host, pub: Any) -> None:
+    p.on('msg', p.rec('on', lambda e: p.on('msg', p.rec('added'))))
+    pub(msg(1))
+
+
+def unsubscribed_meanwhile_in_on(p: Host, pub: Any) -> None:
+    p.on('msg', p.rec('on', lambda e: e.unsubscribe()))
+    pub(msg(1)), pub(msg(2))
+
+
+def dispatch_stopped(p: Host, pub: Any) -> None:
+    p.on('msg', p.rec('first', lambda e: e.stop_dispatch()))
+    p.on('msg', p.rec('second'))
+    p.after('msg', p.rec('after'))
+    pub(msg(1))
+
+
+def dispatch_stopped_one(p: Host, pub: Any) -> None:
+    p.on('msg', p.rec('on', lambda e: (e.stop_dispatch(), p.on('msg', p.rec('added')))))
+    p.after('msg', p.rec('after'))
+    p.after('msg', p.rec('after2'))  # runs: stopping one stage's dispatch does not stop the next's
+    pub(msg(1)), pub(msg(2))
+
+
+def event_stopped(p: Host, pub: Any) -> None:
+    p.on('msg', p.rec('on', lambda e: (e.stop_dispatch(), e.stop_event())))
+    p.after('msg', p.rec('after'))
+    pub(msg(1))
+
+
+def prevented(p: Host, pub: Any) -> None:
+    p.on('msg', p.rec('on', lambda e: e.prevent(e.data['message']['stage'])))
+    p.after('msg', p.rec('after'))
+    for stage in ('complete', 'after'):
+        pub({'message': {'type': 't', 'n': stage, 'stage': stage}})
+
+
+def before_on_after(p: Host, pub: Any) -> None:
+    p.before('msg', p.rec('before', lambda e: e.data['message']['n'] == 2 and e.prevent('on')))
+    p.on('msg', p.rec('on'))
+    p.after('msg', p.rec('after'))
+    pub(msg(1)), pub(msg(2))
+
+
+def before_subscribes_on(p: Host, pub: Any) -> None:
+    p.before('msg', p.rec('before', lambda e: p.on('msg', p.rec('on'))))
+    pub(msg(1))
+
+
+def once_and_named(p: Host, pub: Any) -> None:
+    p.once_on('msg', p.rec('once'))
+    pub(msg(1))
+    p.on('msg', 'named_handler')  # R14: looked up by name
+    pub(msg(2))
+    p.on('msg', 'no_such_method')
+    pub(msg(3))
+
+
+def routed_subscribes_after(p: Host, pub: Any) -> None:
+    p.on('msg', p.rec('on'))
+    p.routed_hook = lambda e: p.after('msg', p.rec('after'))
+    pub(msg(1))
+
+
+def routed_stops_or_prevents(p: Host, pub: Any) -> None:
+    p.on('msg', p.rec('on'))
+    p.after('msg', p.rec('after'))
+    p.routed_hook = lambda e: e.stop_event() if e.data['message']['n'] == 1 else e.prevent('after')
+    pub(msg(1)), pub(msg(2))
+
+
+def awaitables_spawned(p: Host, pub: Any) -> None:
+    p.on('msg', p.rec('on', lambda e: _coroutine()))
+    p.routed_hook = lambda e: _coroutine()
+    pub(msg(1))
+    p.trace.append(('spawned', len(p.spawned)))
+
+
+def request_answered(p: Host, pub: Any) -> None:
+    class Req:
+        def answer_with(self, result: Any) -> None:
+            p.trace.append(('answered', result))
+    p.on('msg', p.rec('on'))
+    p.routed_hook = lambda e: 42
+    pub({**msg(1), 'request': Req()})
+
+
+def destroyed_in_on(p: Host, pub: Any) -> None:
+    p.on('msg', p.rec('on', lambda e: p._close_pubsub()))
+    p.after('msg', p.rec('after'))
+    pub(msg(1))
+    with pytest.raises(Exception, match='destroyed'):
+        pub(msg(2))
+
+
+def late_routed_method(p: Host, pub: Any) -> None:
+    p.on('msg', p.rec('on'))
+    pub(msg(1, 'late'))
+    p._on_late = lambda event: p.trace.append(('late on the instance', event.stage))
+    pub(msg(2, 'late'))
+
+
+def default_action_overridden(p: Host, pub: Any) -> None:
+    p.on('msg', p.rec('on'))
+    p._event_msg = lambda event: p.trace.append(('instance default action', event.stage))
+    pub(msg(1))
+    del p._event_msg
+    pub(msg(2))
+
+
+SCENARIOS = [only_on, subscribed_meanwhile_in_on, unsubscribed_meanwhile_in_on, dispatch_stopped,
+             dispatch_stopped_one, event_stopped, prevented, before_on_after, before_subscribes_on,
+             once_and_named, routed_subscribes_after, routed_stops_or_prevents, awaitables_spawned,
+             request_answered, destroyed_in_on, late_routed_method, default_action_overridden]
+
+
+def run(scenario: Any, direct: bool) -> tuple[list[Any], int]:
+    p = Host()
+    fallbacks = []
+    full = p._publish
+
+    def counted(name: str, data: Any = None) -> Any:
+        fallbacks.append(name)
+        return full(name, data)
+
+    p._publish = counted  # type: ignore[method-assign]
+    deliver = observed_publisher(p, 'msg', '_on_', Host._event_msg)
+    scenario(p, deliver if direct else (lambda data: full('msg', data)))
+    return p.trace, len(fallbacks)
+
+
+@pytest.mark.parametrize('scenario', SCENARIOS, ids=lambda s: s.__name__)
+def test_the_direct_path_runs_what_the_full_publish_runs(scenario: Any) -> None:
+    expected, _ = run(scenario, direct=False)
+    got, fallbacks = run(scenario, direct=True)
+    assert expected  # the scenario observes something
+    assert got == expected
+    if scenario not in (destroyed_in_on, default_action_overridden):
+        assert fallbacks == 0  # the direct path itself was compared, not the full publish
+
+
+def test_the_traces_are_those_of_the_rules() -> None:
+    """The reference itself, for the rules the direct path specializes (R11, R18)."""
+    trace, _ = run(subscribed_meanwhile_in_on, direct=True)
+    assert trace == [('on', 'on', 1), ('added', 'on', 1), ('routed', 'complete', 1, None)]
+    trace, _ = run(dispatch_stopped_one, direct=True)
+    assert [t[0] for t in trace] == ['on', 'routed', 'after', 'after2', 'on', 'routed', 'after', 'after2']  # stopped before 'added'
+    trace, fallbacks = run(default_action_overridden, direct=True)
+    assert trace == [('on', 'on', 1), ('instance default action', 'complete'), ('on', 'on', 2), ('routed', 'complete', 2, None)]
+    assert fallbacks == 1
+
+
+def test_the_primary_takes_the_direct_path_with_its_own_default_action() -> None:
+    primary = ClusterPrimary(transport=MemoryTransport(seed=1), initialize=False)
+    assert primary._deliver_message.__name__ == 'deliver'
+
+    class Other(ClusterPrimary):
+        _pubsub = {'worker_message': {'publish_once': True}}
+
+    other = Other(transport=MemoryTransport(seed=1), initialize=False)
+    assert other._deliver_message.__name__ == '<lambda>'  # a declaration it does not know: the full publish
