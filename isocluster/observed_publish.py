@@ -18,6 +18,8 @@ from typing import Any, Callable
 from .pubsub import Event, Publisher
 from .routing import _PLAIN, route_name
 
+new_event = object.__new__
+
 
 def observed_publisher(publisher: Publisher, name: str, prefix: str,
                        default_action: Callable[..., Any]) -> Callable[[dict[str, Any]], None]:
@@ -40,7 +42,19 @@ def observed_publisher(publisher: Publisher, name: str, prefix: str,
         if publisher._ps_closed or complete in own or getattr(type(publisher), complete, None) is not default_action:
             publish(name, data)  # destroyed (it raises), or another default action: the full publish
             return
-        event = Event(publisher, name, data, mask)
+        # Event(publisher, name, data, mask) without the call of a class (~60 ns of ~700): the
+        # same slots, the same values (tests/test_observed_publish.py compares every slot)
+        event = new_event(Event)
+        event.name = name
+        event.data = data
+        event.publisher = publisher
+        event.dispatch_stopped = False
+        event.event_stopped = False
+        event._si = 0
+        event._mask = mask
+        event._prevented = 0
+        event._sub = None
+        event._ended_by_prevent = False
         subs = all_subs.get(name)
         if subs is not None:
             if subs[0]:

@@ -12,8 +12,9 @@ import pytest
 
 from isocluster import ClusterPrimary
 from isocluster.observed_publish import observed_publisher
-from isocluster.pubsub import Publisher
+from isocluster.pubsub import Event, Publisher
 from isocluster.routing import route
+from isocluster.subscriptions import _Record
 from isocluster.transport.memory import MemoryTransport
 
 
@@ -143,6 +144,20 @@ def awaitables_spawned(p: Host, pub: Any) -> None:
     p.trace.append(('spawned', len(p.spawned)))
 
 
+def every_slot_of_the_event(p: Host, pub: Any) -> None:
+    def plain(value: Any) -> Any:  # objects of this run, told apart from those of the other run
+        if value is p:
+            return 'the publisher'
+        return (value.name, value.slot, value.seq) if isinstance(value, _Record) else value
+
+    def snapshot(label: str) -> Callable[[Any], None]:
+        return lambda e: p.trace.append((label, {slot: plain(getattr(e, slot)) for slot in Event.__slots__}))
+    p.on('msg', snapshot('on'))
+    p.routed_hook = snapshot('routed')
+    p.after('msg', snapshot('after'))
+    pub(msg(1))
+
+
 def request_answered(p: Host, pub: Any) -> None:
     class Req:
         def answer_with(self, result: Any) -> None:
@@ -177,7 +192,7 @@ def default_action_overridden(p: Host, pub: Any) -> None:
 
 SCENARIOS = [only_on, subscribed_meanwhile_in_on, unsubscribed_meanwhile_in_on, dispatch_stopped,
              dispatch_stopped_one, event_stopped, prevented, before_on_after, before_subscribes_on,
-             once_and_named, routed_subscribes_after, routed_stops_or_prevents, awaitables_spawned,
+             once_and_named, routed_subscribes_after, routed_stops_or_prevents, awaitables_spawned, every_slot_of_the_event,
              request_answered, destroyed_in_on, late_routed_method, default_action_overridden]
 
 
