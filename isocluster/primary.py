@@ -390,7 +390,7 @@ class ClusterPrimary(Initializable):
         handle = live.get(link_id)
         life = handle.life if handle is not None else None
         phase, stats, decode, publish = self._phase, self._stats, self._codec.decode, self._deliver_message
-        message_kind = protocol.MESSAGE
+        message_kind, subscribed = protocol.MESSAGE, self._ps_subs  # the same dict for the publisher's life
         while count and inbox:
             count -= 1
             kind, payload = popleft()
@@ -406,7 +406,7 @@ class ClusterPrimary(Initializable):
                     continue
                 stats['messages_in'] += 1
                 life.messages_in += 1
-                if 'worker_message' in self._ps_subs or message_observed(
+                if 'worker_message' in subscribed or message_observed(
                         self, message, ClusterPrimary._event_worker_message):
                     publish({'worker': handle, 'message': message})
             except Exception as error:
