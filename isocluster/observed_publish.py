@@ -28,8 +28,10 @@ def observed_publisher(publisher: Publisher, name: str, prefix: str,
     `routing.route(publisher, prefix, event)`."""
     config = publisher._ps_config.get(name)
     publish = publisher._publish
-    if config is None or config.once or config.complete is None:
-        return lambda data: publish(name, data)  # a declaration the direct path does not know
+    if (config is None or config.once or config.complete is None
+            or getattr(type(publisher), '_publish', None) is not Publisher._publish):
+        # a declaration the direct path does not know, or a class that watches its publishes
+        return lambda data: publish(name, data)
     complete = config.complete
     mask = config.preventable
     all_subs = publisher._ps_subs

@@ -241,3 +241,10 @@ def test_the_primary_takes_the_direct_path_with_its_own_default_action() -> None
 
     other = Other(transport=MemoryTransport(seed=1), initialize=False)
     assert other._deliver_message.__name__ == '<lambda>'  # a declaration it does not know: the full publish
+
+    class Watching(ClusterPrimary):
+        def _publish(self, name: str, data: Any = None) -> Any:
+            return super()._publish(name, data)
+
+    watching = Watching(transport=MemoryTransport(seed=1), initialize=False)
+    assert watching._deliver_message.__name__ == '<lambda>'  # it sees every publish, as before
