@@ -16,6 +16,7 @@ from isocluster.pubsub import Event, Publisher
 from isocluster.routing import route
 from isocluster.subscriptions import _Record
 from isocluster.transport.memory import MemoryTransport
+from tests.test_stream_fast_paths import close, frames_of, ready_primary
 
 
 class Host(Publisher):
@@ -158,15 +159,6 @@ def every_slot_of_the_event(p: Host, pub: Any) -> None:
     pub(msg(1))
 
 
-def request_answered(p: Host, pub: Any) -> None:
-    class Req:
-        def answer_with(self, result: Any) -> None:
-            p.trace.append(('answered', result))
-    p.on('msg', p.rec('on'))
-    p.routed_hook = lambda e: 42
-    pub({**msg(1), 'request': Req()})
-
-
 def destroyed_in_on(p: Host, pub: Any) -> None:
     p.on('msg', p.rec('on', lambda e: p._close_pubsub()))
     p.after('msg', p.rec('after'))
@@ -190,10 +182,82 @@ def default_action_overridden(p: Host, pub: Any) -> None:
     pub(msg(2))
 
 
+def routed_alone(p: Host, pub: Any) -> None:
+    # nobody subscribed: the routed method alone, then nothing for what routes nowhere
+    pub(msg(1)), pub(msg(2, 'other')), pub({'message': 'not a dict'}), pub(msg(3, 'not-an-identifier'))
+    pub({'message': {'type': 5}}), pub({'message': {'n': 4}})
+    p.trace.append('end')
+
+
+def routed_alone_subscribes_after(p: Host, pub: Any) -> None:
+    p.routed_hook = lambda e: p.after('msg', p.rec('after'))
+    pub(msg(1))
+
+
+def routed_alone_prevents_after(p: Host, pub: Any) -> None:
+    p.routed_hook = lambda e: (p.after('msg', p.rec('after')), e.prevent('after'), setattr(p, 'routed_hook', None))
+    pub(msg(1)), pub(msg(2))
+
+
+def routed_alone_stops(p: Host, pub: Any) -> None:
+    p.routed_hook = lambda e: (p.after('msg', p.rec('after')), e.stop_event(), setattr(p, 'routed_hook', None))
+    pub(msg(1)), pub(msg(2))
+
+
+def routed_alone_awaitable(p: Host, pub: Any) -> None:
+    p.routed_hook = lambda e: _coroutine()
+    pub(msg(1))
+    p.trace.append(('spawned', len(p.spawned)))
+
+
+def routed_alone_every_slot(p: Host, pub: Any) -> None:
+    def plain(value: Any) -> Any:
+        return 'the publisher' if value is p else value
+    p.routed_hook = lambda e: p.trace.append({slot: plain(getattr(e, slot)) for slot in Event.__slots__})
+    pub(msg(1))
+
+
+def unsubscribed_then_alone(p: Host, pub: Any) -> None:
+    subscription = p.on('msg', p.rec('on'))
+    pub(msg(1))
+    subscription.unsubscribe()
+    pub(msg(2)), pub(msg(3, 'other'))
+    p.trace.append('end')
+
+
+def late_routed_method_alone(p: Host, pub: Any) -> None:
+    pub(msg(1, 'late'))
+    p._on_late = lambda event: p.trace.append(('late on the instance', event.stage))
+    pub(msg(2, 'late'))
+    del p._on_late
+    Host._on_later = lambda self, event: self.trace.append(('late on the class', event.stage))
+    try:
+        pub(msg(3, 'later'))
+    finally:
+        del Host._on_later
+
+
+def default_action_overridden_alone(p: Host, pub: Any) -> None:
+    p._event_msg = lambda event: p.trace.append(('instance default action', event.stage))
+    pub(msg(1, 'other'))
+    del p._event_msg
+    pub(msg(2))
+
+
+def destroyed_alone(p: Host, pub: Any) -> None:
+    p._close_pubsub()
+    with pytest.raises(Exception, match='destroyed'):
+        pub(msg(1))
+    p.trace.append('raised')
+
+
 SCENARIOS = [only_on, subscribed_meanwhile_in_on, unsubscribed_meanwhile_in_on, dispatch_stopped,
              dispatch_stopped_one, event_stopped, prevented, before_on_after, before_subscribes_on,
              once_and_named, routed_subscribes_after, routed_stops_or_prevents, awaitables_spawned, every_slot_of_the_event,
-             request_answered, destroyed_in_on, late_routed_method, default_action_overridden]
+             destroyed_in_on, late_routed_method, default_action_overridden,
+             routed_alone, routed_alone_subscribes_after, routed_alone_prevents_after, routed_alone_stops,
+             routed_alone_awaitable, routed_alone_every_slot, unsubscribed_then_alone, late_routed_method_alone,
+             default_action_overridden_alone, destroyed_alone]
 
 
 def run(scenario: Any, direct: bool) -> tuple[list[Any], int]:
@@ -207,7 +271,10 @@ def run(scenario: Any, direct: bool) -> tuple[list[Any], int]:
 
     p._publish = counted  # type: ignore[method-assign]
     deliver = observed_publisher(p, 'msg', '_on_', Host._event_msg)
-    scenario(p, deliver if direct else (lambda data: full('msg', data)))
+    if direct:
+        scenario(p, lambda data: deliver(data.get('worker'), data['message']))
+    else:
+        scenario(p, lambda data: full('msg', {'worker': data.get('worker'), 'message': data['message']}))
     return p.trace, len(fallbacks)
 
 
@@ -217,7 +284,7 @@ def test_the_direct_path_runs_what_the_full_publish_runs(scenario: Any) -> None:
     got, fallbacks = run(scenario, direct=True)
     assert expected  # the scenario observes something
     assert got == expected
-    if scenario not in (destroyed_in_on, default_action_overridden):
+    if scenario not in (destroyed_in_on, default_action_overridden, default_action_overridden_alone, destroyed_alone):
         assert fallbacks == 0  # the direct path itself was compared, not the full publish
 
 
@@ -247,4 +314,25 @@ def test_the_primary_takes_the_direct_path_with_its_own_default_action() -> None
             return super()._publish(name, data)
 
     watching = Watching(transport=MemoryTransport(seed=1), initialize=False)
-    assert watching._deliver_message.__name__ == '<lambda>'  # it sees every publish, as before
+    assert watching._deliver_message.__name__ == 'watched'  # it sees every publish, as before
+
+
+def test_a_primary_that_watches_its_publishes_sees_the_observed_messages_only() -> None:
+    published: list[Any] = []
+
+    class Watching(ClusterPrimary):
+        def _publish(self, name: str, data: Any = None) -> Any:
+            if name == 'worker_message':
+                published.append(data['message']['n'])
+            return super()._publish(name, data)
+
+        def _event_worker_message_routed(self, event: Any) -> None:
+            published.append('routed')
+
+    sim, primary, handle = ready_primary(Watching)
+    inbox = frames_of({'type': 'unrouted', 'n': 0}, {'type': 'routed', 'n': 1})
+    primary.link_frames(handle.life.link, inbox, 64)
+    primary.on('worker_message', lambda event: published.append('on'))
+    primary.link_frames(handle.life.link, frames_of({'type': 'unrouted', 'n': 2}), 64)
+    assert published == [1, 'routed', 2, 'on']  # nobody could observe message 0: not published
+    close(sim, primary)
