@@ -37,8 +37,10 @@ def observed_publisher(publisher: Publisher, name: str, prefix: str,
         return lambda worker, message: publish(name, {'worker': worker, 'message': message})
     heard = publisher._ps_heard
     if getattr(type(publisher), '_publish', None) is not Publisher._publish:
-        def watched(worker: Any, message: Any) -> None:  # a class that watches its publishes
-            if name in heard or message_observed(publisher, message, default_action):
+        subscribed_ever = publisher._ps_subs  # a name stays in it after its last unsubscribe
+
+        def watched(worker: Any, message: Any) -> None:  # a class that watches its publishes: as before
+            if name in subscribed_ever or message_observed(publisher, message, default_action):
                 publish(name, {'worker': worker, 'message': message})
         return watched
     complete = config.complete

@@ -332,7 +332,10 @@ def test_a_primary_that_watches_its_publishes_sees_the_observed_messages_only() 
     sim, primary, handle = ready_primary(Watching)
     inbox = frames_of({'type': 'unrouted', 'n': 0}, {'type': 'routed', 'n': 1})
     primary.link_frames(handle.life.link, inbox, 64)
-    primary.on('worker_message', lambda event: published.append('on'))
+    subscription = primary.on('worker_message', lambda event: published.append('on'))
     primary.link_frames(handle.life.link, frames_of({'type': 'unrouted', 'n': 2}), 64)
-    assert published == [1, 'routed', 2, 'on']  # nobody could observe message 0: not published
+    subscription.unsubscribe()
+    primary.link_frames(handle.life.link, frames_of({'type': 'unrouted', 'n': 3}), 64)
+    # nobody could observe message 0: not published; once subscribed, published from then on
+    assert published == [1, 'routed', 2, 'on', 3]
     close(sim, primary)
