@@ -25,7 +25,7 @@ from .heartbeats import Heartbeats
 from .lifecycle import Initializable
 from .link_events import WorkerEvents
 from .listening import Listening
-from .observers import message_observed
+from .observed_publish import observed_publisher
 from .options import primary_options
 from .pacing import DEFAULT_MAX_QUEUED_BYTES
 from .readiness import Readiness
@@ -165,6 +165,9 @@ class ClusterPrimary(Initializable):
             reload=self._reload, escalation=self._escalation, closing=self._closing, publish=self._publish,
             shut_down=lambda: self.shut_down(), stop_worker=lambda worker, replace: self.stop_worker(worker, replace=replace))
         super().__init__(initialize=initialize)
+        # worker_message's publish (when anyone can observe it), its default action routed inline
+        self._deliver_message = observed_publisher(self, 'worker_message', '_event_worker_message_',
+                                                   ClusterPrimary._event_worker_message)
 
     # -- loop and lifecycle ----------------------------------------------------------
 
@@ -362,11 +365,7 @@ class ClusterPrimary(Initializable):
                     return self._worker_fault(handle, protocol.decode_error(self._codec, error, handle.id))
                 self._stats['messages_in'] += 1
                 handle.life.messages_in += 1
-                # Has it ever been subscribed (a key is kept after the last unsubscribe): then
-                # publish, no further question; else ask precisely whether anyone observes it.
-                if 'worker_message' in self._ps_subs or message_observed(
-                        self, message, ClusterPrimary._event_worker_message):
-                    self._publish('worker_message', {'worker': handle, 'message': message})
+                self._deliver_message(handle, message)  # published when anyone can observe it
             elif kind == protocol.REPLY:  # every request's answer: settled here, not dispatched
                 self._events.reply_frame(handle, payload)
             else:
@@ -386,7 +385,7 @@ class ClusterPrimary(Initializable):
         live, link_id, popleft = self._live, link.id, inbox.popleft
         handle = live.get(link_id)
         life = handle.life if handle is not None else None
-        phase, stats, decode, publish = self._phase, self._stats, self._codec.decode, self._publish
+        phase, stats, decode, publish = self._phase, self._stats, self._codec.decode, self._deliver_message
         message_kind = protocol.MESSAGE
         while count and inbox:
             count -= 1
@@ -403,9 +402,7 @@ class ClusterPrimary(Initializable):
                     continue
                 stats['messages_in'] += 1
                 life.messages_in += 1
-                if 'worker_message' in self._ps_subs or message_observed(
-                        self, message, ClusterPrimary._event_worker_message):
-                    publish('worker_message', {'worker': handle, 'message': message})
+                publish(handle, message)  # published when anyone can observe it (observed_publish)
             except Exception as error:
                 self._fatal(error)
 

@@ -155,3 +155,20 @@ def test_route_with_more_prefixes_than_it_keeps():
 def test_route_ignores_what_is_no_typed_dict(message):
     p = Walked()
     _send(p, message)  # no error, nothing called
+
+
+def test_the_event_of_a_publish_has_every_slot_of_event_init_until_its_stages_change_it():
+    from isocluster.pubsub import Event
+
+    p = Walked()
+    seen = []
+    p.before('x', lambda e: seen.append({slot: getattr(e, slot) for slot in Event.__slots__}))
+    p._publish('x', {'k': 1})
+    reference = Event(p, 'x', {'k': 1}, 0b1111)
+    expected = {slot: getattr(reference, slot) for slot in Event.__slots__}
+    (got,) = seen
+    assert got.pop('_sub').handler is not None and expected.pop('_sub') is None  # the running subscription (R12)
+    assert got == expected
+    p.trace.clear()
+    p._publish('x')  # no data: an empty dict
+    assert p.kept[-1].data == {}
