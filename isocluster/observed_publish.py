@@ -6,10 +6,8 @@ calls `routing.route` (another call), and dispatches even a stage of one subscri
 a loop. On a stream the primary is the receiver and pays that per message. `deliver` walks the
 same stages, in the same order, with the same checks; it differs only where nobody's code can
 tell: while the complete function is the library's routing (not overridden on the class or
-the instance, R7) the routed method is looked up and called here, a stage of one plain
-subscription calls it without the loop, and a message nobody subscribed to whose type routes
-to no method builds no event at all (the publish would run no code of anyone's). Anything else
-takes the full `_publish`.
+the instance, R7) the routed method is looked up and called here, and a stage of one plain
+subscription calls it without the loop. Anything else takes the full `_publish`.
 """
 
 from __future__ import annotations
@@ -28,8 +26,7 @@ def observed_publisher(publisher: Publisher, name: str, prefix: str,
                        default_action: Callable[..., Any]) -> Callable[[Any, Any], None]:
     """`deliver(worker, message)`, the same as `publisher._publish(name, {'worker': worker,
     'message': message})` where `default_action`, the class's complete function of `name`, is
-    `routing.route(publisher, prefix, event)`; except that a message nobody can observe is not
-    published (`observers.message_observed`)."""
+    `routing.route(publisher, prefix, event)`."""
     config = publisher._ps_config.get(name)
     publish = publisher._publish
     if config is None or config.once or config.complete is None:
@@ -56,51 +53,11 @@ def observed_publisher(publisher: Publisher, name: str, prefix: str,
             # destroyed (it raises), or another default action: the full publish
             publish(name, {'worker': worker, 'message': message})
             return
-        if name not in heard:
-            # Nobody subscribed in any stage: the publish is the routed method and then the after
-            # stage it may subscribe to (R18); with no routed method, nothing of anyone's.
-            if type(message) is not dict:
-                return
-            kind = message.get('type')
-            if type(kind) is not str:
-                return
-            method_name = names.get(kind)
-            if method_name is None:
-                method_name = route_name(names, prefix, kind)
-            method = getattr(publisher, method_name, None) if method_name else None
-            if not callable(method):
-                return
-            data = {'worker': worker, 'message': message}
-            event = new_event(Event)  # as below
-            event.name = name
-            event.data = data
-            event.publisher = publisher
-            event.dispatch_stopped = False
-            event.event_stopped = False
-            event._si = 2  # the complete stage: before and on had nothing to run
-            event._mask = mask
-            event._prevented = 0
-            event._sub = None
-            event._ended_by_prevent = False
-            result = method(event)
-            if result is not None and type(result) not in _PLAIN and isawaitable(result):
-                spawn(result)
-            if event.event_stopped or publisher._ps_closed:
-                return
-            if event._prevented & 0b1000:
-                event._ended_by_prevent = True
-                return
-            event._si = 3
-            subs = all_subs.get(name)
-            if subs is not None and subs[2]:
-                dispatch(event, subs, 2)
-            return
-        data = {'worker': worker, 'message': message}
         # Event(publisher, name, data, mask) without the call of a class (~60 ns of ~700): the
         # same slots, the same values (tests/test_observed_publish.py compares every slot)
         event = new_event(Event)
         event.name = name
-        event.data = data
+        event.data = {'worker': worker, 'message': message}
         event.publisher = publisher
         event.dispatch_stopped = False
         event.event_stopped = False
@@ -109,45 +66,47 @@ def observed_publisher(publisher: Publisher, name: str, prefix: str,
         event._prevented = 0
         event._sub = None
         event._ended_by_prevent = False
-        subs = all_subs.get(name)
-        if subs is not None:
-            if subs[0]:
-                if dispatch(event, subs, 0):
-                    return
-                if event._prevented & 0b10:
+        subs = None
+        if name in heard:  # else nobody subscribed in any stage: straight to the routed method
+            subs = all_subs.get(name)
+            if subs is not None:
+                if subs[0]:
+                    if dispatch(event, subs, 0):
+                        return
+                    if event._prevented & 0b10:
+                        event._ended_by_prevent = True
+                        return
+                    event._si = 1
+                    if subs[1] and dispatch(event, subs, 1):
+                        return
+                else:
+                    records = subs[1]
+                    if records:
+                        event._si = 1
+                        record = records[0]
+                        handler = record.handler
+                        if len(records) == 1 and record.active and not record.once and handler.__class__ is not str:
+                            # `_ps_dispatch` of a stage of one subscription, without its loop
+                            event._sub = record
+                            result = handler(event)
+                            if result is not None and isawaitable(result):
+                                spawn(result)
+                            if event.dispatch_stopped:
+                                event.dispatch_stopped = False
+                            elif subs[1] is not records:  # subscribed meanwhile: the tail runs now (R18)
+                                tail = tuple(r for r in subs[1] if r.seq > record.seq)
+                                if tail:
+                                    dispatch(event, subs, 1, tail)
+                            event._sub = None
+                            if event.event_stopped or publisher._ps_closed:
+                                return
+                        elif dispatch(event, subs, 1):
+                            return
+                if event._prevented & 0b100:
                     event._ended_by_prevent = True
                     return
-                event._si = 1
-                if subs[1] and dispatch(event, subs, 1):
-                    return
-            else:
-                records = subs[1]
-                if records:
-                    event._si = 1
-                    record = records[0]
-                    handler = record.handler
-                    if len(records) == 1 and record.active and not record.once and handler.__class__ is not str:
-                        # `_ps_dispatch` of a stage of one subscription, without its loop
-                        event._sub = record
-                        result = handler(event)
-                        if result is not None and isawaitable(result):
-                            spawn(result)
-                        if event.dispatch_stopped:
-                            event.dispatch_stopped = False
-                        elif subs[1] is not records:  # subscribed meanwhile: the tail runs now (R18)
-                            tail = tuple(r for r in subs[1] if r.seq > record.seq)
-                            if tail:
-                                dispatch(event, subs, 1, tail)
-                        event._sub = None
-                        if event.event_stopped or publisher._ps_closed:
-                            return
-                    elif dispatch(event, subs, 1):
-                        return
-            if event._prevented & 0b100:
-                event._ended_by_prevent = True
-                return
         event._si = 2
-        if type(message) is dict:
+        if type(message) is dict:  # the routed method (R76), looked up now: late binding (R7)
             kind = message.get('type')
             if type(kind) is str:
                 method_name = names.get(kind)
