@@ -199,7 +199,10 @@ def build_scenarios() -> list[Scenario]:
 
     # -- large messages, each way, against the raw socketpair's bandwidth in the same run
     large = []
-    for size, label, reps in ((1_000_000, '1 MB', 5), (16_000_000, '16 MB', 2), (60_000_000, '60 MB', 1)):
+    # Each measurement: the median of `reps` payloads after one warm-up, in a fresh process. At
+    # 1 MB the first payloads of a process run 1.5-2 x slower for every contender (raw too):
+    # 30 of them measure the wire's bandwidth, not the process's warm-up (~10 ms a measurement).
+    for size, label, reps in ((1_000_000, '1 MB', 30), (16_000_000, '16 MB', 2), (60_000_000, '60 MB', 1)):
         for codec, what in (('pickle', 'bytes'), ('json', 'list of str')):
             for direction, arrow in (('p2w', 'primary->worker'), ('w2p', 'worker->primary')):
                 large.append(iso(f'isocluster {label} {codec} {what} {arrow}', 'iso_large',
