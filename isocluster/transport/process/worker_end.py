@@ -26,7 +26,6 @@ _CHILD_READ_SIZE = 256 * 1024
 _ANCILLARY_SIZE = socket.CMSG_SPACE(16 * array.array('i').itemsize)
 _RECV_FLAGS = getattr(socket, 'MSG_CMSG_CLOEXEC', 0)
 _MESSAGE = protocol.MESSAGE
-_LISTEN = protocol.LISTEN
 _AT_ONCE = frozenset({protocol.MESSAGE, protocol.REPLY})
 _AT_ONCE_LIMIT = 64 * 1024  # larger bodies take the writer's sendmsg path (no copy)
 
@@ -51,10 +50,8 @@ class ChildLink(_FrameWriter, WorkerEnd):
         self._buffer = bytearray(_CHILD_FIRST_READ_SIZE)
         self._view = memoryview(self._buffer)
         self._grow_at = _CHILD_FIRST_READ_SIZE  # a read this size fills the first buffer: grow it
+        self._read_into = [self._buffer]  # recvmsg_into's buffers, not a list built per read
         self._fds: collections.deque[int] = collections.deque()
-        # LISTENING answers still to come: the only frames the primary passes an fd with. While
-        # one is awaited the socket is read with recvmsg_into (a recv_into would lose the fd).
-        self._awaited_fds = 0
         # The receiver frames go to now, and its link_messages (a run of MESSAGE frames in one
         # call, which stops once the receiver is another): kept by attach and detach.
         self.receiver: Any = None
@@ -118,16 +115,16 @@ class ChildLink(_FrameWriter, WorkerEnd):
                     batch.end()
                 return
         try:
-            if self._awaited_fds:
-                count = self._read_with_fds(self._buffer if direct is None else direct)
-            else:
-                # No LISTENING answer awaited, so no fd can come: recv_into, not recvmsg_into
-                # with its ancillary buffer and tuple (~0.6 us a read).
-                count = self._sock.recv_into(self._buffer if direct is None else direct)
+            # recvmsg_into, not recv_into (~0.5 us less a read): the primary may pass an fd
+            # with any LISTENING frame (send_socket), and a read without room for it loses it.
+            count, ancillary, _, _ = self._sock.recvmsg_into(
+                self._read_into if direct is None else [direct], _ANCILLARY_SIZE, _RECV_FLAGS)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            count = 0  # reset by a primary that died: same as EOF
+            count, ancillary = 0, []  # reset by a primary that died: same as EOF
+        if ancillary:
+            self._keep_fds(ancillary)
         if count == 0:
             self._stop_reading()
             self._refuse_new_connections()
@@ -141,6 +138,7 @@ class ChildLink(_FrameWriter, WorkerEnd):
             if count == self._grow_at:  # a stream: read more at once
                 self._buffer = bytearray(_CHILD_READ_SIZE)
                 self._view = memoryview(self._buffer)
+                self._read_into = [self._buffer]
                 self._grow_at = -1
             # A round trip's read: one whole MESSAGE frame, nothing before it, a receiver to
             # take it. Straight to it, without the frame list and the loop of _dispatch.
@@ -149,13 +147,17 @@ class ChildLink(_FrameWriter, WorkerEnd):
                 sink = self._message_sink
                 if frame[0] == _MESSAGE and sink is not None and not self._backlog:
                     batch = self._batch
-                    batch.begin()
+                    if not batch.active:  # batch.begin() and end(), inline
+                        batch.active = True
+                        batch.sent = False
                     self._first_write = True  # its first answer goes out at once
                     try:
                         sink(frame[1])
                     finally:
                         self._first_write = False
-                        batch.end()
+                        batch.active = False
+                        if batch.corked:
+                            batch.end()
                     return
                 data, frames = None, [frame]
             else:
@@ -171,15 +173,13 @@ class ChildLink(_FrameWriter, WorkerEnd):
             self._first_write = False
             batch.end()
 
-    def _read_with_fds(self, target: Any) -> int:
-        """recvmsg_into `target`, keeping the descriptors passed alongside (SCM_RIGHTS)."""
-        count, ancillary, _, _ = self._sock.recvmsg_into([target], _ANCILLARY_SIZE, _RECV_FLAGS)
+    def _keep_fds(self, ancillary: list[tuple[int, int, bytes]]) -> None:
+        """The descriptors passed alongside a read (SCM_RIGHTS), for the LISTENING frames."""
         for level, kind, data in ancillary:
             if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
                 fds = array.array('i')
                 fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
                 self._fds.extend(fds)
-        return count
 
     def _dispatch(self, data: memoryview | None, count: int, frames: list[protocol.Frame] | None = None) -> None:
         # A ProtocolError here is fatal to the worker (R120): it reaches the loop's handler.
@@ -209,8 +209,6 @@ class ChildLink(_FrameWriter, WorkerEnd):
                         frame = next(left, None)
                     continue
             elif kind == protocol.LISTENING:
-                if self._awaited_fds:
-                    self._awaited_fds -= 1
                 payload = dict(payload or {})
                 if self._fds:
                     payload['socket'] = socket.socket(fileno=self._fds.popleft())
@@ -276,15 +274,21 @@ class ChildLink(_FrameWriter, WorkerEnd):
             self._first_write = False
             if kind == _MESSAGE:  # an echo: its header packed here, not by frame_parts
                 if type(payload) is bytes and len(payload) <= _AT_ONCE_LIMIT:
-                    self._send_at_once(_pack_header(len(payload) + 1, _MESSAGE_CODE) + payload)
+                    data = _pack_header(len(payload) + 1, _MESSAGE_CODE) + payload
+                    try:  # _send_at_once(data), inline
+                        sent = self._sock.send(data, _SEND_FLAGS)
+                    except (BlockingIOError, InterruptedError):
+                        sent = 0
+                    except OSError as exc:
+                        self._send_failed(exc)
+                    if sent < len(data):
+                        self._queue_rest(data, sent)
                     return
             else:
                 header, body = protocol.frame_parts(kind, payload)
                 if type(body) is bytes and len(body) <= _AT_ONCE_LIMIT:
                     self._send_at_once(header + body)
                     return
-        if kind == _LISTEN:
-            self._awaited_fds += 1  # before it is sent: its answer may carry an fd
         self._write_frame(kind, payload)
 
     def close(self) -> None:
