@@ -17,7 +17,7 @@ from .. import base, procfs
 from ..partial import PartialFrameDeadline
 from .large_read import read_split
 from .output import _OutputReader
-from .writer import _CHUNK_SIZE, _COPY_LIMIT, _HEADER_SIZE, _MESSAGE, _MESSAGE_CODE, _FrameWriter, _pack_header
+from .writer import _CHUNK_SIZE, _COPY_LIMIT, _HEADER_SIZE, _MESSAGE, _MESSAGE_CODE, _SEND_FLAGS, _FrameWriter, _pack_header
 
 if TYPE_CHECKING:
     from .spawn import ProcessTransport
@@ -87,19 +87,38 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
     # writing
 
     def write(self, kind: str, payload: Any) -> None:
-        tail = self._tail
-        if tail is not None and kind == _MESSAGE and type(payload) is bytes and not self._closing:
-            # A stream's frames after the first of a turn: appended here to the chunk being
-            # filled (what _write_frame's first branch does, without its call). A chunk to
-            # append to means an open link: a broken or ended one has dropped its queue.
+        if kind == _MESSAGE and type(payload) is bytes and not self._closing:
             size = len(payload)
-            if size <= _COPY_LIMIT:
-                tail += _pack_header(size + 1, _MESSAGE_CODE)
-                tail += payload
-                self.flow.pending += size + _HEADER_SIZE
-                if len(tail) >= _CHUNK_SIZE:
-                    self._tail = None
-                return
+            tail = self._tail
+            if tail is not None:
+                # A stream's frames after the first of a turn: appended here to the chunk being
+                # filled (what _write_frame's first branch does, without its call). A chunk to
+                # append to means an open link: a broken or ended one has dropped its queue.
+                if size <= _COPY_LIMIT:
+                    tail += _pack_header(size + 1, _MESSAGE_CODE)
+                    tail += payload
+                    self.flow.pending += size + _HEADER_SIZE
+                    if len(tail) >= _CHUNK_SIZE:
+                        self._tail = None
+                    return
+            elif size <= _COPY_LIMIT and not (self._queue or self._corked or self._writing or self._eof
+                                              or self._write_broken):
+                batch = self._batch
+                if not (batch.active or batch.sent):
+                    # The turn's first frame (a round trip's request): straight out, as
+                    # _write_frame sends it, without its call and frame_parts'.
+                    data = _pack_header(size + 1, _MESSAGE_CODE) + payload
+                    try:  # _send_at_once(data), inline
+                        sent = self._sock.send(data, _SEND_FLAGS)
+                    except (BlockingIOError, InterruptedError):
+                        sent = 0
+                    except OSError as exc:
+                        self._send_failed(exc)
+                    if sent < size + _HEADER_SIZE:
+                        self._queue_rest(data, sent)
+                    else:
+                        batch.sent = True
+                    return
         if self._closing or self._eof or self._write_broken:  # not is_open: a call less per send
             raise self.closed_error()
         self._write_frame(kind, payload)
@@ -159,7 +178,10 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
         # means. The decoder stays idle, so no partial-frame deadline is armed or to update.
         frame = None if direct is not None or self._inbox else decoder.whole_frame(self._view[:count])
         batch = self._batch
-        began = batch.begin()
+        began = not batch.active
+        if began:  # batch.begin() and end(), inline
+            batch.active = True
+            batch.sent = False
         try:
             if frame is not None:
                 self._listener.link_frame(self, frame[0], frame[1])
@@ -167,7 +189,9 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
                 self._feed(count, direct is not None)
         finally:
             if began:
-                batch.end()
+                batch.active = False
+                if batch.corked:
+                    batch.end()
 
     def _read_split(self) -> bool:
         """After a large frame with an out-of-band tail, the next one such is read so that its

@@ -9,7 +9,7 @@ import collections
 import itertools
 import os
 import socket
-from typing import Any
+from typing import Any, NoReturn
 
 from ... import protocol
 from ...errors import TransportError
@@ -194,14 +194,21 @@ class _FrameWriter:
         except (BlockingIOError, InterruptedError):
             sent = 0
         except OSError as exc:
-            self._write_failed(exc)
-            raise TransportError(f'{self._describe()}: write failed ({exc})', worker_id=self._worker_id()) from exc
+            self._send_failed(exc)
         if sent < len(data):
-            self._queue.append(memoryview(data)[sent:])
-            self.flow.queued(len(data) - sent)
-            self._start_writing()
+            self._queue_rest(data, sent)
             return False
         return True
+
+    def _queue_rest(self, data: bytes, sent: int) -> None:
+        """What a send at once left of `data`: queued, written on writability."""
+        self._queue.append(memoryview(data)[sent:])
+        self.flow.queued(len(data) - sent)
+        self._start_writing()
+
+    def _send_failed(self, exc: OSError) -> NoReturn:
+        self._write_failed(exc)
+        raise TransportError(f'{self._describe()}: write failed ({exc})', worker_id=self._worker_id()) from exc
 
     def _flush(self) -> None:
         """Send what the socket takes; raises OSError other than EAGAIN."""
