@@ -17,7 +17,7 @@ from .. import base, procfs
 from ..partial import PartialFrameDeadline
 from .large_read import read_split
 from .output import _OutputReader
-from .writer import _CHUNK_SIZE, _COPY_LIMIT, _HEADER_SIZE, _MESSAGE, _MESSAGE_CODE, _SEND_FLAGS, _FrameWriter, _pack_header
+from .writer import _CHUNK_SIZE, _COPY_LIMIT, _HEADER_SIZE, _MESSAGE, _MESSAGE_CODE, _FrameWriter, _pack_header
 
 if TYPE_CHECKING:
     from .spawn import ProcessTransport
@@ -107,16 +107,7 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
                 if not (batch.active or batch.sent):
                     # The turn's first frame (a round trip's request): straight out, as
                     # _write_frame sends it, without its call and frame_parts'.
-                    data = _pack_header(size + 1, _MESSAGE_CODE) + payload
-                    try:  # _send_at_once(data), inline
-                        sent = self._sock.send(data, _SEND_FLAGS)
-                    except (BlockingIOError, InterruptedError):
-                        sent = 0
-                    except OSError as exc:
-                        self._send_failed(exc)
-                    if sent < size + _HEADER_SIZE:
-                        self._queue_rest(data, sent)
-                    else:
+                    if self._send_at_once(_pack_header(size + 1, _MESSAGE_CODE) + payload):
                         batch.sent = True
                     return
         if self._closing or self._eof or self._write_broken:  # not is_open: a call less per send

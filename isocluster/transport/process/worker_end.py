@@ -274,15 +274,7 @@ class ChildLink(_FrameWriter, WorkerEnd):
             self._first_write = False
             if kind == _MESSAGE:  # an echo: its header packed here, not by frame_parts
                 if type(payload) is bytes and len(payload) <= _AT_ONCE_LIMIT:
-                    data = _pack_header(len(payload) + 1, _MESSAGE_CODE) + payload
-                    try:  # _send_at_once(data), inline
-                        sent = self._sock.send(data, _SEND_FLAGS)
-                    except (BlockingIOError, InterruptedError):
-                        sent = 0
-                    except OSError as exc:
-                        self._send_failed(exc)
-                    if sent < len(data):
-                        self._queue_rest(data, sent)
+                    self._send_at_once(_pack_header(len(payload) + 1, _MESSAGE_CODE) + payload)
                     return
             else:
                 header, body = protocol.frame_parts(kind, payload)
