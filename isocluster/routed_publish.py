@@ -20,6 +20,8 @@ from .protocol import MESSAGE, Frame
 from .pubsub import Event, Publisher
 from .routing import _PLAIN, route_name
 
+new_event = object.__new__
+
 
 def routed_publisher(publisher: Publisher, name: str, prefix: str,
                      default_action: Callable[..., Any]) -> Callable[[dict[str, Any]], None]:
@@ -41,8 +43,19 @@ def routed_publisher(publisher: Publisher, name: str, prefix: str,
                 or getattr(type(publisher), complete, None) is not default_action):
             publish(name, data)  # observed, destroyed, or another default action: the full publish
             return
-        event = Event(publisher, name, data, mask)
+        # Event(publisher, name, data, mask) without the call of a class (~60 ns), as
+        # observed_publish does: the same slots, the same values (tests/test_routed_publish.py)
+        event = new_event(Event)
+        event.name = name
+        event.data = data
+        event.publisher = publisher
+        event.dispatch_stopped = False
+        event.event_stopped = False
         event._si = 2  # the complete stage: before and on had nothing to run
+        event._mask = mask
+        event._prevented = 0
+        event._sub = None
+        event._ended_by_prevent = False
         message = data['message']
         if type(message) is dict:
             kind = message.get('type')
@@ -120,8 +133,17 @@ def routed_receiver(worker: Any, name: str, prefix: str, default_action: Callabl
                     or getattr(type(worker), complete, None) is not default_action):
                 publish(name, data)  # observed, destroyed, or another default action: the full publish
                 continue
-            event = Event(worker, name, data, mask)
+            event = new_event(Event)  # as deliver() builds it
+            event.name = name
+            event.data = data
+            event.publisher = worker
+            event.dispatch_stopped = False
+            event.event_stopped = False
             event._si = 2  # the complete stage: before and on had nothing to run
+            event._mask = mask
+            event._prevented = 0
+            event._sub = None
+            event._ended_by_prevent = False
             if type(message) is dict:
                 message_type = message.get('type')
                 if type(message_type) is str:

@@ -432,3 +432,24 @@ def test_a_run_drops_frames_once_the_primary_is_lost_and_raises_for_bad_bytes_af
     with pytest.raises(DecodeError):
         receive_run(iter(frames_of({'type': 'task', 'id': 1}) + [('message', b'bad')]), Link(r))
     assert r.trace == [('task', 1, 'complete', True)]
+
+
+def test_the_routed_method_sees_every_slot_of_the_event_the_full_publish_builds() -> None:
+    """The direct paths build their Event without its class call (object.__new__ and the slots):
+    every slot must hold what `_publish`'s Event holds when the routed method runs, and after."""
+    from isocluster.pubsub import Event
+
+    class Recording(Receiver):
+        def _event_primary_message_task(self, event: Any) -> None:
+            self.trace.append({slot: ('the receiver' if getattr(event, slot) is self else getattr(event, slot))
+                               for slot in Event.__slots__})
+
+    def scenario(r: Receiver, deliver: Any) -> Any:
+        deliver(msg(1))
+        deliver({'message': {'type': 'task', 'id': 2}, 'request': None})
+        return r.trace
+
+    trace = both(scenario, Recording)
+    assert trace[0]['_si'] == 2 and trace[0]['name'] == 'primary_message'
+    _, _, trace = run_both(frames_of({'type': 'task', 'id': 1}, {'type': 'task', 'id': 2}), Recording)
+    assert len(trace) == 2 and trace[0]['data'] == {'message': {'type': 'task', 'id': 1}}
