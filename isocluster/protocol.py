@@ -51,6 +51,7 @@ KINDS: tuple[str, ...] = (
 )
 _KIND_CODE = {kind: code for code, kind in enumerate(KINDS)}
 _MESSAGE_CODE = _KIND_CODE[MESSAGE]
+assert _MESSAGE_CODE == 0  # FrameDecoder.feed's run of MESSAGE frames tests the code's truth
 _REQUEST_CODE = _KIND_CODE[REQUEST]
 _REPLY_CODE = _KIND_CODE[REPLY]
 _ID_AND_BYTES = {REQUEST: _REQUEST_CODE, REQUEST_BATCH: _KIND_CODE[REQUEST_BATCH], REPLY_BATCH: _KIND_CODE[REPLY_BATCH]}
@@ -272,8 +273,23 @@ class FrameDecoder:
         # copy: a bytes slice is one allocation, where bytes(view[a:b]) builds a memoryview
         # first (most of the cost of cutting a small frame).
         cut = bytes(view) if end <= _CUT_FROM_COPY else None
+        unpack_header = _HEADER.unpack_from
+        last = end - HEADER_SIZE  # where the last header that fits in the read begins
         try:
             while end - offset >= 4:
+                if cut is not None:
+                    # A run of whole MESSAGE frames, each cut with one unpack of its length and
+                    # kind (MESSAGE is code 0) and one slice. Anything else (another kind, a
+                    # bad length, a frame not whole) leaves the run to be judged below.
+                    while offset <= last:
+                        length, code = unpack_header(cut, offset)
+                        following = offset + 4 + length
+                        if code or following > end or length > limit or not length:
+                            break
+                        append((MESSAGE, cut[offset + HEADER_SIZE:following]))
+                        offset = following
+                    if end - offset < 4:
+                        break
                 (length,) = unpack_length(view, offset)
                 # The size counts the kind byte and the body, as encode_message does.
                 if length == 0 or length > limit:
