@@ -17,7 +17,7 @@ from inspect import isawaitable
 from typing import Any, Callable, Iterable
 
 from .out_of_band import decode_parts
-from .protocol import MESSAGE, Frame
+from .protocol import MESSAGE
 from .pubsub import Event, Publisher
 from .routing import _PLAIN, route_name
 
@@ -79,15 +79,16 @@ def routed_publisher(publisher: Publisher, name: str, prefix: str,
 
 def routed_receiver(worker: Any, name: str, prefix: str, default_action: Callable[..., Any],
                     decode: Callable[[Any], Any], decode_failed: Callable[[Exception], Exception]
-                    ) -> tuple[Callable[[Any], None], Callable[[Iterable[Frame], Any], 'Frame | None']]:
+                    ) -> tuple[Callable[[Any], None], Callable[[Iterable[Any], Any], Any]]:
     """A ClusterWorker's `link_message(payload)` and `link_messages(frames, link)`.
 
     `link_message` is one call per MESSAGE frame: the payload decoded, then what
     `deliver({'message': message})` does (R108), the after stage's check inline. A worker that
     lost its primary drops the frame, as ever; `decode_failed(error)` is the DecodeError to
     raise for a payload the codec refuses. `link_messages` is the same for a run of frames in
-    one call (a stream's read): it takes the MESSAGE frames of the iterator `frames` until one
-    of another kind, or until `link.receiver` is no longer this worker (a handler destroyed
+    one call (a stream's read): it takes the MESSAGE frames of the iterator `frames` (each a
+    `(kind, payload)` tuple or, cut from a run, a MESSAGE payload alone: protocol.FrameDecoder's
+    `bare_messages`) until one of another kind, or until `link.receiver` is no longer this worker (a handler destroyed
     it), and returns that frame, which it did not take (None: it took them all). Every message
     is still its own publish, checked as `deliver` checks it, after whatever the one before it
     ran (subscriptions, overrides, destroy: R7, R18, R50)."""
@@ -102,13 +103,20 @@ def routed_receiver(worker: Any, name: str, prefix: str, default_action: Callabl
                     raise decode_failed(error) from error
                 deliver({'message': message})
 
-        def receive_any_run(frames: Iterable[Frame], link: Any) -> Frame | None:
-            for kind, payload in frames:
-                if kind != MESSAGE or link.receiver is not worker:
-                    return kind, payload
+        def receive_any_run(frames: Iterable[Any], link: Any) -> Any:
+            for frame in frames:
+                if type(frame) is tuple:
+                    kind, payload = frame
+                    if kind != MESSAGE:
+                        return frame
+                else:
+                    payload = frame
+                if link.receiver is not worker:
+                    return frame
                 receive_any(payload)
             return None
 
+        receive_any_run.takes_payloads = True  # type: ignore[attr-defined]
         return receive_any, receive_any_run
     complete = config.complete
     mask = config.preventable
@@ -128,11 +136,18 @@ def routed_receiver(worker: Any, name: str, prefix: str, default_action: Callabl
                 error = failure
         raise decode_failed(error) from error
 
-    def receive_run(frames: Iterable[Frame], link: Any) -> Frame | None:
+    def receive_run(frames: Iterable[Any], link: Any) -> Any:
         # A for loop: a while loop indexing the list took ~9 % more instructions a message.
-        for kind, payload in frames:
-            if kind != MESSAGE or (link is not None and link.receiver is not worker):
-                return kind, payload
+        for payload in frames:
+            if type(payload) is tuple:  # a frame as (kind, payload); else a MESSAGE payload alone
+                frame = payload
+                kind, payload = frame
+                if kind != MESSAGE:
+                    return frame
+                if link is not None and link.receiver is not worker:
+                    return frame
+            elif link is not None and link.receiver is not worker:
+                return payload
             if worker._disconnected:
                 continue
             try:
@@ -180,8 +195,9 @@ def routed_receiver(worker: Any, name: str, prefix: str, default_action: Callabl
         return None
 
     def receive(payload: Any) -> None:
-        receive_run(((MESSAGE, payload),), None)
+        receive_run((payload,), None)  # a payload is never a tuple: bytes, bytearray, SplitBody
 
+    receive_run.takes_payloads = True  # type: ignore[attr-defined]  # see bare_messages
     return receive, receive_run
 
 

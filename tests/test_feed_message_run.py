@@ -39,8 +39,9 @@ _HOSTILE = {
 }
 
 
-def _decode(stream: bytes, cuts: list[int], kind: Any) -> Any:
+def _decode(stream: bytes, cuts: list[int], kind: Any, bare: bool = False) -> Any:
     decoder = protocol.FrameDecoder(1000)
+    decoder.bare_messages = bare
     frames: list[Any] = []
     points = [0, *cuts, len(stream)]
     try:
@@ -50,6 +51,12 @@ def _decode(stream: bytes, cuts: list[int], kind: Any) -> Any:
     except protocol.ProtocolError as error:
         return frames, str(error), decoder.pending
     return frames, None, decoder.pending
+
+
+def _framed(frames: list[Any]) -> list[Any]:
+    """A bare decoder's frames as (kind, payload) tuples: each bare item is a MESSAGE's bytes."""
+    assert all(type(frame) is bytes for frame in frames if type(frame) is not tuple)
+    return [frame if type(frame) is tuple else (protocol.MESSAGE, frame) for frame in frames]
 
 
 @pytest.mark.parametrize('seed', range(40))
@@ -62,6 +69,8 @@ def test_the_message_run_cuts_what_the_general_loop_cuts(seed: int, hostile: str
     cuts = sorted(rng.sample(range(1, len(stream)), min(rng.randrange(0, 6), len(stream) - 1)))
     kind = rng.choice([bytes, bytearray, memoryview])
     fast = _decode(stream, cuts, kind)
+    frames, error, pending = _decode(stream, cuts, kind, bare=True)
+    assert (_framed(frames), error, pending) == fast
     monkeypatch.setattr(protocol, '_CUT_FROM_COPY', -1)  # no read is cut from a copy: the general loop only
     general = _decode(stream, cuts, kind)
     assert fast == general

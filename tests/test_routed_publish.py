@@ -453,3 +453,18 @@ def test_the_routed_method_sees_every_slot_of_the_event_the_full_publish_builds(
     assert trace[0]['_si'] == 2 and trace[0]['name'] == 'primary_message'
     _, _, trace = run_both(frames_of({'type': 'task', 'id': 1}, {'type': 'task', 'id': 2}), Recording)
     assert len(trace) == 2 and trace[0]['data'] == {'message': {'type': 'task', 'id': 1}}
+
+
+def test_a_run_takes_message_payloads_alone_as_it_takes_message_frames() -> None:
+    """A worker's link cuts a run's MESSAGE frames as bare payloads (FrameDecoder.bare_messages),
+    mixed with (kind, payload) frames: the same publishes, and the same frame handed back."""
+    _, _, receive_run = make_receiver()
+    assert receive_run.takes_payloads is True
+    framed = frames_of({'type': 'task', 'id': 1}) + [('message', pickle.dumps({'type': 'task', 'id': 2}))] \
+        + frames_of({'type': 'task', 'id': 3}) + [('request', (1, b''))] + frames_of({'type': 'task', 'id': 4})
+    bare = [framed[0][1], framed[1], framed[2][1], framed[3], framed[4][1]]
+    expected = run_both(framed)
+    r, _, receive_run = make_receiver()
+    left = iter(bare)
+    assert (receive_run(left, Link(r)), list(left), r.trace) == (expected[0], bare[4:], expected[2])
+    assert expected[0] == ('request', (1, b'')) and expected[1] == framed[4:] and len(expected[2]) == 3
