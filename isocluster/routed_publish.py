@@ -88,10 +88,11 @@ def routed_receiver(worker: Any, name: str, prefix: str, default_action: Callabl
     raise for a payload the codec refuses. `link_messages` is the same for a run of frames in
     one call (a stream's read): it takes the MESSAGE frames of the iterator `frames` (each a
     `(kind, payload)` tuple or, cut from a run, a MESSAGE payload alone: protocol.FrameDecoder's
-    `bare_messages`) until one of another kind, or until `link.receiver` is no longer this worker (a handler destroyed
-    it), and returns that frame, which it did not take (None: it took them all). Every message
-    is still its own publish, checked as `deliver` checks it, after whatever the one before it
-    ran (subscriptions, overrides, destroy: R7, R18, R50)."""
+    `bare_messages`) until one of another kind, or until `link.receiver` is no longer this
+    worker (a handler destroyed it), and returns that frame, which it did not take (None: it
+    took them all). Every message is still its own publish, checked as `deliver` checks it,
+    after whatever the one before it ran (subscriptions, overrides, destroy: R7, R18, R50). The
+    codec's decode is called as `out_of_band.decode_parts` splits it (pickle: `pickle.loads`)."""
     deliver = routed_publisher(worker, name, prefix, default_action)
     config = worker._ps_config.get(name)
     if config is None or config.once or config.complete is None:
