@@ -40,6 +40,15 @@ def reads_buffers(codec: Any) -> bool:
     return getattr(codec, 'reads_buffers', False) is True
 
 
+def decode_parts(decode: Any) -> tuple[Any, Any]:
+    """`(first, rest)` of a codec's `decode` for a receiver on its hot path: `first(data)`
+    decodes the common body in one call (the pickle codec's: `pickle.loads` itself, no
+    wrapper) or raises, and then `rest(data, error)` decodes what it could not (an out-of-band
+    body) or raises. `decode(data)` is `first(data)`, else `rest(data, error)`. A decode with
+    no such parts: `(decode, None)`, and its error is the codec's."""
+    return getattr(decode, 'parts', (decode, None))
+
+
 # The out-of-band body's layout (pickle_buffers writes it; this reads only its lengths): 2
 # bytes of magic, the number of buffers n (4 bytes), the stream's length and each buffer's (8
 # bytes each), the stream, then the buffers.

@@ -51,6 +51,7 @@ KINDS: tuple[str, ...] = (
 )
 _KIND_CODE = {kind: code for code, kind in enumerate(KINDS)}
 _MESSAGE_CODE = _KIND_CODE[MESSAGE]
+assert _MESSAGE_CODE == 0  # FrameDecoder.feed's run of MESSAGE frames tests the code's truth
 _REQUEST_CODE = _KIND_CODE[REQUEST]
 _REPLY_CODE = _KIND_CODE[REPLY]
 _ID_AND_BYTES = {REQUEST: _REQUEST_CODE, REQUEST_BATCH: _KIND_CODE[REQUEST_BATCH], REPLY_BATCH: _KIND_CODE[REPLY_BATCH]}
@@ -200,6 +201,10 @@ class FrameDecoder:
         # A large MESSAGE's body is handed over as the bytearray it was read into, not copied
         # to bytes: set by the links whose codec reads any buffer (out_of_band.reads_buffers).
         self.message_buffers = False
+        # feed() returns a run of MESSAGE frames as their payloads alone, not (MESSAGE,
+        # payload) tuples (a tuple less a message): set by the worker's link while its receiver
+        # takes them. A frame is then a tuple, or a MESSAGE payload alone (bytes).
+        self.bare_messages = False
         self._spare: bytearray | None = None  # the last large frame's buffer, for the next one
         self._large_size = 0  # the large frame's body: `_large` and, when split, `_tail` after it
         self._tail: io.BytesIO | None = None  # an out-of-band body's last buffer (SplitBody)
@@ -238,16 +243,17 @@ class FrameDecoder:
             return None
         return _one_frame(data, self.max_frame_size)
 
-    def feed(self, data: bytes | bytearray | memoryview) -> list[Frame]:
-        """The whole frames received so far. A fault raises ProtocolError, but only after the
-        good frames before it were returned: it is raised by the next call."""
+    def feed(self, data: bytes | bytearray | memoryview) -> list[Any]:
+        """The whole frames received so far (with `bare_messages`, a MESSAGE frame may be its
+        payload alone). A fault raises ProtocolError, but only after the good frames before
+        it were returned: it is raised by the next call."""
         if self._error is not None:
             raise self._error
         if not self._buffer and self._large is None:
             frame = _one_frame(data, self.max_frame_size)
             if frame is not None:
                 return [frame]
-        frames: list[Frame] = []
+        frames: list[Any] = []
         if self._large is not None:
             used = self._gather(data, frames)
             if used == len(data):
@@ -272,8 +278,33 @@ class FrameDecoder:
         # copy: a bytes slice is one allocation, where bytes(view[a:b]) builds a memoryview
         # first (most of the cost of cutting a small frame).
         cut = bytes(view) if end <= _CUT_FROM_COPY else None
+        unpack_header = _HEADER.unpack_from
+        bare = self.bare_messages
+        last = end - HEADER_SIZE  # where the last header that fits in the read begins
         try:
             while end - offset >= 4:
+                if cut is not None:
+                    # A run of whole MESSAGE frames, each cut with one unpack of its length and
+                    # kind (MESSAGE is code 0) and one slice. Anything else (another kind, a
+                    # bad length, a frame not whole) leaves the run to be judged below.
+                    if bare:  # the same loop, each payload alone (bare_messages)
+                        while offset <= last:
+                            length, code = unpack_header(cut, offset)
+                            following = offset + 4 + length
+                            if code or following > end or length > limit or not length:
+                                break
+                            append(cut[offset + HEADER_SIZE:following])
+                            offset = following
+                    else:
+                        while offset <= last:
+                            length, code = unpack_header(cut, offset)
+                            following = offset + 4 + length
+                            if code or following > end or length > limit or not length:
+                                break
+                            append((MESSAGE, cut[offset + HEADER_SIZE:following]))
+                            offset = following
+                    if end - offset < 4:
+                        break
                 (length,) = unpack_length(view, offset)
                 # The size counts the kind byte and the body, as encode_message does.
                 if length == 0 or length > limit:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import struct
 import sys
 
@@ -264,3 +265,20 @@ def test_a_malformed_large_control_frame_ends_the_stream_as_a_protocol_error(dir
     assert decoder.error is not None and decoder.error.frame_kind == protocol.LISTEN
     with pytest.raises(protocol.ProtocolError):
         decoder.feed(b'\x00\x00\x00\x01\x00')  # the stream stays ended, not jammed
+
+
+@pytest.mark.parametrize('data', [
+    b'{"a":[1,"\xc3\xa9",null]}', bytearray(b'{"a":1}'), memoryview(b'[1]'), b'  {"a": 1}  ', b'{"a": 1} trailing',
+    b'', b'nope', b'\xff{}', b'NaN', b'"s"', b'{"a":', '{"a":1}', 3,
+])
+def test_json_codec_decodes_as_the_full_json_decoder_does(data: object) -> None:
+    """JsonCodec.decode's fast path (the C scanner called straight) against the full decoder of
+    the UTF-8 text: the same value, or the same error."""
+    def outcome(decode: object) -> object:
+        try:
+            return ('value', decode(data))  # type: ignore[operator]
+        except Exception as error:
+            return ('error', type(error), str(error))
+
+    full = outcome(lambda data: json.JSONDecoder().decode(bytes(data).decode('utf-8')))
+    assert outcome(protocol.JsonCodec().decode) == full

@@ -432,3 +432,39 @@ def test_a_run_drops_frames_once_the_primary_is_lost_and_raises_for_bad_bytes_af
     with pytest.raises(DecodeError):
         receive_run(iter(frames_of({'type': 'task', 'id': 1}) + [('message', b'bad')]), Link(r))
     assert r.trace == [('task', 1, 'complete', True)]
+
+
+def test_the_routed_method_sees_every_slot_of_the_event_the_full_publish_builds() -> None:
+    """The direct paths build their Event without its class call (object.__new__ and the slots):
+    every slot must hold what `_publish`'s Event holds when the routed method runs, and after."""
+    from isocluster.pubsub import Event
+
+    class Recording(Receiver):
+        def _event_primary_message_task(self, event: Any) -> None:
+            self.trace.append({slot: ('the receiver' if getattr(event, slot) is self else getattr(event, slot))
+                               for slot in Event.__slots__})
+
+    def scenario(r: Receiver, deliver: Any) -> Any:
+        deliver(msg(1))
+        deliver({'message': {'type': 'task', 'id': 2}, 'request': None})
+        return r.trace
+
+    trace = both(scenario, Recording)
+    assert trace[0]['_si'] == 2 and trace[0]['name'] == 'primary_message'
+    _, _, trace = run_both(frames_of({'type': 'task', 'id': 1}, {'type': 'task', 'id': 2}), Recording)
+    assert len(trace) == 2 and trace[0]['data'] == {'message': {'type': 'task', 'id': 1}}
+
+
+def test_a_run_takes_message_payloads_alone_as_it_takes_message_frames() -> None:
+    """A worker's link cuts a run's MESSAGE frames as bare payloads (FrameDecoder.bare_messages),
+    mixed with (kind, payload) frames: the same publishes, and the same frame handed back."""
+    _, _, receive_run = make_receiver()
+    assert receive_run.takes_payloads is True
+    framed = frames_of({'type': 'task', 'id': 1}) + [('message', pickle.dumps({'type': 'task', 'id': 2}))] \
+        + frames_of({'type': 'task', 'id': 3}) + [('request', (1, b''))] + frames_of({'type': 'task', 'id': 4})
+    bare = [framed[0][1], framed[1], framed[2][1], framed[3], framed[4][1]]
+    expected = run_both(framed)
+    r, _, receive_run = make_receiver()
+    left = iter(bare)
+    assert (receive_run(left, Link(r)), list(left), r.trace) == (expected[0], bare[4:], expected[2])
+    assert expected[0] == ('request', (1, b'')) and expected[1] == framed[4:] and len(expected[2]) == 3

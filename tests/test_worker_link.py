@@ -174,6 +174,58 @@ def test_a_read_reaches_the_receiver_attached_when_each_frame_is_delivered(kind:
         assert second.received == [b'"3"', protocol.HEARTBEAT, b'"4"', b'"5"']
 
 
+class PayloadRunReplier(Replier):
+    """A RunReplier whose run takes MESSAGE payloads alone (as a ClusterWorker's does: the
+    link then has its decoder cut a run's MESSAGE frames bare, FrameDecoder.bare_messages)."""
+
+    def link_messages(self, frames: Any, link: ChildLink) -> Any:
+        for frame in frames:
+            if type(frame) is tuple:
+                if frame[0] != protocol.MESSAGE or link.receiver is not self:
+                    return frame
+                frame = frame[1]
+            elif link.receiver is not self:
+                return frame
+            self.link_message(frame)
+        return None
+
+    link_messages.takes_payloads = True  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize('first_kind, second_kind', [
+    (PayloadRunReplier, PayloadRunReplier), (PayloadRunReplier, RunReplier), (PayloadRunReplier, Replier),
+    (RunReplier, PayloadRunReplier), (Replier, PayloadRunReplier),
+])
+def test_a_read_cut_for_one_receiver_reaches_the_next_as_it_takes_frames(first_kind: type[Replier],
+                                                                         second_kind: type[Replier]) -> None:
+    """A receiver that takes bare payloads hands the link, in the middle of one read, to one that
+    takes (kind, payload) frames, or the other way round: every frame reaches the receiver
+    attached when it is delivered, in order, each as a payload or a frame as that one takes it."""
+    with child_link() as (loop, link, theirs):
+        second = second_kind(link, lambda payload: [])
+        handed: asyncio.Future[None] = loop.create_future()
+
+        class Handing(first_kind):  # type: ignore[valid-type, misc]
+            def link_message(self, payload: Any) -> None:
+                super().link_message(payload)
+                if payload == b'"2"':
+                    link.detach(self)
+                    link.attach(second)
+                    handed.set_result(None)
+
+        first = Handing(link, lambda payload: [])
+        link.attach(first)
+        assert link._decoder.bare_messages is (first_kind is PayloadRunReplier)
+        link._start(write_online=False)
+        theirs.sendall(b''.join(protocol.encode_frame('message', f'"{i}"'.encode()) for i in range(1, 5))
+                       + protocol.encode_frame('heartbeat', None)
+                       + b''.join(protocol.encode_frame('message', f'"{i}"'.encode()) for i in range(5, 7)))
+        loop.run_until_complete(asyncio.wait_for(handed, TIMEOUT))
+        assert first.received == [b'"1"', b'"2"']
+        assert second.received == [b'"3"', b'"4"', protocol.HEARTBEAT, b'"5"', b'"6"']
+        assert link._decoder.bare_messages is (second_kind is PayloadRunReplier)
+
+
 class CountingSocket(socket.socket):
     """Counts the link's sends: how its writes were grouped."""
 

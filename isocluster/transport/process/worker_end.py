@@ -88,13 +88,17 @@ class ChildLink(_FrameWriter, WorkerEnd):
 
     def attach(self, receiver: Any) -> None:
         self.receiver = receiver
-        self._message_run = getattr(receiver, 'link_messages', None)
+        run = self._message_run = getattr(receiver, 'link_messages', None)
+        # A run's MESSAGE frames as their payloads alone (a tuple less a message), for a
+        # receiver whose link_messages says it takes them (routed_publish.routed_receiver's).
+        self._decoder.bare_messages = getattr(run, 'takes_payloads', False) is True
         super().attach(receiver)
 
     def detach(self, receiver: Any) -> None:
         if self.receiver is receiver:
             self.receiver = None
             self._message_run = None
+            self._decoder.bare_messages = False
         super().detach(receiver)
 
     def _on_readable(self) -> None:
@@ -181,10 +185,12 @@ class ChildLink(_FrameWriter, WorkerEnd):
                 fds.frombytes(data[:len(data) - len(data) % fds.itemsize])
                 self._fds.extend(fds)
 
-    def _dispatch(self, data: memoryview | None, count: int, frames: list[protocol.Frame] | None = None) -> None:
+    def _dispatch(self, data: memoryview | None, count: int, frames: list[Any] | None = None) -> None:
         # A ProtocolError here is fatal to the worker (R120): it reaches the loop's handler.
+        decoder = self._decoder
+        bare = decoder.bare_messages  # this read's run may hold MESSAGE payloads alone
         if frames is None:
-            frames = self._decoder.gathered(count) if data is None else self._decoder.feed(data)
+            frames = decoder.gathered(count) if data is None else decoder.feed(data)
         # A read of one frame (a request, a ping) has nothing to coalesce its answer with: the
         # answer goes out at once. Many frames (a pipeline, a stream): their answers go together.
         self._first_write = len(frames) == 1
@@ -192,7 +198,10 @@ class ChildLink(_FrameWriter, WorkerEnd):
         left = iter(frames)
         frame = next(left, None)
         while frame is not None:
-            kind, payload = frame
+            if type(frame) is tuple:
+                kind, payload = frame
+            else:  # a MESSAGE frame as its payload alone (FrameDecoder.bare_messages)
+                kind, payload = _MESSAGE, frame
             if kind == _MESSAGE:
                 # _accept() without its layer: to the receiver when it is attached and nothing
                 # waits before this frame.
@@ -200,7 +209,8 @@ class ChildLink(_FrameWriter, WorkerEnd):
                 if sink is not None and not self._backlog:
                     sink(payload)
                     run = self._message_run
-                    if run is not None and many:
+                    # (not to a receiver that took over in this read and takes no bare payload)
+                    if run is not None and many and (not bare or decoder.bare_messages):
                         # A stream's read: the MESSAGE frames after this one in one call, for as
                         # long as they go to that receiver; the first frame it does not take
                         # (another kind, or after a handler destroyed it) comes back here.
@@ -218,8 +228,8 @@ class ChildLink(_FrameWriter, WorkerEnd):
                 self._refuse_new_connections()
             self._accept(kind, payload)
             frame = next(left, None)
-        if self._decoder.error is not None:
-            raise self._decoder.error
+        if decoder.error is not None:
+            raise decoder.error
 
     def _refuse_new_connections(self) -> None:
         """Leaving: a SO_REUSEPORT socket of this worker's own has an accept queue of its own,
