@@ -56,4 +56,18 @@ def read_split(sock: socket.socket, decoder: protocol.FrameDecoder, scratch: Any
             piece = sock.recv(tail)  # the payload's own bytes: nothing copies them again
         except OSError:
             pass  # the rest is read, or the fault met, as a large frame's body is
-    return decoder.read_split(head, piece, tail)
+    frames = decoder.read_split(head, piece, tail)
+    # The sender is still writing the tail (its sendmsg wakes this side at its first bytes):
+    # what has arrived since is read now, into the tail, not after another loop pass.
+    while not frames:
+        target = decoder.gather_target()
+        if target is None:  # pragma: no cover - read_split left the tail to gather
+            break
+        try:
+            count = sock.recv_into(target)
+        except OSError:
+            break  # EAGAIN: the rest comes with the next readability; a fault is met there
+        if not count:
+            break  # EOF: the link's next read meets it, with the frame left unfinished
+        frames = decoder.gathered(count)
+    return frames
