@@ -8,7 +8,10 @@ first (MSG_PEEK): when it is another such frame and the whole frame is queued (F
 reads the bytes before the tail, then the tail with one `recv` of its size, whose `bytes` is
 the payload the application gets, with no copy in user space. When the frame is still
 arriving, the tail is read in place into memory of its own as it comes (`read_split`), still
-without the copy of a first read. Any other frame, or any doubt, is read as usual.
+without the copy of a first read: what is queued of it is read at once, until the socket is
+empty, rather than one loop pass later (the sender's one sendmsg wakes this side at its first
+bytes, and the rest keeps coming while the head is read). Any other frame, or any doubt, is
+read as usual.
 """
 
 from __future__ import annotations
