@@ -26,6 +26,7 @@ from .lifecycle import Initializable
 from .link_events import WorkerEvents
 from .listening import Listening
 from .observed_publish import observed_publisher
+from .out_of_band import decode_parts
 from .options import primary_options
 from .pacing import DEFAULT_MAX_QUEUED_BYTES
 from .readiness import Readiness
@@ -43,6 +44,7 @@ from .transport.base import Signals, Transport, WorkerLink
 from .worker_actions import DefaultAction, WorkerActions
 
 _MISSING: Any = object()
+_FAULTED: Any = object()  # what _decode_rest returns for a body that faulted its worker
 
 _EVENTS = (
     'fork', 'worker_fork', 'worker_online', 'worker_ready', 'add_worker', 'remove_worker',
@@ -385,7 +387,8 @@ class ClusterPrimary(Initializable):
         live, link_id, popleft = self._live, link.id, inbox.popleft
         handle = live.get(link_id)
         life = handle.life if handle is not None else None
-        phase, stats, decode, publish = self._phase, self._stats, self._codec.decode, self._deliver_message
+        phase, stats, publish = self._phase, self._stats, self._deliver_message
+        decode, decode_rest = decode_parts(self._codec.decode)  # pickle: pickle.loads, no wrapper
         message_kind = protocol.MESSAGE
         while count and inbox:
             count -= 1
@@ -398,13 +401,25 @@ class ClusterPrimary(Initializable):
                 try:
                     message = decode(payload)
                 except Exception as error:
-                    self._worker_fault(handle, protocol.decode_error(self._codec, error, link_id))
-                    continue
+                    message = self._decode_rest(handle, decode_rest, payload, error)
+                    if message is _FAULTED:
+                        continue
                 stats['messages_in'] += 1
                 life.messages_in += 1
                 publish(handle, message)  # published when anyone can observe it (observed_publish)
             except Exception as error:
                 self._fatal(error)
+
+    def _decode_rest(self, handle: WorkerHandle, rest: Any, payload: Any, error: Exception) -> Any:
+        """link_frames' decode once the codec's common case raised `error`: the rest of the
+        codec's decode (an out-of-band body), else the worker's fault, and _FAULTED."""
+        if rest is not None:
+            try:
+                return rest(payload, error)
+            except Exception as failure:
+                error = failure
+        self._worker_fault(handle, protocol.decode_error(self._codec, error, handle.id))
+        return _FAULTED
 
     def link_error(self, link: WorkerLink, error: BaseException) -> None:
         handle = self._live.get(link.id)

@@ -1,21 +1,25 @@
-"""A worker's receive calls the codec's C decode itself in the common case (out_of_band.decode_parts:
-`pickle.loads`, then `pickle_buffers.not_in_band` for what it refuses): every body must come
-out as `codec.decode` makes it, the same message or the same DecodeError, out-of-band bodies
-included, and nothing is unpickled twice."""
+"""A worker's receive, and the primary's stream path (link_frames), call the codec's C decode
+itself in the common case (out_of_band.decode_parts: `pickle.loads`, then
+`pickle_buffers.not_in_band` for what it refuses): every body must come out as `codec.decode`
+makes it, the same message or the same DecodeError, out-of-band bodies included, and nothing
+is unpickled twice."""
 
 from __future__ import annotations
 
+import collections
 import pickle
 from typing import Any
 
 import pytest
 
-from isocluster import pickle_buffers
+from isocluster import ClusterPrimary, pickle_buffers, protocol
 from isocluster.errors import DecodeError
 from isocluster.out_of_band import OutOfBand, SplitBody, decode_parts
 from isocluster.pubsub import Publisher
 from isocluster.routed_publish import routed_receiver
 from isocluster.routing import route
+from isocluster.transport.memory import MemoryTransport
+from tests.test_stream_fast_paths import close, quiet_worker
 
 BIG = bytes(range(256)) * 400  # past MIN_OUT_OF_BAND: travels out of band
 effects: list[str] = []
@@ -109,3 +113,46 @@ def test_a_decode_without_parts_is_called_as_it_is() -> None:
 @pytest.mark.parametrize('body', [b'\x80\xfe', b'\x80\xfe\x00\x00\x00\x05' + b'\x00' * 8])
 def test_a_truncated_out_of_band_head_fails_the_same_both_ways(body: bytes) -> None:
     assert _outcome(pickle_buffers.loads, body) == _outcome(lambda data: pickle_buffers.loads(data), body)
+
+
+def _primary_outcome(body: Any) -> Any:
+    """What a primary's link_frames makes of `body` between two good messages: the messages
+    published, and the worker_error's text and cause when the body faulted its worker."""
+    sim = MemoryTransport(seed=1)
+    primary = ClusterPrimary(transport=sim, worker_target=quiet_worker, codec='pickle')
+    primary.fork(1)
+    sim.run_until(lambda: any(h.state == 'ready' for h in primary._live.values()), timeout=60)
+    (handle,) = primary._live.values()
+    seen: list[Any] = []
+    primary.on('worker_message', lambda event: seen.append(event.data['message']))
+    primary.on('worker_error', lambda event: seen.append(
+        ('error', str(event.data['error']), type(event.data['error'].__cause__).__name__)))
+    good = pickle_buffers.dumps({'type': 'task', 'id': 0})
+    frames = [(protocol.MESSAGE, good), (protocol.MESSAGE, body), (protocol.MESSAGE, good)]
+    del effects[:]
+    primary.link_frames(handle.life.link, collections.deque(frames), 64)
+    outcome = ([{key: bytes(value) if key == 'payload' else value for key, value in m.items()}
+                if type(m) is dict else m for m in seen], list(effects), handle.id)
+    close(sim, primary)
+    return outcome
+
+
+@pytest.mark.parametrize('index', range(len(_bodies())))
+def test_the_primary_decodes_a_stream_s_bodies_as_the_codec_does(index: int) -> None:
+    """ClusterPrimary.link_frames calls decode_parts' first part (pickle.loads) and the rest
+    only for what it refuses: the same messages, or the same worker_error, as codec.decode."""
+    body = _bodies()[index]
+    seen, side_effects, worker_id = _primary_outcome(body)
+    codec = protocol.get_codec('pickle')
+    del effects[:]
+    try:
+        message = codec.decode(body)
+    except Exception as error:
+        fault = protocol.decode_error(codec, error, worker_id)
+        expected = [{'type': 'task', 'id': 0}, ('error', str(fault), type(error).__name__)]
+    else:
+        expected = [{'type': 'task', 'id': 0},
+                    {key: bytes(value) if key == 'payload' else value for key, value in message.items()},
+                    {'type': 'task', 'id': 0}]
+    assert seen == expected
+    assert side_effects == effects  # unpickled once: a failing body's side effect happens once
