@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from .observers import message_observed
 from .pubsub import Publisher, new_event
-from .routing import _PLAIN, route_name
+from .routing import _PLAIN, routed_method
 
 
 
@@ -93,17 +93,11 @@ def observed_publisher(publisher: Publisher, name: str, prefix: str,
                     event._ended_by_prevent = True
                     return
         event._si = 2
-        if type(message) is dict:  # the routed method (R76), looked up now: late binding (R7)
-            kind = message.get('type')
-            if type(kind) is str:
-                method_name = names.get(kind)
-                if method_name is None:
-                    method_name = route_name(names, prefix, kind)
-                method = getattr(publisher, method_name, None) if method_name else None
-                if callable(method):
-                    result = method(event)
-                    if result is not None and type(result) not in _PLAIN and isawaitable(result):
-                        spawn(result)
+        method = routed_method(publisher, names, prefix, message)  # looked up now: late binding (R7)
+        if method is not None:
+            result = method(event)
+            if result is not None and type(result) not in _PLAIN and isawaitable(result):
+                spawn(result)
         # what `_publish` does once the complete function ran (R8, R11, R18)
         if event.event_stopped or publisher._ps_closed:
             return

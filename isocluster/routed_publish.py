@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterable
 from .out_of_band import decode_parts
 from .protocol import MESSAGE
 from .pubsub import Event, Publisher, new_event
-from .routing import _PLAIN, route_name
+from .routing import _PLAIN, routed_method
 
 
 
@@ -44,21 +44,14 @@ def routed_publisher(publisher: Publisher, name: str, prefix: str,
             publish(name, data)  # observed, destroyed, or another default action: the full publish
             return
         event = new_event(publisher, name, data, mask, 2)  # complete: before and on had nothing to run
-        message = data['message']
-        if type(message) is dict:
-            kind = message.get('type')
-            if type(kind) is str:
-                method_name = names.get(kind)
-                if method_name is None:
-                    method_name = route_name(names, prefix, kind)
-                method = getattr(publisher, method_name, None) if method_name else None
-                if callable(method):
-                    result = method(event)
-                    request = data.get('request')
-                    if request is not None:
-                        request.answer_with(result)
-                    elif result is not None and type(result) not in _PLAIN and isawaitable(result):
-                        spawn(result)
+        method = routed_method(publisher, names, prefix, data['message'])
+        if method is not None:
+            result = method(event)
+            request = data.get('request')
+            if request is not None:
+                request.answer_with(result)
+            elif result is not None and type(result) not in _PLAIN and isawaitable(result):
+                spawn(result)
         after_complete(publisher, event, name)
 
     return deliver
@@ -148,21 +141,15 @@ def routed_receiver(worker: Any, name: str, prefix: str, default_action: Callabl
                 publish(name, data)  # observed, destroyed, or another default action: the full publish
                 continue
             event = new_event(worker, name, data, mask, 2)  # complete: before and on had nothing to run
-            if type(message) is dict:
-                message_type = message.get('type')
-                if type(message_type) is str:
-                    method_name = names.get(message_type)
-                    if method_name is None:
-                        method_name = route_name(names, prefix, message_type)
-                    method = getattr(worker, method_name, None) if method_name else None
-                    if callable(method):
-                        result = method(event)
-                        if result is not None and type(result) not in _PLAIN and isawaitable(result):
-                            spawn(result)
-                        # after_complete inline: the routed method may have ended the publish,
-                        # or subscribed to its after stage (R8, R11, R18)
-                        if event.event_stopped or worker._ps_closed:
-                            continue
+            method = routed_method(worker, names, prefix, message)
+            if method is not None:
+                result = method(event)
+                if result is not None and type(result) not in _PLAIN and isawaitable(result):
+                    spawn(result)
+                # after_complete inline: the routed method may have ended the publish, or
+                # subscribed to its after stage (R8, R11, R18)
+                if event.event_stopped or worker._ps_closed:
+                    continue
             if event._prevented & 0b1000:
                 event._ended_by_prevent = True
                 continue

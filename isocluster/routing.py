@@ -47,27 +47,34 @@ _ROUTE_NAMES: dict[str, dict[str, str]] = {}
 _PREFIXES_KEPT = 8
 
 
-def route(publisher: Any, prefix: str, event: Any) -> None:
-    """Call `<prefix><type>` for a typed dict message; feed its result to a pending request."""
-    message = event.data['message']
+def routed_method(publisher: Any, names: dict[str, str], prefix: str, message: Any) -> Any:
+    """The method `message` routes to (R76): `<prefix><type>` of a dict message whose 'type' is
+    a string, looked up now on `publisher`, or None. Only its name is kept (in `names`, by
+    route_name): the method is looked up on every message, so one added or overridden later,
+    on the class or the instance, is found (late binding, R7)."""
     if type(message) is not dict:
-        return
+        return None
     kind = message.get('type')
     if type(kind) is not str:
-        return
+        return None
+    name = names.get(kind)
+    if name is None:
+        name = route_name(names, prefix, kind)
+    if not name:
+        return None
+    method = getattr(publisher, name, None)
+    return method if callable(method) else None
+
+
+def route(publisher: Any, prefix: str, event: Any) -> None:
+    """Call `<prefix><type>` for a typed dict message; feed its result to a pending request."""
     names = _ROUTE_NAMES.get(prefix)
     if names is None:
         names = {}
         if len(_ROUTE_NAMES) < _PREFIXES_KEPT:
             _ROUTE_NAMES[prefix] = names
-    name = names.get(kind)
-    if name is None:
-        name = route_name(names, prefix, kind)
-    if not name:
-        return
-    # Only the name is kept: the method is looked up on every message (late binding, R7).
-    method = getattr(publisher, name, None)
-    if not callable(method):
+    method = routed_method(publisher, names, prefix, event.data['message'])
+    if method is None:
         return
     result = method(event)
     request = event.data.get('request')
