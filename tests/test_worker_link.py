@@ -147,28 +147,40 @@ class RunReplier(Replier):
         return None
 
 
+def handing_pair(loop: asyncio.AbstractEventLoop, link: ChildLink, first_kind: type[Replier],
+                 second_kind: type[Replier]) -> tuple[Replier, Replier, 'asyncio.Future[None]']:
+    """A receiver of `first_kind`, attached to `link`, that hands the link to one of
+    `second_kind` on its second message ('"2"'), in the middle of whatever read brought it:
+    (first, second, a future set once it has)."""
+    second = second_kind(link, lambda payload: [])
+    handed: asyncio.Future[None] = loop.create_future()
+
+    class Handing(first_kind):  # type: ignore[valid-type, misc]
+        def link_message(self, payload: Any) -> None:
+            super().link_message(payload)
+            if payload == b'"2"':
+                link.detach(self)
+                link.attach(second)
+                handed.set_result(None)
+
+    first = Handing(link, lambda payload: [])
+    link.attach(first)
+    return first, second, handed
+
+
+def message_frames(numbers: Any) -> bytes:
+    return b''.join(protocol.encode_frame('message', f'"{i}"'.encode()) for i in numbers)
+
+
 @pytest.mark.parametrize('kind', [Replier, RunReplier])
 def test_a_read_reaches_the_receiver_attached_when_each_frame_is_delivered(kind: type[Replier]) -> None:
     """The first receiver hands the link to a second one on its second message, in the middle of
     one read: the frames after it go to the second, in order, whether taken one by one or in runs."""
     with child_link() as (loop, link, theirs):
-        second = kind(link, lambda payload: [])
-        handed: asyncio.Future[None] = loop.create_future()
-
-        class Handing(kind):  # type: ignore[valid-type, misc]
-            def link_message(self, payload: Any) -> None:
-                super().link_message(payload)
-                if payload == b'"2"':
-                    link.detach(self)
-                    link.attach(second)
-                    handed.set_result(None)
-
-        first = Handing(link, lambda payload: [])
-        link.attach(first)
+        first, second, handed = handing_pair(loop, link, kind, kind)
         link._start(write_online=False)
-        theirs.sendall(b''.join(protocol.encode_frame('message', f'"{i}"'.encode()) for i in range(1, 4))
-                       + protocol.encode_frame('heartbeat', None)
-                       + b''.join(protocol.encode_frame('message', f'"{i}"'.encode()) for i in range(4, 6)))
+        theirs.sendall(message_frames(range(1, 4)) + protocol.encode_frame('heartbeat', None)
+                       + message_frames(range(4, 6)))
         loop.run_until_complete(asyncio.wait_for(handed, TIMEOUT))
         assert first.received == [b'"1"', b'"2"']
         assert second.received == [b'"3"', protocol.HEARTBEAT, b'"4"', b'"5"']
@@ -202,24 +214,11 @@ def test_a_read_cut_for_one_receiver_reaches_the_next_as_it_takes_frames(first_k
     takes (kind, payload) frames, or the other way round: every frame reaches the receiver
     attached when it is delivered, in order, each as a payload or a frame as that one takes it."""
     with child_link() as (loop, link, theirs):
-        second = second_kind(link, lambda payload: [])
-        handed: asyncio.Future[None] = loop.create_future()
-
-        class Handing(first_kind):  # type: ignore[valid-type, misc]
-            def link_message(self, payload: Any) -> None:
-                super().link_message(payload)
-                if payload == b'"2"':
-                    link.detach(self)
-                    link.attach(second)
-                    handed.set_result(None)
-
-        first = Handing(link, lambda payload: [])
-        link.attach(first)
+        first, second, handed = handing_pair(loop, link, first_kind, second_kind)
         assert link._decoder.bare_messages is (first_kind is PayloadRunReplier)
         link._start(write_online=False)
-        theirs.sendall(b''.join(protocol.encode_frame('message', f'"{i}"'.encode()) for i in range(1, 5))
-                       + protocol.encode_frame('heartbeat', None)
-                       + b''.join(protocol.encode_frame('message', f'"{i}"'.encode()) for i in range(5, 7)))
+        theirs.sendall(message_frames(range(1, 5)) + protocol.encode_frame('heartbeat', None)
+                       + message_frames(range(5, 7)))
         loop.run_until_complete(asyncio.wait_for(handed, TIMEOUT))
         assert first.received == [b'"1"', b'"2"']
         assert second.received == [b'"3"', b'"4"', protocol.HEARTBEAT, b'"5"', b'"6"']
