@@ -7,7 +7,6 @@ stops in the middle of such a frame are still found and named as before."""
 from __future__ import annotations
 
 import asyncio
-import os
 import socket
 import struct
 from typing import Any
@@ -19,6 +18,7 @@ from isocluster.out_of_band import SplitBody
 from isocluster.transport.process import ProcessTransport
 from isocluster.transport.process.large_read import read_split
 from tests.cluster_helpers import kill_and_reap, ready_waiter
+from tests.test_hostile_worker import RawWriter
 
 CODEC = protocol.get_codec('pickle')
 SIZE = 100_003  # out of band (>= 64 KiB) and within a socketpair's default buffer
@@ -124,17 +124,9 @@ WAIT = 20.0
 LARGE = {'type': 'blob', 'data': bytes(range(251)) * 4200}
 
 
-class Blobs(ClusterWorker):
+class Blobs(RawWriter):
     def _event_primary_message_blob(self, event: Any) -> None:
         self.send(LARGE)  # a large frame with a tail: the primary peeks at the next one
-
-    def _event_primary_message_raw(self, event: Any) -> None:
-        message = event.data['message']
-        sock = self._link._sock  # the worker's own end of its link: written around the framing
-        sock.setblocking(True)
-        sock.sendall(bytes.fromhex(message['data']))
-        if message['then'] == 'exit':
-            os._exit(0)
 
 
 def blobs() -> None:
