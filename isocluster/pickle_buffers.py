@@ -212,8 +212,10 @@ def not_in_band(data: Any, error: Exception) -> Any:
     elif data[:2] != MAGIC:
         raise error
     view = memoryview(data)
-    (count,) = _COUNT.unpack_from(view, 2)
     offset = 2 + _COUNT.size
+    count = _COUNT.unpack_from(view, 2)[0] if len(view) >= offset else 0
+    if len(view) < offset + (count + 1) * _LENGTH.size:  # a head it cannot hold: a hostile peer's
+        raise ValueError(f'an out-of-band pickle body of {len(view)} bytes too short for the head it announces')
     lengths = [_LENGTH.unpack_from(view, offset + i * _LENGTH.size)[0] for i in range(count + 1)]
     offset += (count + 1) * _LENGTH.size
     if tail is not None:

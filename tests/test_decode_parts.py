@@ -156,3 +156,14 @@ def test_the_primary_decodes_a_stream_s_bodies_as_the_codec_does(index: int) -> 
                     {'type': 'task', 'id': 0}]
     assert seen == expected
     assert side_effects == effects  # unpickled once: a failing body's side effect happens once
+
+
+@pytest.mark.parametrize('body', [
+    pickle_buffers.MAGIC + b'\x00',  # no room for its count
+    pickle_buffers.MAGIC + (10**9).to_bytes(4, 'big') + bytes(20),  # a billion buffers in 26 bytes
+])
+def test_an_out_of_band_head_larger_than_its_body_is_refused_as_such(body: bytes) -> None:
+    """A hostile worker's head that announces more than its body holds: a ValueError that says
+    so (what the primary's DecodeError then quotes), not struct's own error."""
+    with pytest.raises(ValueError, match=f'an out-of-band pickle body of {len(body)} bytes too short'):
+        pickle_buffers.loads(body)
