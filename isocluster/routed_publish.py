@@ -102,7 +102,6 @@ def routed_receiver(worker: Any, name: str, prefix: str, default_action: Callabl
     complete = config.complete
     mask = config.preventable
     heard = worker._ps_heard
-    subscriptions = worker._ps_subs
     spawn = worker._spawn
     publish = worker._publish
     names: dict[str, str] = {}  # type -> routed method name
@@ -146,17 +145,7 @@ def routed_receiver(worker: Any, name: str, prefix: str, default_action: Callabl
                 result = method(event)
                 if result is not None and type(result) not in _PLAIN and isawaitable(result):
                     spawn(result)
-                # after_complete inline: the routed method may have ended the publish, or
-                # subscribed to its after stage (R8, R11, R18)
-                if event.event_stopped or worker._ps_closed:
-                    continue
-            if event._prevented & 0b1000:
-                event._ended_by_prevent = True
-                continue
-            event._si = 3
-            subs = subscriptions.get(name)
-            if subs is not None and subs[2]:
-                worker._ps_dispatch(event, subs, 2)
+            after_complete(worker, event, name)
         return None
 
     def receive(payload: Any) -> None:
