@@ -382,7 +382,11 @@ class ClusterPrimary(Initializable):
         if type(self).link_frame is not ClusterPrimary.link_frame:  # an override sees every frame
             while count and inbox:
                 count -= 1
-                self.link_frame(link, *inbox.popleft())
+                frame = inbox.popleft()
+                if type(frame) is tuple:
+                    self.link_frame(link, *frame)
+                else:  # a MESSAGE frame as its payload alone (FrameDecoder.bare_messages)
+                    self.link_frame(link, protocol.MESSAGE, frame)
             return
         live, link_id, popleft = self._live, link.id, inbox.popleft
         handle = live.get(link_id)
@@ -392,7 +396,11 @@ class ClusterPrimary(Initializable):
         message_kind = protocol.MESSAGE
         while count and inbox:
             count -= 1
-            kind, payload = popleft()
+            payload = popleft()
+            if type(payload) is tuple:  # else a MESSAGE frame as its payload alone (bare_messages)
+                kind, payload = payload
+            else:
+                kind = message_kind
             if (kind != message_kind or life is None or life.error is not None or life.state == 'forked'
                     or phase.name == 'destroyed' or live.get(link_id) is not handle):
                 self.link_frame(link, kind, payload)  # anything but a stream's message: the general way

@@ -23,8 +23,24 @@ class _Listener:
         pass
 
 
+class _Taker(_Listener):
+    """A listener that takes frames in batches (as the primary does): it records what it is given."""
+
+    def __init__(self) -> None:
+        self.taken: list[Any] = []
+        self.one_by_one: list[Any] = []
+
+    def link_frame(self, link: Any, kind: str, payload: Any) -> None:
+        self.one_by_one.append((kind, payload))
+
+    def link_frames(self, link: Any, inbox: Any, count: int) -> None:
+        while count and inbox:
+            count -= 1
+            self.taken.append(inbox.popleft())
+
+
 @contextlib.contextmanager
-def primary_link() -> Iterator[tuple[asyncio.AbstractEventLoop, _WorkerLink, socket.socket]]:
+def primary_link(listener: Any = None) -> Iterator[tuple[asyncio.AbstractEventLoop, _WorkerLink, socket.socket]]:
     """A primary's link to a worker over a socketpair, on a loop and a transport batch of its
     own (the pidfd is a pipe nobody writes to)."""
     loop = asyncio.new_event_loop()
@@ -34,7 +50,7 @@ def primary_link() -> Iterator[tuple[asyncio.AbstractEventLoop, _WorkerLink, soc
     pidfd, other = os.pipe()
     ours, theirs = socket.socketpair()
     link = _WorkerLink(transport, types.SimpleNamespace(id=1, codec=get_codec('json')),  # type: ignore[arg-type]
-                       os.getpid(), ours, pidfd, _Listener())
+                       os.getpid(), ours, pidfd, listener or _Listener())
     try:
         yield loop, link, theirs
     finally:
@@ -151,3 +167,24 @@ def test_a_lone_message_read_while_nobody_is_attached_waits_for_the_receiver() -
         assert replier.received == [b'"early"']
         theirs.settimeout(30)
         assert theirs.recv(1024) == protocol.encode_frame('message', b'"early"')
+
+
+def test_a_batch_listener_is_given_a_stream_s_messages_as_payloads_and_everything_else_as_frames() -> None:
+    """The primary's link cuts a read's MESSAGE frames as their payloads alone for a listener
+    that takes frames in batches (no tuple a message); control frames stay (kind, payload), and
+    a frame finished by a read of its own still reaches link_frame as (MESSAGE, payload)."""
+    taker = _Taker()
+    with primary_link(taker) as (loop, link, theirs):
+        bodies = [b'{"n": %d}' % n for n in range(50)]
+        wire = b''.join(protocol.encode_frame('message', body) for body in bodies)
+        wire += protocol.encode_frame(protocol.HEARTBEAT_ACK, {'seq': 1})
+        theirs.sendall(wire)
+        link._on_readable()
+        assert taker.taken[:-1] == bodies and all(type(payload) is bytes for payload in taker.taken[:-1])
+        assert taker.taken[-1] == (protocol.HEARTBEAT_ACK, {'seq': 1}) and taker.one_by_one == []
+        last = protocol.encode_frame('message', b'"split"')
+        theirs.sendall(last[:3])
+        link._on_readable()  # a partial frame: nothing yet
+        theirs.sendall(last[3:])
+        link._on_readable()  # the rest: one frame, straight to link_frame
+        assert taker.one_by_one == [(protocol.MESSAGE, b'"split"')] and len(taker.taken) == 51

@@ -188,6 +188,38 @@ def test_link_frames_gives_an_override_of_link_frame_every_frame() -> None:
     close(sim, primary)
 
 
+def bare(inbox: collections.deque[Any], every: int = 1) -> collections.deque[Any]:
+    """`inbox` with every `every`-th MESSAGE frame as its payload alone, as a link's decoder
+    with `bare_messages` cuts a stream's read."""
+    return collections.deque(frame[1] if frame[0] == protocol.MESSAGE and i % every == 0 else frame
+                             for i, frame in enumerate(inbox))
+
+
+@pytest.mark.parametrize('every', [1, 2])
+def test_link_frames_takes_message_payloads_alone_as_it_takes_message_frames(every: int) -> None:
+    sim, primary, handle = ready_primary()
+    seen: list[Any] = []
+    primary.on('worker_message', lambda event: seen.append(event.data['message']['n']))
+    inbox = bare(frames_of(*({'type': 'n', 'n': n} for n in range(100))), every)
+    inbox.insert(10, (protocol.HEARTBEAT_ACK, None))  # a control frame among them: the general way
+    before = primary.stats()['messages_in']
+    while inbox:
+        primary.link_frames(handle.life.link, inbox, 64)
+    assert seen == list(range(100)) and primary.stats()['messages_in'] == before + 100
+    close(sim, primary)
+
+
+def test_link_frames_gives_an_override_a_payload_alone_as_a_message_frame() -> None:
+    sim, primary, handle = ready_primary(SeesEveryFrame)
+    seen: list[Any] = []
+    primary.on('worker_message', lambda event: seen.append(event.data['message']['n']))
+    primary.frames.clear()
+    inbox = bare(frames_of(*({'type': 'n', 'n': n} for n in range(4))), 2)
+    primary.link_frames(handle.life.link, inbox, 64)
+    assert primary.frames == [protocol.MESSAGE] * 4 and seen == [0, 1, 2, 3] and not inbox
+    close(sim, primary)
+
+
 # -- the decoder cuts a read's messages from one copy of it ---------------------------------
 
 

@@ -46,6 +46,9 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
         self._batch = transport._batch
         self._decoder = protocol.FrameDecoder(transport.max_frame_size)
         self._decoder.message_buffers = reads_buffers(spec.codec)
+        # A listener that takes frames in batches takes a MESSAGE frame as its payload alone
+        # (no tuple a frame on a stream); any other is given (kind, payload) frames.
+        self._decoder.bare_messages = self._take_frames is not None
         self._partial_deadline = PartialFrameDeadline(self._loop, transport.frame_timeout, self._partial_frame_expired)
         self._last_read_at = 0.0
         self._buffer = transport._read_buffer
@@ -214,8 +217,11 @@ class _WorkerLink(_FrameWriter, base.WorkerLink):
         if len(frames) == 1 and not self._inbox:
             # A round trip's read: one frame, nothing queued before it. Straight to what it
             # means, without the inbox and the time slice (one frame cannot overrun a slice).
-            kind, payload = frames[0]
-            self._listener.link_frame(self, kind, payload)
+            frame = frames[0]
+            if type(frame) is tuple:
+                self._listener.link_frame(self, *frame)
+            else:
+                self._listener.link_frame(self, _MESSAGE, frame)
         else:
             self._inbox.extend(frames)
             self._deliver()
