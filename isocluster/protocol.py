@@ -203,7 +203,8 @@ class FrameDecoder:
         self.message_buffers = False
         # feed() returns a run of MESSAGE frames as their payloads alone, not (MESSAGE,
         # payload) tuples (a tuple less a message): set by the worker's link while its receiver
-        # takes them. A frame is then a tuple, or a MESSAGE payload alone (bytes).
+        # takes them, and by the primary's for a listener that takes frames in batches. A frame
+        # is then a tuple, or a MESSAGE payload alone (bytes).
         self.bare_messages = False
         self._spare: bytearray | None = None  # the last large frame's buffer, for the next one
         self._large_size = 0  # the large frame's body: `_large` and, when split, `_tail` after it
