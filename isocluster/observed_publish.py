@@ -16,8 +16,8 @@ from inspect import isawaitable
 from typing import Any, Callable
 
 from .observers import message_observed
-from .pubsub import Event, Publisher, _new_object
-from .routing import _PLAIN, route_name
+from .pubsub import Publisher, new_event
+from .routing import _PLAIN, routed_method
 
 
 
@@ -52,19 +52,7 @@ def observed_publisher(publisher: Publisher, name: str, prefix: str,
             # destroyed (it raises), or another default action: the full publish
             publish(name, {'worker': worker, 'message': message})
             return
-        # new_event(publisher, name, data, mask) and, below, routing.routed_method, inline: two
-        # calls less a message on a stream's receive (tests compare every slot of the event).
-        event = _new_object(Event)
-        event.name = name
-        event.data = {'worker': worker, 'message': message}
-        event.publisher = publisher
-        event.dispatch_stopped = False
-        event.event_stopped = False
-        event._si = 0
-        event._mask = mask
-        event._prevented = 0
-        event._sub = None
-        event._ended_by_prevent = False
+        event = new_event(publisher, name, {'worker': worker, 'message': message}, mask)
         subs = None
         if name in heard:  # else nobody subscribed in any stage: straight to the routed method
             subs = all_subs.get(name)
@@ -105,18 +93,11 @@ def observed_publisher(publisher: Publisher, name: str, prefix: str,
                     event._ended_by_prevent = True
                     return
         event._si = 2
-        if type(message) is dict:
-            kind = message.get('type')
-            if type(kind) is str:
-                method = names.get(kind)
-                if method is None:
-                    method = route_name(names, prefix, kind)
-                if method:
-                    method = getattr(publisher, method, None)  # looked up now: late binding (R7)
-                    if method is not None and callable(method):
-                        result = method(event)
-                        if result is not None and type(result) not in _PLAIN and isawaitable(result):
-                            spawn(result)
+        method = routed_method(publisher, names, prefix, message)  # looked up now: late binding (R7)
+        if method is not None:
+            result = method(event)
+            if result is not None and type(result) not in _PLAIN and isawaitable(result):
+                spawn(result)
         # what `_publish` does once the complete function ran (R8, R11, R18)
         if event.event_stopped or publisher._ps_closed:
             return

@@ -18,8 +18,8 @@ from typing import Any, Callable, Iterable
 
 from .out_of_band import decode_parts
 from .protocol import MESSAGE
-from .pubsub import Event, Publisher, new_event, _new_object
-from .routing import _PLAIN, routed_method, route_name
+from .pubsub import Event, Publisher, new_event
+from .routing import _PLAIN, routed_method
 
 
 
@@ -118,8 +118,6 @@ def routed_receiver(worker: Any, name: str, prefix: str, default_action: Callabl
 
     def receive_run(frames: Iterable[Any], link: Any) -> Any:
         # A for loop: a while loop indexing the list took ~9 % more instructions a message.
-        state = worker.__dict__
-        subs_of = worker._ps_subs
         for payload in frames:
             if type(payload) is tuple:  # a frame as (kind, payload); else a MESSAGE payload alone
                 frame = payload
@@ -137,45 +135,17 @@ def routed_receiver(worker: Any, name: str, prefix: str, default_action: Callabl
             except Exception as error:
                 message = decode_rest(payload, error)
             data = {'message': message}
-            if (worker._ps_closed or name in heard or complete in state
+            if (worker._ps_closed or name in heard or complete in worker.__dict__
                     or getattr(type(worker), complete, None) is not default_action):
                 publish(name, data)  # observed, destroyed, or another default action: the full publish
                 continue
-            # new_event(worker, name, data, mask, 2) and routing.routed_method, inline: two calls
-            # less a message on a stream's receive (tests compare every slot of the event).
-            event = _new_object(Event)
-            event.name = name
-            event.data = data
-            event.publisher = worker
-            event.dispatch_stopped = False
-            event.event_stopped = False
-            event._si = 2
-            event._mask = mask
-            event._prevented = 0
-            event._sub = None
-            event._ended_by_prevent = False
-            if type(message) is dict:
-                kind = message.get('type')
-                if type(kind) is str:
-                    method = names.get(kind)
-                    if method is None:
-                        method = route_name(names, prefix, kind)
-                    if method:
-                        method = getattr(worker, method, None)
-                        if method is not None and callable(method):
-                            result = method(event)
-                            if result is not None and type(result) not in _PLAIN and isawaitable(result):
-                                spawn(result)
-            # after_complete(worker, event, name), inline
-            if event.event_stopped or worker._ps_closed:
-                continue
-            if event._prevented & 0b1000:
-                event._ended_by_prevent = True
-                continue
-            event._si = 3
-            subs = subs_of.get(name)
-            if subs is not None and subs[2]:
-                worker._ps_dispatch(event, subs, 2)
+            event = new_event(worker, name, data, mask, 2)  # complete: before and on had nothing to run
+            method = routed_method(worker, names, prefix, message)
+            if method is not None:
+                result = method(event)
+                if result is not None and type(result) not in _PLAIN and isawaitable(result):
+                    spawn(result)
+            after_complete(worker, event, name)
         return None
 
     def receive(payload: Any) -> None:
