@@ -7,33 +7,33 @@ the two processes and with both pinned to one CPU (`taskset`), interleaved.
 
 Pinned to one CPU a round trip costs what the two processes compute; free, it also costs
 whatever waking the other process on another CPU costs. Needs `taskset` (util-linux) and
-Linux. Each measurement is a fresh `benchmarks/cases.py` process, as in `make bench`.
+Linux. Each measurement is a fresh `benchmarks/cases.py` process, run as `make bench` runs it
+(`run.run_one`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from run import base, run_one  # noqa: E402  (the measurement make bench takes: fresh process, group killed)
+
 CASES = (('isocluster json', 'iso_rtt'), ('bare asyncio both ends json', 'aio_rtt'),
          ('multiprocessing.Pipe', 'mp_rtt'))
 
 
 def measure(case: str, cpus: str | None, n: int) -> float:
-    command = [sys.executable, str(HERE / 'cases.py'), case, json.dumps({'n': n, 'codec': 'json'})]
-    if cpus is not None:
-        command = ['taskset', '-c', cpus, *command]
-    env = dict(os.environ, PYTHONPATH=str(HERE.parent))
-    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=120, check=True)
-    line = next(line for line in done.stdout.splitlines() if line.startswith('RESULT '))
-    return float(json.loads(line[len('RESULT '):])['value'])
+    prefix = ('taskset', '-c', cpus) if cpus is not None else ()
+    result = run_one(base(case, case, {}, {}), {'n': n, 'codec': 'json'}, 120.0, sys.executable, prefix)
+    if 'error' in result:
+        raise SystemExit(f'placement: {case} failed: {result["error"]}\n{result.get("stderr", "")}')
+    return float(result['value'])
 
 
 def main() -> int:

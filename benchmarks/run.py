@@ -375,12 +375,13 @@ def _available(need: str) -> tuple[bool, str]:
     return (True, '')
 
 
-def run_one(variant: Variant, params: dict, timeout: float, python: str) -> dict:
-    """One measurement in a fresh process; its process group is killed on timeout or error."""
+def run_one(variant: Variant, params: dict, timeout: float, python: str, prefix: tuple[str, ...] = ()) -> dict:
+    """One measurement in a fresh process; its process group is killed on timeout or error.
+    `prefix` runs it under another command (placement.py: `taskset -c 0`)."""
     if variant.case.startswith('node:'):
-        cmd = [NODE, str(HERE / 'node_baseline.js'), variant.case[5:], json.dumps(params)]
+        cmd = [*prefix, NODE, str(HERE / 'node_baseline.js'), variant.case[5:], json.dumps(params)]
     else:
-        cmd = [python, str(HERE / 'cases.py'), variant.case, json.dumps(params)]
+        cmd = [*prefix, python, str(HERE / 'cases.py'), variant.case, json.dumps(params)]
     env = dict(os.environ)
     env['PYTHONPATH'] = os.pathsep.join(filter(None, [str(ROOT), env.get('PYTHONPATH')]))
     env.pop('ISOCLUSTER_BENCH_PROFILE', None)
